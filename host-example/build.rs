@@ -1,0 +1,103 @@
+//! Builds the rcpat component for the host to embed, the way wasmtime's
+//! `crates/test-programs/artifacts/build.rs` builds its guests: a nested cargo
+//! build of the root package for wasm32-unknown-unknown into OUT_DIR, then
+//! `wit_component::ComponentEncoder` turns the core module into a component.
+//!
+//! Two toolchain routes (see ../shared notes and scripts/provision-wasm.sh):
+//! rustup's wasm32 target when installed, otherwise Debian's `rustc-web` with
+//! the standard library built from `rust-web-src` and linked by `wasm-ld-19`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-unknown-unknown";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const DEBIAN_STD_SRC: &str = "/usr/lib/rustlib/src/rust/library";
+const DEBIAN_WASM_LD: &str = "/usr/lib/llvm-19/bin/wasm-ld";
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let target_dir = out.join("wasm-target");
+    for p in ["src", "wit", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    println!("cargo:rerun-if-env-changed=RCPAT_WASM_ROUTE");
+
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let route = std::env::var("RCPAT_WASM_ROUTE").unwrap_or_else(|_| {
+        if rustup_has_wasm_std(&rustc) { "rustup".into() } else { "debian".into() }
+    });
+
+    // getrandom (pulled in by bcrypt) needs its custom backend on this target;
+    // setting the flags here replaces .cargo/config.toml's, so repeat them.
+    let rustflags = "--cfg\x1fgetrandom_backend=\"custom\"";
+    let mut cmd;
+    match route.as_str() {
+        "rustup" => {
+            cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args(["build", "--lib", "-p", "rcpat", "--profile", "wasm", "--target", TARGET]);
+        }
+        "debian" => {
+            for p in [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_STD_SRC, DEBIAN_WASM_LD] {
+                if !Path::new(p).exists() {
+                    panic!(
+                        "no wasm32 toolchain: neither rustup's {TARGET} target nor Debian's \
+                         rustc-web route ({p} is missing). Run `./dev provision` first."
+                    );
+                }
+            }
+            cmd = Command::new(DEBIAN_CARGO);
+            cmd.args(["build", "--lib", "-p", "rcpat", "--profile", "wasm", "--target", TARGET]);
+            cmd.args(["-Zbuild-std=std,panic_abort"]);
+            cmd.env("RUSTC", DEBIAN_RUSTC)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_WASM_LD);
+        }
+        other => panic!("RCPAT_WASM_ROUTE must be rustup or debian, not {other}"),
+    }
+    cmd.current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_PROFILE_RELEASE_DEBUG");
+    let status = cmd.status().expect("failed to run the nested cargo build of the component");
+    assert!(status.success(), "building the rcpat component for {TARGET} ({route} route) failed");
+
+    let artifacts = target_dir.join(TARGET).join("wasm");
+    emit_rerun_from_depinfo(&artifacts.join("rcpat.d"));
+    let core = std::fs::read(artifacts.join("rcpat.wasm")).expect("the core module was not built");
+    let component = wit_component::ComponentEncoder::default()
+        .module(&core)
+        .and_then(|e| e.validate(true).encode())
+        .unwrap_or_else(|e| panic!("encoding the component failed: {e:?}"));
+    std::fs::write(out.join("rcpat.wasm"), component).unwrap();
+    println!("cargo:rustc-env=RCPAT_WASM_ROUTE_USED={route}");
+}
+
+/// rustup's standard library for the target is installed when its libdir holds libstd.
+fn rustup_has_wasm_std(rustc: &str) -> bool {
+    let Ok(out) = Command::new(rustc).args(["--print", "target-libdir", "--target", TARGET]).output() else {
+        return false;
+    };
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+        .unwrap_or(false)
+}
+
+/// Re-run when any source the nested build read changes (its dep-info lists them).
+fn emit_rerun_from_depinfo(depinfo: &Path) {
+    let Ok(text) = std::fs::read_to_string(depinfo) else { return };
+    for line in text.lines() {
+        if let Some((_, deps)) = line.split_once(": ") {
+            for dep in deps.split_whitespace() {
+                println!("cargo:rerun-if-changed={dep}");
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The REST endpoints, in the order of checks of the Rocket.Chat generation
+//! the documentation describes ([L1]): authentication (401), 2FA, `tokenName`,
+//! permission, existence. Malformed headers and bodies are refused first, as
+//! Rocket.Chat's body parser does, before any storage is touched.
+
+use crate::env::Env;
+use crate::model::*;
+use crate::reply::{self, ApiError, PatMethod};
+use crate::request::{self, Body, Headers};
+use crate::time::iso8601;
+use crate::token;
+use crate::twofactor;
+
+const PERMISSION: &str = "create-personal-access-tokens";
+
+/// Everything every endpoint does first: parse, authenticate.
+struct Authenticated {
+    headers: Headers,
+    session: Session,
+}
+
+fn authenticate(env: &mut dyn Env, req: &Request) -> Result<Authenticated, ApiError> {
+    let headers = request::headers(req)?;
+    let (Some(user_id), Some(token)) = (headers.user_id.as_deref(), headers.auth_token.as_deref()) else {
+        return Err(ApiError::NotLoggedIn);
+    };
+    if user_id.is_empty() || token.is_empty() {
+        return Err(ApiError::NotLoggedIn);
+    }
+    let session = env
+        .authenticate(user_id, &token::hash_token(token))
+        .map_err(|_| ApiError::StorageFailure)?
+        .ok_or(ApiError::NotLoggedIn)?;
+    Ok(Authenticated { headers, session })
+}
+
+/// Authentication, then the body, then the second factor: the prologue of the
+/// three 2FA-protected POST endpoints.
+fn authenticate_with_second_factor(
+    env: &mut dyn Env,
+    settings: &Settings,
+    req: &Request,
+) -> Result<(Session, Body, twofactor::Passed), ApiError> {
+    // Body syntax is checked before authentication (as Express' JSON parser
+    // runs before Rocket.Chat's routes); its fields only after 2FA.
+    let body = request::body(&req.body)?;
+    let Authenticated { headers, mut session } = authenticate(env, req)?;
+    let passed = twofactor::check(env, settings, &mut session, &headers, &req.client_address)?;
+    Ok((session, body, passed))
+}
+
+fn require_permission(env: &mut dyn Env, user_id: &str, method: PatMethod) -> Result<(), ApiError> {
+    match env.has_permission(user_id, PERMISSION) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::NotAuthorized(method)),
+        Err(_) => Err(ApiError::StorageFailure),
+    }
+}
+
+/// A new token value and its stored record.
+fn mint(env: &mut dyn Env, name: String, bypass_two_factor: bool) -> (String, PersonalAccessToken) {
+    let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
+    let record = PersonalAccessToken {
+        hashed_token: token::hash_token(&plaintext),
+        last_token_part: token::last_part(&plaintext).to_string(),
+        name,
+        created_at: env.now_ms(),
+        bypass_two_factor,
+    };
+    (plaintext, record)
+}
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| e.to_response())
+}
+
+/// `POST users.regeneratePersonalAccessToken`.
+pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
+    respond((|| {
+        let (session, body, passed) = authenticate_with_second_factor(env, settings, req)?;
+        let name = request::token_name(&body)?;
+        let user_id = session.user.id.as_str();
+        // The documentation's example names generateToken here; the documentation wins.
+        require_permission(env, user_id, PatMethod::Generate)?;
+        let old = env
+            .find_personal_access_token(user_id, &name)
+            .map_err(|_| ApiError::StorageFailure)?
+            .ok_or(ApiError::TokenDoesNotExist(PatMethod::Regenerate))?;
+        // The flag is carried over from the old token (Rocket.Chat L2/L3).
+        let (plaintext, replacement) = mint(env, name, old.bypass_two_factor);
+        // One compare-and-swap: the old value is replaced by the new one at once.
+        match env
+            .replace_personal_access_token(user_id, &old.hashed_token, &replacement, &passed.proof)
+            .map_err(|_| ApiError::StorageFailure)?
+        {
+            WriteOutcome::Done => Ok(reply::token_created(&plaintext)),
+            WriteOutcome::NotFound => Err(ApiError::RegeneratedConcurrently),
+            WriteOutcome::NameTaken => Err(ApiError::TokenAlreadyExists),
+            WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
+        }
+    })())
+}
+
+/// `POST users.generatePersonalAccessToken`.
+pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
+    respond((|| {
+        let (session, body, passed) = authenticate_with_second_factor(env, settings, req)?;
+        let name = request::token_name(&body)?;
+        let bypass = request::bypass_two_factor(&body)?;
+        let user_id = session.user.id.as_str();
+        require_permission(env, user_id, PatMethod::Generate)?;
+        let (plaintext, record) = mint(env, name, bypass);
+        match env
+            .insert_personal_access_token(user_id, &record, &passed.proof)
+            .map_err(|_| ApiError::StorageFailure)?
+        {
+            WriteOutcome::Done => Ok(reply::token_created(&plaintext)),
+            WriteOutcome::NameTaken => Err(ApiError::TokenAlreadyExists),
+            WriteOutcome::NotFound => Err(ApiError::NotLoggedIn),
+            WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
+        }
+    })())
+}
+
+/// `POST users.removePersonalAccessToken`.
+pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
+    respond((|| {
+        let (session, body, passed) = authenticate_with_second_factor(env, settings, req)?;
+        let name = request::token_name(&body)?;
+        let user_id = session.user.id.as_str();
+        require_permission(env, user_id, PatMethod::Remove)?;
+        match env
+            .remove_personal_access_token(user_id, &name, &passed.proof)
+            .map_err(|_| ApiError::StorageFailure)?
+        {
+            WriteOutcome::Done => Ok(reply::success()),
+            WriteOutcome::NotFound | WriteOutcome::NameTaken => {
+                Err(ApiError::TokenDoesNotExist(PatMethod::Remove))
+            }
+            WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
+        }
+    })())
+}
+
+/// `GET users.getPersonalAccessTokens` (no 2FA; permission checked at the
+/// route in Rocket.Chat, hence 403).
+pub fn list(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Item<'a> {
+        name: &'a str,
+        created_at: String,
+        last_token_part: &'a str,
+        bypass_two_factor: bool,
+    }
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        tokens: Vec<Item<'a>>,
+        success: bool,
+    }
+    respond((|| {
+        let Authenticated { session, .. } = authenticate(env, req)?;
+        let user_id = session.user.id.as_str();
+        match env.has_permission(user_id, PERMISSION) {
+            Ok(true) => {}
+            Ok(false) => return Err(ApiError::Forbidden),
+            Err(_) => return Err(ApiError::StorageFailure),
+        }
+        let tokens = env.list_personal_access_tokens(user_id).map_err(|_| ApiError::StorageFailure)?;
+        let items = tokens
+            .iter()
+            .map(|t| Item {
+                name: &t.name,
+                created_at: iso8601(t.created_at),
+                last_token_part: &t.last_token_part,
+                bypass_two_factor: t.bypass_two_factor,
+            })
+            .collect();
+        Ok(Response { status: 200, body: reply::to_json(&Body { tokens: items, success: true }) })
+    })())
+}

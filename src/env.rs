@@ -1,0 +1,56 @@
+//! The host capabilities the logic runs against: exactly the component's
+//! imports (storage, mail, wall clock, randomness), as one trait.
+//!
+//! Inside the component they are the WIT imports (`component.rs`); natively a
+//! host implements the trait directly, which is how the native baseline and
+//! the unit tests run the very same logic.
+
+use crate::model::*;
+
+/// A failed host call; the text is for the host's logs, never for clients.
+pub type HostResult<T> = Result<T, String>;
+
+pub trait Env {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    fn now_ms(&mut self) -> TimestampMs;
+    /// `len` cryptographically secure random bytes.
+    fn random_bytes(&mut self, len: usize) -> Vec<u8>;
+
+    fn authenticate(&mut self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>>;
+    fn has_permission(&mut self, user_id: &str, permission: &str) -> HostResult<bool>;
+    fn list_personal_access_tokens(&mut self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
+    fn find_personal_access_token(
+        &mut self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>>;
+    fn insert_personal_access_token(
+        &mut self,
+        user_id: &str,
+        token: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn replace_personal_access_token(
+        &mut self,
+        user_id: &str,
+        expected_hashed_token: &str,
+        replacement: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn remove_personal_access_token(
+        &mut self,
+        user_id: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn record_two_factor_failure(
+        &mut self,
+        user_id: &str,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        email_code_attempt: bool,
+    ) -> HostResult<FailureCount>;
+    fn store_email_code(&mut self, user_id: &str, code: &EmailCode) -> HostResult<()>;
+
+    fn send_mail(&mut self, message: &MailMessage) -> HostResult<()>;
+}

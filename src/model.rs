@@ -1,0 +1,192 @@
+//! Plain Rust mirrors of the WIT records (`wit/world.wit`).
+//!
+//! The logic works on these types so that it compiles and runs natively as
+//! well as inside the component; `component.rs` (guest) and the host's
+//! bindings convert between them and the generated WIT types.
+
+/// Milliseconds since the Unix epoch (UTC).
+pub type TimestampMs = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TotpAlgorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotpEnrolment {
+    pub secret: String,
+    pub algorithm: TotpAlgorithm,
+    pub digits: u8,
+    pub period: u32,
+    pub last_used_step: u64,
+    pub hashed_backup_codes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmailCode {
+    pub code_hash: String,
+    pub salt: String,
+    pub expires_at: TimestampMs,
+    pub attempts: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailureCount {
+    pub count: u32,
+    pub last_failed_at: TimestampMs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenKind {
+    Login,
+    PersonalAccessToken,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginToken {
+    pub hashed_token: String,
+    pub kind: TokenKind,
+    pub bypass_two_factor: bool,
+    pub two_factor_authorized_hash: Option<String>,
+    pub two_factor_authorized_until: Option<TimestampMs>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub created_at: TimestampMs,
+    pub verified_emails: Vec<String>,
+    pub password_bcrypt: Option<String>,
+    pub totp: Option<TotpEnrolment>,
+    pub email_two_factor: bool,
+    pub email_code: Option<EmailCode>,
+    pub failures: FailureCount,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user: User,
+    pub token: LoginToken,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersonalAccessToken {
+    pub name: String,
+    pub hashed_token: String,
+    pub last_token_part: String,
+    pub created_at: TimestampMs,
+    pub bypass_two_factor: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FactorUse {
+    None,
+    TotpStep(u64),
+    BackupCode(String),
+    EmailCode(String),
+    Password,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RememberGrant {
+    pub hashed_login_token: String,
+    pub fingerprint: String,
+    pub until: TimestampMs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FactorProof {
+    pub used: FactorUse,
+    pub remember: Option<RememberGrant>,
+}
+
+impl FactorProof {
+    /// The proof for a request that needed no second factor.
+    pub fn none() -> Self {
+        FactorProof { used: FactorUse::None, remember: None }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Done,
+    NotFound,
+    NameTaken,
+    FactorAlreadyUsed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailMessage {
+    pub to: Vec<String>,
+    pub subject: String,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub headers: Vec<Header>,
+    pub client_address: String,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// Convenience for hosts and tests: headers given as text.
+    pub fn new(headers: &[(&str, &str)], body: &[u8]) -> Self {
+        Request {
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header { name: n.to_string(), value: v.as_bytes().to_vec() })
+                .collect(),
+            client_address: "127.0.0.1".to_string(),
+            body: body.to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub two_factor_enabled: bool,
+    pub totp_enabled: bool,
+    pub email_enabled: bool,
+    pub totp_max_delta: u32,
+    pub email_code_expiration_seconds: u32,
+    pub email_code_max_attempts: u32,
+    pub enforce_password_fallback: bool,
+    pub remember_for_seconds: u32,
+    pub max_failed_attempts: u32,
+    pub failed_attempts_window_seconds: u32,
+}
+
+impl Default for Settings {
+    /// Rocket.Chat's defaults, except remember-me (off here) and the per-user
+    /// failure limit (Rocket.Chat has none outside email codes).
+    fn default() -> Self {
+        Settings {
+            two_factor_enabled: true,
+            totp_enabled: true,
+            email_enabled: true,
+            totp_max_delta: 1,
+            email_code_expiration_seconds: 3600,
+            email_code_max_attempts: 5,
+            enforce_password_fallback: true,
+            remember_for_seconds: 0,
+            max_failed_attempts: 10,
+            failed_attempts_window_seconds: 900,
+        }
+    }
+}

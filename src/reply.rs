@@ -1,0 +1,225 @@
+//! Every reply the endpoints can give, rendered exactly as Rocket.Chat does.
+//!
+//! Rocket.Chat turns a thrown `Meteor.Error(error, reason, details)` into HTTP
+//! 400 `{"success":false,"error":"<reason> [<error>]","errorType":<error>,"details":...}`
+//! (reference R1.5). Keys are written in Rocket.Chat's order through typed
+//! structs, so replies are byte-for-byte what its clients see.
+
+use serde::Serialize;
+
+use crate::model::Response;
+
+/// Longest accepted request body. Bodies here are a few dozen bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest accepted `tokenName`, in characters (Rocket.Chat has no bound).
+pub const MAX_TOKEN_NAME_CHARS: usize = 200;
+
+/// The `details.method` Rocket.Chat puts on PAT errors: the Meteor method name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatMethod {
+    Generate,
+    Regenerate,
+    Remove,
+}
+
+impl PatMethod {
+    fn name(self) -> &'static str {
+        match self {
+            PatMethod::Generate => "personalAccessTokens:generateToken",
+            PatMethod::Regenerate => "personalAccessTokens:regenerateToken",
+            PatMethod::Remove => "personalAccessTokens:removeToken",
+        }
+    }
+}
+
+/// The three 2FA failures; they share one details shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwoFactorFailure {
+    Required,
+    Invalid,
+    MaxAttempts,
+}
+
+/// `details` of a 2FA challenge (reference R3.6), in Rocket.Chat's key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TwoFactorDetails {
+    pub method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_or_username: Option<String>,
+    pub code_generated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_expires: Option<String>,
+    pub available_methods: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// 401: no or unknown credentials.
+    NotLoggedIn,
+    /// 400: a 2FA challenge or failure.
+    TwoFactor(TwoFactorFailure, TwoFactorDetails),
+    /// 400: `tokenName` missing or falsy (Rocket.Chat's exact text, no errorType).
+    TokenNameRequired,
+    /// 400 `error-invalid-params`: a body field of the wrong type or size.
+    InvalidParam(String),
+    /// 400 `not-authorized`: no `create-personal-access-tokens` permission.
+    NotAuthorized(PatMethod),
+    /// 403: same, on the GET endpoint (which Rocket.Chat guards at the route).
+    Forbidden,
+    /// 400 `error-token-does-not-exists`.
+    TokenDoesNotExist(PatMethod),
+    /// 400 `error-token-already-exists`.
+    TokenAlreadyExists,
+    /// 409: another request regenerated the same token first.
+    RegeneratedConcurrently,
+    /// 400 `error-invalid-body`: not JSON, or not a JSON object.
+    InvalidBody(&'static str),
+    /// 413: body over `MAX_BODY_BYTES`.
+    BodyTooLarge,
+    /// 400 `error-invalid-header`: duplicated or non-UTF-8 header that matters.
+    InvalidHeader(String),
+    /// 400 `error-invalid-2fa-method`: `x-2fa-method` is not totp, email or password.
+    InvalidTwoFactorMethod,
+    /// 500 `error-storage-failure`: the host's storage failed; nothing changed.
+    StorageFailure,
+    /// 500 `error-email-send-failed`: the code email could not be sent; nothing changed.
+    MailFailure,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    success: bool,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Details<'a> {
+    Method { method: &'static str },
+    TwoFactor(&'a TwoFactorDetails),
+}
+
+impl ApiError {
+    /// The HTTP status and JSON body of this error.
+    pub fn to_response(&self) -> Response {
+        use ApiError::*;
+        // (status, reason, errorType, details); errorType None = plain `error` text.
+        let (status, reason, error_type, details): (u16, String, Option<&str>, Option<Details>) =
+            match self {
+                NotLoggedIn => {
+                    // The documented body; Rocket.Chat's oldest and documented shape.
+                    return Response {
+                        status: 401,
+                        body: r#"{"status":"error","message":"You must be logged in to do this."}"#
+                            .to_string(),
+                    };
+                }
+                TwoFactor(kind, details) => {
+                    let (reason, ty) = match kind {
+                        TwoFactorFailure::Required => ("TOTP Required", "totp-required"),
+                        TwoFactorFailure::Invalid => ("TOTP Invalid", "totp-invalid"),
+                        // "Maximun" is Rocket.Chat's spelling.
+                        TwoFactorFailure::MaxAttempts => {
+                            ("TOTP Maximun Failed Attempts Reached", "totp-max-attempts")
+                        }
+                    };
+                    (400, reason.into(), Some(ty), Some(Details::TwoFactor(details)))
+                }
+                TokenNameRequired => (400, "The 'tokenName' param is required".into(), None, None),
+                InvalidParam(reason) => (400, reason.clone(), Some("error-invalid-params"), None),
+                NotAuthorized(m) => (
+                    400,
+                    "Not Authorized".into(),
+                    Some("not-authorized"),
+                    Some(Details::Method { method: m.name() }),
+                ),
+                Forbidden => (
+                    403,
+                    "User does not have the permissions required for this action".into(),
+                    Some("error-unauthorized"),
+                    None,
+                ),
+                TokenDoesNotExist(m) => (
+                    400,
+                    "Token does not exist".into(),
+                    Some("error-token-does-not-exists"),
+                    Some(Details::Method { method: m.name() }),
+                ),
+                TokenAlreadyExists => (
+                    400,
+                    "A token with this name already exists".into(),
+                    Some("error-token-already-exists"),
+                    Some(Details::Method { method: PatMethod::Generate.name() }),
+                ),
+                RegeneratedConcurrently => (
+                    409,
+                    "The token was regenerated by a concurrent request".into(),
+                    Some("error-token-regenerated-concurrently"),
+                    Some(Details::Method { method: PatMethod::Regenerate.name() }),
+                ),
+                InvalidBody(reason) => (400, (*reason).into(), Some("error-invalid-body"), None),
+                BodyTooLarge => (
+                    413,
+                    format!("The request body exceeds {MAX_BODY_BYTES} bytes"),
+                    Some("error-request-too-large"),
+                    None,
+                ),
+                InvalidHeader(reason) => (400, reason.clone(), Some("error-invalid-header"), None),
+                InvalidTwoFactorMethod => (
+                    400,
+                    "The 'x-2fa-method' header must be totp, email or password".into(),
+                    Some("error-invalid-2fa-method"),
+                    None,
+                ),
+                StorageFailure => (
+                    500,
+                    "Storage failure; nothing was changed".into(),
+                    Some("error-storage-failure"),
+                    None,
+                ),
+                MailFailure => (
+                    500,
+                    "The authentication code email could not be sent".into(),
+                    Some("error-email-send-failed"),
+                    None,
+                ),
+            };
+        let error = match error_type {
+            // Meteor.Error's message: "<reason> [<error>]".
+            Some(ty) => format!("{reason} [{ty}]"),
+            None => reason,
+        };
+        // The 403 is Rocket.Chat's `API.v1.forbidden`: only `success` and `error`.
+        let error_type = if matches!(self, Forbidden) { None } else { error_type };
+        let body = ErrorBody { success: false, error, error_type, details };
+        Response { status, body: to_json(&body) }
+    }
+}
+
+/// 200 with `{"token":...,"success":true}`.
+pub fn token_created(token: &str) -> Response {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        token: &'a str,
+        success: bool,
+    }
+    Response { status: 200, body: to_json(&Body { token, success: true }) }
+}
+
+/// 200 with `{"success":true}`.
+pub fn success() -> Response {
+    Response { status: 200, body: r#"{"success":true}"#.to_string() }
+}
+
+/// Serialises a reply. Replies hold only strings, bools and vectors, which
+/// serde_json cannot fail on; the fallback keeps even that case a valid reply.
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value)
+        .unwrap_or_else(|_| r#"{"success":false,"error":"Internal error"}"#.to_string())
+}

@@ -1,0 +1,173 @@
+//! Strict reading of the request: the headers that matter and the JSON body.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+use crate::model::Request;
+use crate::reply::{ApiError, MAX_BODY_BYTES, MAX_TOKEN_NAME_CHARS};
+
+/// The headers the endpoints read, each present at most once and valid UTF-8.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub auth_token: Option<String>,
+    pub user_id: Option<String>,
+    pub two_factor_code: Option<String>,
+    pub two_factor_method: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Reads the headers that matter; a duplicate or non-UTF-8 one is a 400
+/// (a proxy joining two auth headers must not turn into a guess).
+pub fn headers(req: &Request) -> Result<Headers, ApiError> {
+    let mut h = Headers::default();
+    for header in &req.headers {
+        let name = header.name.to_ascii_lowercase();
+        let slot = match name.as_str() {
+            "x-auth-token" => &mut h.auth_token,
+            "x-user-id" => &mut h.user_id,
+            "x-2fa-code" => &mut h.two_factor_code,
+            "x-2fa-method" => &mut h.two_factor_method,
+            "user-agent" => &mut h.user_agent,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(ApiError::InvalidHeader(format!("The '{name}' header was sent more than once")));
+        }
+        let value = std::str::from_utf8(&header.value)
+            .map_err(|_| ApiError::InvalidHeader(format!("The '{name}' header is not valid UTF-8")))?;
+        // HTTP's optional whitespace around a field value is not part of it.
+        *slot = Some(value.trim_matches([' ', '\t']).to_string());
+    }
+    Ok(h)
+}
+
+/// A JSON object body's top-level fields, in order, without duplicates.
+#[derive(Debug, Default)]
+pub struct Body(Vec<(String, Value)>);
+
+impl Body {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Body;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+                let mut fields: Vec<(String, Value)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if fields.iter().any(|(seen, _)| *seen == k) {
+                        return Err(serde::de::Error::custom(DUPLICATE_KEY));
+                    }
+                    fields.push((k, v));
+                }
+                Ok(Body(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// Parses a POST body. Empty means `{}` (clients that send no body get the
+/// `tokenName` error, as in Rocket.Chat).
+pub fn body(bytes: &[u8]) -> Result<Body, ApiError> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::BodyTooLarge);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Body::default());
+    }
+    serde_json::from_slice::<Body>(bytes).map_err(|e| {
+        ApiError::InvalidBody(match e.classify() {
+            serde_json::error::Category::Data if e.to_string().starts_with(DUPLICATE_KEY) => {
+                "The request body has a duplicated key"
+            }
+            serde_json::error::Category::Data => "The request body must be a JSON object",
+            _ => "The request body is not valid JSON",
+        })
+    })
+}
+
+/// `tokenName`: Rocket.Chat's "required" error for anything falsy (missing,
+/// null, false, 0, ""); any other non-string is refused before it can reach
+/// storage (reference R2.9); strings are bounded.
+pub fn token_name(body: &Body) -> Result<String, ApiError> {
+    match body.get("tokenName") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Err(ApiError::TokenNameRequired),
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Err(ApiError::TokenNameRequired),
+        Some(Value::String(s)) if s.is_empty() => Err(ApiError::TokenNameRequired),
+        Some(Value::String(s)) if s.chars().count() > MAX_TOKEN_NAME_CHARS => Err(ApiError::InvalidParam(
+            format!("The 'tokenName' param must be at most {MAX_TOKEN_NAME_CHARS} characters"),
+        )),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::InvalidParam("The 'tokenName' param must be a string".into())),
+    }
+}
+
+/// `bypassTwoFactor` on generate: optional boolean, `false` when absent or null.
+pub fn bypass_two_factor(body: &Body) -> Result<bool, ApiError> {
+    match body.get("bypassTwoFactor") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::InvalidParam("The 'bypassTwoFactor' param must be a boolean".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Header;
+
+    fn name_of(json: &str) -> Result<String, ApiError> {
+        token_name(&body(json.as_bytes())?)
+    }
+
+    #[test]
+    fn token_name_rules() {
+        assert_eq!(name_of(r#"{"tokenName":"a"}"#), Ok("a".into()));
+        for falsy in [r#"{}"#, "", r#"{"tokenName":null}"#, r#"{"tokenName":false}"#, r#"{"tokenName":0}"#, r#"{"tokenName":""}"#] {
+            assert_eq!(name_of(falsy), Err(ApiError::TokenNameRequired), "{falsy}");
+        }
+        for bad in [r#"{"tokenName":1}"#, r#"{"tokenName":true}"#, r#"{"tokenName":{"$ne":null}}"#, r#"{"tokenName":["a"]}"#] {
+            assert!(matches!(name_of(bad), Err(ApiError::InvalidParam(_))), "{bad}");
+        }
+        let long = format!(r#"{{"tokenName":"{}"}}"#, "é".repeat(201));
+        assert!(matches!(name_of(&long), Err(ApiError::InvalidParam(_))));
+        let ok = format!(r#"{{"tokenName":"{}"}}"#, "é".repeat(200));
+        assert!(name_of(&ok).is_ok());
+    }
+
+    #[test]
+    fn bodies_are_strict() {
+        let err = |s: &[u8]| body(s).unwrap_err();
+        assert_eq!(err(b"{"), ApiError::InvalidBody("The request body is not valid JSON"));
+        assert_eq!(err(b"[1]"), ApiError::InvalidBody("The request body must be a JSON object"));
+        assert_eq!(err(b"\"x\""), ApiError::InvalidBody("The request body must be a JSON object"));
+        assert_eq!(err(br#"{"tokenName":"a","tokenName":"b"}"#), ApiError::InvalidBody("The request body has a duplicated key"));
+        assert_eq!(err(b"{\"tokenName\":\"\xff\"}"), ApiError::InvalidBody("The request body is not valid JSON"));
+        assert_eq!(err(&vec![b' '; MAX_BODY_BYTES + 1]), ApiError::BodyTooLarge);
+        let deep = "[".repeat(10_000);
+        assert!(matches!(err(deep.as_bytes()), ApiError::InvalidBody(_)));
+    }
+
+    #[test]
+    fn headers_are_strict() {
+        let req = Request::new(&[("X-Auth-Token", " t "), ("x-user-id", "u"), ("Other", "x"), ("other", "y")], b"");
+        let h = headers(&req).unwrap();
+        assert_eq!(h.auth_token.as_deref(), Some("t"));
+        assert_eq!(h.user_id.as_deref(), Some("u"));
+        let dup = Request::new(&[("x-auth-token", "a"), ("X-AUTH-TOKEN", "b")], b"");
+        assert!(matches!(headers(&dup), Err(ApiError::InvalidHeader(_))));
+        let mut bad = Request::default();
+        bad.headers.push(Header { name: "x-2fa-code".into(), value: vec![0xff, 0xfe] });
+        assert!(matches!(headers(&bad), Err(ApiError::InvalidHeader(_))));
+    }
+}
