@@ -1,1 +1,20 @@
-pub const X: u8 = 0;
+//! A wasmtime host for the rcpat component.
+//!
+//! [`runtime::Runtime`] embeds the component (one engine, a pre-instantiated
+//! component, a fresh store per request from the pooling allocator, memory and
+//! time limits). [`services::Services`] is what a request runs against:
+//! [`storage`] (SQLite or memory), [`mail`] (an `.eml` outbox) and a
+//! [`clock`]. [`admin`] creates users and enrols 2FA; [`demo`] walks the flow.
+
+pub mod admin;
+pub mod bindings;
+pub mod clock;
+pub mod demo;
+mod imports;
+pub mod mail;
+pub mod runtime;
+pub mod services;
+pub mod storage;
+
+/// The component, built from the root package by `build.rs`.
+pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcpat.wasm"));

@@ -1,0 +1,159 @@
+//! Administration: creating users, enrolling 2FA, issuing tokens. Token
+//! values and hashes come from the component crate's `token` module, so the
+//! host never has a second definition of them.
+
+use data_encoding::{BASE32_NOPAD, HEXLOWER};
+use sha2::{Digest, Sha256};
+
+use rcpat::model::{TokenKind, TotpAlgorithm, TotpEnrolment};
+use rcpat::token;
+
+use crate::services::{Services, random_bytes};
+use crate::storage::{NewUser, Storage, TokenRecord};
+
+/// Meteor's `Random.id` alphabet (also used for backup codes).
+const ID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// A Meteor-style random id of `len` characters (unbiased rejection sampling).
+pub fn random_id(len: usize) -> String {
+    let n = ID_ALPHABET.len();
+    let limit = 256 - 256 % n;
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        for b in random_bytes(len * 2) {
+            if (b as usize) < limit && out.len() < len {
+                out.push(ID_ALPHABET[b as usize % n] as char);
+            }
+        }
+    }
+    out
+}
+
+/// The lowercase hex SHA-256 of a password: what Rocket.Chat clients send as
+/// the password and as the `password` 2FA code.
+pub fn password_digest(password: &str) -> String {
+    HEXLOWER.encode(&Sha256::digest(password.as_bytes()))
+}
+
+/// Rocket.Chat's stored password: bcrypt of the digest.
+pub fn hash_password(password: &str, cost: u32) -> Result<String, String> {
+    bcrypt::hash(password_digest(password), cost).map_err(|e| format!("bcrypt: {e}"))
+}
+
+/// Rocket.Chat's default bcrypt cost.
+pub const BCRYPT_COST: u32 = 10;
+
+pub struct UserSpec<'a> {
+    pub username: &'a str,
+    pub email: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub roles: &'a [&'a str],
+}
+
+/// Creates a user (email verified); returns the new id.
+pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Result<String, String> {
+    if spec.username.is_empty() {
+        return Err("the username must not be empty".into());
+    }
+    if services.storage.find_user_id(spec.username)?.is_some() {
+        return Err(format!("a user named {} already exists", spec.username));
+    }
+    let id = random_id(17);
+    let password_bcrypt = spec.password.map(|p| hash_password(p, bcrypt_cost)).transpose()?;
+    services.storage.create_user(&NewUser {
+        id: id.clone(),
+        username: spec.username.to_string(),
+        email: spec.email.map(String::from),
+        email_verified: spec.email.is_some(),
+        password_bcrypt,
+        roles: spec.roles.iter().map(|r| r.to_string()).collect(),
+        created_at: services.clock.now_ms(),
+    })?;
+    Ok(id)
+}
+
+/// The id of `username`, or a clear error.
+pub fn user_id(storage: &dyn Storage, username: &str) -> Result<String, String> {
+    storage.find_user_id(username)?.ok_or_else(|| format!("no user named {username}"))
+}
+
+/// A fresh TOTP enrolment: what an authenticator app and the user need.
+pub struct TotpSetup {
+    pub secret: String,
+    pub uri: String,
+    pub backup_codes: Vec<String>,
+}
+
+/// Enrols TOTP (20-byte secret, 30 s steps) with 12 backup codes, replacing
+/// any earlier enrolment.
+pub fn enable_totp(
+    storage: &dyn Storage,
+    user_id: &str,
+    account: &str,
+    algorithm: TotpAlgorithm,
+    digits: u8,
+) -> Result<TotpSetup, String> {
+    if digits != 6 && digits != 8 {
+        return Err("TOTP codes have 6 or 8 digits".into());
+    }
+    let secret = BASE32_NOPAD.encode(&random_bytes(20));
+    let backup_codes: Vec<String> = (0..12).map(|_| random_id(8)).collect();
+    storage.set_totp(
+        user_id,
+        Some(&TotpEnrolment {
+            secret: secret.clone(),
+            algorithm,
+            digits,
+            period: 30,
+            last_used_step: 0,
+            hashed_backup_codes: backup_codes.iter().map(|c| token::sha256_hex(c.as_bytes())).collect(),
+        }),
+    )?;
+    let alg = match algorithm {
+        TotpAlgorithm::Sha1 => "SHA1",
+        TotpAlgorithm::Sha256 => "SHA256",
+        TotpAlgorithm::Sha512 => "SHA512",
+    };
+    let uri = format!(
+        "otpauth://totp/Rocket.Chat:{account}?secret={secret}&issuer=Rocket.Chat&algorithm={alg}&digits={digits}&period=30"
+    );
+    Ok(TotpSetup { secret, uri, backup_codes })
+}
+
+/// The TOTP code for `secret` at `now_ms` shifted by `step_offset` steps.
+pub fn totp_code(secret: &str, algorithm: TotpAlgorithm, digits: u8, now_ms: u64, step_offset: i64) -> String {
+    let key = rcpat::totp::decode_secret(secret).expect("a valid base32 secret");
+    let step = rcpat::totp::step_at(now_ms / 1000, 30).saturating_add_signed(step_offset);
+    rcpat::totp::hotp(&key, step, digits, algorithm)
+}
+
+/// Issues a login (session) token; returns its plaintext.
+pub fn issue_login_token(services: &Services, user_id: &str) -> Result<String, String> {
+    issue(services, user_id, TokenKind::Login, None, false)
+}
+
+/// Stores a PAT directly (seeding; the endpoint is the normal way); returns its plaintext.
+pub fn issue_personal_access_token(
+    services: &Services,
+    user_id: &str,
+    name: &str,
+    bypass_two_factor: bool,
+) -> Result<String, String> {
+    issue(services, user_id, TokenKind::PersonalAccessToken, Some(name), bypass_two_factor)
+}
+
+fn issue(services: &Services, user_id: &str, kind: TokenKind, name: Option<&str>, bypass: bool) -> Result<String, String> {
+    let plaintext = token::new_token(&random_bytes(token::TOKEN_LEN));
+    services.storage.add_token(
+        user_id,
+        &TokenRecord {
+            hashed_token: token::hash_token(&plaintext),
+            kind,
+            name: name.map(String::from),
+            last_token_part: token::last_part(&plaintext).to_string(),
+            created_at: services.clock.now_ms(),
+            bypass_two_factor: bypass,
+        },
+    )?;
+    Ok(plaintext)
+}

@@ -1,0 +1,215 @@
+//! Embedding the component the way production wasmtime hosts do: one
+//! [`Engine`], the component pre-instantiated once, and per request a fresh
+//! [`Store`] from the pooling allocator with a memory cap and an epoch
+//! deadline, dropped after the call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+
+use rcpat::model::{Request, Response, Settings};
+
+use crate::bindings::exports::rcpat::tokens::endpoints as ep;
+use crate::bindings::{PatService, PatServicePre};
+use crate::imports::HostState;
+use crate::services::{NativeEnv, Services};
+
+/// The endpoints the component exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Regenerate,
+    Generate,
+    List,
+    Remove,
+}
+
+impl Endpoint {
+    /// Runs the same logic natively (the baseline, and a cross-check).
+    pub fn call_native(self, services: &Services, settings: &Settings, req: &Request) -> Response {
+        let env = &mut NativeEnv(services);
+        match self {
+            Endpoint::Regenerate => rcpat::endpoints::regenerate(env, settings, req),
+            Endpoint::Generate => rcpat::endpoints::generate(env, settings, req),
+            Endpoint::List => rcpat::endpoints::list(env, settings, req),
+            Endpoint::Remove => rcpat::endpoints::remove(env, settings, req),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Instances that may exist at once (the pool's size).
+    pub max_instances: u32,
+    /// Cap on one instance's linear memory.
+    pub memory_limit_bytes: usize,
+    /// Wall-clock budget for one call; a guest past it is trapped.
+    pub timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { max_instances: 64, memory_limit_bytes: 16 << 20, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// How often the epoch advances; the deadline is counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub struct Runtime {
+    engine: Engine,
+    pre: PatServicePre<HostState>,
+    config: RuntimeConfig,
+    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Runtime {
+    /// The engine configuration every runtime uses (also the key of
+    /// precompiled artifacts).
+    pub fn engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
+        let mut pool = PoolingAllocationConfig::new();
+        let n = config.max_instances;
+        pool.total_component_instances(n)
+            .total_core_instances(n * 4)
+            .total_memories(n)
+            .total_tables(n * 2)
+            .max_memory_size(config.memory_limit_bytes);
+        let mut c = Config::new();
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        c.epoch_interruption(true);
+        c.memory_init_cow(true);
+        Engine::new(&c)
+    }
+
+    /// Compiles the embedded component.
+    pub fn new(config: RuntimeConfig) -> wasmtime::Result<Self> {
+        Self::from_component(crate::COMPONENT, config)
+    }
+
+    /// Compiles `wasm` (a component) and pre-instantiates it.
+    pub fn from_component(wasm: &[u8], config: RuntimeConfig) -> wasmtime::Result<Self> {
+        let engine = Self::engine(&config)?;
+        let component = Component::new(&engine, wasm)?;
+        Self::from_compiled(engine, component, config)
+    }
+
+    pub fn from_compiled(engine: Engine, component: Component, config: RuntimeConfig) -> wasmtime::Result<Self> {
+        let mut linker = Linker::<HostState>::new(&engine);
+        PatService::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let pre = PatServicePre::new(linker.instantiate_pre(&component)?)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| wasmtime::format_err!("cannot start the epoch thread: {e}"))?
+        };
+        Ok(Runtime { engine, pre, config, ticker: Some((stop, ticker)) })
+    }
+
+    pub fn engine_ref(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn store(&self, services: &Services) -> Store<HostState> {
+        let limits: StoreLimits = StoreLimitsBuilder::new()
+            .memory_size(self.config.memory_limit_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, HostState { services: services.clone(), limits });
+        store.limiter(|s| &mut s.limits);
+        let ticks = (self.config.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store
+    }
+
+    /// Instantiates a fresh instance and drops it (what each request pays).
+    pub fn instantiate_only(&self, services: &Services) -> wasmtime::Result<()> {
+        let mut store = self.store(services);
+        self.pre.instantiate(&mut store).map(drop)
+    }
+
+    /// Runs `endpoint` in a fresh instance. An `Err` is a trap or host
+    /// failure (the host answers 500); client errors are `Ok` replies.
+    pub fn call(
+        &self,
+        services: &Services,
+        endpoint: Endpoint,
+        settings: &Settings,
+        req: &Request,
+    ) -> wasmtime::Result<Response> {
+        let mut store = self.store(services);
+        let instance = self.pre.instantiate(&mut store)?;
+        let api = instance.rcpat_tokens_endpoints();
+        let (settings, req) = (settings_to_wit(settings), request_to_wit(req));
+        let r = match endpoint {
+            Endpoint::Regenerate => api.call_regenerate_personal_access_token(&mut store, settings, &req)?,
+            Endpoint::Generate => api.call_generate_personal_access_token(&mut store, settings, &req)?,
+            Endpoint::List => api.call_get_personal_access_tokens(&mut store, settings, &req)?,
+            Endpoint::Remove => api.call_remove_personal_access_token(&mut store, settings, &req)?,
+        };
+        Ok(Response { status: r.status, body: r.body })
+    }
+
+    /// The component's default settings (Rocket.Chat's defaults).
+    pub fn default_settings(&self, services: &Services) -> wasmtime::Result<Settings> {
+        let mut store = self.store(services);
+        let s = self.pre.instantiate(&mut store)?.rcpat_tokens_endpoints().call_default_settings(&mut store)?;
+        Ok(Settings {
+            two_factor_enabled: s.two_factor_enabled,
+            totp_enabled: s.totp_enabled,
+            email_enabled: s.email_enabled,
+            totp_max_delta: s.totp_max_delta,
+            email_code_expiration_seconds: s.email_code_expiration_seconds,
+            email_code_max_attempts: s.email_code_max_attempts,
+            enforce_password_fallback: s.enforce_password_fallback,
+            remember_for_seconds: s.remember_for_seconds,
+            max_failed_attempts: s.max_failed_attempts,
+            failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}
+
+fn settings_to_wit(s: &Settings) -> ep::Settings {
+    ep::Settings {
+        two_factor_enabled: s.two_factor_enabled,
+        totp_enabled: s.totp_enabled,
+        email_enabled: s.email_enabled,
+        totp_max_delta: s.totp_max_delta,
+        email_code_expiration_seconds: s.email_code_expiration_seconds,
+        email_code_max_attempts: s.email_code_max_attempts,
+        enforce_password_fallback: s.enforce_password_fallback,
+        remember_for_seconds: s.remember_for_seconds,
+        max_failed_attempts: s.max_failed_attempts,
+        failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+    }
+}
+
+fn request_to_wit(r: &Request) -> ep::Request {
+    ep::Request {
+        headers: r.headers.iter().map(|h| ep::Header { name: h.name.clone(), value: h.value.clone() }).collect(),
+        client_address: r.client_address.clone(),
+        body: r.body.clone(),
+    }
+}

@@ -1,0 +1,112 @@
+//! Fault injection: a storage that fails its Nth call, to prove that no
+//! failure point loses a token or leaves half a write.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rcpat::env::HostResult;
+use rcpat::model::*;
+
+use super::{NewUser, Storage, TokenRecord, UserSummary};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The failing call reports an error without touching the data.
+    Before,
+    /// The failing call does its work, then reports an error (a lost reply).
+    After,
+}
+
+/// Wraps a storage; component-facing call number `fail_at` (1-based) fails.
+/// Admin calls are passed through uncounted.
+pub struct FaultyStorage {
+    inner: Arc<dyn Storage>,
+    fail_at: usize,
+    mode: FaultMode,
+    calls: AtomicUsize,
+}
+
+impl FaultyStorage {
+    pub fn new(inner: Arc<dyn Storage>, fail_at: usize, mode: FaultMode) -> Self {
+        FaultyStorage { inner, fail_at, mode, calls: AtomicUsize::new(0) }
+    }
+
+    /// Component-facing calls made so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn call<T>(&self, f: impl FnOnce() -> HostResult<T>) -> HostResult<T> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n != self.fail_at {
+            return f();
+        }
+        if self.mode == FaultMode::After {
+            let _ = f();
+        }
+        Err(format!("injected failure at call {n}"))
+    }
+}
+
+impl Storage for FaultyStorage {
+    fn authenticate(&self, u: &str, h: &str) -> HostResult<Option<Session>> {
+        self.call(|| self.inner.authenticate(u, h))
+    }
+    fn has_permission(&self, u: &str, p: &str) -> HostResult<bool> {
+        self.call(|| self.inner.has_permission(u, p))
+    }
+    fn list_personal_access_tokens(&self, u: &str) -> HostResult<Vec<PersonalAccessToken>> {
+        self.call(|| self.inner.list_personal_access_tokens(u))
+    }
+    fn find_personal_access_token(&self, u: &str, n: &str) -> HostResult<Option<PersonalAccessToken>> {
+        self.call(|| self.inner.find_personal_access_token(u, n))
+    }
+    fn insert_personal_access_token(&self, u: &str, t: &PersonalAccessToken, p: &FactorProof) -> HostResult<WriteOutcome> {
+        self.call(|| self.inner.insert_personal_access_token(u, t, p))
+    }
+    fn replace_personal_access_token(
+        &self,
+        u: &str,
+        h: &str,
+        r: &PersonalAccessToken,
+        p: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.call(|| self.inner.replace_personal_access_token(u, h, r, p))
+    }
+    fn remove_personal_access_token(&self, u: &str, n: &str, p: &FactorProof) -> HostResult<WriteOutcome> {
+        self.call(|| self.inner.remove_personal_access_token(u, n, p))
+    }
+    fn record_two_factor_failure(&self, u: &str, at: TimestampMs, ws: TimestampMs, e: bool) -> HostResult<FailureCount> {
+        self.call(|| self.inner.record_two_factor_failure(u, at, ws, e))
+    }
+    fn store_email_code(&self, u: &str, c: &EmailCode) -> HostResult<()> {
+        self.call(|| self.inner.store_email_code(u, c))
+    }
+    fn create_user(&self, n: &NewUser) -> HostResult<()> {
+        self.inner.create_user(n)
+    }
+    fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
+        self.inner.find_user_id(username)
+    }
+    fn list_users(&self) -> HostResult<Vec<UserSummary>> {
+        self.inner.list_users()
+    }
+    fn set_totp(&self, u: &str, t: Option<&TotpEnrolment>) -> HostResult<()> {
+        self.inner.set_totp(u, t)
+    }
+    fn set_email_two_factor(&self, u: &str, on: bool) -> HostResult<()> {
+        self.inner.set_email_two_factor(u, on)
+    }
+    fn set_permission_roles(&self, p: &str, r: &[String]) -> HostResult<()> {
+        self.inner.set_permission_roles(p, r)
+    }
+    fn set_user_roles(&self, u: &str, r: &[String]) -> HostResult<()> {
+        self.inner.set_user_roles(u, r)
+    }
+    fn add_token(&self, u: &str, t: &TokenRecord) -> HostResult<()> {
+        self.inner.add_token(u, t)
+    }
+    fn token_hashes_named(&self, u: &str, n: &str) -> HostResult<Vec<String>> {
+        self.inner.token_hashes_named(u, n)
+    }
+}

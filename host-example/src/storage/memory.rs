@@ -1,0 +1,347 @@
+//! In-memory storage: one mutex around all state, so every operation is atomic.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rcpat::env::HostResult;
+use rcpat::model::*;
+
+use super::{NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary};
+
+#[derive(Clone)]
+struct Entry {
+    record: TokenRecord,
+    authorized_hash: Option<String>,
+    authorized_until: Option<TimestampMs>,
+}
+
+struct MemUser {
+    user: User,
+    email: Option<String>,
+    roles: Vec<String>,
+    tokens: Vec<Entry>,
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<String, MemUser>,
+    permissions: HashMap<String, Vec<String>>,
+}
+
+pub struct MemoryStorage {
+    state: Mutex<State>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        let mut state = State::default();
+        state
+            .permissions
+            .insert(PAT_PERMISSION.into(), PAT_PERMISSION_DEFAULT_ROLES.iter().map(|r| r.to_string()).collect());
+        MemoryStorage { state: Mutex::new(state) }
+    }
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> HostResult<T>) -> HostResult<T> {
+        // A panic elsewhere must not wedge storage: the state is only mutated
+        // after every check has passed, so a poisoned lock holds whole data.
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+fn user_mut<'a>(s: &'a mut State, id: &str) -> HostResult<&'a mut MemUser> {
+    s.users.get_mut(id).ok_or_else(|| format!("no user {id}"))
+}
+
+fn pat(e: &Entry) -> PersonalAccessToken {
+    PersonalAccessToken {
+        name: e.record.name.clone().unwrap_or_default(),
+        hashed_token: e.record.hashed_token.clone(),
+        last_token_part: e.record.last_token_part.clone(),
+        created_at: e.record.created_at,
+        bypass_two_factor: e.record.bypass_two_factor,
+    }
+}
+
+fn is_pat_named(e: &Entry, name: &str) -> bool {
+    e.record.kind == TokenKind::PersonalAccessToken && e.record.name.as_deref() == Some(name)
+}
+
+/// Whether `proof` can be spent now (checked before any mutation).
+fn factor_available(u: &MemUser, used: &FactorUse) -> bool {
+    match used {
+        FactorUse::None | FactorUse::Password => true,
+        FactorUse::TotpStep(step) => u.user.totp.as_ref().is_some_and(|t| *step > t.last_used_step),
+        FactorUse::BackupCode(h) => u.user.totp.as_ref().is_some_and(|t| t.hashed_backup_codes.contains(h)),
+        FactorUse::EmailCode(h) => u.user.email_code.as_ref().is_some_and(|c| &c.code_hash == h),
+    }
+}
+
+/// Spends a proof that `factor_available` accepted.
+fn spend(u: &mut MemUser, proof: &FactorProof) {
+    match &proof.used {
+        FactorUse::None => {}
+        FactorUse::Password => {}
+        FactorUse::TotpStep(step) => u.user.totp.as_mut().unwrap().last_used_step = *step,
+        FactorUse::BackupCode(h) => u.user.totp.as_mut().unwrap().hashed_backup_codes.retain(|c| c != h),
+        FactorUse::EmailCode(_) => u.user.email_code = None,
+    }
+    if proof.used != FactorUse::None {
+        u.user.failures = FailureCount::default();
+    }
+    if let Some(grant) = &proof.remember {
+        if let Some(e) = u.tokens.iter_mut().find(|e| e.record.hashed_token == grant.hashed_login_token) {
+            e.authorized_hash = Some(grant.fingerprint.clone());
+            e.authorized_until = Some(grant.until);
+        }
+    }
+}
+
+fn record_of(user_id_pat: &PersonalAccessToken) -> TokenRecord {
+    TokenRecord {
+        hashed_token: user_id_pat.hashed_token.clone(),
+        kind: TokenKind::PersonalAccessToken,
+        name: Some(user_id_pat.name.clone()),
+        last_token_part: user_id_pat.last_token_part.clone(),
+        created_at: user_id_pat.created_at,
+        bypass_two_factor: user_id_pat.bypass_two_factor,
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
+        self.with(|s| {
+            let Some(u) = s.users.get(user_id) else { return Ok(None) };
+            Ok(u.tokens.iter().find(|e| e.record.hashed_token == hashed_token).map(|e| Session {
+                user: u.user.clone(),
+                token: LoginToken {
+                    hashed_token: e.record.hashed_token.clone(),
+                    kind: e.record.kind,
+                    bypass_two_factor: e.record.bypass_two_factor,
+                    two_factor_authorized_hash: e.authorized_hash.clone(),
+                    two_factor_authorized_until: e.authorized_until,
+                },
+            }))
+        })
+    }
+
+    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
+        self.with(|s| {
+            let roles = s.permissions.get(permission).cloned().unwrap_or_default();
+            Ok(s.users.get(user_id).is_some_and(|u| u.roles.iter().any(|r| roles.contains(r))))
+        })
+    }
+
+    fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>> {
+        self.with(|s| {
+            Ok(s.users.get(user_id).map_or_else(Vec::new, |u| {
+                u.tokens.iter().filter(|e| e.record.kind == TokenKind::PersonalAccessToken).map(pat).collect()
+            }))
+        })
+    }
+
+    fn find_personal_access_token(&self, user_id: &str, name: &str) -> HostResult<Option<PersonalAccessToken>> {
+        self.with(|s| Ok(s.users.get(user_id).and_then(|u| u.tokens.iter().find(|e| is_pat_named(e, name)).map(pat))))
+    }
+
+    fn insert_personal_access_token(
+        &self,
+        user_id: &str,
+        token: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.with(|s| {
+            let Some(u) = s.users.get_mut(user_id) else { return Ok(WriteOutcome::NotFound) };
+            if u.tokens.iter().any(|e| is_pat_named(e, &token.name)) {
+                return Ok(WriteOutcome::NameTaken);
+            }
+            if !factor_available(u, &proof.used) {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            spend(u, proof);
+            u.tokens.push(Entry { record: record_of(token), authorized_hash: None, authorized_until: None });
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn replace_personal_access_token(
+        &self,
+        user_id: &str,
+        expected_hashed_token: &str,
+        replacement: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.with(|s| {
+            let Some(u) = s.users.get_mut(user_id) else { return Ok(WriteOutcome::NotFound) };
+            let Some(i) = u
+                .tokens
+                .iter()
+                .position(|e| is_pat_named(e, &replacement.name) && e.record.hashed_token == expected_hashed_token)
+            else {
+                return Ok(WriteOutcome::NotFound);
+            };
+            if !factor_available(u, &proof.used) {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            spend(u, proof);
+            u.tokens[i] = Entry { record: record_of(replacement), authorized_hash: None, authorized_until: None };
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn remove_personal_access_token(&self, user_id: &str, name: &str, proof: &FactorProof) -> HostResult<WriteOutcome> {
+        self.with(|s| {
+            let Some(u) = s.users.get_mut(user_id) else { return Ok(WriteOutcome::NotFound) };
+            if !u.tokens.iter().any(|e| is_pat_named(e, name)) {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if !factor_available(u, &proof.used) {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            spend(u, proof);
+            u.tokens.retain(|e| !is_pat_named(e, name));
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn record_two_factor_failure(
+        &self,
+        user_id: &str,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        email_code_attempt: bool,
+    ) -> HostResult<FailureCount> {
+        self.with(|s| {
+            let u = user_mut(s, user_id)?;
+            let f = &mut u.user.failures;
+            if f.last_failed_at < window_start {
+                f.count = 0;
+            }
+            f.count += 1;
+            f.last_failed_at = at;
+            if email_code_attempt {
+                if let Some(c) = u.user.email_code.as_mut() {
+                    c.attempts += 1;
+                }
+            }
+            Ok(u.user.failures)
+        })
+    }
+
+    fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()> {
+        self.with(|s| {
+            user_mut(s, user_id)?.user.email_code = Some(code.clone());
+            Ok(())
+        })
+    }
+
+    fn create_user(&self, n: &NewUser) -> HostResult<()> {
+        self.with(|s| {
+            if s.users.contains_key(&n.id) || s.users.values().any(|u| u.user.username == n.username) {
+                return Err(format!("user {} already exists", n.username));
+            }
+            let verified_emails = match (&n.email, n.email_verified) {
+                (Some(e), true) => vec![e.clone()],
+                _ => vec![],
+            };
+            s.users.insert(
+                n.id.clone(),
+                MemUser {
+                    user: User {
+                        id: n.id.clone(),
+                        username: n.username.clone(),
+                        created_at: n.created_at,
+                        verified_emails,
+                        password_bcrypt: n.password_bcrypt.clone(),
+                        totp: None,
+                        email_two_factor: false,
+                        email_code: None,
+                        failures: FailureCount::default(),
+                    },
+                    email: n.email.clone(),
+                    roles: n.roles.clone(),
+                    tokens: Vec::new(),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
+        self.with(|s| Ok(s.users.values().find(|u| u.user.username == username).map(|u| u.user.id.clone())))
+    }
+
+    fn list_users(&self) -> HostResult<Vec<UserSummary>> {
+        self.with(|s| {
+            let mut users: Vec<UserSummary> = s
+                .users
+                .values()
+                .map(|u| UserSummary {
+                    id: u.user.id.clone(),
+                    username: u.user.username.clone(),
+                    email: u.email.clone(),
+                    roles: u.roles.clone(),
+                    totp: u.user.totp.is_some(),
+                    email_two_factor: u.user.email_two_factor,
+                })
+                .collect();
+            users.sort_by(|a, b| a.username.cmp(&b.username));
+            Ok(users)
+        })
+    }
+
+    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> HostResult<()> {
+        self.with(|s| {
+            user_mut(s, user_id)?.user.totp = totp.cloned();
+            Ok(())
+        })
+    }
+
+    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> HostResult<()> {
+        self.with(|s| {
+            user_mut(s, user_id)?.user.email_two_factor = enabled;
+            Ok(())
+        })
+    }
+
+    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()> {
+        self.with(|s| {
+            s.permissions.insert(permission.to_string(), roles.to_vec());
+            Ok(())
+        })
+    }
+
+    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()> {
+        self.with(|s| {
+            user_mut(s, user_id)?.roles = roles.to_vec();
+            Ok(())
+        })
+    }
+
+    fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()> {
+        self.with(|s| {
+            let u = user_mut(s, user_id)?;
+            if let Some(name) = &token.name {
+                if u.tokens.iter().any(|e| is_pat_named(e, name)) {
+                    return Err(format!("a token named {name} exists"));
+                }
+            }
+            u.tokens.push(Entry { record: token.clone(), authorized_hash: None, authorized_until: None });
+            Ok(())
+        })
+    }
+
+    fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>> {
+        self.with(|s| {
+            Ok(s.users.get(user_id).map_or_else(Vec::new, |u| {
+                u.tokens.iter().filter(|e| is_pat_named(e, name)).map(|e| e.record.hashed_token.clone()).collect()
+            }))
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! Storage for the component's `storage` import: the trait every backend
+//! implements, and the backends (SQLite, memory, and a fault injector).
+//!
+//! Each method is one atomic operation: it happens completely or not at all.
+//! The component's methods mirror `wit/world.wit`; the `admin` methods are the
+//! host's own (creating users, enrolling 2FA, seeding tokens).
+
+use rcpat::env::HostResult;
+use rcpat::model::*;
+
+pub mod faulty;
+pub mod memory;
+pub mod sqlite;
+
+pub use faulty::{FaultMode, FaultyStorage};
+pub use memory::MemoryStorage;
+pub use sqlite::SqliteStorage;
+
+/// The permission the endpoints check.
+pub const PAT_PERMISSION: &str = "create-personal-access-tokens";
+/// Rocket.Chat's default roles for it.
+pub const PAT_PERMISSION_DEFAULT_ROLES: &[&str] = &["admin", "user"];
+
+/// A user as an administrator creates it.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub password_bcrypt: Option<String>,
+    pub roles: Vec<String>,
+    pub created_at: TimestampMs,
+}
+
+/// A stored login token or PAT, as the host seeds it.
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    pub hashed_token: String,
+    pub kind: TokenKind,
+    /// Set for personal access tokens.
+    pub name: Option<String>,
+    pub last_token_part: String,
+    pub created_at: TimestampMs,
+    pub bypass_two_factor: bool,
+}
+
+/// A user as listed by the admin CLI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSummary {
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    pub totp: bool,
+    pub email_two_factor: bool,
+}
+
+pub trait Storage: Send + Sync {
+    // --- The component's operations (semantics in wit/world.wit) ---
+    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>>;
+    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool>;
+    fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
+    fn find_personal_access_token(&self, user_id: &str, name: &str) -> HostResult<Option<PersonalAccessToken>>;
+    fn insert_personal_access_token(
+        &self,
+        user_id: &str,
+        token: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn replace_personal_access_token(
+        &self,
+        user_id: &str,
+        expected_hashed_token: &str,
+        replacement: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn remove_personal_access_token(&self, user_id: &str, name: &str, proof: &FactorProof) -> HostResult<WriteOutcome>;
+    fn record_two_factor_failure(
+        &self,
+        user_id: &str,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        email_code_attempt: bool,
+    ) -> HostResult<FailureCount>;
+    fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()>;
+
+    // --- Administration (host only) ---
+    /// Fails if the id or username exists.
+    fn create_user(&self, user: &NewUser) -> HostResult<()>;
+    fn find_user_id(&self, username: &str) -> HostResult<Option<String>>;
+    fn list_users(&self) -> HostResult<Vec<UserSummary>>;
+    /// Enrols (Some) or removes (None) TOTP, replacing backup codes.
+    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> HostResult<()>;
+    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> HostResult<()>;
+    /// Which roles grant `permission` (Rocket.Chat's `updatePermission`).
+    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()>;
+    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()>;
+    /// Stores a login token (or PAT) for the user.
+    fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()>;
+    /// All stored token hashes of the user with that PAT name (for checks).
+    fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>>;
+}

@@ -1,0 +1,532 @@
+//! SQLite storage: one file, WAL, `synchronous=FULL` (a write that returned
+//! is on disk), every operation one `BEGIN IMMEDIATE` transaction.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use rcpat::env::HostResult;
+use rcpat::model::*;
+
+use super::{NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records progress.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        email TEXT,
+        email_verified INTEGER NOT NULL,
+        password_bcrypt TEXT,
+        created_at INTEGER NOT NULL,
+        email_two_factor INTEGER NOT NULL DEFAULT 0,
+        failed_count INTEGER NOT NULL DEFAULT 0,
+        failed_last_at INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE user_roles (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        PRIMARY KEY (user_id, role)
+    );
+    CREATE TABLE permission_roles (
+        permission TEXT NOT NULL,
+        role TEXT NOT NULL,
+        PRIMARY KEY (permission, role)
+    );
+    CREATE TABLE totp (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        secret TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        last_used_step INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE backup_codes (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        PRIMARY KEY (user_id, code_hash)
+    );
+    CREATE TABLE email_codes (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        salt TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE tokens (
+        hashed_token TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('login', 'pat')),
+        name TEXT,
+        last_token_part TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        bypass_two_factor INTEGER NOT NULL DEFAULT 0,
+        authorized_hash TEXT,
+        authorized_until INTEGER
+    );
+    CREATE INDEX tokens_by_user ON tokens(user_id);
+    CREATE UNIQUE INDEX pat_names ON tokens(user_id, name) WHERE kind = 'pat';
+"#];
+
+pub struct SqliteStorage {
+    conn: Mutex<Connection>,
+}
+
+fn e(err: rusqlite::Error) -> String {
+    format!("sqlite: {err}")
+}
+
+fn kind_str(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Login => "login",
+        TokenKind::PersonalAccessToken => "pat",
+    }
+}
+
+fn alg_str(a: TotpAlgorithm) -> &'static str {
+    match a {
+        TotpAlgorithm::Sha1 => "sha1",
+        TotpAlgorithm::Sha256 => "sha256",
+        TotpAlgorithm::Sha512 => "sha512",
+    }
+}
+
+fn alg_from(s: &str) -> TotpAlgorithm {
+    match s {
+        "sha256" => TotpAlgorithm::Sha256,
+        "sha512" => TotpAlgorithm::Sha512,
+        _ => TotpAlgorithm::Sha1,
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> HostResult<Self> {
+        let conn = Connection::open(path).map_err(e)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn open_in_memory() -> HostResult<Self> {
+        Self::init(Connection::open_in_memory().map_err(e)?)
+    }
+
+    fn init(mut conn: Connection) -> HostResult<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(e)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(e)?;
+        if version > MIGRATIONS.len() {
+            return Err(format!("database schema {version} is newer than this program ({})", MIGRATIONS.len()));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+            tx.execute_batch(sql).map_err(e)?;
+            if i == 0 {
+                for role in PAT_PERMISSION_DEFAULT_ROLES {
+                    tx.execute("INSERT INTO permission_roles VALUES (?1, ?2)", params![PAT_PERMISSION, role])
+                        .map_err(e)?;
+                }
+            }
+            tx.pragma_update(None, "user_version", i + 1).map_err(e)?;
+            tx.commit().map_err(e)?;
+        }
+        Ok(SqliteStorage { conn: Mutex::new(conn) })
+    }
+
+    /// Runs `f` in one immediate transaction, committed only if it returns Ok.
+    fn tx<T>(&self, f: impl FnOnce(&Transaction) -> rusqlite::Result<T>) -> HostResult<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let value = f(&tx).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(value)
+    }
+}
+
+fn load_user(tx: &Transaction, user_id: &str) -> rusqlite::Result<Option<User>> {
+    let row = tx
+        .prepare_cached(
+            "SELECT username, created_at, email, email_verified, password_bcrypt, email_two_factor, \
+             failed_count, failed_last_at FROM users WHERE id = ?1",
+        )?
+        .query_row([user_id], |r| {
+            let email: Option<String> = r.get(2)?;
+            let verified: bool = r.get(3)?;
+            Ok(User {
+                id: user_id.to_string(),
+                username: r.get(0)?,
+                created_at: r.get::<_, i64>(1)? as u64,
+                verified_emails: email.filter(|_| verified).into_iter().collect(),
+                password_bcrypt: r.get(4)?,
+                totp: None,
+                email_two_factor: r.get(5)?,
+                email_code: None,
+                failures: FailureCount {
+                    count: r.get(6)?,
+                    last_failed_at: r.get::<_, i64>(7)? as u64,
+                },
+            })
+        })
+        .optional()?;
+    let Some(mut user) = row else { return Ok(None) };
+    user.totp = tx
+        .prepare_cached("SELECT secret, algorithm, digits, period, last_used_step FROM totp WHERE user_id = ?1")?
+        .query_row([user_id], |r| {
+            Ok(TotpEnrolment {
+                secret: r.get(0)?,
+                algorithm: alg_from(&r.get::<_, String>(1)?),
+                digits: r.get(2)?,
+                period: r.get(3)?,
+                last_used_step: r.get::<_, i64>(4)? as u64,
+                hashed_backup_codes: Vec::new(),
+            })
+        })
+        .optional()?;
+    if let Some(t) = user.totp.as_mut() {
+        let mut stmt = tx.prepare_cached("SELECT code_hash FROM backup_codes WHERE user_id = ?1 ORDER BY rowid")?;
+        t.hashed_backup_codes = stmt.query_map([user_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    }
+    user.email_code = tx
+        .prepare_cached("SELECT code_hash, salt, expires_at, attempts FROM email_codes WHERE user_id = ?1")?
+        .query_row([user_id], |r| {
+            Ok(EmailCode {
+                code_hash: r.get(0)?,
+                salt: r.get(1)?,
+                expires_at: r.get::<_, i64>(2)? as u64,
+                attempts: r.get(3)?,
+            })
+        })
+        .optional()?;
+    Ok(Some(user))
+}
+
+fn pat_row(r: &rusqlite::Row) -> rusqlite::Result<PersonalAccessToken> {
+    Ok(PersonalAccessToken {
+        name: r.get(0)?,
+        hashed_token: r.get(1)?,
+        last_token_part: r.get(2)?,
+        created_at: r.get::<_, i64>(3)? as u64,
+        bypass_two_factor: r.get(4)?,
+    })
+}
+
+const PAT_COLUMNS: &str = "name, hashed_token, last_token_part, created_at, bypass_two_factor";
+
+/// Checks and spends `proof` inside the caller's transaction; false (and no
+/// change) when the factor was already spent.
+fn spend(tx: &Transaction, user_id: &str, proof: &FactorProof) -> rusqlite::Result<bool> {
+    let spent = match &proof.used {
+        FactorUse::None | FactorUse::Password => 1,
+        FactorUse::TotpStep(step) => tx.execute(
+            "UPDATE totp SET last_used_step = ?2 WHERE user_id = ?1 AND last_used_step < ?2",
+            params![user_id, *step as i64],
+        )?,
+        FactorUse::BackupCode(h) => {
+            tx.execute("DELETE FROM backup_codes WHERE user_id = ?1 AND code_hash = ?2", params![user_id, h])?
+        }
+        FactorUse::EmailCode(h) => {
+            tx.execute("DELETE FROM email_codes WHERE user_id = ?1 AND code_hash = ?2", params![user_id, h])?
+        }
+    };
+    if spent == 0 {
+        return Ok(false);
+    }
+    if proof.used != FactorUse::None {
+        tx.execute("UPDATE users SET failed_count = 0 WHERE id = ?1", [user_id])?;
+    }
+    if let Some(g) = &proof.remember {
+        tx.execute(
+            "UPDATE tokens SET authorized_hash = ?3, authorized_until = ?4 WHERE user_id = ?1 AND hashed_token = ?2",
+            params![user_id, g.hashed_login_token, g.fingerprint, g.until as i64],
+        )?;
+    }
+    Ok(true)
+}
+
+fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        t.hashed_token,
+        user_id,
+        kind_str(t.kind),
+        t.name,
+        t.last_token_part,
+        t.created_at as i64,
+        t.bypass_two_factor
+    ])
+}
+
+fn pat_record(t: &PersonalAccessToken) -> TokenRecord {
+    TokenRecord {
+        hashed_token: t.hashed_token.clone(),
+        kind: TokenKind::PersonalAccessToken,
+        name: Some(t.name.clone()),
+        last_token_part: t.last_token_part.clone(),
+        created_at: t.created_at,
+        bypass_two_factor: t.bypass_two_factor,
+    }
+}
+
+fn pat_exists(tx: &Transaction, user_id: &str, name: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2")?
+        .exists(params![user_id, name])
+}
+
+impl Storage for SqliteStorage {
+    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
+        self.tx(|tx| {
+            let token = tx
+                .prepare_cached(
+                    "SELECT kind, bypass_two_factor, authorized_hash, authorized_until FROM tokens \
+                     WHERE hashed_token = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![hashed_token, user_id], |r| {
+                    Ok(LoginToken {
+                        hashed_token: hashed_token.to_string(),
+                        kind: if r.get::<_, String>(0)? == "pat" { TokenKind::PersonalAccessToken } else { TokenKind::Login },
+                        bypass_two_factor: r.get(1)?,
+                        two_factor_authorized_hash: r.get(2)?,
+                        two_factor_authorized_until: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    })
+                })
+                .optional()?;
+            let Some(token) = token else { return Ok(None) };
+            Ok(load_user(tx, user_id)?.map(|user| Session { user, token }))
+        })
+    }
+
+    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
+        self.tx(|tx| {
+            tx.prepare_cached(
+                "SELECT 1 FROM user_roles u JOIN permission_roles p ON p.role = u.role \
+                 WHERE u.user_id = ?1 AND p.permission = ?2",
+            )?
+            .exists(params![user_id, permission])
+        })
+    }
+
+    fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>> {
+        self.tx(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {PAT_COLUMNS} FROM tokens WHERE user_id = ?1 AND kind = 'pat' ORDER BY created_at, rowid"
+            ))?;
+            stmt.query_map([user_id], pat_row)?.collect()
+        })
+    }
+
+    fn find_personal_access_token(&self, user_id: &str, name: &str) -> HostResult<Option<PersonalAccessToken>> {
+        self.tx(|tx| {
+            tx.prepare_cached(&format!(
+                "SELECT {PAT_COLUMNS} FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2"
+            ))?
+            .query_row(params![user_id, name], pat_row)
+            .optional()
+        })
+    }
+
+    fn insert_personal_access_token(
+        &self,
+        user_id: &str,
+        token: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.tx(|tx| {
+            if !tx.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?.exists([user_id])? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if pat_exists(tx, user_id, &token.name)? {
+                return Ok(WriteOutcome::NameTaken);
+            }
+            if !spend(tx, user_id, proof)? {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            insert_token(tx, user_id, &pat_record(token))?;
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn replace_personal_access_token(
+        &self,
+        user_id: &str,
+        expected_hashed_token: &str,
+        r: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.tx(|tx| {
+            // The compare: the named token must still hold the expected value.
+            let current = tx
+                .prepare_cached("SELECT 1 FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3")?
+                .exists(params![user_id, r.name, expected_hashed_token])?;
+            if !current {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if !spend(tx, user_id, proof)? {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            // The swap: one row rewritten in place, so there is never a moment
+            // with neither token or with both.
+            tx.prepare_cached(
+                "UPDATE tokens SET hashed_token = ?4, last_token_part = ?5, created_at = ?6, bypass_two_factor = ?7, \
+                 authorized_hash = NULL, authorized_until = NULL \
+                 WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3",
+            )?
+            .execute(params![
+                user_id,
+                r.name,
+                expected_hashed_token,
+                r.hashed_token,
+                r.last_token_part,
+                r.created_at as i64,
+                r.bypass_two_factor
+            ])?;
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn remove_personal_access_token(&self, user_id: &str, name: &str, proof: &FactorProof) -> HostResult<WriteOutcome> {
+        self.tx(|tx| {
+            if !pat_exists(tx, user_id, name)? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if !spend(tx, user_id, proof)? {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            tx.execute("DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2", params![user_id, name])?;
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn record_two_factor_failure(
+        &self,
+        user_id: &str,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        email_code_attempt: bool,
+    ) -> HostResult<FailureCount> {
+        self.tx(|tx| {
+            let (at, start) = (at as i64, window_start as i64);
+            tx.execute(
+                "UPDATE users SET failed_count = CASE WHEN failed_last_at < ?3 THEN 1 ELSE failed_count + 1 END, \
+                 failed_last_at = ?2 WHERE id = ?1",
+                params![user_id, at, start],
+            )?;
+            if email_code_attempt {
+                tx.execute("UPDATE email_codes SET attempts = attempts + 1 WHERE user_id = ?1", [user_id])?;
+            }
+            tx.query_row("SELECT failed_count, failed_last_at FROM users WHERE id = ?1", [user_id], |r| {
+                Ok(FailureCount { count: r.get(0)?, last_failed_at: r.get::<_, i64>(1)? as u64 })
+            })
+        })
+    }
+
+    fn store_email_code(&self, user_id: &str, c: &EmailCode) -> HostResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO email_codes (user_id, code_hash, salt, expires_at, attempts) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(user_id) DO UPDATE SET code_hash = ?2, salt = ?3, expires_at = ?4, attempts = ?5",
+                params![user_id, c.code_hash, c.salt, c.expires_at as i64, c.attempts],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_user(&self, n: &NewUser) -> HostResult<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO users (id, username, email, email_verified, password_bcrypt, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![n.id, n.username, n.email, n.email_verified, n.password_bcrypt, n.created_at as i64],
+            )?;
+            for role in &n.roles {
+                tx.execute("INSERT OR IGNORE INTO user_roles VALUES (?1, ?2)", params![n.id, role])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
+        self.tx(|tx| tx.query_row("SELECT id FROM users WHERE username = ?1", [username], |r| r.get(0)).optional())
+    }
+
+    fn list_users(&self) -> HostResult<Vec<UserSummary>> {
+        self.tx(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT u.id, u.username, u.email, u.email_two_factor, \
+                 EXISTS(SELECT 1 FROM totp t WHERE t.user_id = u.id), \
+                 (SELECT group_concat(role, ',') FROM (SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role)) \
+                 FROM users u ORDER BY u.username",
+            )?;
+            stmt.query_map([], |r| {
+                let roles: Option<String> = r.get(5)?;
+                Ok(UserSummary {
+                    id: r.get(0)?,
+                    username: r.get(1)?,
+                    email: r.get(2)?,
+                    email_two_factor: r.get(3)?,
+                    totp: r.get(4)?,
+                    roles: roles.map(|s| s.split(',').map(String::from).collect()).unwrap_or_default(),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> HostResult<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM totp WHERE user_id = ?1", [user_id])?;
+            tx.execute("DELETE FROM backup_codes WHERE user_id = ?1", [user_id])?;
+            if let Some(t) = totp {
+                tx.execute(
+                    "INSERT INTO totp (user_id, secret, algorithm, digits, period, last_used_step) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![user_id, t.secret, alg_str(t.algorithm), t.digits, t.period, t.last_used_step as i64],
+                )?;
+                for h in &t.hashed_backup_codes {
+                    tx.execute("INSERT OR IGNORE INTO backup_codes VALUES (?1, ?2)", params![user_id, h])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> HostResult<()> {
+        let n = self.tx(|tx| tx.execute("UPDATE users SET email_two_factor = ?2 WHERE id = ?1", params![user_id, enabled]))?;
+        if n == 0 { Err(format!("no user {user_id}")) } else { Ok(()) }
+    }
+
+    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM permission_roles WHERE permission = ?1", [permission])?;
+            for role in roles {
+                tx.execute("INSERT OR IGNORE INTO permission_roles VALUES (?1, ?2)", params![permission, role])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()> {
+        self.tx(|tx| {
+            tx.execute("DELETE FROM user_roles WHERE user_id = ?1", [user_id])?;
+            for role in roles {
+                tx.execute("INSERT OR IGNORE INTO user_roles VALUES (?1, ?2)", params![user_id, role])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()> {
+        self.tx(|tx| insert_token(tx, user_id, token).map(drop))
+    }
+
+    fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>> {
+        self.tx(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT hashed_token FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2")?;
+            stmt.query_map(params![user_id, name], |r| r.get(0))?.collect()
+        })
+    }
+}
