@@ -1,0 +1,135 @@
+//! Shared fixture for the integration tests: the real component in wasmtime,
+//! one runtime per test binary, fresh in-memory services per test.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use host_example::admin::{self, UserSpec};
+use host_example::clock::{Clock, ManualClock};
+use host_example::mail::MemoryMailer;
+use host_example::runtime::{Endpoint, Runtime, RuntimeConfig};
+use host_example::services::Services;
+use host_example::storage::{MemoryStorage, Storage};
+use rcpat::model::{Request, Settings, TotpAlgorithm};
+use serde_json::Value;
+
+pub use Endpoint::*;
+
+/// 2027-01-15T08:00:00Z, mid TOTP step.
+pub const T0: u64 = 1_800_000_015_000;
+/// bcrypt cost for test users (the minimum; the demo uses Rocket.Chat's 10).
+pub const COST: u32 = 4;
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| Runtime::new(RuntimeConfig::default()).expect("the component loads"))
+}
+
+pub struct Fx {
+    pub storage: Arc<dyn Storage>,
+    pub mailer: Arc<MemoryMailer>,
+    pub clock: Arc<ManualClock>,
+    pub services: Services,
+    pub settings: Settings,
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    /// A login (session) token.
+    pub login: String,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub json: Value,
+}
+
+impl Fx {
+    pub fn new() -> Self {
+        Self::with_storage(Arc::new(MemoryStorage::new()))
+    }
+
+    pub fn with_storage(storage: Arc<dyn Storage>) -> Self {
+        let mailer = Arc::new(MemoryMailer::default());
+        let clock = Arc::new(ManualClock::new(T0));
+        let services = Services::new(storage.clone(), mailer.clone()).with_clock(clock.clone());
+        Fx { storage, mailer, clock, services, settings: Settings::default() }
+    }
+
+    /// A user with the `user` role, a verified email, optionally a password,
+    /// and a login token.
+    pub fn user(&self, name: &str, password: Option<&str>) -> User {
+        self.user_with_roles(name, password, &["user"])
+    }
+
+    pub fn user_with_roles(&self, name: &str, password: Option<&str>, roles: &[&str]) -> User {
+        let email = format!("{name}@example.org");
+        let id = admin::create_user(
+            &self.services,
+            &UserSpec { username: name, email: Some(&email), password, roles },
+            COST,
+        )
+        .unwrap();
+        let login = admin::issue_login_token(&self.services, &id).unwrap();
+        User { id, name: name.into(), login }
+    }
+
+    pub fn pat(&self, user: &User, name: &str, bypass: bool) -> String {
+        admin::issue_personal_access_token(&self.services, &user.id, name, bypass).unwrap()
+    }
+
+    pub fn enable_totp(&self, user: &User) -> admin::TotpSetup {
+        admin::enable_totp(&*self.storage, &user.id, &user.name, TotpAlgorithm::Sha1, 6).unwrap()
+    }
+
+    /// The TOTP code `offset` steps from now.
+    pub fn totp(&self, setup: &admin::TotpSetup, offset: i64) -> String {
+        admin::totp_code(&setup.secret, TotpAlgorithm::Sha1, 6, self.clock.now_ms(), offset)
+    }
+
+    /// Sends a request with the usual headers through the component.
+    pub fn call(&self, ep: Endpoint, user: &User, token: &str, two_fa: Option<(&str, &str)>, body: &str) -> Reply {
+        let mut headers = vec![("X-User-Id", user.id.as_str()), ("X-Auth-Token", token)];
+        if let Some((method, code)) = two_fa {
+            headers.push(("x-2fa-method", method));
+            headers.push(("x-2fa-code", code));
+        }
+        self.send(ep, &Request::new(&headers, body.as_bytes()))
+    }
+
+    pub fn send(&self, ep: Endpoint, req: &Request) -> Reply {
+        let r = runtime().call(&self.services, ep, &self.settings, req).expect("the component never traps on input");
+        let json = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", r.body));
+        Reply { status: r.status, body: r.body, json }
+    }
+
+    pub fn regenerate(&self, user: &User, token: &str, two_fa: Option<(&str, &str)>, name: &str) -> Reply {
+        self.call(Regenerate, user, token, two_fa, &format!(r#"{{"tokenName":"{name}"}}"#))
+    }
+
+    /// Whether `token` authenticates as `user` (what every endpoint checks first).
+    pub fn authenticates(&self, user: &User, token: &str) -> bool {
+        self.storage.authenticate(&user.id, &rcpat::token::hash_token(token)).unwrap().is_some()
+    }
+}
+
+impl Reply {
+    pub fn error_type(&self) -> &str {
+        self.json["errorType"].as_str().unwrap_or("")
+    }
+
+    pub fn token(&self) -> String {
+        assert_eq!(self.status, 200, "expected success, got {}", self.body);
+        self.json["token"].as_str().expect("a token").to_string()
+    }
+}
+
+/// The SHA-256 hex of the password: the `password` method's code.
+pub fn password_code(password: &str) -> String {
+    admin::password_digest(password)
+}
