@@ -1,0 +1,123 @@
+//! Many threads regenerating the same token at once against SQLite: at the
+//! end exactly one token of that name exists and authenticates, and every
+//! reply was a success or a defined error.
+
+mod common;
+use std::sync::{Arc, Barrier};
+
+use common::*;
+use host_example::storage::SqliteStorage;
+
+const THREADS: usize = 12;
+const ROUNDS: usize = 4;
+
+fn sqlite_fx(dir: &std::path::Path) -> Fx {
+    Fx::with_storage(Arc::new(SqliteStorage::open(dir.join("race.sqlite")).unwrap()))
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rcpat-{name}-{}-{}", std::process::id(), host_example::admin::random_id(6)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn concurrent_regenerations_leave_exactly_one_token() {
+    let dir = temp_dir("race");
+    let fx = Arc::new(sqlite_fx(&dir));
+    let u = fx.user("racer", None);
+    let first = fx.pat(&u, "shared", false);
+    let mut issued = vec![first];
+    for _ in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (fx, u, barrier) = (fx.clone(), u.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let r = fx.regenerate(&u, &u.login, None, "shared");
+                    (r.status, r.body, r.json)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (status, body, json) = h.join().unwrap();
+            match status {
+                200 => issued.push(json["token"].as_str().unwrap().to_string()),
+                409 => assert_eq!(json["errorType"], "error-token-regenerated-concurrently", "{body}"),
+                _ => panic!("undefined reply {status} {body}"),
+            }
+        }
+    }
+    assert!(issued.len() > ROUNDS, "each round has at least one winner");
+    let hashes = fx.storage.token_hashes_named(&u.id, "shared").unwrap();
+    assert_eq!(hashes.len(), 1);
+    let live: Vec<_> = issued.iter().filter(|t| fx.authenticates(&u, t)).collect();
+    assert_eq!(live.len(), 1, "exactly one issued token still works");
+    assert_eq!(rcpat::token::hash_token(live[0]), hashes[0]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn concurrent_self_rotation_of_one_pat() {
+    let dir = temp_dir("self");
+    let fx = Arc::new(sqlite_fx(&dir));
+    let u = fx.user("rotor", Some(PASSWORD));
+    let pat = fx.pat(&u, "bot", true);
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (fx, u, barrier, pat) = (fx.clone(), u.clone(), barrier.clone(), pat.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let r = fx.regenerate(&u, &pat, None, "bot");
+                (r.status, r.json)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for h in handles {
+        let (status, json) = h.join().unwrap();
+        match status {
+            200 => winners.push(json["token"].as_str().unwrap().to_string()),
+            // Losers either saw the old token gone (401) or lost the swap (409).
+            401 => assert_eq!(json["message"], "You must be logged in to do this."),
+            409 => assert_eq!(json["errorType"], "error-token-regenerated-concurrently"),
+            other => panic!("undefined reply {other} {json}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one self-rotation wins");
+    assert!(fx.authenticates(&u, &winners[0]) && !fx.authenticates(&u, &pat));
+    assert_eq!(fx.storage.token_hashes_named(&u.id, "bot").unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn one_totp_code_raced_by_many_requests_is_spent_once() {
+    let dir = temp_dir("totp");
+    let fx = Arc::new(sqlite_fx(&dir));
+    let u = fx.user("otp", None);
+    let setup = fx.enable_totp(&u);
+    for i in 0..THREADS {
+        fx.pat(&u, &format!("t{i}"), false);
+    }
+    let code = fx.totp(&setup, 0);
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let (fx, u, barrier, code) = (fx.clone(), u.clone(), barrier.clone(), code.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let r = fx.regenerate(&u, &u.login, Some(("totp", &code)), &format!("t{i}"));
+                (r.status, r.json)
+            })
+        })
+        .collect();
+    let statuses: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 1, "a TOTP code is accepted once, even under a race: {statuses:?}");
+    // The losers presented a spent code: wrong codes, which also count
+    // towards the per-user limit (so the last ones see totp-max-attempts).
+    assert!(statuses.iter().all(|(s, j)| *s == 200 || j["errorType"] == "totp-invalid" || j["errorType"] == "totp-max-attempts"));
+    let _ = std::fs::remove_dir_all(dir);
+}

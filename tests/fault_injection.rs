@@ -1,0 +1,103 @@
+//! A storage that fails at its Nth call, for every N the flows reach: the
+//! user always ends with exactly one token of the name (the old or the new),
+//! never none and never two, and nothing is half-written.
+
+mod common;
+use std::sync::Arc;
+
+use common::*;
+use host_example::storage::{FaultMode, FaultyStorage, MemoryStorage, SqliteStorage, Storage};
+
+fn backends() -> Vec<(&'static str, Arc<dyn Storage>)> {
+    vec![
+        ("memory", Arc::new(MemoryStorage::new())),
+        ("sqlite", Arc::new(SqliteStorage::open_in_memory().unwrap())),
+    ]
+}
+
+/// Regenerates with a TOTP code against a storage failing at call `n`;
+/// returns whether the failure was reached.
+fn regenerate_failing_at(backend: Arc<dyn Storage>, n: usize, mode: FaultMode, label: &str) -> bool {
+    let setup_fx = Fx::with_storage(backend.clone());
+    let u = setup_fx.user("fay", Some(PASSWORD));
+    let totp = setup_fx.enable_totp(&u);
+    let old = setup_fx.pat(&u, "ci", false);
+
+    let faulty = Arc::new(FaultyStorage::new(backend.clone(), n, mode));
+    let fx = Fx::with_storage(faulty.clone());
+    let r = fx.regenerate(&u, &u.login, Some(("totp", &setup_fx.totp(&totp, 0))), "ci");
+    let reached = faulty.calls() >= n;
+    let ctx = format!("{label} {mode:?} failing at call {n}: {}", r.body);
+
+    let hashes = backend.token_hashes_named(&u.id, "ci").unwrap();
+    assert_eq!(hashes.len(), 1, "exactly one token named ci: {ctx}");
+    let old_works = setup_fx.authenticates(&u, &old);
+    if r.status == 200 {
+        let new = r.token();
+        assert!(setup_fx.authenticates(&u, &new) && !old_works, "{ctx}");
+        assert_eq!(hashes[0], rcpat::token::hash_token(&new));
+    } else {
+        assert!(reached, "only an injected fault may fail this request: {ctx}");
+        assert_eq!(r.status, 500, "{ctx}");
+        assert_eq!(r.error_type(), "error-storage-failure", "{ctx}");
+        if mode == FaultMode::Before {
+            // Nothing changed: the old token still works and the code is unspent.
+            assert!(old_works, "{ctx}");
+            let retry = setup_fx.regenerate(&u, &u.login, Some(("totp", &setup_fx.totp(&totp, 0))), "ci");
+            assert_eq!(retry.status, 200, "retry after the failure: {ctx}");
+        } else {
+            // The write committed but its reply was lost: the stored token is
+            // either the old one or a new one, never both or none.
+            assert!(old_works || hashes[0] != rcpat::token::hash_token(&old), "{ctx}");
+        }
+    }
+    reached
+}
+
+#[test]
+fn regenerate_survives_a_failure_at_every_storage_call() {
+    for mode in [FaultMode::Before, FaultMode::After] {
+        for (label, _) in backends() {
+            let mut n = 1;
+            loop {
+                let backend = backends().into_iter().find(|(l, _)| *l == label).unwrap().1;
+                if !regenerate_failing_at(backend, n, mode, label) {
+                    break;
+                }
+                n += 1;
+            }
+            // authenticate, has-permission, find, replace: all four were faulted.
+            assert_eq!(n, 5, "{label} {mode:?}: the flow makes four storage calls");
+        }
+    }
+}
+
+#[test]
+fn email_challenge_survives_storage_failure() {
+    for (label, backend) in backends() {
+        let setup_fx = Fx::with_storage(backend.clone());
+        let u = setup_fx.user("em", None);
+        backend.set_email_two_factor(&u.id, true).unwrap();
+        setup_fx.pat(&u, "ci", false);
+        // Call 1 authenticates; call 2 stores the new code.
+        let fx = Fx::with_storage(Arc::new(FaultyStorage::new(backend.clone(), 2, FaultMode::Before)));
+        let r = fx.regenerate(&u, &u.login, None, "ci");
+        assert_eq!((r.status, r.error_type()), (500, "error-storage-failure"), "{label}");
+        let session = backend.authenticate(&u.id, &rcpat::token::hash_token(&u.login)).unwrap().unwrap();
+        assert!(session.user.email_code.is_none(), "{label}: no code stored");
+        assert_eq!(backend.token_hashes_named(&u.id, "ci").unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn failure_counter_write_failure_leaves_counts_alone() {
+    let backend: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let setup_fx = Fx::with_storage(backend.clone());
+    let u = setup_fx.user("cnt", Some(PASSWORD));
+    // Call 1 authenticates; call 2 records the failure.
+    let fx = Fx::with_storage(Arc::new(FaultyStorage::new(backend.clone(), 2, FaultMode::Before)));
+    let r = fx.regenerate(&u, &u.login, Some(("password", "0".repeat(64).as_str())), "ci");
+    assert_eq!(r.status, 500);
+    let session = backend.authenticate(&u.id, &rcpat::token::hash_token(&u.login)).unwrap().unwrap();
+    assert_eq!(session.user.failures.count, 0);
+}
