@@ -23,10 +23,29 @@ enum Command {
         #[arg(long)]
         outbox: Option<PathBuf>,
     },
+    /// Print the embedded component's world (its imports and exports) as WIT.
+    Wit,
+    /// Print facts about the embedded component: size and the toolchain route that built it.
+    Info,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Command::Wit => match host_example::component_wit() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Info => {
+            println!("component size: {} bytes", host_example::COMPONENT.len());
+            println!("built by the {} route", env!("RCPAT_WASM_ROUTE_USED"));
+            ExitCode::SUCCESS
+        }
         Command::Demo { db, outbox } => {
             let dir = std::env::temp_dir().join(format!("rcpat-demo-{}", std::process::id()));
             let db = db.unwrap_or_else(|| dir.join("demo.sqlite"));
