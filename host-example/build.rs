@@ -21,14 +21,24 @@ fn main() {
     let root = manifest.parent().unwrap().to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let target_dir = out.join("wasm-target");
-    for p in ["src", "wit", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
+    for p in [
+        "src",
+        "wit",
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=RCPAT_WASM_ROUTE");
 
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let route = std::env::var("RCPAT_WASM_ROUTE").unwrap_or_else(|_| {
-        if rustup_has_wasm_std(&rustc) { "rustup".into() } else { "debian".into() }
+        if rustup_has_wasm_std(&rustc) {
+            "rustup".into()
+        } else {
+            "debian".into()
+        }
     });
 
     // getrandom (pulled in by bcrypt) needs its custom backend on this target;
@@ -38,7 +48,16 @@ fn main() {
     match route.as_str() {
         "rustup" => {
             cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args(["build", "--lib", "-p", "rcpat", "--profile", "wasm", "--target", TARGET]);
+            cmd.args([
+                "build",
+                "--lib",
+                "-p",
+                "rcpat",
+                "--profile",
+                "wasm",
+                "--target",
+                TARGET,
+            ]);
         }
         "debian" => {
             for p in [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_STD_SRC, DEBIAN_WASM_LD] {
@@ -50,7 +69,16 @@ fn main() {
                 }
             }
             cmd = Command::new(DEBIAN_CARGO);
-            cmd.args(["build", "--lib", "-p", "rcpat", "--profile", "wasm", "--target", TARGET]);
+            cmd.args([
+                "build",
+                "--lib",
+                "-p",
+                "rcpat",
+                "--profile",
+                "wasm",
+                "--target",
+                TARGET,
+            ]);
             cmd.args(["-Zbuild-std=std,panic_abort"]);
             cmd.env("RUSTC", DEBIAN_RUSTC)
                 .env("RUSTC_BOOTSTRAP", "1")
@@ -65,8 +93,13 @@ fn main() {
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_PROFILE_RELEASE_DEBUG");
-    let status = cmd.status().expect("failed to run the nested cargo build of the component");
-    assert!(status.success(), "building the rcpat component for {TARGET} ({route} route) failed");
+    let status = cmd
+        .status()
+        .expect("failed to run the nested cargo build of the component");
+    assert!(
+        status.success(),
+        "building the rcpat component for {TARGET} ({route} route) failed"
+    );
 
     let artifacts = target_dir.join(TARGET).join("wasm");
     emit_rerun_from_depinfo(&artifacts.join("rcpat.d"));
@@ -81,18 +114,27 @@ fn main() {
 
 /// rustup's standard library for the target is installed when its libdir holds libstd.
 fn rustup_has_wasm_std(rustc: &str) -> bool {
-    let Ok(out) = Command::new(rustc).args(["--print", "target-libdir", "--target", TARGET]).output() else {
+    let Ok(out) = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+    else {
         return false;
     };
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
     std::fs::read_dir(&dir)
-        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+        })
         .unwrap_or(false)
 }
 
 /// Re-run when any source the nested build read changes (its dep-info lists them).
 fn emit_rerun_from_depinfo(depinfo: &Path) {
-    let Ok(text) = std::fs::read_to_string(depinfo) else { return };
+    let Ok(text) = std::fs::read_to_string(depinfo) else {
+        return;
+    };
     for line in text.lines() {
         if let Some((_, deps)) = line.split_once(": ") {
             for dep in deps.split_whitespace() {

@@ -18,6 +18,12 @@ impl ep::Guest for Component {
     fn default_settings() -> ep::Settings {
         settings_to_wit(m::Settings::default())
     }
+    fn login(config: ep::Settings, req: ep::Request) -> ep::Response {
+        run(crate::account::login, config, req)
+    }
+    fn me(config: ep::Settings, req: ep::Request) -> ep::Response {
+        run(crate::account::me, config, req)
+    }
     fn regenerate_personal_access_token(config: ep::Settings, req: ep::Request) -> ep::Response {
         run(crate::endpoints::regenerate, config, req)
     }
@@ -36,12 +42,22 @@ type Endpoint = fn(&mut dyn Env, &m::Settings, &m::Request) -> m::Response;
 
 fn run(endpoint: Endpoint, config: ep::Settings, req: ep::Request) -> ep::Response {
     let req = m::Request {
-        headers: req.headers.into_iter().map(|h| m::Header { name: h.name, value: h.value }).collect(),
+        headers: req
+            .headers
+            .into_iter()
+            .map(|h| m::Header {
+                name: h.name,
+                value: h.value,
+            })
+            .collect(),
         client_address: req.client_address,
         body: req.body,
     };
     let r = endpoint(&mut Imports, &settings_from_wit(&config), &req);
-    ep::Response { status: r.status, body: r.body }
+    ep::Response {
+        status: r.status,
+        body: r.body,
+    }
 }
 
 fn settings_from_wit(s: &ep::Settings) -> m::Settings {
@@ -85,16 +101,50 @@ impl Env for Imports {
     fn random_bytes(&mut self, len: usize) -> Vec<u8> {
         random::get_random_bytes(len as u64)
     }
-    fn authenticate(&mut self, user_id: &str, hashed_token: &str) -> HostResult<Option<m::Session>> {
+    fn authenticate(
+        &mut self,
+        user_id: &str,
+        hashed_token: &str,
+    ) -> HostResult<Option<m::Session>> {
         Ok(st::authenticate(user_id, hashed_token)?.map(session_from_wit))
+    }
+    fn find_user_for_login(
+        &mut self,
+        identifier: &m::LoginIdentifier,
+    ) -> HostResult<Option<m::User>> {
+        let id = match identifier {
+            m::LoginIdentifier::Username(u) => st::LoginIdentifier::Username(u.clone()),
+            m::LoginIdentifier::Email(e) => st::LoginIdentifier::Email(e.clone()),
+        };
+        Ok(st::find_user_for_login(&id)?.map(user_from_wit))
+    }
+    fn insert_login_token(
+        &mut self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: m::TimestampMs,
+        proof: &m::FactorProof,
+    ) -> HostResult<m::WriteOutcome> {
+        st::insert_login_token(user_id, hashed_token, created_at, &proof_to_wit(proof))
+            .map(outcome_from_wit)
     }
     fn has_permission(&mut self, user_id: &str, permission: &str) -> HostResult<bool> {
         st::has_permission(user_id, permission)
     }
-    fn list_personal_access_tokens(&mut self, user_id: &str) -> HostResult<Vec<m::PersonalAccessToken>> {
-        Ok(st::list_personal_access_tokens(user_id)?.into_iter().map(pat_from_wit).collect())
+    fn list_personal_access_tokens(
+        &mut self,
+        user_id: &str,
+    ) -> HostResult<Vec<m::PersonalAccessToken>> {
+        Ok(st::list_personal_access_tokens(user_id)?
+            .into_iter()
+            .map(pat_from_wit)
+            .collect())
     }
-    fn find_personal_access_token(&mut self, user_id: &str, name: &str) -> HostResult<Option<m::PersonalAccessToken>> {
+    fn find_personal_access_token(
+        &mut self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<m::PersonalAccessToken>> {
         Ok(st::find_personal_access_token(user_id, name)?.map(pat_from_wit))
     }
     fn insert_personal_access_token(
@@ -103,7 +153,8 @@ impl Env for Imports {
         token: &m::PersonalAccessToken,
         proof: &m::FactorProof,
     ) -> HostResult<m::WriteOutcome> {
-        st::insert_personal_access_token(user_id, &pat_to_wit(token), &proof_to_wit(proof)).map(outcome_from_wit)
+        st::insert_personal_access_token(user_id, &pat_to_wit(token), &proof_to_wit(proof))
+            .map(outcome_from_wit)
     }
     fn replace_personal_access_token(
         &mut self,
@@ -112,8 +163,13 @@ impl Env for Imports {
         replacement: &m::PersonalAccessToken,
         proof: &m::FactorProof,
     ) -> HostResult<m::WriteOutcome> {
-        st::replace_personal_access_token(user_id, expected_hashed_token, &pat_to_wit(replacement), &proof_to_wit(proof))
-            .map(outcome_from_wit)
+        st::replace_personal_access_token(
+            user_id,
+            expected_hashed_token,
+            &pat_to_wit(replacement),
+            &proof_to_wit(proof),
+        )
+        .map(outcome_from_wit)
     }
     fn remove_personal_access_token(
         &mut self,
@@ -131,46 +187,26 @@ impl Env for Imports {
         email_code_attempt: bool,
     ) -> HostResult<m::FailureCount> {
         let f = st::record_two_factor_failure(user_id, at, window_start, email_code_attempt)?;
-        Ok(m::FailureCount { count: f.count, last_failed_at: f.last_failed_at })
+        Ok(m::FailureCount {
+            count: f.count,
+            last_failed_at: f.last_failed_at,
+        })
     }
     fn store_email_code(&mut self, user_id: &str, code: &m::EmailCode) -> HostResult<()> {
         st::store_email_code(user_id, &email_code_to_wit(code))
     }
     fn send_mail(&mut self, message: &m::MailMessage) -> HostResult<()> {
-        mail::send(&mail::Message { to: message.to.clone(), subject: message.subject.clone(), text: message.text.clone() })
+        mail::send(&mail::Message {
+            to: message.to.clone(),
+            subject: message.subject.clone(),
+            text: message.text.clone(),
+        })
     }
 }
 
 fn session_from_wit(s: st::Session) -> m::Session {
-    let u = s.user;
     m::Session {
-        user: m::User {
-            id: u.id,
-            username: u.username,
-            created_at: u.created_at,
-            verified_emails: u.verified_emails,
-            password_bcrypt: u.password_bcrypt,
-            totp: u.totp.map(|t| m::TotpEnrolment {
-                secret: t.secret,
-                algorithm: match t.algorithm {
-                    st::TotpAlgorithm::Sha1 => m::TotpAlgorithm::Sha1,
-                    st::TotpAlgorithm::Sha256 => m::TotpAlgorithm::Sha256,
-                    st::TotpAlgorithm::Sha512 => m::TotpAlgorithm::Sha512,
-                },
-                digits: t.digits,
-                period: t.period,
-                last_used_step: t.last_used_step,
-                hashed_backup_codes: t.hashed_backup_codes,
-            }),
-            email_two_factor: u.email_two_factor,
-            email_code: u.email_code.map(|c| m::EmailCode {
-                code_hash: c.code_hash,
-                salt: c.salt,
-                expires_at: c.expires_at,
-                attempts: c.attempts,
-            }),
-            failures: m::FailureCount { count: u.failures.count, last_failed_at: u.failures.last_failed_at },
-        },
+        user: user_from_wit(s.user),
         token: m::LoginToken {
             hashed_token: s.token.hashed_token,
             kind: match s.token.kind {
@@ -180,6 +216,41 @@ fn session_from_wit(s: st::Session) -> m::Session {
             bypass_two_factor: s.token.bypass_two_factor,
             two_factor_authorized_hash: s.token.two_factor_authorized_hash,
             two_factor_authorized_until: s.token.two_factor_authorized_until,
+        },
+    }
+}
+
+fn user_from_wit(u: st::User) -> m::User {
+    m::User {
+        id: u.id,
+        username: u.username,
+        name: u.name,
+        roles: u.roles,
+        created_at: u.created_at,
+        verified_emails: u.verified_emails,
+        password_bcrypt: u.password_bcrypt,
+        totp: u.totp.map(|t| m::TotpEnrolment {
+            secret: t.secret,
+            algorithm: match t.algorithm {
+                st::TotpAlgorithm::Sha1 => m::TotpAlgorithm::Sha1,
+                st::TotpAlgorithm::Sha256 => m::TotpAlgorithm::Sha256,
+                st::TotpAlgorithm::Sha512 => m::TotpAlgorithm::Sha512,
+            },
+            digits: t.digits,
+            period: t.period,
+            last_used_step: t.last_used_step,
+            hashed_backup_codes: t.hashed_backup_codes,
+        }),
+        email_two_factor: u.email_two_factor,
+        email_code: u.email_code.map(|c| m::EmailCode {
+            code_hash: c.code_hash,
+            salt: c.salt,
+            expires_at: c.expires_at,
+            attempts: c.attempts,
+        }),
+        failures: m::FailureCount {
+            count: u.failures.count,
+            last_failed_at: u.failures.last_failed_at,
         },
     }
 }
@@ -205,7 +276,12 @@ fn pat_to_wit(t: &m::PersonalAccessToken) -> st::PersonalAccessToken {
 }
 
 fn email_code_to_wit(c: &m::EmailCode) -> st::EmailCode {
-    st::EmailCode { code_hash: c.code_hash.clone(), salt: c.salt.clone(), expires_at: c.expires_at, attempts: c.attempts }
+    st::EmailCode {
+        code_hash: c.code_hash.clone(),
+        salt: c.salt.clone(),
+        expires_at: c.expires_at,
+        attempts: c.attempts,
+    }
 }
 
 fn proof_to_wit(p: &m::FactorProof) -> st::FactorProof {
@@ -237,9 +313,16 @@ fn outcome_from_wit(o: st::WriteOutcome) -> m::WriteOutcome {
 /// getrandom's entropy on wasm32-unknown-unknown (bcrypt pulls getrandom in;
 /// the component itself reads randomness through `Env::random_bytes`).
 #[unsafe(no_mangle)]
-unsafe extern "Rust" fn __getrandom_v03_custom(dest: *mut u8, len: usize) -> Result<(), getrandom::Error> {
+unsafe extern "Rust" fn __getrandom_v03_custom(
+    dest: *mut u8,
+    len: usize,
+) -> Result<(), getrandom::Error> {
     let bytes = random::get_random_bytes(len as u64);
     // SAFETY: getrandom hands us a writable buffer of `len` bytes.
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dest, len.min(bytes.len())) };
-    if bytes.len() < len { Err(getrandom::Error::UNSUPPORTED) } else { Ok(()) }
+    if bytes.len() < len {
+        Err(getrandom::Error::UNSUPPORTED)
+    } else {
+        Ok(())
+    }
 }

@@ -14,14 +14,15 @@ use crate::twofactor;
 const PERMISSION: &str = "create-personal-access-tokens";
 
 /// Everything every endpoint does first: parse, authenticate.
-struct Authenticated {
-    headers: Headers,
-    session: Session,
+pub(crate) struct Authenticated {
+    pub(crate) headers: Headers,
+    pub(crate) session: Session,
 }
 
-fn authenticate(env: &mut dyn Env, req: &Request) -> Result<Authenticated, ApiError> {
+pub(crate) fn authenticate(env: &mut dyn Env, req: &Request) -> Result<Authenticated, ApiError> {
     let headers = request::headers(req)?;
-    let (Some(user_id), Some(token)) = (headers.user_id.as_deref(), headers.auth_token.as_deref()) else {
+    let (Some(user_id), Some(token)) = (headers.user_id.as_deref(), headers.auth_token.as_deref())
+    else {
         return Err(ApiError::NotLoggedIn);
     };
     if user_id.is_empty() || token.is_empty() {
@@ -44,8 +45,12 @@ fn authenticate_with_second_factor(
     // Body syntax is checked before authentication (as Express' JSON parser
     // runs before Rocket.Chat's routes); its fields only after 2FA.
     let body = request::body(&req.body)?;
-    let Authenticated { headers, mut session } = authenticate(env, req)?;
-    let passed = twofactor::check(env, settings, &mut session, &headers, &req.client_address)?;
+    let Authenticated {
+        headers,
+        mut session,
+    } = authenticate(env, req)?;
+    let attempt = twofactor::Attempt::of_request(&headers, &session.token, &req.client_address);
+    let passed = twofactor::check(env, settings, &mut session.user, &attempt)?;
     Ok((session, body, passed))
 }
 
@@ -70,7 +75,7 @@ fn mint(env: &mut dyn Env, name: String, bypass_two_factor: bool) -> (String, Pe
     (plaintext, record)
 }
 
-fn respond(result: Result<Response, ApiError>) -> Response {
+pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|e| e.to_response())
 }
 
@@ -166,7 +171,9 @@ pub fn list(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response 
             Ok(false) => return Err(ApiError::Forbidden),
             Err(_) => return Err(ApiError::StorageFailure),
         }
-        let tokens = env.list_personal_access_tokens(user_id).map_err(|_| ApiError::StorageFailure)?;
+        let tokens = env
+            .list_personal_access_tokens(user_id)
+            .map_err(|_| ApiError::StorageFailure)?;
         let items = tokens
             .iter()
             .map(|t| Item {
@@ -176,6 +183,12 @@ pub fn list(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response 
                 bypass_two_factor: t.bypass_two_factor,
             })
             .collect();
-        Ok(Response { status: 200, body: reply::to_json(&Body { tokens: items, success: true }) })
+        Ok(Response {
+            status: 200,
+            body: reply::to_json(&Body {
+                tokens: items,
+                success: true,
+            }),
+        })
     })())
 }

@@ -17,8 +17,19 @@ pub trait Env {
     fn random_bytes(&mut self, len: usize) -> Vec<u8>;
 
     fn authenticate(&mut self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>>;
+    fn find_user_for_login(&mut self, identifier: &LoginIdentifier) -> HostResult<Option<User>>;
+    fn insert_login_token(
+        &mut self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
     fn has_permission(&mut self, user_id: &str, permission: &str) -> HostResult<bool>;
-    fn list_personal_access_tokens(&mut self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
+    fn list_personal_access_tokens(
+        &mut self,
+        user_id: &str,
+    ) -> HostResult<Vec<PersonalAccessToken>>;
     fn find_personal_access_token(
         &mut self,
         user_id: &str,

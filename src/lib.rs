@@ -9,6 +9,7 @@
 //! verification, with [`totp`]), [`token`] (generation, hashing, constant-time
 //! comparison) and [`reply`] (Rocket.Chat's exact replies).
 
+pub mod account;
 pub mod endpoints;
 pub mod env;
 pub mod model;

@@ -57,6 +57,8 @@ pub struct LoginToken {
 pub struct User {
     pub id: String,
     pub username: String,
+    pub name: String,
+    pub roles: Vec<String>,
     pub created_at: TimestampMs,
     pub verified_emails: Vec<String>,
     pub password_bcrypt: Option<String>,
@@ -64,6 +66,12 @@ pub struct User {
     pub email_two_factor: bool,
     pub email_code: Option<EmailCode>,
     pub failures: FailureCount,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginIdentifier {
+    Username(String),
+    Email(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +114,10 @@ pub struct FactorProof {
 impl FactorProof {
     /// The proof for a request that needed no second factor.
     pub fn none() -> Self {
-        FactorProof { used: FactorUse::None, remember: None }
+        FactorProof {
+            used: FactorUse::None,
+            remember: None,
+        }
     }
 }
 
@@ -144,7 +155,10 @@ impl Request {
         Request {
             headers: headers
                 .iter()
-                .map(|(n, v)| Header { name: n.to_string(), value: v.as_bytes().to_vec() })
+                .map(|(n, v)| Header {
+                    name: n.to_string(),
+                    value: v.as_bytes().to_vec(),
+                })
                 .collect(),
             client_address: "127.0.0.1".to_string(),
             body: body.to_vec(),

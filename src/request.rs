@@ -31,10 +31,13 @@ pub fn headers(req: &Request) -> Result<Headers, ApiError> {
             _ => continue,
         };
         if slot.is_some() {
-            return Err(ApiError::InvalidHeader(format!("The '{name}' header was sent more than once")));
+            return Err(ApiError::InvalidHeader(format!(
+                "The '{name}' header was sent more than once"
+            )));
         }
-        let value = std::str::from_utf8(&header.value)
-            .map_err(|_| ApiError::InvalidHeader(format!("The '{name}' header is not valid UTF-8")))?;
+        let value = std::str::from_utf8(&header.value).map_err(|_| {
+            ApiError::InvalidHeader(format!("The '{name}' header is not valid UTF-8"))
+        })?;
         // HTTP's optional whitespace around a field value is not part of it.
         *slot = Some(value.trim_matches([' ', '\t']).to_string());
     }
@@ -104,11 +107,15 @@ pub fn token_name(body: &Body) -> Result<String, ApiError> {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Err(ApiError::TokenNameRequired),
         Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Err(ApiError::TokenNameRequired),
         Some(Value::String(s)) if s.is_empty() => Err(ApiError::TokenNameRequired),
-        Some(Value::String(s)) if s.chars().count() > MAX_TOKEN_NAME_CHARS => Err(ApiError::InvalidParam(
-            format!("The 'tokenName' param must be at most {MAX_TOKEN_NAME_CHARS} characters"),
-        )),
+        Some(Value::String(s)) if s.chars().count() > MAX_TOKEN_NAME_CHARS => {
+            Err(ApiError::InvalidParam(format!(
+                "The 'tokenName' param must be at most {MAX_TOKEN_NAME_CHARS} characters"
+            )))
+        }
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ApiError::InvalidParam("The 'tokenName' param must be a string".into())),
+        Some(_) => Err(ApiError::InvalidParam(
+            "The 'tokenName' param must be a string".into(),
+        )),
     }
 }
 
@@ -117,7 +124,9 @@ pub fn bypass_two_factor(body: &Body) -> Result<bool, ApiError> {
     match body.get("bypassTwoFactor") {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::InvalidParam("The 'bypassTwoFactor' param must be a boolean".into())),
+        Some(_) => Err(ApiError::InvalidParam(
+            "The 'bypassTwoFactor' param must be a boolean".into(),
+        )),
     }
 }
 
@@ -133,11 +142,26 @@ mod tests {
     #[test]
     fn token_name_rules() {
         assert_eq!(name_of(r#"{"tokenName":"a"}"#), Ok("a".into()));
-        for falsy in [r#"{}"#, "", r#"{"tokenName":null}"#, r#"{"tokenName":false}"#, r#"{"tokenName":0}"#, r#"{"tokenName":""}"#] {
+        for falsy in [
+            r#"{}"#,
+            "",
+            r#"{"tokenName":null}"#,
+            r#"{"tokenName":false}"#,
+            r#"{"tokenName":0}"#,
+            r#"{"tokenName":""}"#,
+        ] {
             assert_eq!(name_of(falsy), Err(ApiError::TokenNameRequired), "{falsy}");
         }
-        for bad in [r#"{"tokenName":1}"#, r#"{"tokenName":true}"#, r#"{"tokenName":{"$ne":null}}"#, r#"{"tokenName":["a"]}"#] {
-            assert!(matches!(name_of(bad), Err(ApiError::InvalidParam(_))), "{bad}");
+        for bad in [
+            r#"{"tokenName":1}"#,
+            r#"{"tokenName":true}"#,
+            r#"{"tokenName":{"$ne":null}}"#,
+            r#"{"tokenName":["a"]}"#,
+        ] {
+            assert!(
+                matches!(name_of(bad), Err(ApiError::InvalidParam(_))),
+                "{bad}"
+            );
         }
         let long = format!(r#"{{"tokenName":"{}"}}"#, "é".repeat(201));
         assert!(matches!(name_of(&long), Err(ApiError::InvalidParam(_))));
@@ -148,11 +172,26 @@ mod tests {
     #[test]
     fn bodies_are_strict() {
         let err = |s: &[u8]| body(s).unwrap_err();
-        assert_eq!(err(b"{"), ApiError::InvalidBody("The request body is not valid JSON"));
-        assert_eq!(err(b"[1]"), ApiError::InvalidBody("The request body must be a JSON object"));
-        assert_eq!(err(b"\"x\""), ApiError::InvalidBody("The request body must be a JSON object"));
-        assert_eq!(err(br#"{"tokenName":"a","tokenName":"b"}"#), ApiError::InvalidBody("The request body has a duplicated key"));
-        assert_eq!(err(b"{\"tokenName\":\"\xff\"}"), ApiError::InvalidBody("The request body is not valid JSON"));
+        assert_eq!(
+            err(b"{"),
+            ApiError::InvalidBody("The request body is not valid JSON")
+        );
+        assert_eq!(
+            err(b"[1]"),
+            ApiError::InvalidBody("The request body must be a JSON object")
+        );
+        assert_eq!(
+            err(b"\"x\""),
+            ApiError::InvalidBody("The request body must be a JSON object")
+        );
+        assert_eq!(
+            err(br#"{"tokenName":"a","tokenName":"b"}"#),
+            ApiError::InvalidBody("The request body has a duplicated key")
+        );
+        assert_eq!(
+            err(b"{\"tokenName\":\"\xff\"}"),
+            ApiError::InvalidBody("The request body is not valid JSON")
+        );
         assert_eq!(err(&vec![b' '; MAX_BODY_BYTES + 1]), ApiError::BodyTooLarge);
         let deep = "[".repeat(10_000);
         assert!(matches!(err(deep.as_bytes()), ApiError::InvalidBody(_)));
@@ -160,14 +199,25 @@ mod tests {
 
     #[test]
     fn headers_are_strict() {
-        let req = Request::new(&[("X-Auth-Token", " t "), ("x-user-id", "u"), ("Other", "x"), ("other", "y")], b"");
+        let req = Request::new(
+            &[
+                ("X-Auth-Token", " t "),
+                ("x-user-id", "u"),
+                ("Other", "x"),
+                ("other", "y"),
+            ],
+            b"",
+        );
         let h = headers(&req).unwrap();
         assert_eq!(h.auth_token.as_deref(), Some("t"));
         assert_eq!(h.user_id.as_deref(), Some("u"));
         let dup = Request::new(&[("x-auth-token", "a"), ("X-AUTH-TOKEN", "b")], b"");
         assert!(matches!(headers(&dup), Err(ApiError::InvalidHeader(_))));
         let mut bad = Request::default();
-        bad.headers.push(Header { name: "x-2fa-code".into(), value: vec![0xff, 0xfe] });
+        bad.headers.push(Header {
+            name: "x-2fa-code".into(),
+            value: vec![0xff, 0xfe],
+        });
         assert!(matches!(headers(&bad), Err(ApiError::InvalidHeader(_))));
     }
 }

@@ -14,8 +14,15 @@ pub const LAST_PART_LEN: usize = 6;
 
 /// A fresh token from 43 random bytes.
 pub fn new_token(random: &[u8]) -> String {
-    assert_eq!(random.len(), TOKEN_LEN, "new_token takes exactly TOKEN_LEN random bytes");
-    random.iter().map(|b| ALPHABET[(b & 63) as usize] as char).collect()
+    assert_eq!(
+        random.len(),
+        TOKEN_LEN,
+        "new_token takes exactly TOKEN_LEN random bytes"
+    );
+    random
+        .iter()
+        .map(|b| ALPHABET[(b & 63) as usize] as char)
+        .collect()
 }
 
 /// Meteor's `Accounts._hashLoginToken`: base64(SHA-256(utf8 token)).
@@ -47,14 +54,21 @@ mod tests {
         let bytes: Vec<u8> = (0..43u8).map(|i| i.wrapping_mul(37)).collect();
         let t = new_token(&bytes);
         assert_eq!(t.len(), 43);
-        assert!(t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(
+            t.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
         assert_eq!(last_part(&t), &t[37..]);
     }
 
     #[test]
     fn every_symbol_is_reachable() {
         let bytes: Vec<u8> = (0..=255u8).collect();
-        let all: String = bytes.chunks(43).filter(|c| c.len() == 43).map(new_token).collect();
+        let all: String = bytes
+            .chunks(43)
+            .filter(|c| c.len() == 43)
+            .map(new_token)
+            .collect();
         for c in ALPHABET {
             assert!(all.as_bytes().contains(c), "{}", *c as char);
         }
@@ -63,7 +77,10 @@ mod tests {
     #[test]
     fn hash_matches_meteor() {
         // node -e "console.log(require('crypto').createHash('sha256').update('abc').digest('base64'))"
-        assert_eq!(hash_token("abc"), "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+        assert_eq!(
+            hash_token("abc"),
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
     }
 
     #[test]

@@ -34,7 +34,12 @@ pub fn hotp(key: &[u8], counter: u64, digits: u8, algorithm: TotpAlgorithm) -> S
     };
     // Dynamic truncation (RFC 4226 section 5.3).
     let offset = (hs[hs.len() - 1] & 0x0f) as usize;
-    let bin = u32::from_be_bytes([hs[offset] & 0x7f, hs[offset + 1], hs[offset + 2], hs[offset + 3]]);
+    let bin = u32::from_be_bytes([
+        hs[offset] & 0x7f,
+        hs[offset + 1],
+        hs[offset + 2],
+        hs[offset + 3],
+    ]);
     let value = u64::from(bin) % 10u64.pow(u32::from(digits));
     format!("{value:0width$}", width = usize::from(digits))
 }
@@ -60,7 +65,9 @@ pub fn matching_step(
     let mut found = None;
     for step in now_step.saturating_sub(w)..=now_step.saturating_add(w) {
         let candidate = hotp(key, step, digits, algorithm);
-        if secret_eq(candidate.as_bytes(), code.as_bytes()) && step > last_used_step && found.is_none()
+        if secret_eq(candidate.as_bytes(), code.as_bytes())
+            && step > last_used_step
+            && found.is_none()
         {
             found = Some(step);
         }
@@ -80,11 +87,15 @@ mod tests {
     #[test]
     fn rfc4226_appendix_d() {
         let expected = [
-            "755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583", "399871",
-            "520489",
+            "755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583",
+            "399871", "520489",
         ];
         for (counter, want) in expected.iter().enumerate() {
-            assert_eq!(hotp(SEED20, counter as u64, 6, Sha1), *want, "counter {counter}");
+            assert_eq!(
+                hotp(SEED20, counter as u64, 6, Sha1),
+                *want,
+                "counter {counter}"
+            );
         }
     }
 
@@ -110,8 +121,14 @@ mod tests {
 
     #[test]
     fn base32_secrets_decode_leniently_in_form_only() {
-        assert_eq!(decode_secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap(), SEED20);
-        assert_eq!(decode_secret("gezd gnbv gy3t qojq gezd gnbv gy3t qojq").unwrap(), SEED20);
+        assert_eq!(
+            decode_secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap(),
+            SEED20
+        );
+        assert_eq!(
+            decode_secret("gezd gnbv gy3t qojq gezd gnbv gy3t qojq").unwrap(),
+            SEED20
+        );
         assert_eq!(
             decode_secret("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZA====").unwrap(),
             SEED32
@@ -125,16 +142,43 @@ mod tests {
         let now = step_at(1234567890, 30);
         let code = |s| hotp(SEED20, s, 6, Sha1);
         // ±1 step accepted, ±2 refused.
-        assert_eq!(matching_step(SEED20, &code(now - 1), 6, Sha1, now, 1, 0), Some(now - 1));
-        assert_eq!(matching_step(SEED20, &code(now + 1), 6, Sha1, now, 1, 0), Some(now + 1));
-        assert_eq!(matching_step(SEED20, &code(now - 2), 6, Sha1, now, 1, 0), None);
-        assert_eq!(matching_step(SEED20, &code(now + 2), 6, Sha1, now, 1, 0), None);
+        assert_eq!(
+            matching_step(SEED20, &code(now - 1), 6, Sha1, now, 1, 0),
+            Some(now - 1)
+        );
+        assert_eq!(
+            matching_step(SEED20, &code(now + 1), 6, Sha1, now, 1, 0),
+            Some(now + 1)
+        );
+        assert_eq!(
+            matching_step(SEED20, &code(now - 2), 6, Sha1, now, 1, 0),
+            None
+        );
+        assert_eq!(
+            matching_step(SEED20, &code(now + 2), 6, Sha1, now, 1, 0),
+            None
+        );
         // Window 0: only the current step.
-        assert_eq!(matching_step(SEED20, &code(now - 1), 6, Sha1, now, 0, 0), None);
-        assert_eq!(matching_step(SEED20, &code(now), 6, Sha1, now, 0, 0), Some(now));
+        assert_eq!(
+            matching_step(SEED20, &code(now - 1), 6, Sha1, now, 0, 0),
+            None
+        );
+        assert_eq!(
+            matching_step(SEED20, &code(now), 6, Sha1, now, 0, 0),
+            Some(now)
+        );
         // A used step (or an earlier one) is never accepted again.
-        assert_eq!(matching_step(SEED20, &code(now), 6, Sha1, now, 1, now), None);
-        assert_eq!(matching_step(SEED20, &code(now - 1), 6, Sha1, now, 1, now), None);
-        assert_eq!(matching_step(SEED20, &code(now + 1), 6, Sha1, now, 1, now), Some(now + 1));
+        assert_eq!(
+            matching_step(SEED20, &code(now), 6, Sha1, now, 1, now),
+            None
+        );
+        assert_eq!(
+            matching_step(SEED20, &code(now - 1), 6, Sha1, now, 1, now),
+            None
+        );
+        assert_eq!(
+            matching_step(SEED20, &code(now + 1), 6, Sha1, now, 1, now),
+            Some(now + 1)
+        );
     }
 }

@@ -50,7 +50,10 @@ pub struct Passed {
 
 impl Passed {
     fn without_factor() -> Self {
-        Passed { proof: FactorProof::none(), details: None }
+        Passed {
+            proof: FactorProof::none(),
+            details: None,
+        }
     }
 
     /// The reply when the write finds the factor already spent.
@@ -66,28 +69,64 @@ impl Passed {
     }
 }
 
-/// Runs the check for an authenticated request. `Err` is the reply
-/// (challenge or failure).
+/// What a request offers for the check.
+pub struct Attempt<'a> {
+    /// The code (`x-2fa-code`, or a login body's `code`).
+    pub code: Option<&'a str>,
+    /// `x-2fa-method`.
+    pub method: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub client_address: &'a str,
+    /// The stored token the request authenticated with (none for a login).
+    pub token: Option<&'a LoginToken>,
+    /// Whether users without TOTP/email must give their password (not at
+    /// login, where the password was just checked).
+    pub password_fallback: bool,
+}
+
+impl<'a> Attempt<'a> {
+    /// The attempt of an authenticated request.
+    pub fn of_request(
+        headers: &'a Headers,
+        token: &'a LoginToken,
+        client_address: &'a str,
+    ) -> Self {
+        Attempt {
+            code: headers.two_factor_code.as_deref(),
+            method: headers.two_factor_method.as_deref(),
+            user_agent: headers.user_agent.as_deref(),
+            client_address,
+            token: Some(token),
+            password_fallback: true,
+        }
+    }
+}
+
+/// Runs the check. `Err` is the reply (challenge or failure).
 pub fn check(
     env: &mut dyn Env,
     settings: &Settings,
-    session: &mut Session,
-    headers: &Headers,
-    client_address: &str,
+    user: &mut User,
+    attempt: &Attempt,
 ) -> Result<Passed, ApiError> {
-    if !settings.two_factor_enabled || session.token.bypass_two_factor {
+    if !settings.two_factor_enabled || attempt.token.is_some_and(|t| t.bypass_two_factor) {
         return Ok(Passed::without_factor());
     }
     let now = env.now_ms();
-    let fingerprint = fingerprint(headers.user_agent.as_deref(), client_address);
-    let user = &mut session.user;
+    let fingerprint = fingerprint(attempt.user_agent, attempt.client_address);
     let enabled = enabled_methods(settings, user);
-    if settings.remember_for_seconds > 0 && is_remembered(settings, user, &session.token, &fingerprint, now, &enabled)
-    {
+    let remembered = match attempt.token {
+        Some(token) if settings.remember_for_seconds > 0 => {
+            is_remembered(settings, user, token, &fingerprint, now, &enabled)
+        }
+        _ => false,
+    };
+    if remembered {
         return Ok(Passed::without_factor());
     }
 
-    let Some(method) = select_method(settings, user, headers.two_factor_method.as_deref(), &enabled)? else {
+    let fallback = attempt.password_fallback && settings.enforce_password_fallback;
+    let Some(method) = select_method(fallback, user, attempt.method, &enabled)? else {
         // No method for this user: Rocket.Chat lets the request through.
         return Ok(Passed::without_factor());
     };
@@ -107,7 +146,7 @@ pub fn check(
         prepare_email_code(env, settings, user, now, locked, &mut details)?;
     }
 
-    let code = headers.two_factor_code.as_deref().unwrap_or("");
+    let code = attempt.code.unwrap_or("");
     if code.is_empty() {
         return Err(ApiError::TwoFactor(TwoFactorFailure::Required, details));
     }
@@ -117,12 +156,18 @@ pub fn check(
 
     match verify(settings, user, method, code, now) {
         Some(used) => {
-            let remember = (settings.remember_for_seconds > 0).then(|| RememberGrant {
-                hashed_login_token: session.token.hashed_token.clone(),
-                fingerprint,
-                until: now + u64::from(settings.remember_for_seconds) * 1000,
-            });
-            Ok(Passed { proof: FactorProof { used, remember }, details: Some(details) })
+            let remember = attempt
+                .token
+                .filter(|_| settings.remember_for_seconds > 0)
+                .map(|token| RememberGrant {
+                    hashed_login_token: token.hashed_token.clone(),
+                    fingerprint,
+                    until: now + u64::from(settings.remember_for_seconds) * 1000,
+                });
+            Ok(Passed {
+                proof: FactorProof { used, remember },
+                details: Some(details),
+            })
         }
         None => {
             let email_attempt = method == Method::Email && user.email_code.is_some();
@@ -131,7 +176,10 @@ pub fn check(
                 .record_two_factor_failure(&user.id, now, window_start, email_attempt)
                 .map_err(|_| ApiError::StorageFailure)?;
             let email_exhausted = email_attempt
-                && user.email_code.as_ref().is_some_and(|c| c.attempts + 1 >= settings.email_code_max_attempts);
+                && user
+                    .email_code
+                    .as_ref()
+                    .is_some_and(|c| c.attempts + 1 >= settings.email_code_max_attempts);
             let kind = if email_exhausted || failures.count >= settings.max_failed_attempts {
                 TwoFactorFailure::MaxAttempts
             } else {
@@ -143,7 +191,13 @@ pub fn check(
 }
 
 /// The factor a verified code spends, or `None` when the code is wrong.
-fn verify(settings: &Settings, user: &User, method: Method, code: &str, now: TimestampMs) -> Option<FactorUse> {
+fn verify(
+    settings: &Settings,
+    user: &User,
+    method: Method,
+    code: &str,
+    now: TimestampMs,
+) -> Option<FactorUse> {
     match method {
         Method::Totp => verify_totp(settings, user.totp.as_ref()?, code, now),
         Method::Email => verify_email(user.email_code.as_ref()?, code, now),
@@ -151,7 +205,12 @@ fn verify(settings: &Settings, user: &User, method: Method, code: &str, now: Tim
     }
 }
 
-fn verify_totp(settings: &Settings, totp: &TotpEnrolment, code: &str, now: TimestampMs) -> Option<FactorUse> {
+fn verify_totp(
+    settings: &Settings,
+    totp: &TotpEnrolment,
+    code: &str,
+    now: TimestampMs,
+) -> Option<FactorUse> {
     // An 8-character code is a backup code whenever the user has any
     // (Rocket.Chat's rule); an 8-digit TOTP enrolment may still use it as TOTP.
     if code.len() == BACKUP_CODE_LEN && !totp.hashed_backup_codes.is_empty() {
@@ -189,10 +248,16 @@ fn verify_totp(settings: &Settings, totp: &TotpEnrolment, code: &str, now: Times
 fn verify_email(stored: &EmailCode, code: &str, now: TimestampMs) -> Option<FactorUse> {
     // Exactly six digits, or the `123-456` form the email shows.
     let digits: String = match code.as_bytes() {
-        [a, b, c, b'-', d, e, f] => [*a, *b, *c, *d, *e, *f].iter().map(|&x| x as char).collect(),
+        [a, b, c, b'-', d, e, f] => [*a, *b, *c, *d, *e, *f]
+            .iter()
+            .map(|&x| x as char)
+            .collect(),
         _ => code.to_string(),
     };
-    if digits.len() != EMAIL_CODE_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) || now >= stored.expires_at {
+    if digits.len() != EMAIL_CODE_DIGITS
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || now >= stored.expires_at
+    {
         return None;
     }
     let hashed = email_code_hash(&stored.salt, &digits)?;
@@ -233,7 +298,7 @@ fn enabled_methods(settings: &Settings, user: &User) -> Vec<Method> {
 /// wins even when not enabled; otherwise the first enabled one; otherwise the
 /// password fallback for users with a password. An unknown name is refused.
 fn select_method(
-    settings: &Settings,
+    password_fallback: bool,
     user: &User,
     requested: Option<&str>,
     enabled: &[Method],
@@ -247,8 +312,7 @@ fn select_method(
     if let Some(first) = enabled.first() {
         return Ok(Some(*first));
     }
-    let fallback = settings.enforce_password_fallback && user.password_bcrypt.is_some();
-    Ok(fallback.then_some(Method::Password))
+    Ok((password_fallback && user.password_bcrypt.is_some()).then_some(Method::Password))
 }
 
 /// Email challenge data (Rocket.Chat's `EmailCheck.processInvalidCode`):
@@ -295,8 +359,14 @@ fn prepare_email_code(
         ),
     };
     env.send_mail(&message).map_err(|_| ApiError::MailFailure)?;
-    let stored = EmailCode { code_hash, salt, expires_at, attempts: 0 };
-    env.store_email_code(&user.id, &stored).map_err(|_| ApiError::StorageFailure)?;
+    let stored = EmailCode {
+        code_hash,
+        salt,
+        expires_at,
+        attempts: 0,
+    };
+    env.store_email_code(&user.id, &stored)
+        .map_err(|_| ApiError::StorageFailure)?;
     user.email_code = Some(stored);
     details.code_generated = true;
     details.code_expires = Some(iso8601(expires_at));
@@ -323,7 +393,8 @@ fn window_ms(settings: &Settings) -> u64 {
 /// Locked while the user has used up the wrong-code allowance and the last
 /// wrong code is younger than the window.
 fn is_locked(settings: &Settings, failures: FailureCount, now: TimestampMs) -> bool {
-    failures.count >= settings.max_failed_attempts && now < failures.last_failed_at.saturating_add(window_ms(settings))
+    failures.count >= settings.max_failed_attempts
+        && now < failures.last_failed_at.saturating_add(window_ms(settings))
 }
 
 /// Rocket.Chat's `isAuthorizedForToken` remember-me branches (R3.3), only
@@ -340,8 +411,13 @@ fn is_remembered(
     if enabled.is_empty() && user.created_at.saturating_add(remember_ms) > now {
         return true;
     }
-    match (&token.two_factor_authorized_hash, token.two_factor_authorized_until) {
-        (Some(hash), Some(until)) => until >= now && secret_eq(hash.as_bytes(), fingerprint.as_bytes()),
+    match (
+        &token.two_factor_authorized_hash,
+        token.two_factor_authorized_until,
+    ) {
+        (Some(hash), Some(until)) => {
+            until >= now && secret_eq(hash.as_bytes(), fingerprint.as_bytes())
+        }
         _ => false,
     }
 }

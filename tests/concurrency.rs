@@ -12,11 +12,17 @@ const THREADS: usize = 12;
 const ROUNDS: usize = 4;
 
 fn sqlite_fx(dir: &std::path::Path) -> Fx {
-    Fx::with_storage(Arc::new(SqliteStorage::open(dir.join("race.sqlite")).unwrap()))
+    Fx::with_storage(Arc::new(
+        SqliteStorage::open(dir.join("race.sqlite")).unwrap(),
+    ))
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("rcpat-{name}-{}-{}", std::process::id(), host_example::admin::random_id(6)));
+    let dir = std::env::temp_dir().join(format!(
+        "rcpat-{name}-{}-{}",
+        std::process::id(),
+        host_example::admin::random_id(6)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -44,7 +50,10 @@ fn concurrent_regenerations_leave_exactly_one_token() {
             let (status, body, json) = h.join().unwrap();
             match status {
                 200 => issued.push(json["token"].as_str().unwrap().to_string()),
-                409 => assert_eq!(json["errorType"], "error-token-regenerated-concurrently", "{body}"),
+                409 => assert_eq!(
+                    json["errorType"], "error-token-regenerated-concurrently",
+                    "{body}"
+                ),
                 _ => panic!("undefined reply {status} {body}"),
             }
         }
@@ -88,7 +97,10 @@ fn concurrent_self_rotation_of_one_pat() {
     }
     assert_eq!(winners.len(), 1, "one self-rotation wins");
     assert!(fx.authenticates(&u, &winners[0]) && !fx.authenticates(&u, &pat));
-    assert_eq!(fx.storage.token_hashes_named(&u.id, "bot").unwrap().len(), 1);
+    assert_eq!(
+        fx.storage.token_hashes_named(&u.id, "bot").unwrap().len(),
+        1
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -115,9 +127,14 @@ fn one_totp_code_raced_by_many_requests_is_spent_once() {
         .collect();
     let statuses: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
-    assert_eq!(ok, 1, "a TOTP code is accepted once, even under a race: {statuses:?}");
+    assert_eq!(
+        ok, 1,
+        "a TOTP code is accepted once, even under a race: {statuses:?}"
+    );
     // The losers presented a spent code: wrong codes, which also count
     // towards the per-user limit (so the last ones see totp-max-attempts).
-    assert!(statuses.iter().all(|(s, j)| *s == 200 || j["errorType"] == "totp-invalid" || j["errorType"] == "totp-max-attempts"));
+    assert!(statuses.iter().all(|(s, j)| *s == 200
+        || j["errorType"] == "totp-invalid"
+        || j["errorType"] == "totp-max-attempts"));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -15,7 +15,11 @@ fn success_example_200() {
     let token = r.token();
     assert_eq!(r.body, format!(r#"{{"token":"{token}","success":true}}"#));
     assert_eq!(token.len(), 43);
-    assert!(token.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    assert!(
+        token
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
 }
 
 #[test]
@@ -39,7 +43,10 @@ fn bad_request_example_2_token_name_required() {
     for body in ["{}", "", r#"{"tokenName":""}"#, r#"{"tokenName":null}"#] {
         let r = fx.call(Regenerate, &u, &u.login, Some(("password", &code)), body);
         assert_eq!(r.status, 400, "{body}");
-        assert_eq!(r.body, r#"{"success":false,"error":"The 'tokenName' param is required"}"#, "{body}");
+        assert_eq!(
+            r.body, r#"{"success":false,"error":"The 'tokenName' param is required"}"#,
+            "{body}"
+        );
     }
 }
 
@@ -48,7 +55,13 @@ fn bad_request_example_3_not_authorized() {
     let fx = Fx::new();
     let u = fx.user_with_roles("guest", Some(PASSWORD), &["guest"]);
     let code = password_code(PASSWORD);
-    let r = fx.call(Regenerate, &u, &u.login, Some(("password", &code)), r#"{"tokenName":"mypersonaltoken"}"#);
+    let r = fx.call(
+        Regenerate,
+        &u,
+        &u.login,
+        Some(("password", &code)),
+        r#"{"tokenName":"mypersonaltoken"}"#,
+    );
     assert_eq!(r.status, 400);
     assert_eq!(
         r.body,
@@ -62,13 +75,34 @@ fn unauthorized_example_401() {
     let u = fx.user("alice", None);
     let expected = r#"{"status":"error","message":"You must be logged in to do this."}"#;
     let wrong_token = fx.regenerate(&u, "RScctEHSmLGZGywfIhWyRpyofhKOiMoUIpimhvheU3f", None, "x");
-    assert_eq!((wrong_token.status, wrong_token.body.as_str()), (401, expected));
-    let other_user = User { id: "rbAXPnMktTFbNpwtJ".into(), ..u.clone() };
+    assert_eq!(
+        (wrong_token.status, wrong_token.body.as_str()),
+        (401, expected)
+    );
+    let other_user = User {
+        id: "rbAXPnMktTFbNpwtJ".into(),
+        ..u.clone()
+    };
     let r = fx.regenerate(&other_user, &u.login, None, "x");
     assert_eq!((r.status, r.body.as_str()), (401, expected));
-    let no_headers = fx.send(Regenerate, &rcpat::model::Request::new(&[], br#"{"tokenName":"x"}"#));
-    assert_eq!((no_headers.status, no_headers.body.as_str()), (401, expected));
-    let empty = fx.call(Regenerate, &User { id: String::new(), ..u.clone() }, "", None, r#"{"tokenName":"x"}"#);
+    let no_headers = fx.send(
+        Regenerate,
+        &rcpat::model::Request::new(&[], br#"{"tokenName":"x"}"#),
+    );
+    assert_eq!(
+        (no_headers.status, no_headers.body.as_str()),
+        (401, expected)
+    );
+    let empty = fx.call(
+        Regenerate,
+        &User {
+            id: String::new(),
+            ..u.clone()
+        },
+        "",
+        None,
+        r#"{"tokenName":"x"}"#,
+    );
     assert_eq!((empty.status, empty.body.as_str()), (401, expected));
 }
 
@@ -79,11 +113,20 @@ fn checks_run_in_documented_order() {
     let fx = Fx::new();
     let u = fx.user_with_roles("guest", Some(PASSWORD), &["guest"]);
     assert_eq!(fx.call(Regenerate, &u, "nope", None, "{}").status, 401);
-    assert_eq!(fx.call(Regenerate, &u, &u.login, None, "{}").error_type(), "totp-required");
+    assert_eq!(
+        fx.call(Regenerate, &u, &u.login, None, "{}").error_type(),
+        "totp-required"
+    );
     let code = password_code(PASSWORD);
     let r = fx.call(Regenerate, &u, &u.login, Some(("password", &code)), "{}");
     assert_eq!(r.json["error"], "The 'tokenName' param is required");
-    let r = fx.call(Regenerate, &u, &u.login, Some(("password", &code)), r#"{"tokenName":"missing"}"#);
+    let r = fx.call(
+        Regenerate,
+        &u,
+        &u.login,
+        Some(("password", &code)),
+        r#"{"tokenName":"missing"}"#,
+    );
     assert_eq!(r.error_type(), "not-authorized");
 }
 
@@ -107,10 +150,17 @@ fn regeneration_replaces_the_token_and_keeps_its_record() {
     fx.clock.advance_secs(3600);
     let new = fx.regenerate(&u, &u.login, None, "ci").token();
     assert_ne!(old, new);
-    assert!(!fx.authenticates(&u, &old), "the old token must stop working");
+    assert!(
+        !fx.authenticates(&u, &old),
+        "the old token must stop working"
+    );
     assert!(fx.authenticates(&u, &new));
     // Stored only as base64(SHA-256), with lastTokenPart, createdAt from the host clock, bypass carried over.
-    let stored = fx.storage.find_personal_access_token(&u.id, "ci").unwrap().unwrap();
+    let stored = fx
+        .storage
+        .find_personal_access_token(&u.id, "ci")
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.hashed_token, rcpat::token::hash_token(&new));
     assert_eq!(stored.last_token_part, new[37..]);
     assert_eq!(stored.created_at, T0 + 3_600_000);
@@ -146,7 +196,15 @@ fn sibling_endpoints() {
     let u = fx.user("alice", None);
     let empty = fx.call(List, &u, &u.login, None, "");
     assert_eq!(empty.body, r#"{"tokens":[],"success":true}"#);
-    let t = fx.call(Generate, &u, &u.login, None, r#"{"tokenName":"a","bypassTwoFactor":true}"#).token();
+    let t = fx
+        .call(
+            Generate,
+            &u,
+            &u.login,
+            None,
+            r#"{"tokenName":"a","bypassTwoFactor":true}"#,
+        )
+        .token();
     assert!(fx.authenticates(&u, &t));
     let dup = fx.call(Generate, &u, &u.login, None, r#"{"tokenName":"a"}"#);
     assert_eq!(
@@ -154,20 +212,41 @@ fn sibling_endpoints() {
         r#"{"success":false,"error":"A token with this name already exists [error-token-already-exists]","errorType":"error-token-already-exists","details":{"method":"personalAccessTokens:generateToken"}}"#
     );
     let removed = fx.call(Remove, &u, &u.login, None, r#"{"tokenName":"a"}"#);
-    assert_eq!((removed.status, removed.body.as_str()), (200, r#"{"success":true}"#));
+    assert_eq!(
+        (removed.status, removed.body.as_str()),
+        (200, r#"{"success":true}"#)
+    );
     assert!(!fx.authenticates(&u, &t));
     let again = fx.call(Remove, &u, &u.login, None, r#"{"tokenName":"a"}"#);
-    assert_eq!(again.json["details"]["method"], "personalAccessTokens:removeToken");
+    assert_eq!(
+        again.json["details"]["method"],
+        "personalAccessTokens:removeToken"
+    );
     assert_eq!(again.error_type(), "error-token-does-not-exists");
 
     let guest = fx.user_with_roles("guest", None, &["guest"]);
     let forbidden = fx.call(List, &guest, &guest.login, None, "");
     assert_eq!(
         (forbidden.status, forbidden.body.as_str()),
-        (403, r#"{"success":false,"error":"User does not have the permissions required for this action [error-unauthorized]"}"#)
+        (
+            403,
+            r#"{"success":false,"error":"User does not have the permissions required for this action [error-unauthorized]"}"#
+        )
     );
-    let r = fx.call(Remove, &guest, &guest.login, None, r#"{"tokenName":"tokenthatdoesnotexist"}"#);
-    assert_eq!((r.error_type(), &r.json["details"]["method"]), ("not-authorized", &serde_json::json!("personalAccessTokens:removeToken")));
+    let r = fx.call(
+        Remove,
+        &guest,
+        &guest.login,
+        None,
+        r#"{"tokenName":"tokenthatdoesnotexist"}"#,
+    );
+    assert_eq!(
+        (r.error_type(), &r.json["details"]["method"]),
+        (
+            "not-authorized",
+            &serde_json::json!("personalAccessTokens:removeToken")
+        )
+    );
     let r = fx.call(Generate, &guest, &guest.login, None, r#"{"tokenName":"x"}"#);
     assert_eq!(r.error_type(), "not-authorized");
 }
@@ -178,12 +257,23 @@ fn component_imports_exactly_its_world() {
     let engine = rt.engine_ref();
     let component = wasmtime::component::Component::new(engine, host_example::COMPONENT).unwrap();
     let ty = component.component_type();
-    let mut imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+    let mut imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     imports.sort();
     assert_eq!(
         imports,
-        ["rcpat:tokens/mail@0.1.0", "rcpat:tokens/storage@0.1.0", "wasi:clocks/wall-clock@0.2.12", "wasi:random/random@0.2.12"]
+        [
+            "rcpat:tokens/mail@0.1.0",
+            "rcpat:tokens/storage@0.1.0",
+            "wasi:clocks/wall-clock@0.2.12",
+            "wasi:random/random@0.2.12"
+        ]
     );
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     assert_eq!(exports, ["rcpat:tokens/endpoints@0.1.0"]);
 }

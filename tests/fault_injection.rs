@@ -17,7 +17,12 @@ fn backends() -> Vec<(&'static str, Arc<dyn Storage>)> {
 
 /// Regenerates with a TOTP code against a storage failing at call `n`;
 /// returns whether the failure was reached.
-fn regenerate_failing_at(backend: Arc<dyn Storage>, n: usize, mode: FaultMode, label: &str) -> bool {
+fn regenerate_failing_at(
+    backend: Arc<dyn Storage>,
+    n: usize,
+    mode: FaultMode,
+    label: &str,
+) -> bool {
     let setup_fx = Fx::with_storage(backend.clone());
     let u = setup_fx.user("fay", Some(PASSWORD));
     let totp = setup_fx.enable_totp(&u);
@@ -37,18 +42,25 @@ fn regenerate_failing_at(backend: Arc<dyn Storage>, n: usize, mode: FaultMode, l
         assert!(setup_fx.authenticates(&u, &new) && !old_works, "{ctx}");
         assert_eq!(hashes[0], rcpat::token::hash_token(&new));
     } else {
-        assert!(reached, "only an injected fault may fail this request: {ctx}");
+        assert!(
+            reached,
+            "only an injected fault may fail this request: {ctx}"
+        );
         assert_eq!(r.status, 500, "{ctx}");
         assert_eq!(r.error_type(), "error-storage-failure", "{ctx}");
         if mode == FaultMode::Before {
             // Nothing changed: the old token still works and the code is unspent.
             assert!(old_works, "{ctx}");
-            let retry = setup_fx.regenerate(&u, &u.login, Some(("totp", &setup_fx.totp(&totp, 0))), "ci");
+            let retry =
+                setup_fx.regenerate(&u, &u.login, Some(("totp", &setup_fx.totp(&totp, 0))), "ci");
             assert_eq!(retry.status, 200, "retry after the failure: {ctx}");
         } else {
             // The write committed but its reply was lost: the stored token is
             // either the old one or a new one, never both or none.
-            assert!(old_works || hashes[0] != rcpat::token::hash_token(&old), "{ctx}");
+            assert!(
+                old_works || hashes[0] != rcpat::token::hash_token(&old),
+                "{ctx}"
+            );
         }
     }
     reached
@@ -80,10 +92,21 @@ fn email_challenge_survives_storage_failure() {
         backend.set_email_two_factor(&u.id, true).unwrap();
         setup_fx.pat(&u, "ci", false);
         // Call 1 authenticates; call 2 stores the new code.
-        let fx = Fx::with_storage(Arc::new(FaultyStorage::new(backend.clone(), 2, FaultMode::Before)));
+        let fx = Fx::with_storage(Arc::new(FaultyStorage::new(
+            backend.clone(),
+            2,
+            FaultMode::Before,
+        )));
         let r = fx.regenerate(&u, &u.login, None, "ci");
-        assert_eq!((r.status, r.error_type()), (500, "error-storage-failure"), "{label}");
-        let session = backend.authenticate(&u.id, &rcpat::token::hash_token(&u.login)).unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.error_type()),
+            (500, "error-storage-failure"),
+            "{label}"
+        );
+        let session = backend
+            .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+            .unwrap()
+            .unwrap();
         assert!(session.user.email_code.is_none(), "{label}: no code stored");
         assert_eq!(backend.token_hashes_named(&u.id, "ci").unwrap().len(), 1);
     }
@@ -95,9 +118,21 @@ fn failure_counter_write_failure_leaves_counts_alone() {
     let setup_fx = Fx::with_storage(backend.clone());
     let u = setup_fx.user("cnt", Some(PASSWORD));
     // Call 1 authenticates; call 2 records the failure.
-    let fx = Fx::with_storage(Arc::new(FaultyStorage::new(backend.clone(), 2, FaultMode::Before)));
-    let r = fx.regenerate(&u, &u.login, Some(("password", "0".repeat(64).as_str())), "ci");
+    let fx = Fx::with_storage(Arc::new(FaultyStorage::new(
+        backend.clone(),
+        2,
+        FaultMode::Before,
+    )));
+    let r = fx.regenerate(
+        &u,
+        &u.login,
+        Some(("password", "0".repeat(64).as_str())),
+        "ci",
+    );
     assert_eq!(r.status, 500);
-    let session = backend.authenticate(&u.id, &rcpat::token::hash_token(&u.login)).unwrap().unwrap();
+    let session = backend
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .unwrap()
+        .unwrap();
     assert_eq!(session.user.failures.count, 0);
 }

@@ -51,7 +51,11 @@ pub struct UserSpec<'a> {
 }
 
 /// Creates a user (email verified); returns the new id.
-pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Result<String, String> {
+pub fn create_user(
+    services: &Services,
+    spec: &UserSpec,
+    bcrypt_cost: u32,
+) -> Result<String, String> {
     if spec.username.is_empty() {
         return Err("the username must not be empty".into());
     }
@@ -59,10 +63,14 @@ pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Re
         return Err(format!("a user named {} already exists", spec.username));
     }
     let id = random_id(17);
-    let password_bcrypt = spec.password.map(|p| hash_password(p, bcrypt_cost)).transpose()?;
+    let password_bcrypt = spec
+        .password
+        .map(|p| hash_password(p, bcrypt_cost))
+        .transpose()?;
     services.storage.create_user(&NewUser {
         id: id.clone(),
         username: spec.username.to_string(),
+        name: spec.username.to_string(),
         email: spec.email.map(String::from),
         email_verified: spec.email.is_some(),
         password_bcrypt,
@@ -74,7 +82,9 @@ pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Re
 
 /// The id of `username`, or a clear error.
 pub fn user_id(storage: &dyn Storage, username: &str) -> Result<String, String> {
-    storage.find_user_id(username)?.ok_or_else(|| format!("no user named {username}"))
+    storage
+        .find_user_id(username)?
+        .ok_or_else(|| format!("no user named {username}"))
 }
 
 /// A fresh TOTP enrolment: what an authenticator app and the user need.
@@ -106,7 +116,10 @@ pub fn enable_totp(
             digits,
             period: 30,
             last_used_step: 0,
-            hashed_backup_codes: backup_codes.iter().map(|c| token::sha256_hex(c.as_bytes())).collect(),
+            hashed_backup_codes: backup_codes
+                .iter()
+                .map(|c| token::sha256_hex(c.as_bytes()))
+                .collect(),
         }),
     )?;
     let alg = match algorithm {
@@ -117,11 +130,21 @@ pub fn enable_totp(
     let uri = format!(
         "otpauth://totp/Rocket.Chat:{account}?secret={secret}&issuer=Rocket.Chat&algorithm={alg}&digits={digits}&period=30"
     );
-    Ok(TotpSetup { secret, uri, backup_codes })
+    Ok(TotpSetup {
+        secret,
+        uri,
+        backup_codes,
+    })
 }
 
 /// The TOTP code for `secret` at `now_ms` shifted by `step_offset` steps.
-pub fn totp_code(secret: &str, algorithm: TotpAlgorithm, digits: u8, now_ms: u64, step_offset: i64) -> String {
+pub fn totp_code(
+    secret: &str,
+    algorithm: TotpAlgorithm,
+    digits: u8,
+    now_ms: u64,
+    step_offset: i64,
+) -> String {
     let key = rcpat::totp::decode_secret(secret).expect("a valid base32 secret");
     let step = rcpat::totp::step_at(now_ms / 1000, 30).saturating_add_signed(step_offset);
     rcpat::totp::hotp(&key, step, digits, algorithm)
@@ -139,10 +162,22 @@ pub fn issue_personal_access_token(
     name: &str,
     bypass_two_factor: bool,
 ) -> Result<String, String> {
-    issue(services, user_id, TokenKind::PersonalAccessToken, Some(name), bypass_two_factor)
+    issue(
+        services,
+        user_id,
+        TokenKind::PersonalAccessToken,
+        Some(name),
+        bypass_two_factor,
+    )
 }
 
-fn issue(services: &Services, user_id: &str, kind: TokenKind, name: Option<&str>, bypass: bool) -> Result<String, String> {
+fn issue(
+    services: &Services,
+    user_id: &str,
+    kind: TokenKind,
+    name: Option<&str>,
+    bypass: bool,
+) -> Result<String, String> {
     let plaintext = token::new_token(&random_bytes(token::TOKEN_LEN));
     services.storage.add_token(
         user_id,

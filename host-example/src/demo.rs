@@ -28,76 +28,169 @@ impl<W: Write> Demo<'_, W> {
     }
 
     /// Sends one request through the component and prints both sides.
-    fn call(&mut self, endpoint: Endpoint, user_id: &str, auth: &str, two_fa: Option<(&str, &str)>, body: &str) -> Result<(u16, serde_json::Value)> {
+    fn call(
+        &mut self,
+        endpoint: Endpoint,
+        user_id: &str,
+        auth: &str,
+        two_fa: Option<(&str, &str)>,
+        body: &str,
+    ) -> Result<(u16, serde_json::Value)> {
         let mut headers = vec![("X-User-Id", user_id), ("X-Auth-Token", auth)];
         if let Some((method, code)) = two_fa {
             headers.push(("x-2fa-method", method));
             headers.push(("x-2fa-code", code));
         }
-        let path = match endpoint {
-            Endpoint::Regenerate => "POST /api/v1/users.regeneratePersonalAccessToken",
-            Endpoint::Generate => "POST /api/v1/users.generatePersonalAccessToken",
-            Endpoint::List => "GET  /api/v1/users.getPersonalAccessTokens",
-            Endpoint::Remove => "POST /api/v1/users.removePersonalAccessToken",
-        };
-        let shown_2fa = two_fa.map(|(m, c)| format!("  x-2fa-method: {m}  x-2fa-code: {c}")).unwrap_or_default();
-        let _ = writeln!(self.out, "-> {path}  X-Auth-Token: {}...{shown_2fa}  {body}", &auth[..6.min(auth.len())]);
+        let path = format!(
+            "{} {}",
+            if endpoint.is_post() { "POST" } else { "GET " },
+            endpoint.path()
+        );
+        let shown_2fa = two_fa
+            .map(|(m, c)| format!("  x-2fa-method: {m}  x-2fa-code: {c}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            self.out,
+            "-> {path}  X-Auth-Token: {}...{shown_2fa}  {body}",
+            &auth[..6.min(auth.len())]
+        );
         let req = Request::new(&headers, body.as_bytes());
-        let resp = self.runtime.call(&self.services, endpoint, &self.settings, &req).map_err(|e| format!("component call failed: {e:?}"))?;
+        let resp = self
+            .runtime
+            .call(&self.services, endpoint, &self.settings, &req)
+            .map_err(|e| format!("component call failed: {e:?}"))?;
         let _ = writeln!(self.out, "<- {} {}", resp.status, resp.body);
-        let json = serde_json::from_str(&resp.body).map_err(|e| format!("reply is not JSON: {e}"))?;
+        let json =
+            serde_json::from_str(&resp.body).map_err(|e| format!("reply is not JSON: {e}"))?;
         Ok((resp.status, json))
     }
 }
 
 fn expect(cond: bool, what: &str) -> Result<()> {
-    if cond { Ok(()) } else { Err(format!("demo check failed: {what}")) }
+    if cond {
+        Ok(())
+    } else {
+        Err(format!("demo check failed: {what}"))
+    }
 }
 
 /// Runs the demo against a new database at `db` with mail going to `outbox`.
 pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
     if db.exists() {
-        return Err(format!("{} exists; the demo starts from a fresh database", db.display()));
+        return Err(format!(
+            "{} exists; the demo starts from a fresh database",
+            db.display()
+        ));
     }
     let storage = Arc::new(SqliteStorage::open(db)?);
     let outbox = Arc::new(Outbox::new(outbox).map_err(|e| format!("outbox: {e}"))?);
     let services = Services::new(storage.clone(), outbox.clone());
     let started = std::time::Instant::now();
-    let runtime = Runtime::new(RuntimeConfig::default()).map_err(|e| format!("loading the component: {e:?}"))?;
-    let settings = runtime.default_settings(&services).map_err(|e| format!("{e:?}"))?;
-    let mut d = Demo { runtime, services: services.clone(), settings, out };
-    let _ = writeln!(d.out, "component compiled and pre-instantiated in {:.0?}; database {}", started.elapsed(), db.display());
+    let runtime = Runtime::new(RuntimeConfig::default())
+        .map_err(|e| format!("loading the component: {e:?}"))?;
+    let settings = runtime
+        .default_settings(&services)
+        .map_err(|e| format!("{e:?}"))?;
+    let mut d = Demo {
+        runtime,
+        services: services.clone(),
+        settings,
+        out,
+    };
+    let _ = writeln!(
+        d.out,
+        "component compiled and pre-instantiated in {:.0?}; database {}",
+        started.elapsed(),
+        db.display()
+    );
 
     d.say("alice: a password, TOTP enrolled, one login session");
-    let alice = admin::create_user(&services, &UserSpec { username: "alice", email: Some("alice@example.org"), password: Some("correct horse"), roles: &["user"] }, admin::BCRYPT_COST)?;
+    let alice = admin::create_user(
+        &services,
+        &UserSpec {
+            username: "alice",
+            email: Some("alice@example.org"),
+            password: Some("correct horse"),
+            roles: &["user"],
+        },
+        admin::BCRYPT_COST,
+    )?;
     let totp = admin::enable_totp(&*storage, &alice, "alice", TotpAlgorithm::Sha1, 6)?;
     let session = admin::issue_login_token(&services, &alice)?;
-    let _ = writeln!(d.out, "user id {alice}\notpauth URI {}\nbackup codes {}", totp.uri, totp.backup_codes.join(" "));
+    let _ = writeln!(
+        d.out,
+        "user id {alice}\notpauth URI {}\nbackup codes {}",
+        totp.uri,
+        totp.backup_codes.join(" ")
+    );
 
     d.say("generate a PAT named ci-bot (2FA with a backup code)");
-    let (status, reply) = d.call(Endpoint::Generate, &alice, &session, Some(("totp", &totp.backup_codes[0])), r#"{"tokenName":"ci-bot"}"#)?;
+    let (status, reply) = d.call(
+        Endpoint::Generate,
+        &alice,
+        &session,
+        Some(("totp", &totp.backup_codes[0])),
+        r#"{"tokenName":"ci-bot"}"#,
+    )?;
     expect(status == 200, "generate succeeds")?;
     let old_pat = reply["token"].as_str().unwrap_or_default().to_string();
 
     d.say("regenerate without a 2FA code: the challenge");
-    let (status, reply) = d.call(Endpoint::Regenerate, &alice, &session, None, r#"{"tokenName":"ci-bot"}"#)?;
-    expect(status == 400 && reply["errorType"] == "totp-required", "challenge")?;
+    let (status, reply) = d.call(
+        Endpoint::Regenerate,
+        &alice,
+        &session,
+        None,
+        r#"{"tokenName":"ci-bot"}"#,
+    )?;
+    expect(
+        status == 400 && reply["errorType"] == "totp-required",
+        "challenge",
+    )?;
 
     d.say("regenerate with a wrong code");
     let now = services.clock.now_ms();
     let right = admin::totp_code(&totp.secret, TotpAlgorithm::Sha1, 6, now, 0);
-    let wrong = if right == "000000" { "000001".to_string() } else { "000000".to_string() };
-    let (status, reply) = d.call(Endpoint::Regenerate, &alice, &session, Some(("totp", &wrong)), r#"{"tokenName":"ci-bot"}"#)?;
-    expect(status == 400 && reply["errorType"] == "totp-invalid", "wrong code refused")?;
+    let wrong = if right == "000000" {
+        "000001".to_string()
+    } else {
+        "000000".to_string()
+    };
+    let (status, reply) = d.call(
+        Endpoint::Regenerate,
+        &alice,
+        &session,
+        Some(("totp", &wrong)),
+        r#"{"tokenName":"ci-bot"}"#,
+    )?;
+    expect(
+        status == 400 && reply["errorType"] == "totp-invalid",
+        "wrong code refused",
+    )?;
 
     d.say("regenerate with the right code");
-    let (status, reply) = d.call(Endpoint::Regenerate, &alice, &session, Some(("totp", &right)), r#"{"tokenName":"ci-bot"}"#)?;
+    let (status, reply) = d.call(
+        Endpoint::Regenerate,
+        &alice,
+        &session,
+        Some(("totp", &right)),
+        r#"{"tokenName":"ci-bot"}"#,
+    )?;
     expect(status == 200, "regenerate succeeds")?;
     let new_pat = reply["token"].as_str().unwrap_or_default().to_string();
 
     d.say("the same code again: refused (a TOTP code is accepted once)");
-    let (status, reply) = d.call(Endpoint::Regenerate, &alice, &session, Some(("totp", &right)), r#"{"tokenName":"ci-bot"}"#)?;
-    expect(status == 400 && reply["errorType"] == "totp-invalid", "replay refused")?;
+    let (status, reply) = d.call(
+        Endpoint::Regenerate,
+        &alice,
+        &session,
+        Some(("totp", &right)),
+        r#"{"tokenName":"ci-bot"}"#,
+    )?;
+    expect(
+        status == 400 && reply["errorType"] == "totp-invalid",
+        "replay refused",
+    )?;
 
     d.say("the old PAT no longer authenticates; the new one does");
     let (status, _) = d.call(Endpoint::List, &alice, &old_pat, None, "")?;
@@ -106,20 +199,53 @@ pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
     expect(status == 200, "new token works")?;
 
     d.say("bob: email 2FA only; the code arrives in the outbox");
-    let bob = admin::create_user(&services, &UserSpec { username: "bob", email: Some("bob@example.org"), password: Some("hunter2"), roles: &["user"] }, admin::BCRYPT_COST)?;
+    let bob = admin::create_user(
+        &services,
+        &UserSpec {
+            username: "bob",
+            email: Some("bob@example.org"),
+            password: Some("hunter2"),
+            roles: &["user"],
+        },
+        admin::BCRYPT_COST,
+    )?;
     storage.set_email_two_factor(&bob, true)?;
     let bob_session = admin::issue_login_token(&services, &bob)?;
     let bob_pat = admin::issue_personal_access_token(&services, &bob, "deploy", false)?;
-    let (status, reply) = d.call(Endpoint::Regenerate, &bob, &bob_session, None, r#"{"tokenName":"deploy"}"#)?;
-    expect(status == 400 && reply["details"]["codeGenerated"] == true, "email challenge sends a code")?;
+    let (status, reply) = d.call(
+        Endpoint::Regenerate,
+        &bob,
+        &bob_session,
+        None,
+        r#"{"tokenName":"deploy"}"#,
+    )?;
+    expect(
+        status == 400 && reply["details"]["codeGenerated"] == true,
+        "email challenge sends a code",
+    )?;
     let (path, text) = outbox.messages().pop().ok_or("no message in the outbox")?;
     let code = code_in(&text).ok_or("no code in the message")?;
-    let _ = writeln!(d.out, "outbox: {} (code {}-{})", path.display(), &code[..3], &code[3..]);
-    let (status, _) = d.call(Endpoint::Regenerate, &bob, &bob_session, Some(("email", &code)), r#"{"tokenName":"deploy"}"#)?;
+    let _ = writeln!(
+        d.out,
+        "outbox: {} (code {}-{})",
+        path.display(),
+        &code[..3],
+        &code[3..]
+    );
+    let (status, _) = d.call(
+        Endpoint::Regenerate,
+        &bob,
+        &bob_session,
+        Some(("email", &code)),
+        r#"{"tokenName":"deploy"}"#,
+    )?;
     expect(status == 200, "email code accepted")?;
     let (status, _) = d.call(Endpoint::List, &bob, &bob_pat, None, "")?;
     expect(status == 401, "bob's old token is dead")?;
 
-    let _ = writeln!(d.out, "\ndemo complete: every step behaved as Rocket.Chat documents");
+    let _ = writeln!(
+        d.out,
+        "\ndemo complete: every step behaved as Rocket.Chat documents"
+    );
     Ok(())
 }

@@ -21,10 +21,16 @@ const MAX_RANDOM_BYTES: u64 = 64 * 1024;
 impl wall_clock::Host for HostState {
     fn now(&mut self) -> wall_clock::Datetime {
         let ms = self.services.clock.now_ms();
-        wall_clock::Datetime { seconds: ms / 1000, nanoseconds: (ms % 1000) as u32 * 1_000_000 }
+        wall_clock::Datetime {
+            seconds: ms / 1000,
+            nanoseconds: (ms % 1000) as u32 * 1_000_000,
+        }
     }
     fn resolution(&mut self) -> wall_clock::Datetime {
-        wall_clock::Datetime { seconds: 0, nanoseconds: 1_000_000 }
+        wall_clock::Datetime {
+            seconds: 0,
+            nanoseconds: 1_000_000,
+        }
     }
 }
 
@@ -42,26 +48,77 @@ impl random::Host for HostState {
 
 impl mail::Host for HostState {
     fn send(&mut self, msg: mail::Message) -> Result<(), String> {
-        self.services.mailer.send(&m::MailMessage { to: msg.to, subject: msg.subject, text: msg.text })
+        self.services.mailer.send(&m::MailMessage {
+            to: msg.to,
+            subject: msg.subject,
+            text: msg.text,
+        })
     }
 }
 
 impl st::Host for HostState {
-    fn authenticate(&mut self, user_id: String, hashed_token: String) -> Result<Option<st::Session>, String> {
-        Ok(self.services.storage.authenticate(&user_id, &hashed_token)?.map(session_to_wit))
+    fn authenticate(
+        &mut self,
+        user_id: String,
+        hashed_token: String,
+    ) -> Result<Option<st::Session>, String> {
+        Ok(self
+            .services
+            .storage
+            .authenticate(&user_id, &hashed_token)?
+            .map(session_to_wit))
+    }
+    fn find_user_for_login(
+        &mut self,
+        identifier: st::LoginIdentifier,
+    ) -> Result<Option<st::User>, String> {
+        let id = match identifier {
+            st::LoginIdentifier::Username(u) => m::LoginIdentifier::Username(u),
+            st::LoginIdentifier::Email(e) => m::LoginIdentifier::Email(e),
+        };
+        Ok(self
+            .services
+            .storage
+            .find_user_for_login(&id)?
+            .map(user_to_wit))
+    }
+    fn insert_login_token(
+        &mut self,
+        user_id: String,
+        hashed_token: String,
+        created_at: u64,
+        proof: st::FactorProof,
+    ) -> Result<st::WriteOutcome, String> {
+        self.services
+            .storage
+            .insert_login_token(&user_id, &hashed_token, created_at, &proof_from_wit(proof))
+            .map(outcome_to_wit)
     }
     fn has_permission(&mut self, user_id: String, permission: String) -> Result<bool, String> {
         self.services.storage.has_permission(&user_id, &permission)
     }
-    fn list_personal_access_tokens(&mut self, user_id: String) -> Result<Vec<st::PersonalAccessToken>, String> {
-        Ok(self.services.storage.list_personal_access_tokens(&user_id)?.into_iter().map(pat_to_wit).collect())
+    fn list_personal_access_tokens(
+        &mut self,
+        user_id: String,
+    ) -> Result<Vec<st::PersonalAccessToken>, String> {
+        Ok(self
+            .services
+            .storage
+            .list_personal_access_tokens(&user_id)?
+            .into_iter()
+            .map(pat_to_wit)
+            .collect())
     }
     fn find_personal_access_token(
         &mut self,
         user_id: String,
         name: String,
     ) -> Result<Option<st::PersonalAccessToken>, String> {
-        Ok(self.services.storage.find_personal_access_token(&user_id, &name)?.map(pat_to_wit))
+        Ok(self
+            .services
+            .storage
+            .find_personal_access_token(&user_id, &name)?
+            .map(pat_to_wit))
     }
     fn insert_personal_access_token(
         &mut self,
@@ -83,7 +140,12 @@ impl st::Host for HostState {
     ) -> Result<st::WriteOutcome, String> {
         self.services
             .storage
-            .replace_personal_access_token(&user_id, &expected_hashed_token, &pat_from_wit(replacement), &proof_from_wit(proof))
+            .replace_personal_access_token(
+                &user_id,
+                &expected_hashed_token,
+                &pat_from_wit(replacement),
+                &proof_from_wit(proof),
+            )
             .map(outcome_to_wit)
     }
     fn remove_personal_access_token(
@@ -92,7 +154,10 @@ impl st::Host for HostState {
         name: String,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.services.storage.remove_personal_access_token(&user_id, &name, &proof_from_wit(proof)).map(outcome_to_wit)
+        self.services
+            .storage
+            .remove_personal_access_token(&user_id, &name, &proof_from_wit(proof))
+            .map(outcome_to_wit)
     }
     fn record_two_factor_failure(
         &mut self,
@@ -101,45 +166,31 @@ impl st::Host for HostState {
         window_start: u64,
         email_code_attempt: bool,
     ) -> Result<st::FailureCount, String> {
-        let f = self.services.storage.record_two_factor_failure(&user_id, at, window_start, email_code_attempt)?;
-        Ok(st::FailureCount { count: f.count, last_failed_at: f.last_failed_at })
+        let f = self.services.storage.record_two_factor_failure(
+            &user_id,
+            at,
+            window_start,
+            email_code_attempt,
+        )?;
+        Ok(st::FailureCount {
+            count: f.count,
+            last_failed_at: f.last_failed_at,
+        })
     }
     fn store_email_code(&mut self, user_id: String, code: st::EmailCode) -> Result<(), String> {
-        let code = m::EmailCode { code_hash: code.code_hash, salt: code.salt, expires_at: code.expires_at, attempts: code.attempts };
+        let code = m::EmailCode {
+            code_hash: code.code_hash,
+            salt: code.salt,
+            expires_at: code.expires_at,
+            attempts: code.attempts,
+        };
         self.services.storage.store_email_code(&user_id, &code)
     }
 }
 
 fn session_to_wit(s: m::Session) -> st::Session {
-    let u = s.user;
     st::Session {
-        user: st::User {
-            id: u.id,
-            username: u.username,
-            created_at: u.created_at,
-            verified_emails: u.verified_emails,
-            password_bcrypt: u.password_bcrypt,
-            totp: u.totp.map(|t| st::TotpEnrolment {
-                secret: t.secret,
-                algorithm: match t.algorithm {
-                    m::TotpAlgorithm::Sha1 => st::TotpAlgorithm::Sha1,
-                    m::TotpAlgorithm::Sha256 => st::TotpAlgorithm::Sha256,
-                    m::TotpAlgorithm::Sha512 => st::TotpAlgorithm::Sha512,
-                },
-                digits: t.digits,
-                period: t.period,
-                last_used_step: t.last_used_step,
-                hashed_backup_codes: t.hashed_backup_codes,
-            }),
-            email_two_factor: u.email_two_factor,
-            email_code: u.email_code.map(|c| st::EmailCode {
-                code_hash: c.code_hash,
-                salt: c.salt,
-                expires_at: c.expires_at,
-                attempts: c.attempts,
-            }),
-            failures: st::FailureCount { count: u.failures.count, last_failed_at: u.failures.last_failed_at },
-        },
+        user: user_to_wit(s.user),
         token: st::LoginToken {
             hashed_token: s.token.hashed_token,
             kind: match s.token.kind {
@@ -149,6 +200,41 @@ fn session_to_wit(s: m::Session) -> st::Session {
             bypass_two_factor: s.token.bypass_two_factor,
             two_factor_authorized_hash: s.token.two_factor_authorized_hash,
             two_factor_authorized_until: s.token.two_factor_authorized_until,
+        },
+    }
+}
+
+fn user_to_wit(u: m::User) -> st::User {
+    st::User {
+        id: u.id,
+        username: u.username,
+        name: u.name,
+        roles: u.roles,
+        created_at: u.created_at,
+        verified_emails: u.verified_emails,
+        password_bcrypt: u.password_bcrypt,
+        totp: u.totp.map(|t| st::TotpEnrolment {
+            secret: t.secret,
+            algorithm: match t.algorithm {
+                m::TotpAlgorithm::Sha1 => st::TotpAlgorithm::Sha1,
+                m::TotpAlgorithm::Sha256 => st::TotpAlgorithm::Sha256,
+                m::TotpAlgorithm::Sha512 => st::TotpAlgorithm::Sha512,
+            },
+            digits: t.digits,
+            period: t.period,
+            last_used_step: t.last_used_step,
+            hashed_backup_codes: t.hashed_backup_codes,
+        }),
+        email_two_factor: u.email_two_factor,
+        email_code: u.email_code.map(|c| st::EmailCode {
+            code_hash: c.code_hash,
+            salt: c.salt,
+            expires_at: c.expires_at,
+            attempts: c.attempts,
+        }),
+        failures: st::FailureCount {
+            count: u.failures.count,
+            last_failed_at: u.failures.last_failed_at,
         },
     }
 }

@@ -21,9 +21,12 @@ pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcpat.was
 
 /// The embedded component's world as WIT text (what `wasm-tools component wit` prints).
 pub fn component_wit() -> Result<String, String> {
-    let decoded = wit_component::decode(COMPONENT).map_err(|e| format!("decoding the component: {e}"))?;
+    let decoded =
+        wit_component::decode(COMPONENT).map_err(|e| format!("decoding the component: {e}"))?;
     let resolve = decoded.resolve();
     let mut printer = wit_component::WitPrinter::default();
-    printer.print(resolve, decoded.package(), &[]).map_err(|e| format!("printing: {e}"))?;
+    printer
+        .print(resolve, decoded.package(), &[])
+        .map_err(|e| format!("printing: {e}"))?;
     Ok(printer.output.to_string())
 }

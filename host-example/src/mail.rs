@@ -22,7 +22,11 @@ impl Outbox {
     pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(Outbox { dir, from: "Rocket.Chat <no-reply@localhost>".into(), sequence: AtomicU64::new(0) })
+        Ok(Outbox {
+            dir,
+            from: "Rocket.Chat <no-reply@localhost>".into(),
+            sequence: AtomicU64::new(0),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -32,16 +36,26 @@ impl Outbox {
     /// The outbox's messages, oldest first, as (path, full text).
     pub fn messages(&self) -> Vec<(PathBuf, String)> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
             .unwrap_or_default();
         paths.sort();
-        paths.into_iter().filter_map(|p| std::fs::read_to_string(&p).ok().map(|t| (p, t))).collect()
+        paths
+            .into_iter()
+            .filter_map(|p| std::fs::read_to_string(&p).ok().map(|t| (p, t)))
+            .collect()
     }
 }
 
 impl Mailer for Outbox {
     fn send(&self, m: &MailMessage) -> Result<(), String> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let n = self.sequence.fetch_add(1, Ordering::SeqCst);
         let id = format!("{:020}-{:06}-{:05}", now.as_nanos(), n, std::process::id());
         let text = format!(
@@ -55,7 +69,8 @@ impl Mailer for Outbox {
         // Write then rename, so a reader never sees half a message.
         let tmp = self.dir.join(format!("{id}.tmp"));
         std::fs::write(&tmp, text).map_err(|e| format!("outbox write failed: {e}"))?;
-        std::fs::rename(&tmp, self.dir.join(format!("{id}.eml"))).map_err(|e| format!("outbox rename failed: {e}"))
+        std::fs::rename(&tmp, self.dir.join(format!("{id}.eml")))
+            .map_err(|e| format!("outbox rename failed: {e}"))
     }
 }
 
@@ -91,8 +106,14 @@ pub fn code_in(text: &str) -> Option<String> {
     (0..b.len().saturating_sub(6)).find_map(|i| {
         let w = &b[i..i + 7];
         let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
-        let boundary_ok = (i == 0 || !b[i - 1].is_ascii_digit()) && b.get(i + 7).is_none_or(|c| !c.is_ascii_digit());
-        (w[3] == b'-' && digits(&w[..3]) && digits(&w[4..]) && boundary_ok)
-            .then(|| format!("{}{}", std::str::from_utf8(&w[..3]).unwrap(), std::str::from_utf8(&w[4..]).unwrap()))
+        let boundary_ok = (i == 0 || !b[i - 1].is_ascii_digit())
+            && b.get(i + 7).is_none_or(|c| !c.is_ascii_digit());
+        (w[3] == b'-' && digits(&w[..3]) && digits(&w[4..]) && boundary_ok).then(|| {
+            format!(
+                "{}{}",
+                std::str::from_utf8(&w[..3]).unwrap(),
+                std::str::from_utf8(&w[4..]).unwrap()
+            )
+        })
     })
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "host-example", version, about = "A wasmtime host for the rcpat personal-access-token component")]
+#[command(
+    name = "host-example",
+    version,
+    about = "A wasmtime host for the rcpat personal-access-token component"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

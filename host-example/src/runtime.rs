@@ -9,7 +9,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 
 use rcpat::model::{Request, Response, Settings};
 
@@ -21,6 +24,8 @@ use crate::services::{NativeEnv, Services};
 /// The endpoints the component exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
+    Login,
+    Me,
     Regenerate,
     Generate,
     List,
@@ -28,10 +33,38 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Login,
+        Endpoint::Me,
+        Endpoint::Regenerate,
+        Endpoint::Generate,
+        Endpoint::List,
+        Endpoint::Remove,
+    ];
+
+    /// Rocket.Chat's path for the endpoint.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Login => "/api/v1/login",
+            Endpoint::Me => "/api/v1/me",
+            Endpoint::Regenerate => "/api/v1/users.regeneratePersonalAccessToken",
+            Endpoint::Generate => "/api/v1/users.generatePersonalAccessToken",
+            Endpoint::List => "/api/v1/users.getPersonalAccessTokens",
+            Endpoint::Remove => "/api/v1/users.removePersonalAccessToken",
+        }
+    }
+
+    /// Whether the endpoint is `POST` (with a JSON body) rather than `GET`.
+    pub fn is_post(self) -> bool {
+        !matches!(self, Endpoint::Me | Endpoint::List)
+    }
+
     /// Runs the same logic natively (the baseline, and a cross-check).
     pub fn call_native(self, services: &Services, settings: &Settings, req: &Request) -> Response {
         let env = &mut NativeEnv(services);
         match self {
+            Endpoint::Login => rcpat::account::login(env, settings, req),
+            Endpoint::Me => rcpat::account::me(env, settings, req),
             Endpoint::Regenerate => rcpat::endpoints::regenerate(env, settings, req),
             Endpoint::Generate => rcpat::endpoints::generate(env, settings, req),
             Endpoint::List => rcpat::endpoints::list(env, settings, req),
@@ -52,7 +85,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_instances: 64, memory_limit_bytes: 16 << 20, timeout: Duration::from_secs(5) }
+        RuntimeConfig {
+            max_instances: 64,
+            memory_limit_bytes: 16 << 20,
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -96,7 +133,11 @@ impl Runtime {
         Self::from_compiled(engine, component, config)
     }
 
-    pub fn from_compiled(engine: Engine, component: Component, config: RuntimeConfig) -> wasmtime::Result<Self> {
+    pub fn from_compiled(
+        engine: Engine,
+        component: Component,
+        config: RuntimeConfig,
+    ) -> wasmtime::Result<Self> {
         let mut linker = Linker::<HostState>::new(&engine);
         PatService::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let pre = PatServicePre::new(linker.instantiate_pre(&component)?)?;
@@ -113,7 +154,12 @@ impl Runtime {
                 })
                 .map_err(|e| wasmtime::format_err!("cannot start the epoch thread: {e}"))?
         };
-        Ok(Runtime { engine, pre, config, ticker: Some((stop, ticker)) })
+        Ok(Runtime {
+            engine,
+            pre,
+            config,
+            ticker: Some((stop, ticker)),
+        })
     }
 
     pub fn engine_ref(&self) -> &Engine {
@@ -128,7 +174,13 @@ impl Runtime {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, HostState { services: services.clone(), limits });
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                services: services.clone(),
+                limits,
+            },
+        );
         store.limiter(|s| &mut s.limits);
         let ticks = (self.config.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
@@ -155,18 +207,33 @@ impl Runtime {
         let api = instance.rcpat_tokens_endpoints();
         let (settings, req) = (settings_to_wit(settings), request_to_wit(req));
         let r = match endpoint {
-            Endpoint::Regenerate => api.call_regenerate_personal_access_token(&mut store, settings, &req)?,
-            Endpoint::Generate => api.call_generate_personal_access_token(&mut store, settings, &req)?,
+            Endpoint::Login => api.call_login(&mut store, settings, &req)?,
+            Endpoint::Me => api.call_me(&mut store, settings, &req)?,
+            Endpoint::Regenerate => {
+                api.call_regenerate_personal_access_token(&mut store, settings, &req)?
+            }
+            Endpoint::Generate => {
+                api.call_generate_personal_access_token(&mut store, settings, &req)?
+            }
             Endpoint::List => api.call_get_personal_access_tokens(&mut store, settings, &req)?,
-            Endpoint::Remove => api.call_remove_personal_access_token(&mut store, settings, &req)?,
+            Endpoint::Remove => {
+                api.call_remove_personal_access_token(&mut store, settings, &req)?
+            }
         };
-        Ok(Response { status: r.status, body: r.body })
+        Ok(Response {
+            status: r.status,
+            body: r.body,
+        })
     }
 
     /// The component's default settings (Rocket.Chat's defaults).
     pub fn default_settings(&self, services: &Services) -> wasmtime::Result<Settings> {
         let mut store = self.store(services);
-        let s = self.pre.instantiate(&mut store)?.rcpat_tokens_endpoints().call_default_settings(&mut store)?;
+        let s = self
+            .pre
+            .instantiate(&mut store)?
+            .rcpat_tokens_endpoints()
+            .call_default_settings(&mut store)?;
         Ok(Settings {
             two_factor_enabled: s.two_factor_enabled,
             totp_enabled: s.totp_enabled,
@@ -208,7 +275,14 @@ fn settings_to_wit(s: &Settings) -> ep::Settings {
 
 fn request_to_wit(r: &Request) -> ep::Request {
     ep::Request {
-        headers: r.headers.iter().map(|h| ep::Header { name: h.name.clone(), value: h.value.clone() }).collect(),
+        headers: r
+            .headers
+            .iter()
+            .map(|h| ep::Header {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect(),
         client_address: r.client_address.clone(),
         body: r.body.clone(),
     }

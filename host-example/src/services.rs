@@ -20,7 +20,11 @@ pub struct Services {
 
 impl Services {
     pub fn new(storage: Arc<dyn Storage>, mailer: Arc<dyn Mailer>) -> Self {
-        Services { storage, mailer, clock: Arc::new(SystemClock) }
+        Services {
+            storage,
+            mailer,
+            clock: Arc::new(SystemClock),
+        }
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -49,13 +53,34 @@ impl Env for NativeEnv<'_> {
     fn authenticate(&mut self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
         self.0.storage.authenticate(user_id, hashed_token)
     }
+    fn find_user_for_login(&mut self, identifier: &LoginIdentifier) -> HostResult<Option<User>> {
+        self.0.storage.find_user_for_login(identifier)
+    }
+    fn insert_login_token(
+        &mut self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.0
+            .storage
+            .insert_login_token(user_id, hashed_token, created_at, proof)
+    }
     fn has_permission(&mut self, user_id: &str, permission: &str) -> HostResult<bool> {
         self.0.storage.has_permission(user_id, permission)
     }
-    fn list_personal_access_tokens(&mut self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>> {
+    fn list_personal_access_tokens(
+        &mut self,
+        user_id: &str,
+    ) -> HostResult<Vec<PersonalAccessToken>> {
         self.0.storage.list_personal_access_tokens(user_id)
     }
-    fn find_personal_access_token(&mut self, user_id: &str, name: &str) -> HostResult<Option<PersonalAccessToken>> {
+    fn find_personal_access_token(
+        &mut self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>> {
         self.0.storage.find_personal_access_token(user_id, name)
     }
     fn insert_personal_access_token(
@@ -64,7 +89,9 @@ impl Env for NativeEnv<'_> {
         token: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.0.storage.insert_personal_access_token(user_id, token, proof)
+        self.0
+            .storage
+            .insert_personal_access_token(user_id, token, proof)
     }
     fn replace_personal_access_token(
         &mut self,
@@ -73,10 +100,19 @@ impl Env for NativeEnv<'_> {
         replacement: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.0.storage.replace_personal_access_token(user_id, expected, replacement, proof)
+        self.0
+            .storage
+            .replace_personal_access_token(user_id, expected, replacement, proof)
     }
-    fn remove_personal_access_token(&mut self, user_id: &str, name: &str, proof: &FactorProof) -> HostResult<WriteOutcome> {
-        self.0.storage.remove_personal_access_token(user_id, name, proof)
+    fn remove_personal_access_token(
+        &mut self,
+        user_id: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.0
+            .storage
+            .remove_personal_access_token(user_id, name, proof)
     }
     fn record_two_factor_failure(
         &mut self,
@@ -85,7 +121,9 @@ impl Env for NativeEnv<'_> {
         window_start: TimestampMs,
         email_code_attempt: bool,
     ) -> HostResult<FailureCount> {
-        self.0.storage.record_two_factor_failure(user_id, at, window_start, email_code_attempt)
+        self.0
+            .storage
+            .record_two_factor_failure(user_id, at, window_start, email_code_attempt)
     }
     fn store_email_code(&mut self, user_id: &str, code: &EmailCode) -> HostResult<()> {
         self.0.storage.store_email_code(user_id, code)

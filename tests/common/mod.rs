@@ -58,7 +58,13 @@ impl Fx {
         let mailer = Arc::new(MemoryMailer::default());
         let clock = Arc::new(ManualClock::new(T0));
         let services = Services::new(storage.clone(), mailer.clone()).with_clock(clock.clone());
-        Fx { storage, mailer, clock, services, settings: Settings::default() }
+        Fx {
+            storage,
+            mailer,
+            clock,
+            services,
+            settings: Settings::default(),
+        }
     }
 
     /// A user with the `user` role, a verified email, optionally a password,
@@ -71,12 +77,21 @@ impl Fx {
         let email = format!("{name}@example.org");
         let id = admin::create_user(
             &self.services,
-            &UserSpec { username: name, email: Some(&email), password, roles },
+            &UserSpec {
+                username: name,
+                email: Some(&email),
+                password,
+                roles,
+            },
             COST,
         )
         .unwrap();
         let login = admin::issue_login_token(&self.services, &id).unwrap();
-        User { id, name: name.into(), login }
+        User {
+            id,
+            name: name.into(),
+            login,
+        }
     }
 
     pub fn pat(&self, user: &User, name: &str, bypass: bool) -> String {
@@ -89,11 +104,24 @@ impl Fx {
 
     /// The TOTP code `offset` steps from now.
     pub fn totp(&self, setup: &admin::TotpSetup, offset: i64) -> String {
-        admin::totp_code(&setup.secret, TotpAlgorithm::Sha1, 6, self.clock.now_ms(), offset)
+        admin::totp_code(
+            &setup.secret,
+            TotpAlgorithm::Sha1,
+            6,
+            self.clock.now_ms(),
+            offset,
+        )
     }
 
     /// Sends a request with the usual headers through the component.
-    pub fn call(&self, ep: Endpoint, user: &User, token: &str, two_fa: Option<(&str, &str)>, body: &str) -> Reply {
+    pub fn call(
+        &self,
+        ep: Endpoint,
+        user: &User,
+        token: &str,
+        two_fa: Option<(&str, &str)>,
+        body: &str,
+    ) -> Reply {
         let mut headers = vec![("X-User-Id", user.id.as_str()), ("X-Auth-Token", token)];
         if let Some((method, code)) = two_fa {
             headers.push(("x-2fa-method", method));
@@ -103,18 +131,40 @@ impl Fx {
     }
 
     pub fn send(&self, ep: Endpoint, req: &Request) -> Reply {
-        let r = runtime().call(&self.services, ep, &self.settings, req).expect("the component never traps on input");
-        let json = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", r.body));
-        Reply { status: r.status, body: r.body, json }
+        let r = runtime()
+            .call(&self.services, ep, &self.settings, req)
+            .expect("the component never traps on input");
+        let json = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", r.body));
+        Reply {
+            status: r.status,
+            body: r.body,
+            json,
+        }
     }
 
-    pub fn regenerate(&self, user: &User, token: &str, two_fa: Option<(&str, &str)>, name: &str) -> Reply {
-        self.call(Regenerate, user, token, two_fa, &format!(r#"{{"tokenName":"{name}"}}"#))
+    pub fn regenerate(
+        &self,
+        user: &User,
+        token: &str,
+        two_fa: Option<(&str, &str)>,
+        name: &str,
+    ) -> Reply {
+        self.call(
+            Regenerate,
+            user,
+            token,
+            two_fa,
+            &format!(r#"{{"tokenName":"{name}"}}"#),
+        )
     }
 
     /// Whether `token` authenticates as `user` (what every endpoint checks first).
     pub fn authenticates(&self, user: &User, token: &str) -> bool {
-        self.storage.authenticate(&user.id, &rcpat::token::hash_token(token)).unwrap().is_some()
+        self.storage
+            .authenticate(&user.id, &rcpat::token::hash_token(token))
+            .unwrap()
+            .is_some()
     }
 }
 

@@ -28,7 +28,12 @@ pub struct FaultyStorage {
 
 impl FaultyStorage {
     pub fn new(inner: Arc<dyn Storage>, fail_at: usize, mode: FaultMode) -> Self {
-        FaultyStorage { inner, fail_at, mode, calls: AtomicUsize::new(0) }
+        FaultyStorage {
+            inner,
+            fail_at,
+            mode,
+            calls: AtomicUsize::new(0),
+        }
     }
 
     /// Component-facing calls made so far.
@@ -52,16 +57,37 @@ impl Storage for FaultyStorage {
     fn authenticate(&self, u: &str, h: &str) -> HostResult<Option<Session>> {
         self.call(|| self.inner.authenticate(u, h))
     }
+    fn find_user_for_login(&self, id: &LoginIdentifier) -> HostResult<Option<User>> {
+        self.call(|| self.inner.find_user_for_login(id))
+    }
+    fn insert_login_token(
+        &self,
+        u: &str,
+        h: &str,
+        at: TimestampMs,
+        p: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.call(|| self.inner.insert_login_token(u, h, at, p))
+    }
     fn has_permission(&self, u: &str, p: &str) -> HostResult<bool> {
         self.call(|| self.inner.has_permission(u, p))
     }
     fn list_personal_access_tokens(&self, u: &str) -> HostResult<Vec<PersonalAccessToken>> {
         self.call(|| self.inner.list_personal_access_tokens(u))
     }
-    fn find_personal_access_token(&self, u: &str, n: &str) -> HostResult<Option<PersonalAccessToken>> {
+    fn find_personal_access_token(
+        &self,
+        u: &str,
+        n: &str,
+    ) -> HostResult<Option<PersonalAccessToken>> {
         self.call(|| self.inner.find_personal_access_token(u, n))
     }
-    fn insert_personal_access_token(&self, u: &str, t: &PersonalAccessToken, p: &FactorProof) -> HostResult<WriteOutcome> {
+    fn insert_personal_access_token(
+        &self,
+        u: &str,
+        t: &PersonalAccessToken,
+        p: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.insert_personal_access_token(u, t, p))
     }
     fn replace_personal_access_token(
@@ -73,10 +99,21 @@ impl Storage for FaultyStorage {
     ) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.replace_personal_access_token(u, h, r, p))
     }
-    fn remove_personal_access_token(&self, u: &str, n: &str, p: &FactorProof) -> HostResult<WriteOutcome> {
+    fn remove_personal_access_token(
+        &self,
+        u: &str,
+        n: &str,
+        p: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.remove_personal_access_token(u, n, p))
     }
-    fn record_two_factor_failure(&self, u: &str, at: TimestampMs, ws: TimestampMs, e: bool) -> HostResult<FailureCount> {
+    fn record_two_factor_failure(
+        &self,
+        u: &str,
+        at: TimestampMs,
+        ws: TimestampMs,
+        e: bool,
+    ) -> HostResult<FailureCount> {
         self.call(|| self.inner.record_two_factor_failure(u, at, ws, e))
     }
     fn store_email_code(&self, u: &str, c: &EmailCode) -> HostResult<()> {
@@ -102,6 +139,9 @@ impl Storage for FaultyStorage {
     }
     fn set_user_roles(&self, u: &str, r: &[String]) -> HostResult<()> {
         self.inner.set_user_roles(u, r)
+    }
+    fn set_user_permission(&self, u: &str, p: &str, g: Option<bool>) -> HostResult<()> {
+        self.inner.set_user_permission(u, p, g)
     }
     fn add_token(&self, u: &str, t: &TokenRecord) -> HostResult<()> {
         self.inner.add_token(u, t)

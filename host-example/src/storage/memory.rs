@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use rcpat::env::HostResult;
 use rcpat::model::*;
 
-use super::{NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary};
+use super::{
+    NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary,
+};
 
 #[derive(Clone)]
 struct Entry {
@@ -18,8 +20,9 @@ struct Entry {
 struct MemUser {
     user: User,
     email: Option<String>,
-    roles: Vec<String>,
     tokens: Vec<Entry>,
+    /// Per-user permission grants (true) and revocations (false).
+    overrides: HashMap<String, bool>,
 }
 
 #[derive(Default)]
@@ -35,10 +38,16 @@ pub struct MemoryStorage {
 impl Default for MemoryStorage {
     fn default() -> Self {
         let mut state = State::default();
-        state
-            .permissions
-            .insert(PAT_PERMISSION.into(), PAT_PERMISSION_DEFAULT_ROLES.iter().map(|r| r.to_string()).collect());
-        MemoryStorage { state: Mutex::new(state) }
+        state.permissions.insert(
+            PAT_PERMISSION.into(),
+            PAT_PERMISSION_DEFAULT_ROLES
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+        );
+        MemoryStorage {
+            state: Mutex::new(state),
+        }
     }
 }
 
@@ -77,9 +86,21 @@ fn is_pat_named(e: &Entry, name: &str) -> bool {
 fn factor_available(u: &MemUser, used: &FactorUse) -> bool {
     match used {
         FactorUse::None | FactorUse::Password => true,
-        FactorUse::TotpStep(step) => u.user.totp.as_ref().is_some_and(|t| *step > t.last_used_step),
-        FactorUse::BackupCode(h) => u.user.totp.as_ref().is_some_and(|t| t.hashed_backup_codes.contains(h)),
-        FactorUse::EmailCode(h) => u.user.email_code.as_ref().is_some_and(|c| &c.code_hash == h),
+        FactorUse::TotpStep(step) => u
+            .user
+            .totp
+            .as_ref()
+            .is_some_and(|t| *step > t.last_used_step),
+        FactorUse::BackupCode(h) => u
+            .user
+            .totp
+            .as_ref()
+            .is_some_and(|t| t.hashed_backup_codes.contains(h)),
+        FactorUse::EmailCode(h) => u
+            .user
+            .email_code
+            .as_ref()
+            .is_some_and(|c| &c.code_hash == h),
     }
 }
 
@@ -89,14 +110,24 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
         FactorUse::None => {}
         FactorUse::Password => {}
         FactorUse::TotpStep(step) => u.user.totp.as_mut().unwrap().last_used_step = *step,
-        FactorUse::BackupCode(h) => u.user.totp.as_mut().unwrap().hashed_backup_codes.retain(|c| c != h),
+        FactorUse::BackupCode(h) => u
+            .user
+            .totp
+            .as_mut()
+            .unwrap()
+            .hashed_backup_codes
+            .retain(|c| c != h),
         FactorUse::EmailCode(_) => u.user.email_code = None,
     }
     if proof.used != FactorUse::None {
         u.user.failures = FailureCount::default();
     }
     if let Some(grant) = &proof.remember {
-        if let Some(e) = u.tokens.iter_mut().find(|e| e.record.hashed_token == grant.hashed_login_token) {
+        if let Some(e) = u
+            .tokens
+            .iter_mut()
+            .find(|e| e.record.hashed_token == grant.hashed_login_token)
+        {
             e.authorized_hash = Some(grant.fingerprint.clone());
             e.authorized_until = Some(grant.until);
         }
@@ -117,37 +148,111 @@ fn record_of(user_id_pat: &PersonalAccessToken) -> TokenRecord {
 impl Storage for MemoryStorage {
     fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
         self.with(|s| {
-            let Some(u) = s.users.get(user_id) else { return Ok(None) };
-            Ok(u.tokens.iter().find(|e| e.record.hashed_token == hashed_token).map(|e| Session {
-                user: u.user.clone(),
-                token: LoginToken {
-                    hashed_token: e.record.hashed_token.clone(),
-                    kind: e.record.kind,
-                    bypass_two_factor: e.record.bypass_two_factor,
-                    two_factor_authorized_hash: e.authorized_hash.clone(),
-                    two_factor_authorized_until: e.authorized_until,
-                },
-            }))
+            let Some(u) = s.users.get(user_id) else {
+                return Ok(None);
+            };
+            Ok(u.tokens
+                .iter()
+                .find(|e| e.record.hashed_token == hashed_token)
+                .map(|e| Session {
+                    user: u.user.clone(),
+                    token: LoginToken {
+                        hashed_token: e.record.hashed_token.clone(),
+                        kind: e.record.kind,
+                        bypass_two_factor: e.record.bypass_two_factor,
+                        two_factor_authorized_hash: e.authorized_hash.clone(),
+                        two_factor_authorized_until: e.authorized_until,
+                    },
+                }))
+        })
+    }
+
+    fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>> {
+        self.with(|s| {
+            Ok(s.users
+                .values()
+                .find(|u| match identifier {
+                    LoginIdentifier::Username(n) => &u.user.username == n,
+                    LoginIdentifier::Email(e) => u
+                        .email
+                        .as_deref()
+                        .is_some_and(|m| m.eq_ignore_ascii_case(e)),
+                })
+                .map(|u| u.user.clone()))
+        })
+    }
+
+    fn insert_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.with(|s| {
+            let Some(u) = s.users.get_mut(user_id) else {
+                return Ok(WriteOutcome::NotFound);
+            };
+            if !factor_available(u, &proof.used) {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            spend(u, proof);
+            let record = TokenRecord {
+                hashed_token: hashed_token.to_string(),
+                kind: TokenKind::Login,
+                name: None,
+                last_token_part: String::new(),
+                created_at,
+                bypass_two_factor: false,
+            };
+            u.tokens.push(Entry {
+                record,
+                authorized_hash: None,
+                authorized_until: None,
+            });
+            Ok(WriteOutcome::Done)
         })
     }
 
     fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
         self.with(|s| {
-            let roles = s.permissions.get(permission).cloned().unwrap_or_default();
-            Ok(s.users.get(user_id).is_some_and(|u| u.roles.iter().any(|r| roles.contains(r))))
+            let Some(u) = s.users.get(user_id) else {
+                return Ok(false);
+            };
+            if let Some(grant) = u.overrides.get(permission) {
+                return Ok(*grant);
+            }
+            let roles = s
+                .permissions
+                .get(permission)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            Ok(u.user.roles.iter().any(|r| roles.contains(r)))
         })
     }
 
     fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>> {
         self.with(|s| {
             Ok(s.users.get(user_id).map_or_else(Vec::new, |u| {
-                u.tokens.iter().filter(|e| e.record.kind == TokenKind::PersonalAccessToken).map(pat).collect()
+                u.tokens
+                    .iter()
+                    .filter(|e| e.record.kind == TokenKind::PersonalAccessToken)
+                    .map(pat)
+                    .collect()
             }))
         })
     }
 
-    fn find_personal_access_token(&self, user_id: &str, name: &str) -> HostResult<Option<PersonalAccessToken>> {
-        self.with(|s| Ok(s.users.get(user_id).and_then(|u| u.tokens.iter().find(|e| is_pat_named(e, name)).map(pat))))
+    fn find_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>> {
+        self.with(|s| {
+            Ok(s.users
+                .get(user_id)
+                .and_then(|u| u.tokens.iter().find(|e| is_pat_named(e, name)).map(pat)))
+        })
     }
 
     fn insert_personal_access_token(
@@ -157,7 +262,9 @@ impl Storage for MemoryStorage {
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
         self.with(|s| {
-            let Some(u) = s.users.get_mut(user_id) else { return Ok(WriteOutcome::NotFound) };
+            let Some(u) = s.users.get_mut(user_id) else {
+                return Ok(WriteOutcome::NotFound);
+            };
             if u.tokens.iter().any(|e| is_pat_named(e, &token.name)) {
                 return Ok(WriteOutcome::NameTaken);
             }
@@ -165,7 +272,11 @@ impl Storage for MemoryStorage {
                 return Ok(WriteOutcome::FactorAlreadyUsed);
             }
             spend(u, proof);
-            u.tokens.push(Entry { record: record_of(token), authorized_hash: None, authorized_until: None });
+            u.tokens.push(Entry {
+                record: record_of(token),
+                authorized_hash: None,
+                authorized_until: None,
+            });
             Ok(WriteOutcome::Done)
         })
     }
@@ -178,26 +289,37 @@ impl Storage for MemoryStorage {
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
         self.with(|s| {
-            let Some(u) = s.users.get_mut(user_id) else { return Ok(WriteOutcome::NotFound) };
-            let Some(i) = u
-                .tokens
-                .iter()
-                .position(|e| is_pat_named(e, &replacement.name) && e.record.hashed_token == expected_hashed_token)
-            else {
+            let Some(u) = s.users.get_mut(user_id) else {
+                return Ok(WriteOutcome::NotFound);
+            };
+            let Some(i) = u.tokens.iter().position(|e| {
+                is_pat_named(e, &replacement.name) && e.record.hashed_token == expected_hashed_token
+            }) else {
                 return Ok(WriteOutcome::NotFound);
             };
             if !factor_available(u, &proof.used) {
                 return Ok(WriteOutcome::FactorAlreadyUsed);
             }
             spend(u, proof);
-            u.tokens[i] = Entry { record: record_of(replacement), authorized_hash: None, authorized_until: None };
+            u.tokens[i] = Entry {
+                record: record_of(replacement),
+                authorized_hash: None,
+                authorized_until: None,
+            };
             Ok(WriteOutcome::Done)
         })
     }
 
-    fn remove_personal_access_token(&self, user_id: &str, name: &str, proof: &FactorProof) -> HostResult<WriteOutcome> {
+    fn remove_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
         self.with(|s| {
-            let Some(u) = s.users.get_mut(user_id) else { return Ok(WriteOutcome::NotFound) };
+            let Some(u) = s.users.get_mut(user_id) else {
+                return Ok(WriteOutcome::NotFound);
+            };
             if !u.tokens.iter().any(|e| is_pat_named(e, name)) {
                 return Ok(WriteOutcome::NotFound);
             }
@@ -243,7 +365,9 @@ impl Storage for MemoryStorage {
 
     fn create_user(&self, n: &NewUser) -> HostResult<()> {
         self.with(|s| {
-            if s.users.contains_key(&n.id) || s.users.values().any(|u| u.user.username == n.username) {
+            if s.users.contains_key(&n.id)
+                || s.users.values().any(|u| u.user.username == n.username)
+            {
                 return Err(format!("user {} already exists", n.username));
             }
             let verified_emails = match (&n.email, n.email_verified) {
@@ -256,6 +380,8 @@ impl Storage for MemoryStorage {
                     user: User {
                         id: n.id.clone(),
                         username: n.username.clone(),
+                        name: n.name.clone(),
+                        roles: n.roles.clone(),
                         created_at: n.created_at,
                         verified_emails,
                         password_bcrypt: n.password_bcrypt.clone(),
@@ -265,8 +391,8 @@ impl Storage for MemoryStorage {
                         failures: FailureCount::default(),
                     },
                     email: n.email.clone(),
-                    roles: n.roles.clone(),
                     tokens: Vec::new(),
+                    overrides: HashMap::new(),
                 },
             );
             Ok(())
@@ -274,7 +400,12 @@ impl Storage for MemoryStorage {
     }
 
     fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
-        self.with(|s| Ok(s.users.values().find(|u| u.user.username == username).map(|u| u.user.id.clone())))
+        self.with(|s| {
+            Ok(s.users
+                .values()
+                .find(|u| u.user.username == username)
+                .map(|u| u.user.id.clone()))
+        })
     }
 
     fn list_users(&self) -> HostResult<Vec<UserSummary>> {
@@ -286,7 +417,7 @@ impl Storage for MemoryStorage {
                     id: u.user.id.clone(),
                     username: u.user.username.clone(),
                     email: u.email.clone(),
-                    roles: u.roles.clone(),
+                    roles: u.user.roles.clone(),
                     totp: u.user.totp.is_some(),
                     email_two_factor: u.user.email_two_factor,
                 })
@@ -319,7 +450,23 @@ impl Storage for MemoryStorage {
 
     fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()> {
         self.with(|s| {
-            user_mut(s, user_id)?.roles = roles.to_vec();
+            user_mut(s, user_id)?.user.roles = roles.to_vec();
+            Ok(())
+        })
+    }
+
+    fn set_user_permission(
+        &self,
+        user_id: &str,
+        permission: &str,
+        grant: Option<bool>,
+    ) -> HostResult<()> {
+        self.with(|s| {
+            let u = user_mut(s, user_id)?;
+            match grant {
+                Some(g) => u.overrides.insert(permission.to_string(), g),
+                None => u.overrides.remove(permission),
+            };
             Ok(())
         })
     }
@@ -332,7 +479,11 @@ impl Storage for MemoryStorage {
                     return Err(format!("a token named {name} exists"));
                 }
             }
-            u.tokens.push(Entry { record: token.clone(), authorized_hash: None, authorized_until: None });
+            u.tokens.push(Entry {
+                record: token.clone(),
+                authorized_hash: None,
+                authorized_until: None,
+            });
             Ok(())
         })
     }
@@ -340,7 +491,11 @@ impl Storage for MemoryStorage {
     fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>> {
         self.with(|s| {
             Ok(s.users.get(user_id).map_or_else(Vec::new, |u| {
-                u.tokens.iter().filter(|e| is_pat_named(e, name)).map(|e| e.record.hashed_token.clone()).collect()
+                u.tokens
+                    .iter()
+                    .filter(|e| is_pat_named(e, name))
+                    .map(|e| e.record.hashed_token.clone())
+                    .collect()
             }))
         })
     }

@@ -26,6 +26,7 @@ pub const PAT_PERMISSION_DEFAULT_ROLES: &[&str] = &["admin", "user"];
 pub struct NewUser {
     pub id: String,
     pub username: String,
+    pub name: String,
     pub email: Option<String>,
     pub email_verified: bool,
     pub password_bcrypt: Option<String>,
@@ -59,9 +60,21 @@ pub struct UserSummary {
 pub trait Storage: Send + Sync {
     // --- The component's operations (semantics in wit/world.wit) ---
     fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>>;
+    fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>>;
+    fn insert_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
     fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool>;
     fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
-    fn find_personal_access_token(&self, user_id: &str, name: &str) -> HostResult<Option<PersonalAccessToken>>;
+    fn find_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>>;
     fn insert_personal_access_token(
         &self,
         user_id: &str,
@@ -75,7 +88,12 @@ pub trait Storage: Send + Sync {
         replacement: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome>;
-    fn remove_personal_access_token(&self, user_id: &str, name: &str, proof: &FactorProof) -> HostResult<WriteOutcome>;
+    fn remove_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
     fn record_two_factor_failure(
         &self,
         user_id: &str,
@@ -96,6 +114,14 @@ pub trait Storage: Send + Sync {
     /// Which roles grant `permission` (Rocket.Chat's `updatePermission`).
     fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()>;
     fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()>;
+    /// A per-user grant (`Some(true)`), revocation (`Some(false)`) or neither
+    /// (`None`: the roles decide) of `permission`.
+    fn set_user_permission(
+        &self,
+        user_id: &str,
+        permission: &str,
+        grant: Option<bool>,
+    ) -> HostResult<()>;
     /// Stores a login token (or PAT) for the user.
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()>;
     /// All stored token hashes of the user with that PAT name (for checks).

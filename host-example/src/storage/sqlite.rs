@@ -9,10 +9,13 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use rcpat::env::HostResult;
 use rcpat::model::*;
 
-use super::{NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary};
+use super::{
+    NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE users (
         id TEXT PRIMARY KEY,
         username TEXT NOT NULL UNIQUE,
@@ -67,7 +70,18 @@ const MIGRATIONS: &[&str] = &[r#"
     );
     CREATE INDEX tokens_by_user ON tokens(user_id);
     CREATE UNIQUE INDEX pat_names ON tokens(user_id, name) WHERE kind = 'pat';
-"#];
+"#,
+    r#"
+    ALTER TABLE users ADD COLUMN name TEXT NOT NULL DEFAULT '';
+    CREATE INDEX users_by_email ON users(email COLLATE NOCASE);
+    CREATE TABLE user_permissions (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        permission TEXT NOT NULL,
+        granted INTEGER NOT NULL,
+        PRIMARY KEY (user_id, permission)
+    );
+"#,
+];
 
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
@@ -113,33 +127,48 @@ impl SqliteStorage {
     }
 
     fn init(mut conn: Connection) -> HostResult<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(e)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(e)?;
         if version > MIGRATIONS.len() {
-            return Err(format!("database schema {version} is newer than this program ({})", MIGRATIONS.len()));
+            return Err(format!(
+                "database schema {version} is newer than this program ({})",
+                MIGRATIONS.len()
+            ));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(e)?;
             tx.execute_batch(sql).map_err(e)?;
             if i == 0 {
                 for role in PAT_PERMISSION_DEFAULT_ROLES {
-                    tx.execute("INSERT INTO permission_roles VALUES (?1, ?2)", params![PAT_PERMISSION, role])
-                        .map_err(e)?;
+                    tx.execute(
+                        "INSERT INTO permission_roles VALUES (?1, ?2)",
+                        params![PAT_PERMISSION, role],
+                    )
+                    .map_err(e)?;
                 }
             }
             tx.pragma_update(None, "user_version", i + 1).map_err(e)?;
             tx.commit().map_err(e)?;
         }
-        Ok(SqliteStorage { conn: Mutex::new(conn) })
+        Ok(SqliteStorage {
+            conn: Mutex::new(conn),
+        })
     }
 
     /// Runs `f` in one immediate transaction, committed only if it returns Ok.
     fn tx<T>(&self, f: impl FnOnce(&Transaction) -> rusqlite::Result<T>) -> HostResult<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
         let value = f(&tx).map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(value)
@@ -150,7 +179,7 @@ fn load_user(tx: &Transaction, user_id: &str) -> rusqlite::Result<Option<User>> 
     let row = tx
         .prepare_cached(
             "SELECT username, created_at, email, email_verified, password_bcrypt, email_two_factor, \
-             failed_count, failed_last_at FROM users WHERE id = ?1",
+             failed_count, failed_last_at, name FROM users WHERE id = ?1",
         )?
         .query_row([user_id], |r| {
             let email: Option<String> = r.get(2)?;
@@ -158,6 +187,8 @@ fn load_user(tx: &Transaction, user_id: &str) -> rusqlite::Result<Option<User>> 
             Ok(User {
                 id: user_id.to_string(),
                 username: r.get(0)?,
+                name: r.get(8)?,
+                roles: Vec::new(),
                 created_at: r.get::<_, i64>(1)? as u64,
                 verified_emails: email.filter(|_| verified).into_iter().collect(),
                 password_bcrypt: r.get(4)?,
@@ -172,8 +203,15 @@ fn load_user(tx: &Transaction, user_id: &str) -> rusqlite::Result<Option<User>> 
         })
         .optional()?;
     let Some(mut user) = row else { return Ok(None) };
+    let mut roles =
+        tx.prepare_cached("SELECT role FROM user_roles WHERE user_id = ?1 ORDER BY role")?;
+    user.roles = roles
+        .query_map([user_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     user.totp = tx
-        .prepare_cached("SELECT secret, algorithm, digits, period, last_used_step FROM totp WHERE user_id = ?1")?
+        .prepare_cached(
+            "SELECT secret, algorithm, digits, period, last_used_step FROM totp WHERE user_id = ?1",
+        )?
         .query_row([user_id], |r| {
             Ok(TotpEnrolment {
                 secret: r.get(0)?,
@@ -186,11 +224,17 @@ fn load_user(tx: &Transaction, user_id: &str) -> rusqlite::Result<Option<User>> 
         })
         .optional()?;
     if let Some(t) = user.totp.as_mut() {
-        let mut stmt = tx.prepare_cached("SELECT code_hash FROM backup_codes WHERE user_id = ?1 ORDER BY rowid")?;
-        t.hashed_backup_codes = stmt.query_map([user_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT code_hash FROM backup_codes WHERE user_id = ?1 ORDER BY rowid",
+        )?;
+        t.hashed_backup_codes = stmt
+            .query_map([user_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
     }
     user.email_code = tx
-        .prepare_cached("SELECT code_hash, salt, expires_at, attempts FROM email_codes WHERE user_id = ?1")?
+        .prepare_cached(
+            "SELECT code_hash, salt, expires_at, attempts FROM email_codes WHERE user_id = ?1",
+        )?
         .query_row([user_id], |r| {
             Ok(EmailCode {
                 code_hash: r.get(0)?,
@@ -224,12 +268,14 @@ fn spend(tx: &Transaction, user_id: &str, proof: &FactorProof) -> rusqlite::Resu
             "UPDATE totp SET last_used_step = ?2 WHERE user_id = ?1 AND last_used_step < ?2",
             params![user_id, *step as i64],
         )?,
-        FactorUse::BackupCode(h) => {
-            tx.execute("DELETE FROM backup_codes WHERE user_id = ?1 AND code_hash = ?2", params![user_id, h])?
-        }
-        FactorUse::EmailCode(h) => {
-            tx.execute("DELETE FROM email_codes WHERE user_id = ?1 AND code_hash = ?2", params![user_id, h])?
-        }
+        FactorUse::BackupCode(h) => tx.execute(
+            "DELETE FROM backup_codes WHERE user_id = ?1 AND code_hash = ?2",
+            params![user_id, h],
+        )?,
+        FactorUse::EmailCode(h) => tx.execute(
+            "DELETE FROM email_codes WHERE user_id = ?1 AND code_hash = ?2",
+            params![user_id, h],
+        )?,
     };
     if spent == 0 {
         return Ok(false);
@@ -289,7 +335,11 @@ impl Storage for SqliteStorage {
                 .query_row(params![hashed_token, user_id], |r| {
                     Ok(LoginToken {
                         hashed_token: hashed_token.to_string(),
-                        kind: if r.get::<_, String>(0)? == "pat" { TokenKind::PersonalAccessToken } else { TokenKind::Login },
+                        kind: if r.get::<_, String>(0)? == "pat" {
+                            TokenKind::PersonalAccessToken
+                        } else {
+                            TokenKind::Login
+                        },
                         bypass_two_factor: r.get(1)?,
                         two_factor_authorized_hash: r.get(2)?,
                         two_factor_authorized_until: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
@@ -301,8 +351,66 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>> {
+        self.tx(|tx| {
+            let id: Option<String> = match identifier {
+                LoginIdentifier::Username(n) => tx
+                    .prepare_cached("SELECT id FROM users WHERE username = ?1")?
+                    .query_row([n], |r| r.get(0))
+                    .optional()?,
+                LoginIdentifier::Email(e) => tx
+                    .prepare_cached("SELECT id FROM users WHERE email = ?1 COLLATE NOCASE")?
+                    .query_row([e], |r| r.get(0))
+                    .optional()?,
+            };
+            match id {
+                Some(id) => load_user(tx, &id),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn insert_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.tx(|tx| {
+            if !tx
+                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                .exists([user_id])?
+            {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if !spend(tx, user_id, proof)? {
+                return Ok(WriteOutcome::FactorAlreadyUsed);
+            }
+            let record = TokenRecord {
+                hashed_token: hashed_token.to_string(),
+                kind: TokenKind::Login,
+                name: None,
+                last_token_part: String::new(),
+                created_at,
+                bypass_two_factor: false,
+            };
+            insert_token(tx, user_id, &record)?;
+            Ok(WriteOutcome::Done)
+        })
+    }
+
     fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
         self.tx(|tx| {
+            let grant: Option<bool> = tx
+                .prepare_cached(
+                    "SELECT granted FROM user_permissions WHERE user_id = ?1 AND permission = ?2",
+                )?
+                .query_row(params![user_id, permission], |r| r.get(0))
+                .optional()?;
+            if let Some(grant) = grant {
+                return Ok(grant);
+            }
             tx.prepare_cached(
                 "SELECT 1 FROM user_roles u JOIN permission_roles p ON p.role = u.role \
                  WHERE u.user_id = ?1 AND p.permission = ?2",
@@ -320,7 +428,11 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn find_personal_access_token(&self, user_id: &str, name: &str) -> HostResult<Option<PersonalAccessToken>> {
+    fn find_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>> {
         self.tx(|tx| {
             tx.prepare_cached(&format!(
                 "SELECT {PAT_COLUMNS} FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2"
@@ -337,7 +449,10 @@ impl Storage for SqliteStorage {
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
         self.tx(|tx| {
-            if !tx.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?.exists([user_id])? {
+            if !tx
+                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                .exists([user_id])?
+            {
                 return Ok(WriteOutcome::NotFound);
             }
             if pat_exists(tx, user_id, &token.name)? {
@@ -389,7 +504,12 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn remove_personal_access_token(&self, user_id: &str, name: &str, proof: &FactorProof) -> HostResult<WriteOutcome> {
+    fn remove_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
         self.tx(|tx| {
             if !pat_exists(tx, user_id, name)? {
                 return Ok(WriteOutcome::NotFound);
@@ -397,7 +517,10 @@ impl Storage for SqliteStorage {
             if !spend(tx, user_id, proof)? {
                 return Ok(WriteOutcome::FactorAlreadyUsed);
             }
-            tx.execute("DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2", params![user_id, name])?;
+            tx.execute(
+                "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
+                params![user_id, name],
+            )?;
             Ok(WriteOutcome::Done)
         })
     }
@@ -439,9 +562,9 @@ impl Storage for SqliteStorage {
     fn create_user(&self, n: &NewUser) -> HostResult<()> {
         self.tx(|tx| {
             tx.execute(
-                "INSERT INTO users (id, username, email, email_verified, password_bcrypt, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![n.id, n.username, n.email, n.email_verified, n.password_bcrypt, n.created_at as i64],
+                "INSERT INTO users (id, username, email, email_verified, password_bcrypt, created_at, name) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![n.id, n.username, n.email, n.email_verified, n.password_bcrypt, n.created_at as i64, n.name],
             )?;
             for role in &n.roles {
                 tx.execute("INSERT OR IGNORE INTO user_roles VALUES (?1, ?2)", params![n.id, role])?;
@@ -451,7 +574,14 @@ impl Storage for SqliteStorage {
     }
 
     fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
-        self.tx(|tx| tx.query_row("SELECT id FROM users WHERE username = ?1", [username], |r| r.get(0)).optional())
+        self.tx(|tx| {
+            tx.query_row(
+                "SELECT id FROM users WHERE username = ?1",
+                [username],
+                |r| r.get(0),
+            )
+            .optional()
+        })
     }
 
     fn list_users(&self) -> HostResult<Vec<UserSummary>> {
@@ -495,15 +625,30 @@ impl Storage for SqliteStorage {
     }
 
     fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> HostResult<()> {
-        let n = self.tx(|tx| tx.execute("UPDATE users SET email_two_factor = ?2 WHERE id = ?1", params![user_id, enabled]))?;
-        if n == 0 { Err(format!("no user {user_id}")) } else { Ok(()) }
+        let n = self.tx(|tx| {
+            tx.execute(
+                "UPDATE users SET email_two_factor = ?2 WHERE id = ?1",
+                params![user_id, enabled],
+            )
+        })?;
+        if n == 0 {
+            Err(format!("no user {user_id}"))
+        } else {
+            Ok(())
+        }
     }
 
     fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()> {
         self.tx(|tx| {
-            tx.execute("DELETE FROM permission_roles WHERE permission = ?1", [permission])?;
+            tx.execute(
+                "DELETE FROM permission_roles WHERE permission = ?1",
+                [permission],
+            )?;
             for role in roles {
-                tx.execute("INSERT OR IGNORE INTO permission_roles VALUES (?1, ?2)", params![permission, role])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO permission_roles VALUES (?1, ?2)",
+                    params![permission, role],
+                )?;
             }
             Ok(())
         })
@@ -513,8 +658,33 @@ impl Storage for SqliteStorage {
         self.tx(|tx| {
             tx.execute("DELETE FROM user_roles WHERE user_id = ?1", [user_id])?;
             for role in roles {
-                tx.execute("INSERT OR IGNORE INTO user_roles VALUES (?1, ?2)", params![user_id, role])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO user_roles VALUES (?1, ?2)",
+                    params![user_id, role],
+                )?;
             }
+            Ok(())
+        })
+    }
+
+    fn set_user_permission(
+        &self,
+        user_id: &str,
+        permission: &str,
+        grant: Option<bool>,
+    ) -> HostResult<()> {
+        self.tx(|tx| {
+            match grant {
+                Some(g) => tx.execute(
+                    "INSERT INTO user_permissions VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(user_id, permission) DO UPDATE SET granted = ?3",
+                    params![user_id, permission, g],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM user_permissions WHERE user_id = ?1 AND permission = ?2",
+                    params![user_id, permission],
+                )?,
+            };
             Ok(())
         })
     }
@@ -525,8 +695,11 @@ impl Storage for SqliteStorage {
 
     fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>> {
         self.tx(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT hashed_token FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2")?;
-            stmt.query_map(params![user_id, name], |r| r.get(0))?.collect()
+            let mut stmt = tx.prepare_cached(
+                "SELECT hashed_token FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
+            )?;
+            stmt.query_map(params![user_id, name], |r| r.get(0))?
+                .collect()
         })
     }
 }

@@ -1,0 +1,188 @@
+//! `POST /api/v1/login` and `GET /api/v1/me`: password logins (with the
+//! second factor) that issue login tokens, and the authenticated user.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::endpoints::{authenticate, respond};
+use crate::env::Env;
+use crate::model::*;
+use crate::reply::{self, ApiError};
+use crate::request;
+use crate::token;
+use crate::twofactor::{self, Attempt};
+
+/// Rocket.Chat's `me` object (the fields this service knows).
+#[derive(Serialize)]
+struct Me<'a> {
+    _id: &'a str,
+    username: &'a str,
+    name: &'a str,
+    emails: Vec<Email<'a>>,
+    status: &'static str,
+    active: bool,
+    roles: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Email<'a> {
+    address: &'a str,
+    verified: bool,
+}
+
+fn me_of(user: &User) -> Me<'_> {
+    Me {
+        _id: &user.id,
+        username: &user.username,
+        name: &user.name,
+        emails: user
+            .verified_emails
+            .iter()
+            .map(|a| Email {
+                address: a,
+                verified: true,
+            })
+            .collect(),
+        status: "online",
+        active: true,
+        roles: &user.roles,
+    }
+}
+
+/// `GET /api/v1/me`.
+pub fn me(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        #[serde(flatten)]
+        me: Me<'a>,
+        success: bool,
+    }
+    respond((|| {
+        let session = authenticate(env, req)?.session;
+        Ok(Response {
+            status: 200,
+            body: reply::to_json(&Body {
+                me: me_of(&session.user),
+                success: true,
+            }),
+        })
+    })())
+}
+
+/// Who the body names: `user` (an email when it has an `@`), `username` or `email`.
+fn identifier(body: &request::Body) -> Result<LoginIdentifier, ApiError> {
+    let text = |key: &str| match body.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Err(ApiError::InvalidLogin(
+            "The 'user', 'username' and 'email' params must be strings",
+        )),
+    };
+    if let Some(user) = text("user")? {
+        return Ok(if user.contains('@') {
+            LoginIdentifier::Email(user)
+        } else {
+            LoginIdentifier::Username(user)
+        });
+    }
+    if let Some(username) = text("username")? {
+        return Ok(LoginIdentifier::Username(username));
+    }
+    if let Some(email) = text("email")? {
+        return Ok(LoginIdentifier::Email(email));
+    }
+    Err(ApiError::InvalidLogin(
+        "The 'user' and 'password' params are required",
+    ))
+}
+
+/// The password as Rocket.Chat checks it: the lowercase hex SHA-256, sent
+/// either as the plaintext or as `{"digest","algorithm":"sha-256"}`.
+fn password_digest(body: &request::Body) -> Result<String, ApiError> {
+    match body.get("password") {
+        Some(Value::String(p)) if !p.is_empty() => Ok(token::sha256_hex(p.as_bytes())),
+        Some(Value::Object(o)) => match (o.get("digest"), o.get("algorithm")) {
+            (Some(Value::String(d)), Some(Value::String(a)))
+                if a == "sha-256" && d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Ok(d.to_ascii_lowercase())
+            }
+            _ => Err(ApiError::InvalidLogin(
+                "The 'password' digest must be a sha-256 hex digest",
+            )),
+        },
+        _ => Err(ApiError::InvalidLogin(
+            "The 'user' and 'password' params are required",
+        )),
+    }
+}
+
+/// `POST /api/v1/login`.
+pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data<'a> {
+        user_id: &'a str,
+        auth_token: &'a str,
+        me: Me<'a>,
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        status: &'static str,
+        data: Data<'a>,
+    }
+    let result = (|| {
+        let headers = request::headers(req)?;
+        let body = request::body(&req.body)?;
+        let identifier = identifier(&body)?;
+        let digest = password_digest(&body)?;
+        let code = match body.get("code") {
+            Some(Value::String(c)) => Some(c.as_str()),
+            None | Some(Value::Null) => None,
+            Some(_) => return Err(ApiError::InvalidLogin("The 'code' param must be a string")),
+        };
+        let mut user = env
+            .find_user_for_login(&identifier)
+            .map_err(|_| ApiError::StorageFailure)?
+            .ok_or(ApiError::NotLoggedIn)?;
+        let hash = user
+            .password_bcrypt
+            .as_deref()
+            .ok_or(ApiError::NotLoggedIn)?;
+        if !bcrypt::verify(&digest, hash).unwrap_or(false) {
+            return Err(ApiError::NotLoggedIn);
+        }
+        let attempt = Attempt {
+            code: code.or(headers.two_factor_code.as_deref()),
+            method: headers.two_factor_method.as_deref(),
+            user_agent: headers.user_agent.as_deref(),
+            client_address: &req.client_address,
+            token: None,
+            password_fallback: false,
+        };
+        let passed = twofactor::check(env, settings, &mut user, &attempt)?;
+        let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
+        let now = env.now_ms();
+        match env
+            .insert_login_token(&user.id, &token::hash_token(&plaintext), now, &passed.proof)
+            .map_err(|_| ApiError::StorageFailure)?
+        {
+            WriteOutcome::Done => {}
+            WriteOutcome::FactorAlreadyUsed => return Err(passed.spent_error()),
+            WriteOutcome::NotFound | WriteOutcome::NameTaken => return Err(ApiError::NotLoggedIn),
+        }
+        let data = Data {
+            user_id: &user.id,
+            auth_token: &plaintext,
+            me: me_of(&user),
+        };
+        Ok(Response {
+            status: 200,
+            body: reply::to_json(&Body {
+                status: "success",
+                data,
+            }),
+        })
+    })();
+    result.unwrap_or_else(|e| e.to_login_response())
+}
