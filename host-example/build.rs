@@ -53,6 +53,8 @@ fn main() {
                 "--lib",
                 "-p",
                 "rcpat",
+                "-p",
+                "hostile-guest",
                 "--profile",
                 "wasm",
                 "--target",
@@ -74,6 +76,8 @@ fn main() {
                 "--lib",
                 "-p",
                 "rcpat",
+                "-p",
+                "hostile-guest",
                 "--profile",
                 "wasm",
                 "--target",
@@ -102,13 +106,15 @@ fn main() {
     );
 
     let artifacts = target_dir.join(TARGET).join("wasm");
-    emit_rerun_from_depinfo(&artifacts.join("rcpat.d"));
-    let core = std::fs::read(artifacts.join("rcpat.wasm")).expect("the core module was not built");
-    let component = wit_component::ComponentEncoder::default()
-        .module(&core)
-        .and_then(|e| e.validate(true).encode())
-        .unwrap_or_else(|e| panic!("encoding the component failed: {e:?}"));
-    std::fs::write(out.join("rcpat.wasm"), component).unwrap();
+    for (core, component) in [("rcpat", "rcpat.wasm"), ("hostile_guest", "hostile.wasm")] {
+        emit_rerun_from_depinfo(&artifacts.join(format!("{core}.d")));
+        let module = std::fs::read(artifacts.join(format!("{core}.wasm"))).expect("the core module was not built");
+        let encoded = wit_component::ComponentEncoder::default()
+            .module(&module)
+            .and_then(|e| e.validate(true).encode())
+            .unwrap_or_else(|e| panic!("encoding the {core} component failed: {e:?}"));
+        std::fs::write(out.join(component), encoded).unwrap();
+    }
     println!("cargo:rustc-env=RCPAT_WASM_ROUTE_USED={route}");
 }
 

@@ -19,6 +19,10 @@ pub mod storage;
 /// The component, built from the root package by `build.rs`.
 pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcpat.wasm"));
 
+/// A deliberately misbehaving component of the same world (`hostile-guest/`),
+/// built beside the real one, for containment tests. Not embedded.
+pub const HOSTILE_COMPONENT_PATH: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
+
 /// The embedded component's world as WIT text (what `wasm-tools component wit` prints).
 pub fn component_wit() -> Result<String, String> {
     let decoded =
