@@ -108,7 +108,8 @@ fn main() {
     let artifacts = target_dir.join(TARGET).join("wasm");
     for (core, component) in [("rcpat", "rcpat.wasm"), ("hostile_guest", "hostile.wasm")] {
         emit_rerun_from_depinfo(&artifacts.join(format!("{core}.d")));
-        let module = std::fs::read(artifacts.join(format!("{core}.wasm"))).expect("the core module was not built");
+        let module = std::fs::read(artifacts.join(format!("{core}.wasm")))
+            .expect("the core module was not built");
         let encoded = wit_component::ComponentEncoder::default()
             .module(&module)
             .and_then(|e| e.validate(true).encode())

@@ -87,6 +87,14 @@ pub enum ApiError {
     MailFailure,
     /// 400 on login: credentials missing or of the wrong shape.
     InvalidLogin(&'static str),
+    /// 404 (HTTP layer): no such endpoint.
+    NotFound,
+    /// 405 (HTTP layer): the endpoint exists for another method.
+    MethodNotAllowed(&'static str),
+    /// 415 (HTTP layer): a body that is not `application/json`.
+    UnsupportedMediaType,
+    /// 500 (host): the request could not be completed; the text says why.
+    Internal(&'static str),
 }
 
 #[derive(Serialize)]
@@ -263,6 +271,25 @@ impl ApiError {
                 None,
             ),
             InvalidLogin(reason) => (400, (*reason).into(), Some("error-invalid-params"), None),
+            NotFound => (
+                404,
+                "The endpoint was not found".into(),
+                Some("error-not-found"),
+                None,
+            ),
+            MethodNotAllowed(allowed) => (
+                405,
+                format!("This endpoint only accepts {allowed}"),
+                Some("error-method-not-allowed"),
+                None,
+            ),
+            UnsupportedMediaType => (
+                415,
+                "The request body must be sent as application/json".into(),
+                Some("error-unsupported-media-type"),
+                None,
+            ),
+            Internal(reason) => (500, (*reason).into(), Some("error-internal"), None),
         }
     }
 }

@@ -192,3 +192,12 @@ fn issue(
     )?;
     Ok(plaintext)
 }
+
+/// A QR code of `text` for a terminal (two rows per character).
+pub fn qr_code(text: &str) -> Result<String, String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| format!("QR code: {e}"))?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .quiet_zone(true)
+        .build())
+}

@@ -8,11 +8,14 @@
 
 pub mod admin;
 pub mod bindings;
+pub mod cache;
 pub mod clock;
+pub mod config;
 pub mod demo;
 mod imports;
 pub mod mail;
 pub mod runtime;
+pub mod server;
 pub mod services;
 pub mod storage;
 

@@ -117,3 +117,54 @@ pub fn code_in(text: &str) -> Option<String> {
         })
     })
 }
+
+/// Real delivery through an SMTP server (plain SMTP, for a local relay).
+pub struct SmtpMailer {
+    transport: lettre::SmtpTransport,
+    from: lettre::message::Mailbox,
+}
+
+impl SmtpMailer {
+    /// `server` is `host:port` (port 25 when omitted).
+    pub fn new(server: &str, from: &str) -> Result<Self, String> {
+        let (host, port) = match server.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad SMTP port in {server}"))?,
+            ),
+            None => (server, 25),
+        };
+        let transport = lettre::SmtpTransport::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(std::time::Duration::from_secs(10)))
+            .build();
+        let from = from
+            .parse()
+            .map_err(|e| format!("bad sender address {from}: {e}"))?;
+        Ok(SmtpMailer { transport, from })
+    }
+}
+
+impl Mailer for SmtpMailer {
+    fn send(&self, m: &MailMessage) -> Result<(), String> {
+        use lettre::Transport;
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(m.subject.clone());
+        for to in &m.to {
+            builder = builder.to(to.parse().map_err(|e| format!("bad recipient: {e}"))?);
+        }
+        let message = builder
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(m.text.clone())
+            .map_err(|e| format!("building the message: {e}"))?;
+        self.transport
+            .send(&message)
+            .map(drop)
+            .map_err(|e| format!("smtp: {e}"))
+    }
+}
+
+/// The default sender of mailed codes.
+pub const DEFAULT_FROM: &str = "Rocket.Chat <no-reply@localhost>";

@@ -1,9 +1,17 @@
-//! `host-example`: runs the rcpat component in wasmtime.
+//! `host-example`: runs the rcpat component in wasmtime: a Rocket.Chat
+//! compatible HTTP server, an admin CLI, and a demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use host_example::admin::{self, UserSpec};
+use host_example::config::{Options, StorageKind};
+use host_example::services::Services;
+use host_example::storage::{PAT_PERMISSION, Storage};
+use rcpat::model::TotpAlgorithm;
 
 #[derive(Parser)]
 #[command(
@@ -12,58 +20,273 @@ use clap::{Parser, Subcommand};
     about = "A wasmtime host for the rcpat personal-access-token component"
 )]
 struct Cli {
+    /// TOML file with any of the options below (kebab-case keys); flags and RCPAT_* variables win over it
+    #[arg(long, global = true, env = "RCPAT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: Options,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Walk through generate / challenge / regenerate on a fresh SQLite database.
-    Demo {
-        /// Database file to create (must not exist). Default: a new file under the temp dir.
-        #[arg(long)]
-        db: Option<PathBuf>,
-        /// Directory for mailed codes (.eml files). Default: next to the database.
-        #[arg(long)]
-        outbox: Option<PathBuf>,
+    /// Serve Rocket.Chat's REST API for personal access tokens over HTTP.
+    Serve,
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
     },
+    /// Inspect tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Walk through generate / challenge / regenerate on a fresh SQLite database
+    /// (`--db` must not exist; default: a new file under the temp dir; mail goes
+    /// to `--outbox`, default next to the database).
+    Demo,
     /// Print the embedded component's world (its imports and exports) as WIT.
     Wit,
-    /// Print facts about the embedded component: size and the toolchain route that built it.
+    /// Print the embedded component's size and the toolchain route that built it.
     Info,
 }
 
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user (email verified).
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+        /// Comma-separated roles
+        #[arg(long, value_delimiter = ',', default_value = "user")]
+        roles: Vec<String>,
+    },
+    /// List users.
+    List,
+    /// Grant the create-personal-access-tokens permission to a user.
+    Grant { username: String },
+    /// Revoke the create-personal-access-tokens permission from a user.
+    Revoke { username: String },
+    /// Enrol TOTP: prints the otpauth:// URI, a QR code and the backup codes.
+    EnableTotp {
+        username: String,
+        #[arg(long, value_enum, default_value = "sha1")]
+        algorithm: Algorithm,
+        #[arg(long, default_value_t = 6)]
+        digits: u8,
+    },
+    /// Turn on emailed codes for a user.
+    EnableEmail2fa { username: String },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// List a user's personal access tokens.
+    List { username: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Algorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Wit => match host_example::component_wit() {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Info => {
-            println!("component size: {} bytes", host_example::COMPONENT.len());
-            println!("built by the {} route", env!("RCPAT_WASM_ROUTE_USED"));
-            ExitCode::SUCCESS
+    let cli = Cli::parse();
+    let result = cli
+        .config
+        .as_deref()
+        .map(Options::from_file)
+        .transpose()
+        .map(|file| cli.options.clone().over(file.unwrap_or_default()))
+        .and_then(|opts| run(cli.command, opts));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
-        Command::Demo { db, outbox } => {
-            let dir = std::env::temp_dir().join(format!("rcpat-demo-{}", std::process::id()));
-            let db = db.unwrap_or_else(|| dir.join("demo.sqlite"));
+    }
+}
+
+fn run(command: Command, opts: Options) -> Result<(), String> {
+    match command {
+        Command::Serve => serve(opts),
+        Command::Users { command } => users(command, &admin_services(&opts)?),
+        Command::Tokens {
+            command: TokensCommand::List { username },
+        } => {
+            let services = admin_services(&opts)?;
+            let id = admin::user_id(&*services.storage, &username)?;
+            let tokens = services.storage.list_personal_access_tokens(&id)?;
+            if tokens.is_empty() {
+                println!("{username} has no personal access tokens");
+            }
+            for t in tokens {
+                println!(
+                    "{:<24} created {}  ends …{}  bypass-2fa {}",
+                    t.name,
+                    rcpat::time::iso8601(t.created_at),
+                    t.last_token_part,
+                    t.bypass_two_factor
+                );
+            }
+            Ok(())
+        }
+        Command::Demo => {
+            let dir = std::env::temp_dir().join(format!(
+                "rcpat-demo-{}-{}",
+                std::process::id(),
+                admin::random_id(6)
+            ));
+            let db = opts.db.clone().unwrap_or_else(|| dir.join("demo.sqlite"));
             if let Some(parent) = db.parent() {
                 let _ = std::fs::create_dir_all(parent);
             }
-            let outbox = outbox.unwrap_or_else(|| db.with_extension("outbox"));
-            match host_example::demo::run(&db, &outbox, &mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let outbox = opts
+                .outbox
+                .clone()
+                .unwrap_or_else(|| db.with_extension("outbox"));
+            host_example::demo::run(&db, &outbox, &mut std::io::stdout())
+        }
+        Command::Wit => {
+            print!("{}", host_example::component_wit()?);
+            Ok(())
+        }
+        Command::Info => {
+            println!("component size: {} bytes", host_example::COMPONENT.len());
+            println!("built by the {} route", env!("RCPAT_WASM_ROUTE_USED"));
+            Ok(())
         }
     }
+}
+
+fn serve(opts: Options) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let server = host_example::server::RunningServer::start(&opts)?;
+    tracing::info!(
+        addr = %server.addr,
+        backend = if opts.native() { "native" } else { "wasm" },
+        cache = ?server.cache,
+        startup_ms = server.startup.as_secs_f64() * 1000.0,
+        "listening"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    tracing::info!("shutting down");
+    drop(server);
+    Ok(())
+}
+
+fn admin_services(opts: &Options) -> Result<Services, String> {
+    if opts.storage() == StorageKind::Memory {
+        return Err(
+            "admin commands need the sqlite storage (an in-memory store is gone when they exit)"
+                .into(),
+        );
+    }
+    host_example::server::services_from(opts)
+}
+
+fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
+    let storage: &Arc<dyn Storage> = &services.storage;
+    match command {
+        UsersCommand::Add {
+            username,
+            email,
+            password,
+            roles,
+        } => {
+            let roles: Vec<&str> = roles
+                .iter()
+                .map(String::as_str)
+                .filter(|r| !r.is_empty())
+                .collect();
+            let spec = UserSpec {
+                username: &username,
+                email: email.as_deref(),
+                password: password.as_deref(),
+                roles: &roles,
+            };
+            let id = admin::create_user(services, &spec, admin::BCRYPT_COST)?;
+            println!("created {username} with id {id}");
+        }
+        UsersCommand::List => {
+            let users = storage.list_users()?;
+            if users.is_empty() {
+                println!("no users");
+            }
+            for u in users {
+                let can = storage.has_permission(&u.id, PAT_PERMISSION)?;
+                println!(
+                    "{:<20} {:<17} {:<28} roles={:<12} totp={} email-2fa={} tokens={}",
+                    u.username,
+                    u.id,
+                    u.email.as_deref().unwrap_or("-"),
+                    u.roles.join(","),
+                    u.totp,
+                    u.email_two_factor,
+                    if can { "allowed" } else { "denied" }
+                );
+            }
+        }
+        UsersCommand::Grant { username } => {
+            storage.set_user_permission(
+                &admin::user_id(&**storage, &username)?,
+                PAT_PERMISSION,
+                Some(true),
+            )?;
+            println!("{username} may create personal access tokens");
+        }
+        UsersCommand::Revoke { username } => {
+            storage.set_user_permission(
+                &admin::user_id(&**storage, &username)?,
+                PAT_PERMISSION,
+                Some(false),
+            )?;
+            println!("{username} may no longer create personal access tokens");
+        }
+        UsersCommand::EnableTotp {
+            username,
+            algorithm,
+            digits,
+        } => {
+            let id = admin::user_id(&**storage, &username)?;
+            let algorithm = match algorithm {
+                Algorithm::Sha1 => TotpAlgorithm::Sha1,
+                Algorithm::Sha256 => TotpAlgorithm::Sha256,
+                Algorithm::Sha512 => TotpAlgorithm::Sha512,
+            };
+            let setup = admin::enable_totp(&**storage, &id, &username, algorithm, digits)?;
+            println!("{}", admin::qr_code(&setup.uri)?);
+            println!("{}\n", setup.uri);
+            println!("backup codes (each works once):");
+            for pair in setup.backup_codes.chunks(2) {
+                println!("  {}", pair.join("   "));
+            }
+        }
+        UsersCommand::EnableEmail2fa { username } => {
+            let id = admin::user_id(&**storage, &username)?;
+            storage.set_email_two_factor(&id, true)?;
+            println!("{username} now receives emailed codes");
+        }
+    }
+    Ok(())
 }

@@ -128,9 +128,19 @@ impl Runtime {
 
     /// Compiles `wasm` (a component) and pre-instantiates it.
     pub fn from_component(wasm: &[u8], config: RuntimeConfig) -> wasmtime::Result<Self> {
+        Ok(Self::cached(wasm, config, None)?.0)
+    }
+
+    /// Like `from_component`, loading and storing the compiled component
+    /// under `cache_dir` (see `cache.rs`).
+    pub fn cached(
+        wasm: &[u8],
+        config: RuntimeConfig,
+        cache_dir: Option<&std::path::Path>,
+    ) -> wasmtime::Result<(Self, crate::cache::CacheOutcome)> {
         let engine = Self::engine(&config)?;
-        let component = Component::new(&engine, wasm)?;
-        Self::from_compiled(engine, component, config)
+        let (component, outcome) = crate::cache::load(&engine, wasm, cache_dir)?;
+        Ok((Self::from_compiled(engine, component, config)?, outcome))
     }
 
     pub fn from_compiled(

@@ -24,7 +24,10 @@ fn misbehave(req: Request) -> Response {
             }
         }
         b"trap" => core::arch::wasm32::unreachable(),
-        _ => Response { status: 200, body: r#"{"success":true}"#.into() },
+        _ => Response {
+            status: 200,
+            body: r#"{"success":true}"#.into(),
+        },
     }
 }
 

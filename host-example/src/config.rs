@@ -1,0 +1,195 @@
+//! Server and storage options, from flags, environment (`RCPAT_*`) and an
+//! optional TOML file, in that order of precedence. One struct serves all
+//! three sources, so an option cannot exist in one and be missing in another.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use rcpat::model::Settings;
+
+use crate::runtime::RuntimeConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageKind {
+    /// One SQLite file (durable, the default).
+    Sqlite,
+    /// In memory, lost on exit (tests, trials).
+    Memory,
+}
+
+/// Every option; `None` means "not given here". Defaults are in the accessors.
+#[derive(Args, Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Options {
+    /// Address to listen on [default: 127.0.0.1:3000]
+    #[arg(long, global = true, env = "RCPAT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Storage backend [default: sqlite]
+    #[arg(long, global = true, env = "RCPAT_STORAGE", value_enum)]
+    pub storage: Option<StorageKind>,
+    /// SQLite database file [default: rcpat.sqlite]
+    #[arg(long, global = true, env = "RCPAT_DB")]
+    pub db: Option<PathBuf>,
+    /// Directory where mail is written as .eml files when no SMTP server is set [default: outbox]
+    #[arg(long, global = true, env = "RCPAT_OUTBOX")]
+    pub outbox: Option<PathBuf>,
+    /// SMTP server (host:port, plain SMTP to a relay) for real mail delivery
+    #[arg(long, global = true, env = "RCPAT_SMTP")]
+    pub smtp: Option<String>,
+    /// Sender address of mailed codes [default: Rocket.Chat <no-reply@localhost>]
+    #[arg(long, global = true, env = "RCPAT_MAIL_FROM")]
+    pub mail_from: Option<String>,
+    /// Directory for the precompiled component [default: .rcpat-cache]
+    #[arg(long, global = true, env = "RCPAT_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile the component at every start instead of caching it
+    #[arg(long, global = true, env = "RCPAT_NO_CACHE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub no_cache: Option<bool>,
+    /// Run this component file instead of the embedded one
+    #[arg(long, global = true, env = "RCPAT_COMPONENT")]
+    pub component: Option<PathBuf>,
+    /// Run the logic linked natively instead of in the component (baseline)
+    #[arg(long, global = true, env = "RCPAT_NATIVE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub native: Option<bool>,
+    /// Component instances at once (the pool size) [default: 64]
+    #[arg(long, global = true, env = "RCPAT_MAX_INSTANCES")]
+    pub max_instances: Option<u32>,
+    /// Linear memory cap per instance, in MiB [default: 16]
+    #[arg(long, global = true, env = "RCPAT_MEMORY_LIMIT_MB")]
+    pub memory_limit_mb: Option<usize>,
+    /// Time limit per request inside the component, in milliseconds [default: 5000]
+    #[arg(long, global = true, env = "RCPAT_TIMEOUT_MS")]
+    pub timeout_ms: Option<u64>,
+    /// Largest accepted request body, in bytes [default: 65536]
+    #[arg(long, global = true, env = "RCPAT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Two-factor checks on or off (Accounts_TwoFactorAuthentication_Enabled) [default: true]
+    #[arg(long, global = true, env = "RCPAT_TWO_FACTOR", value_name = "BOOL")]
+    pub two_factor: Option<bool>,
+    /// TOTP as a method (..._By_TOTP_Enabled) [default: true]
+    #[arg(long, global = true, env = "RCPAT_TOTP", value_name = "BOOL")]
+    pub totp: Option<bool>,
+    /// Emailed codes as a method (..._By_Email_Enabled) [default: true]
+    #[arg(long, global = true, env = "RCPAT_EMAIL_2FA", value_name = "BOOL")]
+    pub email_2fa: Option<bool>,
+    /// TOTP steps accepted either side of now (..._MaxDelta) [default: 1]
+    #[arg(long, global = true, env = "RCPAT_TOTP_MAX_DELTA")]
+    pub totp_max_delta: Option<u32>,
+    /// Emailed code lifetime in seconds (..._Email_Code_Expiration) [default: 3600]
+    #[arg(long, global = true, env = "RCPAT_EMAIL_CODE_EXPIRATION")]
+    pub email_code_expiration: Option<u32>,
+    /// Wrong tries per emailed code (..._Max_Invalid_Email_Code_Attempts) [default: 5]
+    #[arg(long, global = true, env = "RCPAT_EMAIL_CODE_MAX_ATTEMPTS")]
+    pub email_code_max_attempts: Option<u32>,
+    /// Password as the second factor for users without TOTP/email (..._Enforce_Password_Fallback) [default: true]
+    #[arg(
+        long,
+        global = true,
+        env = "RCPAT_PASSWORD_FALLBACK",
+        value_name = "BOOL"
+    )]
+    pub password_fallback: Option<bool>,
+    /// Remember a client that passed 2FA for this many seconds; 0 = off (..._RememberFor) [default: 0]
+    #[arg(long, global = true, env = "RCPAT_REMEMBER_FOR")]
+    pub remember_for: Option<u32>,
+    /// Wrong codes (any method) per user within the window before lockout [default: 10]
+    #[arg(long, global = true, env = "RCPAT_MAX_FAILED_ATTEMPTS")]
+    pub max_failed_attempts: Option<u32>,
+    /// The lockout window in seconds, from the last wrong code [default: 900]
+    #[arg(long, global = true, env = "RCPAT_FAILED_ATTEMPTS_WINDOW")]
+    pub failed_attempts_window: Option<u32>,
+}
+
+macro_rules! merge_fields {
+    ($a:ident, $b:ident; $($f:ident),*) => { Options { $($f: $a.$f.or($b.$f)),* } };
+}
+
+impl Options {
+    /// Reads a TOML file of the same options (kebab-case keys).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// `self` (flags and environment) over `file`.
+    pub fn over(self, file: Options) -> Options {
+        let (a, b) = (self, file);
+        merge_fields!(a, b; listen, storage, db, outbox, smtp, mail_from, cache_dir, no_cache, component, native,
+            max_instances, memory_limit_mb, timeout_ms, max_body_bytes, two_factor, totp, email_2fa, totp_max_delta,
+            email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
+            failed_attempts_window)
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)))
+    }
+    pub fn storage(&self) -> StorageKind {
+        self.storage.unwrap_or(StorageKind::Sqlite)
+    }
+    pub fn db(&self) -> PathBuf {
+        self.db.clone().unwrap_or_else(|| "rcpat.sqlite".into())
+    }
+    pub fn outbox(&self) -> PathBuf {
+        self.outbox.clone().unwrap_or_else(|| "outbox".into())
+    }
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        (!self.no_cache.unwrap_or(false)).then(|| {
+            self.cache_dir
+                .clone()
+                .unwrap_or_else(|| ".rcpat-cache".into())
+        })
+    }
+    pub fn native(&self) -> bool {
+        self.native.unwrap_or(false)
+    }
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes.unwrap_or(rcpat::reply::MAX_BODY_BYTES)
+    }
+
+    pub fn runtime(&self) -> RuntimeConfig {
+        let d = RuntimeConfig::default();
+        RuntimeConfig {
+            max_instances: self.max_instances.unwrap_or(d.max_instances).max(1),
+            memory_limit_bytes: self
+                .memory_limit_mb
+                .map(|m| m << 20)
+                .unwrap_or(d.memory_limit_bytes),
+            timeout: self
+                .timeout_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(d.timeout),
+        }
+    }
+
+    /// The component's settings: Rocket.Chat's defaults, overridden.
+    pub fn settings(&self) -> Settings {
+        let d = Settings::default();
+        Settings {
+            two_factor_enabled: self.two_factor.unwrap_or(d.two_factor_enabled),
+            totp_enabled: self.totp.unwrap_or(d.totp_enabled),
+            email_enabled: self.email_2fa.unwrap_or(d.email_enabled),
+            totp_max_delta: self.totp_max_delta.unwrap_or(d.totp_max_delta),
+            email_code_expiration_seconds: self
+                .email_code_expiration
+                .unwrap_or(d.email_code_expiration_seconds),
+            email_code_max_attempts: self
+                .email_code_max_attempts
+                .unwrap_or(d.email_code_max_attempts),
+            enforce_password_fallback: self
+                .password_fallback
+                .unwrap_or(d.enforce_password_fallback),
+            remember_for_seconds: self.remember_for.unwrap_or(d.remember_for_seconds),
+            max_failed_attempts: self.max_failed_attempts.unwrap_or(d.max_failed_attempts),
+            failed_attempts_window_seconds: self
+                .failed_attempts_window
+                .unwrap_or(d.failed_attempts_window_seconds),
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! HTTP-level tests against a real `serve` on an ephemeral loopback port.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier, Mutex};
+
+use host_example::admin::{self, UserSpec};
+use host_example::cache::CacheOutcome;
+use host_example::clock::{Clock, SystemClock};
+use host_example::config::{Options, StorageKind};
+use host_example::server::{RunningServer, services_from};
+use rcpat::model::TotpAlgorithm;
+use serde_json::Value;
+
+const PASSWORD: &str = "s3cret password";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rcpat-http-{name}-{}-{}",
+        std::process::id(),
+        admin::random_id(6)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(dir: &std::path::Path) -> Options {
+    Options {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        storage: Some(StorageKind::Sqlite),
+        db: Some(dir.join("rcpat.sqlite")),
+        outbox: Some(dir.join("outbox")),
+        cache_dir: Some(dir.join("cache")),
+        ..Options::default()
+    }
+}
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+struct Reply {
+    status: u16,
+    json: Value,
+    headers: Vec<(String, String)>,
+}
+
+impl Client {
+    fn new(server: &RunningServer) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client {
+            agent,
+            base: server.url(""),
+        }
+    }
+
+    fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.send(body).expect("the server answers"))
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.call().expect("the server answers"))
+    }
+
+    fn reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let text = resp.body_mut().read_to_string().unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        Reply {
+            status,
+            json,
+            headers,
+        }
+    }
+}
+
+/// Creates a user in the server's database (the admin CLI's code path).
+fn add_user(
+    opts: &Options,
+    name: &str,
+    totp: bool,
+    email_2fa: bool,
+) -> (String, Option<admin::TotpSetup>) {
+    let services = services_from(opts).unwrap();
+    let email = format!("{name}@example.org");
+    let spec = UserSpec {
+        username: name,
+        email: Some(&email),
+        password: Some(PASSWORD),
+        roles: &["user"],
+    };
+    let id = admin::create_user(&services, &spec, 4).unwrap();
+    let setup = totp.then(|| {
+        admin::enable_totp(&*services.storage, &id, name, TotpAlgorithm::Sha1, 6).unwrap()
+    });
+    if email_2fa {
+        services.storage.set_email_two_factor(&id, true).unwrap();
+    }
+    (id, setup)
+}
+
+fn totp_now(setup: &admin::TotpSetup, offset: i64) -> String {
+    admin::totp_code(
+        &setup.secret,
+        TotpAlgorithm::Sha1,
+        6,
+        SystemClock.now_ms(),
+        offset,
+    )
+}
+
+fn auth<'a>(id: &'a str, token: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![("X-User-Id", id), ("X-Auth-Token", token)]
+}
+
+#[test]
+fn login_challenge_totp_then_regenerate() {
+    let dir = temp_dir("totp");
+    let opts = options(&dir);
+    let (id, setup) = add_user(&opts, "alice", true, false);
+    let setup = setup.unwrap();
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+
+    // Wrong password: Rocket.Chat's 401.
+    let r = c.post(
+        "/api/v1/login",
+        &[],
+        r#"{"user":"alice","password":"nope"}"#,
+    );
+    assert_eq!(
+        (r.status, &r.json),
+        (
+            401,
+            &serde_json::json!({"status":"error","error":"Unauthorized","message":"Unauthorized"})
+        )
+    );
+    // Right password, no code: the 2FA challenge clients look for.
+    let r = c.post(
+        "/api/v1/login",
+        &[],
+        &format!(r#"{{"user":"alice","password":"{PASSWORD}"}}"#),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json["error"], "totp-required");
+    assert_eq!(r.json["details"]["method"], "totp");
+    // Retry with the code in the headers.
+    let code = totp_now(&setup, -1);
+    let r = c.post(
+        "/api/v1/login",
+        &[("x-2fa-code", &code), ("x-2fa-method", "totp")],
+        &format!(r#"{{"username":"alice","password":"{PASSWORD}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["status"], "success");
+    assert_eq!(r.json["data"]["userId"], id.as_str());
+    assert_eq!(r.json["data"]["me"]["username"], "alice");
+    let session = r.json["data"]["authToken"].as_str().unwrap().to_string();
+
+    // Generate (with a backup code), then regenerate after a challenge.
+    let mut h = auth(&id, &session);
+    h.extend([
+        ("x-2fa-method", "totp"),
+        ("x-2fa-code", setup.backup_codes[0].as_str()),
+    ]);
+    let r = c.post(
+        "/api/v1/users.generatePersonalAccessToken",
+        &h,
+        r#"{"tokenName":"ci"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.json);
+    let old = r.json["token"].as_str().unwrap().to_string();
+    let r = c.post(
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &auth(&id, &session),
+        r#"{"tokenName":"ci"}"#,
+    );
+    assert_eq!(
+        (r.status, r.json["errorType"].as_str()),
+        (400, Some("totp-required"))
+    );
+    let code = totp_now(&setup, 0);
+    let mut h = auth(&id, &session);
+    h.extend([("x-2fa-method", "totp"), ("x-2fa-code", code.as_str())]);
+    let r = c.post(
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &h,
+        r#"{"tokenName":"ci"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.json);
+    let new = r.json["token"].as_str().unwrap().to_string();
+
+    // The PAT works as X-Auth-Token for `me`; the old one is 401.
+    let r = c.get("/api/v1/me", &auth(&id, &new));
+    assert_eq!(
+        (
+            r.status,
+            r.json["username"].as_str(),
+            r.json["success"].as_bool()
+        ),
+        (200, Some("alice"), Some(true))
+    );
+    let r = c.get("/api/v1/me", &auth(&id, &old));
+    assert_eq!(
+        (r.status, &r.json),
+        (
+            401,
+            &serde_json::json!({"status":"error","message":"You must be logged in to do this."})
+        )
+    );
+    let r = c.get("/api/v1/users.getPersonalAccessTokens", &auth(&id, &new));
+    assert_eq!(r.json["tokens"][0]["name"], "ci");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn email_and_password_methods() {
+    let dir = temp_dir("email");
+    let opts = options(&dir);
+    let (eid, _) = add_user(&opts, "emma", false, true);
+    let (pid, _) = add_user(&opts, "paul", false, false);
+    let services = services_from(&opts).unwrap();
+    let emma_pat = admin::issue_personal_access_token(&services, &eid, "ci", false).unwrap();
+    let paul_pat = admin::issue_personal_access_token(&services, &pid, "ci", false).unwrap();
+    drop(services);
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+
+    let r = c.post(
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &auth(&eid, &emma_pat),
+        r#"{"tokenName":"ci"}"#,
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.json["details"]["method"].as_str(),
+            r.json["details"]["codeGenerated"].as_bool()
+        ),
+        (400, Some("email"), Some(true))
+    );
+    let outbox = host_example::mail::Outbox::new(dir.join("outbox")).unwrap();
+    let (_, mail) = outbox
+        .messages()
+        .pop()
+        .expect("the code was mailed to the outbox");
+    assert!(mail.contains("To: emma@example.org"));
+    let code = host_example::mail::code_in(&mail).unwrap();
+    let mut h = auth(&eid, &emma_pat);
+    h.extend([("x-2fa-method", "email"), ("x-2fa-code", code.as_str())]);
+    assert_eq!(
+        c.post(
+            "/api/v1/users.regeneratePersonalAccessToken",
+            &h,
+            r#"{"tokenName":"ci"}"#
+        )
+        .status,
+        200
+    );
+
+    let r = c.post(
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &auth(&pid, &paul_pat),
+        r#"{"tokenName":"ci"}"#,
+    );
+    assert_eq!(r.json["details"]["method"], "password");
+    let digest = admin::password_digest(PASSWORD);
+    let mut h = auth(&pid, &paul_pat);
+    h.extend([
+        ("x-2fa-method", "password"),
+        ("x-2fa-code", digest.as_str()),
+    ]);
+    assert_eq!(
+        c.post(
+            "/api/v1/users.regeneratePersonalAccessToken",
+            &h,
+            r#"{"tokenName":"ci"}"#
+        )
+        .status,
+        200
+    );
+    // Login with a password digest object, as Rocket.Chat clients send it.
+    let r = c.post("/api/v1/login", &[], &format!(r#"{{"user":"paul@example.org","password":{{"digest":"{digest}","algorithm":"sha-256"}}}}"#));
+    assert_eq!(r.status, 200, "{}", r.json);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn http_errors_have_rocket_chat_shape_and_the_server_keeps_serving() {
+    let dir = temp_dir("errors");
+    let opts = options(&dir);
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+    let r = c.get("/api/v1/nope", &[]);
+    assert_eq!(
+        (r.status, r.json["errorType"].as_str()),
+        (404, Some("error-not-found"))
+    );
+    let r = c.get("/api/v1/users.regeneratePersonalAccessToken", &[]);
+    assert_eq!(
+        (r.status, r.json["errorType"].as_str()),
+        (405, Some("error-method-not-allowed"))
+    );
+    assert!(r.headers.iter().any(|(k, v)| k == "allow" && v == "POST"));
+    let resp = c
+        .agent
+        .post(c.base.clone() + "/api/v1/users.regeneratePersonalAccessToken")
+        .header("Content-Type", "text/plain")
+        .send("tokenName=x")
+        .unwrap();
+    let r = Client::reply(resp);
+    assert_eq!(
+        (r.status, r.json["errorType"].as_str()),
+        (415, Some("error-unsupported-media-type"))
+    );
+    let big = format!(r#"{{"tokenName":"{}"}}"#, "x".repeat(100_000));
+    let r = c.post("/api/v1/users.regeneratePersonalAccessToken", &[], &big);
+    assert_eq!(
+        (r.status, r.json["errorType"].as_str()),
+        (413, Some("error-request-too-large"))
+    );
+    let r = c.post("/api/v1/users.regeneratePersonalAccessToken", &[], "{nope");
+    assert_eq!(
+        (r.status, r.json["errorType"].as_str()),
+        (400, Some("error-invalid-body"))
+    );
+    let r = c.post(
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &[],
+        r#"{"tokenName":"x"}"#,
+    );
+    assert_eq!(r.status, 401);
+    let r = c.post("/api/v1/login", &[], r#"{"password":"x"}"#);
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (400, Some("error-invalid-params"))
+    );
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v == "application/json")
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn concurrent_burst_over_http_leaves_one_valid_token() {
+    let dir = temp_dir("burst");
+    let opts = options(&dir);
+    let (id, _) = add_user(&opts, "burst", false, false);
+    let services = services_from(&opts).unwrap();
+    let pat = admin::issue_personal_access_token(&services, &id, "shared", true).unwrap();
+    let session = admin::issue_login_token(&services, &id).unwrap();
+    let server = RunningServer::start(&opts).unwrap();
+    let threads = 16;
+    let barrier = Arc::new(Barrier::new(threads));
+    let issued = Arc::new(Mutex::new(vec![pat.clone()]));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (barrier, issued, base, id) =
+                (barrier.clone(), issued.clone(), server.url(""), id.clone());
+            let token = if i % 2 == 0 {
+                pat.clone()
+            } else {
+                session.clone()
+            };
+            std::thread::spawn(move || {
+                let c = Client {
+                    agent: ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .build()
+                        .into(),
+                    base,
+                };
+                barrier.wait();
+                let digest = admin::password_digest(PASSWORD);
+                let mut h = auth(&id, &token);
+                h.extend([
+                    ("x-2fa-method", "password"),
+                    ("x-2fa-code", digest.as_str()),
+                ]);
+                let r = c.post(
+                    "/api/v1/users.regeneratePersonalAccessToken",
+                    &h,
+                    r#"{"tokenName":"shared"}"#,
+                );
+                match r.status {
+                    200 => issued
+                        .lock()
+                        .unwrap()
+                        .push(r.json["token"].as_str().unwrap().to_string()),
+                    401 | 409 => {}
+                    other => panic!("undefined reply {other} {}", r.json),
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let issued = issued.lock().unwrap();
+    let live: Vec<_> = issued
+        .iter()
+        .filter(|t| {
+            services
+                .storage
+                .authenticate(&id, &rcpat::token::hash_token(t))
+                .unwrap()
+                .is_some()
+        })
+        .collect();
+    assert_eq!(
+        live.len(),
+        1,
+        "exactly one token of the name authenticates ({} issued)",
+        issued.len()
+    );
+    assert_eq!(
+        services
+            .storage
+            .token_hashes_named(&id, "shared")
+            .unwrap()
+            .len(),
+        1
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn hostile_guest_is_contained() {
+    let dir = temp_dir("hostile");
+    let mut opts = options(&dir);
+    opts.component = Some(host_example::HOSTILE_COMPONENT_PATH.into());
+    opts.timeout_ms = Some(300);
+    opts.memory_limit_mb = Some(8);
+    opts.no_cache = Some(true);
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+    let path = "/api/v1/users.regeneratePersonalAccessToken";
+    let r = c.post(path, &[], "loop");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (
+            500,
+            Some("The request exceeded its time limit and was stopped [error-internal]")
+        )
+    );
+    let r = c.post(path, &[], "oom");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (
+            500,
+            Some("The request exceeded its memory limit and was stopped [error-internal]")
+        )
+    );
+    let r = c.post(path, &[], "trap");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (
+            500,
+            Some("The request failed inside the component and was stopped [error-internal]")
+        )
+    );
+    // The next request is served normally, and so are many after the failures.
+    for _ in 0..20 {
+        let r = c.post(path, &[], "ok");
+        assert_eq!(
+            (r.status, &r.json),
+            (200, &serde_json::json!({"success": true}))
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn restart_keeps_data_and_uses_the_compiled_cache() {
+    let dir = temp_dir("restart");
+    let opts = options(&dir);
+    let (id, _) = add_user(&opts, "rita", false, false);
+    let services = services_from(&opts).unwrap();
+    let session = admin::issue_login_token(&services, &id).unwrap();
+    drop(services);
+    let digest = admin::password_digest(PASSWORD);
+    let mut h = auth(&id, &session);
+    h.extend([
+        ("x-2fa-method", "password"),
+        ("x-2fa-code", digest.as_str()),
+    ]);
+
+    let first = RunningServer::start(&opts).unwrap();
+    assert_eq!(first.cache, Some(CacheOutcome::Compiled));
+    let r = Client::new(&first).post(
+        "/api/v1/users.generatePersonalAccessToken",
+        &h,
+        r#"{"tokenName":"keep"}"#,
+    );
+    let token = r.json["token"].as_str().unwrap().to_string();
+    drop(first);
+
+    let second = RunningServer::start(&opts).unwrap();
+    assert_eq!(second.cache, Some(CacheOutcome::Hit));
+    let r = Client::new(&second).get("/api/v1/me", &auth(&id, &token));
+    assert_eq!(
+        r.status, 200,
+        "the token issued before the restart still works"
+    );
+    drop(second);
+
+    // A corrupt artifact is recompiled, not trusted.
+    for entry in std::fs::read_dir(dir.join("cache")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    let third = RunningServer::start(&opts).unwrap();
+    assert_eq!(third.cache, Some(CacheOutcome::Compiled));
+    drop(third);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A minimal SMTP receiver on loopback: accepts one message, returns its DATA.
+fn smtp_receiver() -> (String, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let mut lines = BufReader::new(stream);
+        let mut data = String::new();
+        writeln!(out, "220 localhost ESMTP test\r").unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if lines.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            let cmd = line.trim_end().to_ascii_uppercase();
+            if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+                write!(out, "250-localhost\r\n250 OK\r\n").unwrap();
+            } else if cmd == "DATA" {
+                write!(out, "354 go ahead\r\n").unwrap();
+                loop {
+                    line.clear();
+                    lines.read_line(&mut line).unwrap();
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    data.push_str(&line);
+                }
+                write!(out, "250 queued\r\n").unwrap();
+            } else if cmd == "QUIT" {
+                write!(out, "221 bye\r\n").unwrap();
+                break;
+            } else {
+                write!(out, "250 OK\r\n").unwrap();
+            }
+        }
+        data
+    });
+    (addr, handle)
+}
+
+#[test]
+fn email_codes_are_delivered_over_smtp() {
+    let dir = temp_dir("smtp");
+    let (smtp, receiver) = smtp_receiver();
+    let mut opts = options(&dir);
+    opts.smtp = Some(smtp);
+    let (id, _) = add_user(&opts, "sam", false, true);
+    let services = services_from(&opts).unwrap();
+    let pat = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+    let r = c.post(
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &auth(&id, &pat),
+        r#"{"tokenName":"ci"}"#,
+    );
+    assert_eq!(r.json["details"]["codeGenerated"], true, "{}", r.json);
+    let data = receiver.join().unwrap();
+    assert!(data.contains("Subject: Authentication code"), "{data}");
+    let code = host_example::mail::code_in(&data).expect("a code in the message");
+    let mut h = auth(&id, &pat);
+    h.extend([("x-2fa-method", "email"), ("x-2fa-code", code.as_str())]);
+    assert_eq!(
+        c.post(
+            "/api/v1/users.regeneratePersonalAccessToken",
+            &h,
+            r#"{"tokenName":"ci"}"#
+        )
+        .status,
+        200
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
