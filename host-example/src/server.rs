@@ -118,7 +118,7 @@ async fn handle(
     // One line per request: route, status, latency. Never headers or bodies.
     tracing::info!(
         method = %method,
-        route = endpoint.map_or("(unknown)", |e| e.path()),
+        route = %endpoint.map_or("(unknown)", |e| e.path()),
         status = reply.status,
         latency_us = started.elapsed().as_micros() as u64,
         "request"

@@ -1,0 +1,250 @@
+//! The `host-example` binary: admin commands' output and errors, and the
+//! server's request log (one line per request, never a secret).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_host-example"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rcpat-cli-{name}-{}-{}",
+        std::process::id(),
+        host_example::admin::random_id(6)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(db: &Path, args: &[&str]) -> Output {
+    bin()
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("RCPAT_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn admin_commands() {
+    let dir = temp_dir("admin");
+    let db = dir.join("admin.sqlite");
+    let o = run(
+        &db,
+        &[
+            "users",
+            "add",
+            "--username",
+            "ann",
+            "--email",
+            "ann@example.org",
+            "--password",
+            "pw",
+            "--roles",
+            "user,admin",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("created ann with id "));
+
+    // Errors are one clear line and a non-zero exit.
+    let o = run(&db, &["users", "add", "--username", "ann"]);
+    assert!(!o.status.success());
+    assert_eq!(stderr(&o), "error: a user named ann already exists\n");
+    let o = run(&db, &["users", "grant", "ghost"]);
+    assert_eq!(
+        (o.status.code(), stderr(&o).as_str()),
+        (Some(1), "error: no user named ghost\n")
+    );
+    let o = run(&db, &["tokens", "list", "ghost"]);
+    assert_eq!(stderr(&o), "error: no user named ghost\n");
+
+    let o = run(&db, &["users", "enable-totp", "ann"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("otpauth://totp/Rocket.Chat:ann?secret="),
+        "{out}"
+    );
+    assert!(out.contains('█') || out.contains('▀'), "a QR code is drawn");
+    assert_eq!(
+        out.lines()
+            .skip_while(|l| !l.starts_with("backup codes"))
+            .skip(1)
+            .flat_map(|l| l.split_whitespace())
+            .count(),
+        12
+    );
+
+    assert!(
+        run(&db, &["users", "enable-email2fa", "ann"])
+            .status
+            .success()
+    );
+    assert!(run(&db, &["users", "revoke", "ann"]).status.success());
+    let list = stdout(&run(&db, &["users", "list"]));
+    assert!(
+        list.contains("ann")
+            && list.contains("totp=true")
+            && list.contains("email-2fa=true")
+            && list.contains("tokens=denied"),
+        "{list}"
+    );
+    assert!(run(&db, &["users", "grant", "ann"]).status.success());
+    assert!(stdout(&run(&db, &["users", "list"])).contains("tokens=allowed"));
+    assert_eq!(
+        stdout(&run(&db, &["tokens", "list", "ann"])),
+        "ann has no personal access tokens\n"
+    );
+
+    // --help documents the options, including the component's settings.
+    let help = stdout(&bin().args(["serve", "--help"]).output().unwrap());
+    for option in [
+        "--listen",
+        "--db",
+        "--smtp",
+        "--cache-dir",
+        "--totp-max-delta",
+        "--email-code-expiration",
+        "--max-failed-attempts",
+        "--remember-for",
+        "--config",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn config_file_and_bad_config() {
+    let dir = temp_dir("config");
+    let file = dir.join("rcpat.toml");
+    std::fs::write(&file, format!("db = {:?}\n", dir.join("from-file.sqlite"))).unwrap();
+    let o = bin()
+        .args(["--config"])
+        .arg(&file)
+        .args(["users", "add", "--username", "cfg"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        dir.join("from-file.sqlite").exists(),
+        "the file's db option was used"
+    );
+    std::fs::write(&file, "no-such-option = 1\n").unwrap();
+    let o = bin()
+        .args(["--config"])
+        .arg(&file)
+        .args(["users", "list"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown field `no-such-option`"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn server_logs_one_line_per_request_without_secrets() {
+    let dir = temp_dir("logs");
+    let db = dir.join("logs.sqlite");
+    assert!(
+        run(
+            &db,
+            &["users", "add", "--username", "lou", "--password", "hunter2"]
+        )
+        .status
+        .success()
+    );
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--outbox")
+        .arg(dir.join("outbox"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let addr = listening
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let base = format!("http://{addr}");
+    let login = agent
+        .post(format!("{base}/api/v1/login"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"user":"lou","password":"hunter2"}"#)
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&login).unwrap();
+    let (id, token) = (
+        json["data"]["userId"].as_str().unwrap(),
+        json["data"]["authToken"].as_str().unwrap(),
+    );
+    let secret_code = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let _ = agent
+        .post(format!("{base}/api/v1/users.regeneratePersonalAccessToken"))
+        .header("X-User-Id", id)
+        .header("X-Auth-Token", token)
+        .header("x-2fa-code", secret_code)
+        .header("Content-Type", "application/json")
+        .send(r#"{"tokenName":"secret-name"}"#)
+        .unwrap();
+    let _ = agent.get(format!("{base}/nope")).call().unwrap();
+
+    let mut log = Vec::new();
+    for _ in 0..3 {
+        log.push(lines.next().unwrap().unwrap());
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        log[0].contains("route=/api/v1/login")
+            && log[0].contains("status=200")
+            && log[0].contains("latency_us="),
+        "{log:?}"
+    );
+    assert!(
+        log[1].contains("route=/api/v1/users.regeneratePersonalAccessToken")
+            && log[1].contains("status=400"),
+        "{log:?}"
+    );
+    assert!(log[2].contains("status=404"), "{log:?}");
+    for line in log.iter().chain([&listening]) {
+        for secret in [token, secret_code, "hunter2", "secret-name"] {
+            assert!(!line.contains(secret), "log line leaks a secret: {line}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
