@@ -1,8 +1,17 @@
 //! SQLite storage: one file, WAL, `synchronous=FULL` (a write that returned
-//! is on disk), every operation one `BEGIN IMMEDIATE` transaction.
+//! is on disk).
+//!
+//! Reads run on a pool of connections, each in its own snapshot transaction.
+//! Writes go to one writer thread that does group commit: it takes every
+//! write queued meanwhile, runs each in its own savepoint of one transaction,
+//! commits once (one fsync for the batch), and only then answers each caller.
+//! A write that fails is rolled back to its savepoint alone; a failed commit
+//! fails the whole batch and changes nothing. So every operation stays atomic
+//! and durable, while concurrent requests share the cost of an fsync.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::mpsc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
@@ -84,8 +93,24 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 pub struct SqliteStorage {
-    conn: Mutex<Connection>,
+    /// Idle read connections.
+    readers: Mutex<Vec<Connection>>,
+    /// The database file, for opening more readers.
+    path: PathBuf,
+    /// Delete the file on drop (`open_in_memory`).
+    scratch: bool,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// A write: runs in the writer's transaction, says whether it succeeded (so
+/// its savepoint is kept or rolled back), and returns how to answer its
+/// caller once the commit's outcome is known.
+type Job = Box<dyn FnOnce(&Transaction) -> (bool, Completion) + Send>;
+type Completion = Box<dyn FnOnce(Option<String>) + Send>;
+
+/// Most writes folded into one commit.
+const MAX_BATCH: usize = 512;
 
 fn e(err: rusqlite::Error) -> String {
     format!("sqlite: {err}")
@@ -117,16 +142,24 @@ fn alg_from(s: &str) -> TotpAlgorithm {
 impl SqliteStorage {
     /// Opens (creating and migrating as needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> HostResult<Self> {
-        let conn = Connection::open(path).map_err(e)?;
-        Self::init(conn)
+        let conn = Connection::open(path.as_ref()).map_err(e)?;
+        Self::init(conn, path.as_ref().to_path_buf())
     }
 
-    /// A private in-memory database (tests).
+    /// A private throwaway database (tests): a file under the temp dir,
+    /// deleted when the storage is dropped, so readers and the writer share it.
     pub fn open_in_memory() -> HostResult<Self> {
-        Self::init(Connection::open_in_memory().map_err(e)?)
+        let path = std::env::temp_dir().join(format!(
+            "rcpat-scratch-{}-{}.sqlite",
+            std::process::id(),
+            crate::admin::random_id(12)
+        ));
+        let mut storage = Self::open(&path)?;
+        storage.scratch = true;
+        Ok(storage)
     }
 
-    fn init(mut conn: Connection) -> HostResult<Self> {
+    fn init(mut conn: Connection, path: PathBuf) -> HostResult<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
@@ -158,20 +191,139 @@ impl SqliteStorage {
             tx.pragma_update(None, "user_version", i + 1).map_err(e)?;
             tx.commit().map_err(e)?;
         }
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let writer_thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, receiver))
+            .map_err(|err| format!("cannot start the SQLite writer: {err}"))?;
         Ok(SqliteStorage {
-            conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            path,
+            scratch: false,
+            writer: Mutex::new(Some(sender)),
+            writer_thread: Some(writer_thread),
         })
     }
 
-    /// Runs `f` in one immediate transaction, committed only if it returns Ok.
-    fn tx<T>(&self, f: impl FnOnce(&Transaction) -> rusqlite::Result<T>) -> HostResult<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e)?;
-        let value = f(&tx).map_err(e)?;
-        tx.commit().map_err(e)?;
-        Ok(value)
+    /// Runs `f` in a read transaction (one consistent snapshot).
+    fn read<T>(&self, f: impl FnOnce(&Transaction) -> rusqlite::Result<T>) -> HostResult<T> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.path).map_err(e)?;
+                c.busy_timeout(std::time::Duration::from_secs(10))
+                    .map_err(e)?;
+                c
+            }
+        };
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })()
+        .map_err(e);
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        result
+    }
+
+    /// Queues `f` for the writer and waits until its batch is committed.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction) -> rusqlite::Result<T> + Send + 'static,
+    ) -> HostResult<T> {
+        let (reply, answer) = mpsc::sync_channel::<HostResult<T>>(1);
+        let job: Job = Box::new(move |tx| {
+            let result = f(tx);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit_error| {
+                let _ = reply.send(match commit_error {
+                    None => result.map_err(e),
+                    Some(err) => Err(err),
+                });
+            });
+            (ok, completion)
+        });
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        sender
+            .ok_or("the SQLite writer has stopped")?
+            .send(job)
+            .map_err(|_| "the SQLite writer has stopped".to_string())?;
+        answer
+            .recv()
+            .map_err(|_| "the SQLite writer could not run the write".to_string())?
+    }
+}
+
+impl Drop for SqliteStorage {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after it finishes queued work.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+        if self.scratch {
+            self.readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+            }
+        }
+    }
+}
+
+/// The writer: batches of queued writes, one transaction and one commit each.
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(err) => {
+                // Nothing can be written; dropping the jobs answers each
+                // caller with an error (its reply channel closes).
+                tracing::error!(error = %e(err), "sqlite: cannot begin a write transaction");
+                drop(batch);
+                continue;
+            }
+        };
+        let mut completions = Vec::with_capacity(batch.len());
+        for job in batch {
+            let savepoint = tx.execute_batch("SAVEPOINT job");
+            let (ok, completion) = job(&tx);
+            let closed = if ok {
+                tx.execute_batch("RELEASE job")
+            } else {
+                tx.execute_batch("ROLLBACK TO job; RELEASE job")
+            };
+            // A savepoint that could not be opened or closed taints the batch.
+            let tainted = savepoint.and(closed).err().map(e);
+            completions.push((completion, tainted));
+        }
+        let commit_error = if completions.iter().any(|(_, t)| t.is_some()) {
+            let _ = tx.rollback();
+            Some("sqlite: a write could not be isolated; the batch was rolled back".to_string())
+        } else {
+            tx.commit().err().map(e)
+        };
+        for (completion, _) in completions {
+            completion(commit_error.clone());
+        }
     }
 }
 
@@ -326,7 +478,7 @@ fn pat_exists(tx: &Transaction, user_id: &str, name: &str) -> rusqlite::Result<b
 
 impl Storage for SqliteStorage {
     fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let token = tx
                 .prepare_cached(
                     "SELECT kind, bypass_two_factor, authorized_hash, authorized_until FROM tokens \
@@ -352,7 +504,7 @@ impl Storage for SqliteStorage {
     }
 
     fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let id: Option<String> = match identifier {
                 LoginIdentifier::Username(n) => tx
                     .prepare_cached("SELECT id FROM users WHERE username = ?1")?
@@ -377,7 +529,10 @@ impl Storage for SqliteStorage {
         created_at: TimestampMs,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.tx(|tx| {
+        let (user_id, hashed_token, proof) =
+            (user_id.to_owned(), hashed_token.to_owned(), proof.clone());
+        self.write(move |tx| {
+            let (user_id, hashed_token, proof) = (user_id.as_str(), hashed_token.as_str(), &proof);
             if !tx
                 .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
                 .exists([user_id])?
@@ -401,7 +556,7 @@ impl Storage for SqliteStorage {
     }
 
     fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let grant: Option<bool> = tx
                 .prepare_cached(
                     "SELECT granted FROM user_permissions WHERE user_id = ?1 AND permission = ?2",
@@ -420,7 +575,7 @@ impl Storage for SqliteStorage {
     }
 
     fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx.prepare_cached(&format!(
                 "SELECT {PAT_COLUMNS} FROM tokens WHERE user_id = ?1 AND kind = 'pat' ORDER BY created_at, rowid"
             ))?;
@@ -433,7 +588,7 @@ impl Storage for SqliteStorage {
         user_id: &str,
         name: &str,
     ) -> HostResult<Option<PersonalAccessToken>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             tx.prepare_cached(&format!(
                 "SELECT {PAT_COLUMNS} FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2"
             ))?
@@ -448,7 +603,9 @@ impl Storage for SqliteStorage {
         token: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.tx(|tx| {
+        let (user_id, token, proof) = (user_id.to_owned(), token.clone(), proof.clone());
+        self.write(move |tx| {
+            let (user_id, token, proof) = (user_id.as_str(), &token, &proof);
             if !tx
                 .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
                 .exists([user_id])?
@@ -473,7 +630,14 @@ impl Storage for SqliteStorage {
         r: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.tx(|tx| {
+        let (user_id, expected_hashed_token, r, proof) = (
+            user_id.to_owned(),
+            expected_hashed_token.to_owned(),
+            r.clone(),
+            proof.clone(),
+        );
+        self.write(move |tx| {
+let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_hashed_token.as_str(), &r, &proof);
             // The compare: the named token must still hold the expected value.
             let current = tx
                 .prepare_cached("SELECT 1 FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3")?
@@ -510,7 +674,9 @@ impl Storage for SqliteStorage {
         name: &str,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.tx(|tx| {
+        let (user_id, name, proof) = (user_id.to_owned(), name.to_owned(), proof.clone());
+        self.write(move |tx| {
+            let (user_id, name, proof) = (user_id.as_str(), name.as_str(), &proof);
             if !pat_exists(tx, user_id, name)? {
                 return Ok(WriteOutcome::NotFound);
             }
@@ -532,7 +698,9 @@ impl Storage for SqliteStorage {
         window_start: TimestampMs,
         email_code_attempt: bool,
     ) -> HostResult<FailureCount> {
-        self.tx(|tx| {
+        let user_id = user_id.to_owned();
+        self.write(move |tx| {
+let user_id = user_id.as_str();
             let (at, start) = (at as i64, window_start as i64);
             tx.execute(
                 "UPDATE users SET failed_count = CASE WHEN failed_last_at < ?3 THEN 1 ELSE failed_count + 1 END, \
@@ -549,7 +717,9 @@ impl Storage for SqliteStorage {
     }
 
     fn store_email_code(&self, user_id: &str, c: &EmailCode) -> HostResult<()> {
-        self.tx(|tx| {
+        let (user_id, c) = (user_id.to_owned(), c.clone());
+        self.write(move |tx| {
+let (user_id, c) = (user_id.as_str(), &c);
             tx.execute(
                 "INSERT INTO email_codes (user_id, code_hash, salt, expires_at, attempts) VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT(user_id) DO UPDATE SET code_hash = ?2, salt = ?3, expires_at = ?4, attempts = ?5",
@@ -560,7 +730,9 @@ impl Storage for SqliteStorage {
     }
 
     fn create_user(&self, n: &NewUser) -> HostResult<()> {
-        self.tx(|tx| {
+        let n = n.clone();
+        self.write(move |tx| {
+let n = &n;
             tx.execute(
                 "INSERT INTO users (id, username, email, email_verified, password_bcrypt, created_at, name) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -574,7 +746,7 @@ impl Storage for SqliteStorage {
     }
 
     fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             tx.query_row(
                 "SELECT id FROM users WHERE username = ?1",
                 [username],
@@ -585,7 +757,7 @@ impl Storage for SqliteStorage {
     }
 
     fn list_users(&self) -> HostResult<Vec<UserSummary>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx.prepare(
                 "SELECT u.id, u.username, u.email, u.email_two_factor, \
                  EXISTS(SELECT 1 FROM totp t WHERE t.user_id = u.id), \
@@ -608,7 +780,9 @@ impl Storage for SqliteStorage {
     }
 
     fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> HostResult<()> {
-        self.tx(|tx| {
+        let (user_id, totp) = (user_id.to_owned(), totp.cloned());
+        self.write(move |tx| {
+let (user_id, totp) = (user_id.as_str(), totp.as_ref());
             tx.execute("DELETE FROM totp WHERE user_id = ?1", [user_id])?;
             tx.execute("DELETE FROM backup_codes WHERE user_id = ?1", [user_id])?;
             if let Some(t) = totp {
@@ -625,7 +799,9 @@ impl Storage for SqliteStorage {
     }
 
     fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> HostResult<()> {
-        let n = self.tx(|tx| {
+        let owned = user_id.to_owned();
+        let n = self.write(move |tx| {
+            let user_id = owned.as_str();
             tx.execute(
                 "UPDATE users SET email_two_factor = ?2 WHERE id = ?1",
                 params![user_id, enabled],
@@ -639,7 +815,9 @@ impl Storage for SqliteStorage {
     }
 
     fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()> {
-        self.tx(|tx| {
+        let (permission, roles) = (permission.to_owned(), roles.to_vec());
+        self.write(move |tx| {
+            let (permission, roles) = (permission.as_str(), roles.as_slice());
             tx.execute(
                 "DELETE FROM permission_roles WHERE permission = ?1",
                 [permission],
@@ -655,7 +833,9 @@ impl Storage for SqliteStorage {
     }
 
     fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()> {
-        self.tx(|tx| {
+        let (user_id, roles) = (user_id.to_owned(), roles.to_vec());
+        self.write(move |tx| {
+            let (user_id, roles) = (user_id.as_str(), roles.as_slice());
             tx.execute("DELETE FROM user_roles WHERE user_id = ?1", [user_id])?;
             for role in roles {
                 tx.execute(
@@ -673,7 +853,9 @@ impl Storage for SqliteStorage {
         permission: &str,
         grant: Option<bool>,
     ) -> HostResult<()> {
-        self.tx(|tx| {
+        let (user_id, permission) = (user_id.to_owned(), permission.to_owned());
+        self.write(move |tx| {
+            let (user_id, permission) = (user_id.as_str(), permission.as_str());
             match grant {
                 Some(g) => tx.execute(
                     "INSERT INTO user_permissions VALUES (?1, ?2, ?3) \
@@ -690,11 +872,15 @@ impl Storage for SqliteStorage {
     }
 
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()> {
-        self.tx(|tx| insert_token(tx, user_id, token).map(drop))
+        let (user_id, token) = (user_id.to_owned(), token.clone());
+        self.write(move |tx| {
+            let (user_id, token) = (user_id.as_str(), &token);
+            insert_token(tx, user_id, token).map(drop)
+        })
     }
 
     fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>> {
-        self.tx(|tx| {
+        self.read(|tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT hashed_token FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
             )?;
