@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 mod imports;
+pub mod loadgen;
 pub mod mail;
 pub mod runtime;
 pub mod server;

@@ -47,6 +47,31 @@ enum Command {
     /// (`--db` must not exist; default: a new file under the temp dir; mail goes
     /// to `--outbox`, default next to the database).
     Demo,
+    /// Load test: self-rotating regenerations against a server (see BENCHMARKS.md).
+    Bench {
+        /// A running server to drive (seeding writes to its --db); default: start one
+        /// in this process on a fresh database in the temp dir
+        #[arg(long)]
+        url: Option<String>,
+        /// Users to seed, each with one token rotated again and again
+        #[arg(long, default_value_t = 256)]
+        users: usize,
+        /// Concurrent connections (one worker thread each)
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Duration of the run in seconds
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Write a latency-over-time chart (SVG) here
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// Run twice, in the component and natively, and print the throughput ratio
+        #[arg(long)]
+        compare: bool,
+        /// Measure start-up to the first served request instead (compiling, then cached)
+        #[arg(long)]
+        startup: bool,
+    },
     /// Print the embedded component's world (its imports and exports) as WIT.
     Wit,
     /// Print the embedded component's size and the toolchain route that built it.
@@ -155,6 +180,59 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
                 .clone()
                 .unwrap_or_else(|| db.with_extension("outbox"));
             host_example::demo::run(&db, &outbox, &mut std::io::stdout())
+        }
+        Command::Bench {
+            url,
+            users,
+            connections,
+            seconds,
+            chart,
+            compare,
+            startup,
+        } => {
+            if startup {
+                return bench_startup();
+            }
+            let runs: Vec<bool> = if compare {
+                vec![false, true]
+            } else {
+                vec![opts.native()]
+            };
+            let mut throughput = Vec::new();
+            for native in runs {
+                let mut opts = opts.clone();
+                opts.native = Some(native);
+                let label = if native {
+                    "native (logic linked into the host)"
+                } else {
+                    "component (wasmtime, instance per request)"
+                };
+                let report = bench_once(&opts, url.clone(), users, connections, seconds)?;
+                report.print(&format!(
+                    "{label}: {users} users, {connections} connections, {seconds} s"
+                ));
+                throughput.push(report.ok as f64 / report.elapsed.as_secs_f64());
+                if let Some(path) = &chart {
+                    let path = if compare {
+                        path.with_extension(if native { "native.svg" } else { "wasm.svg" })
+                    } else {
+                        path.clone()
+                    };
+                    std::fs::write(
+                        &path,
+                        report.svg(&format!("Self-rotation latency, {label}")),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    println!("  chart           {}", path.display());
+                }
+                if !report.lost.is_empty() {
+                    return Err(format!("{} users lost data", report.lost.len()));
+                }
+            }
+            if let [wasm, native] = throughput[..] {
+                println!("component / native throughput: {:.2}", wasm / native);
+            }
+            Ok(())
         }
         Command::Wit => {
             print!("{}", host_example::component_wit()?);
@@ -288,5 +366,109 @@ fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
             println!("{username} now receives emailed codes");
         }
     }
+    Ok(())
+}
+
+/// One load-test run: seeds users, then drives `url` (or an in-process server).
+fn bench_once(
+    opts: &Options,
+    url: Option<String>,
+    users: usize,
+    connections: usize,
+    seconds: u64,
+) -> Result<host_example::loadgen::Report, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "rcpat-bench-{}-{}",
+        std::process::id(),
+        admin::random_id(6)
+    ));
+    let mut opts = opts.clone();
+    if url.is_none() {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        opts.listen = Some("127.0.0.1:0".parse().unwrap());
+        opts.db = opts.db.clone().or_else(|| Some(dir.join("bench.sqlite")));
+        opts.outbox = Some(dir.join("outbox"));
+    }
+    let seeded = {
+        let services = host_example::server::services_from(&opts)?;
+        host_example::loadgen::seed(&services, users.max(connections))?
+    };
+    let server = match &url {
+        Some(_) => None,
+        None => Some(host_example::server::RunningServer::start(&opts)?),
+    };
+    let url = url.unwrap_or_else(|| server.as_ref().unwrap().url(""));
+    let config = host_example::loadgen::LoadConfig {
+        url,
+        users,
+        connections,
+        duration: std::time::Duration::from_secs(seconds),
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = host_example::loadgen::run(&config, seeded);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
+
+/// Start-up to the first served request, as a separate `serve` process:
+/// compiling the component (empty cache), then with the cached artifact.
+fn bench_startup() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("rcpat-startup-{}", admin::random_id(6)));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let measure = |cache: &std::path::Path| -> Result<f64, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let started = std::time::Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+            .arg(dir.join("startup.sqlite"))
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--outbox")
+            .arg(dir.join("outbox"))
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("http://127.0.0.1:{port}/api/v1/me");
+        let elapsed = loop {
+            if let Ok(r) = agent.get(&url).call() {
+                if r.status().as_u16() == 401 {
+                    break started.elapsed();
+                }
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                return Err("the server did not answer within 30 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(elapsed.as_secs_f64() * 1000.0)
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut compiling = Vec::new();
+    let mut cached = Vec::new();
+    for i in 0..5 {
+        let cache = dir.join(format!("cache{i}"));
+        compiling.push(measure(&cache)?);
+        cached.push(measure(&cache)?);
+    }
+    println!("start-up to the first served request (median of 5, separate process):");
+    println!("  compiling the component   {:.1} ms", median(compiling));
+    println!("  cached precompiled        {:.1} ms", median(cached));
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

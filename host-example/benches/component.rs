@@ -1,0 +1,193 @@
+//! `cargo bench -p host-example`: one regeneration (and its neighbours) in
+//! the component versus the same logic linked natively, on identical
+//! in-memory host state. Prints a wasm/native ratio table at the end.
+//!
+//! Cases: instantiation alone; the 401 path; the 2FA challenge path;
+//! regeneration with a bypass token; regeneration with a TOTP code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion};
+use host_example::admin::{self, UserSpec};
+use host_example::clock::{Clock, ManualClock};
+use host_example::mail::MemoryMailer;
+use host_example::runtime::{Endpoint, Runtime, RuntimeConfig};
+use host_example::services::Services;
+use host_example::storage::MemoryStorage;
+use rcpat::model::{Request, Settings, TotpAlgorithm};
+
+struct World {
+    services: Services,
+    clock: Arc<ManualClock>,
+    settings: Settings,
+    user_id: String,
+    session: String,
+    robot: String,
+    totp_secret: String,
+}
+
+/// A user with TOTP, a login session, a bypass PAT `robot` and a PAT `target`.
+fn world() -> World {
+    let clock = Arc::new(ManualClock::new(1_800_000_015_000));
+    let services = Services::new(
+        Arc::new(MemoryStorage::new()),
+        Arc::new(MemoryMailer::default()),
+    )
+    .with_clock(clock.clone());
+    let spec = UserSpec {
+        username: "bench",
+        email: Some("bench@example.org"),
+        password: None,
+        roles: &["user"],
+    };
+    let user_id = admin::create_user(&services, &spec, 4).unwrap();
+    let totp = admin::enable_totp(
+        &*services.storage,
+        &user_id,
+        "bench",
+        TotpAlgorithm::Sha1,
+        6,
+    )
+    .unwrap();
+    let session = admin::issue_login_token(&services, &user_id).unwrap();
+    let robot = admin::issue_personal_access_token(&services, &user_id, "robot", true).unwrap();
+    admin::issue_personal_access_token(&services, &user_id, "target", false).unwrap();
+    World {
+        services,
+        clock,
+        settings: Settings::default(),
+        user_id,
+        session,
+        robot,
+        totp_secret: totp.secret,
+    }
+}
+
+fn request(user: &str, token: &str, code: Option<&str>) -> Request {
+    let mut headers = vec![("X-User-Id", user), ("X-Auth-Token", token)];
+    if let Some(code) = code {
+        headers.push(("x-2fa-method", "totp"));
+        headers.push(("x-2fa-code", code));
+    }
+    Request::new(&headers, br#"{"tokenName":"target"}"#)
+}
+
+type Call<'a> = Box<dyn Fn(&World, &Request) -> rcpat::model::Response + 'a>;
+
+fn benches(c: &mut Criterion, runtime: &Runtime) {
+    {
+        let w = world();
+        c.bench_function("instantiate/wasm", |b| {
+            b.iter(|| runtime.instantiate_only(&w.services).unwrap())
+        });
+    }
+    let backends: [(&str, Call); 2] = [
+        (
+            "native",
+            Box::new(|w: &World, r: &Request| {
+                Endpoint::Regenerate.call_native(&w.services, &w.settings, r)
+            }),
+        ),
+        (
+            "wasm",
+            Box::new(|w: &World, r: &Request| {
+                runtime
+                    .call(&w.services, Endpoint::Regenerate, &w.settings, r)
+                    .unwrap()
+            }),
+        ),
+    ];
+    for (name, call) in &backends {
+        let w = world();
+        let req = request(&w.user_id, "not-a-token", None);
+        c.bench_function(&format!("unauthorized_401/{name}"), |b| {
+            b.iter(|| assert_eq!(call(&w, &req).status, 401))
+        });
+        let req = request(&w.user_id, &w.session, None);
+        c.bench_function(&format!("challenge_totp_required/{name}"), |b| {
+            b.iter(|| assert_eq!(call(&w, &req).status, 400))
+        });
+        let req = request(&w.user_id, &w.robot, None);
+        c.bench_function(&format!("regenerate_bypass_token/{name}"), |b| {
+            b.iter(|| assert_eq!(call(&w, &req).status, 200))
+        });
+        // Each iteration needs an unused TOTP step: the clock moves 30 s first (untimed).
+        c.bench_function(&format!("regenerate_totp_code/{name}"), |b| {
+            b.iter_batched(
+                || {
+                    w.clock.advance_secs(30);
+                    let code = admin::totp_code(
+                        &w.totp_secret,
+                        TotpAlgorithm::Sha1,
+                        6,
+                        w.clock.now_ms(),
+                        0,
+                    );
+                    request(&w.user_id, &w.session, Some(&code))
+                },
+                |req| assert_eq!(call(&w, &req).status, 200),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+fn mean_ns(dir: &Path, id: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["mean"]["point_estimate"].as_f64()
+}
+
+fn print_table(dir: &Path) {
+    let fmt = |ns: Option<f64>| {
+        ns.map_or("-".to_string(), |n| {
+            if n < 10_000.0 {
+                format!("{:.2} µs", n / 1000.0)
+            } else {
+                format!("{:.1} µs", n / 1000.0)
+            }
+        })
+    };
+    println!(
+        "\n{:<28} {:>12} {:>12} {:>10}",
+        "case", "native", "wasm", "wasm/native"
+    );
+    let inst = mean_ns(dir, "instantiate/wasm");
+    println!(
+        "{:<28} {:>12} {:>12} {:>10}",
+        "instantiation alone",
+        "-",
+        fmt(inst),
+        "-"
+    );
+    for case in [
+        "unauthorized_401",
+        "challenge_totp_required",
+        "regenerate_bypass_token",
+        "regenerate_totp_code",
+    ] {
+        let (n, w) = (
+            mean_ns(dir, &format!("{case}/native")),
+            mean_ns(dir, &format!("{case}/wasm")),
+        );
+        let ratio = match (n, w) {
+            (Some(n), Some(w)) => format!("{:.2}", w / n),
+            _ => "-".into(),
+        };
+        println!("{:<28} {:>12} {:>12} {:>10}", case, fmt(n), fmt(w), ratio);
+    }
+}
+
+fn main() {
+    let dir: PathBuf = std::env::temp_dir().join("rcpat-criterion");
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("the component loads");
+    let mut c = Criterion::default()
+        .output_directory(&dir)
+        .configure_from_args();
+    benches(&mut c, &runtime);
+    c.final_summary();
+    if std::env::args().any(|a| a == "--bench") {
+        print_table(&dir);
+    }
+}

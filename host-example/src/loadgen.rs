@@ -1,0 +1,363 @@
+//! `host-example bench`: a load generator for self-rotation.
+//!
+//! It seeds N users, each with a personal access token (bypass 2FA, so the
+//! measurement is the regeneration itself), then C workers (one keep-alive
+//! connection each) drive the server for D seconds: every request
+//! regenerates the token it authenticates with and the reply's token is
+//! used for the next. Workers own disjoint users, so every request should
+//! succeed. At the end every user is checked over HTTP: the last token
+//! returned authenticates and the one before it does not; a mismatch is
+//! lost data.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::admin::{self, UserSpec};
+use crate::services::Services;
+
+pub struct LoadConfig {
+    /// Base URL of the server, e.g. `http://127.0.0.1:3000`.
+    pub url: String,
+    pub users: usize,
+    pub connections: usize,
+    pub duration: Duration,
+    pub show_progress: bool,
+}
+
+/// One user's rotation chain.
+struct Rotor {
+    user_id: String,
+    current: String,
+    previous: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    pub latency: Option<Histogram<u64>>,
+    /// Per second of the run: (second, requests, p50 µs, p99 µs, max µs).
+    pub timeline: Vec<(u64, u64, u64, u64, u64)>,
+    pub users_checked: usize,
+    pub lost: Vec<String>,
+}
+
+const TOKEN_NAME: &str = "load";
+
+/// Creates `n` users with one bypass PAT each, through `services`' storage.
+pub fn seed(services: &Services, n: usize) -> Result<Vec<(String, String)>, String> {
+    let tag = admin::random_id(5);
+    (0..n)
+        .map(|i| {
+            let name = format!("load-{tag}-{i}");
+            let spec = UserSpec {
+                username: &name,
+                email: None,
+                password: None,
+                roles: &["user"],
+            };
+            let id = admin::create_user(services, &spec, 4)?;
+            let pat = admin::issue_personal_access_token(services, &id, TOKEN_NAME, true)?;
+            Ok((id, pat))
+        })
+        .collect()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn regenerate(
+    agent: &ureq::Agent,
+    url: &str,
+    user_id: &str,
+    token: &str,
+) -> Result<(u16, String), String> {
+    let mut resp = agent
+        .post(url)
+        .header("X-User-Id", user_id)
+        .header("X-Auth-Token", token)
+        .header("Content-Type", "application/json")
+        .send(r#"{"tokenName":"load"}"#)
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// The `"token"` of a success reply (the body is `{"token":"…","success":true}`).
+fn token_of(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["token"].as_str().map(String::from)
+}
+
+pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
+    let url = format!("{}/api/v1/users.regeneratePersonalAccessToken", config.url);
+    let mut rotors: Vec<Vec<Rotor>> = (0..config.connections).map(|_| Vec::new()).collect();
+    for (i, (user_id, current)) in seeded.into_iter().enumerate() {
+        rotors[i % config.connections].push(Rotor {
+            user_id,
+            current,
+            previous: None,
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = rotors
+        .into_iter()
+        .map(|mut mine| {
+            let (stop, done, url) = (stop.clone(), done.clone(), url.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut samples: Vec<(u64, u64)> = Vec::with_capacity(1 << 16); // (µs since start, latency µs)
+                let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+                let mut ok = 0u64;
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) && !mine.is_empty() {
+                    let n = mine.len();
+                    let r = &mut mine[i % n];
+                    i += 1;
+                    let t = Instant::now();
+                    let outcome = regenerate(&agent, &url, &r.user_id, &r.current);
+                    let latency = t.elapsed().as_micros() as u64;
+                    samples.push(((t - start).as_micros() as u64, latency));
+                    match outcome {
+                        Ok((200, body)) => match token_of(&body) {
+                            Some(next) => {
+                                r.previous = Some(std::mem::replace(&mut r.current, next));
+                                ok += 1;
+                            }
+                            None => *errors.entry("200 without a token".into()).or_default() += 1,
+                        },
+                        Ok((status, _)) => {
+                            *errors.entry(format!("HTTP {status}")).or_default() += 1
+                        }
+                        Err(e) => *errors.entry(format!("transport: {e}")).or_default() += 1,
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                (mine, samples, errors, ok)
+            })
+        })
+        .collect();
+
+    let bar = config.show_progress.then(|| {
+        let bar = indicatif::ProgressBar::new(config.duration.as_secs().max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len}s  {msg}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    while start.elapsed() < config.duration {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(bar) = &bar {
+            let n = done.load(Ordering::Relaxed);
+            let secs = start.elapsed().as_secs_f64();
+            bar.set_position(secs as u64);
+            bar.set_message(format!("{n} requests, {:.0}/s", n as f64 / secs));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut report = Report::default();
+    let mut all_rotors = Vec::new();
+    let mut samples = Vec::new();
+    for w in workers {
+        let (mine, s, errors, ok) = w.join().expect("worker");
+        all_rotors.extend(mine);
+        samples.extend(s);
+        for (k, v) in errors {
+            *report.errors.entry(k).or_default() += v;
+        }
+        report.ok += ok;
+    }
+    report.elapsed = start.elapsed();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    report.requests = samples.len() as u64;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for (_, l) in &samples {
+        let _ = hist.record((*l).max(1));
+    }
+    report.latency = Some(hist);
+    report.timeline = timeline(&samples);
+    verify(config, &all_rotors, &mut report);
+    report
+}
+
+fn timeline(samples: &[(u64, u64)]) -> Vec<(u64, u64, u64, u64, u64)> {
+    let seconds = samples
+        .iter()
+        .map(|(t, _)| t / 1_000_000)
+        .max()
+        .map_or(0, |m| m + 1);
+    (0..seconds)
+        .map(|s| {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            for (_, l) in samples.iter().filter(|(t, _)| t / 1_000_000 == s) {
+                let _ = h.record((*l).max(1));
+            }
+            (
+                s,
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max(),
+            )
+        })
+        .collect()
+}
+
+/// Every user: the last token works and the one before it does not.
+fn verify(config: &LoadConfig, rotors: &[Rotor], report: &mut Report) {
+    let agent = agent();
+    let me = format!("{}/api/v1/me", config.url);
+    let status = |user: &str, token: &str| {
+        agent
+            .get(&me)
+            .header("X-User-Id", user)
+            .header("X-Auth-Token", token)
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    for r in rotors {
+        report.users_checked += 1;
+        if status(&r.user_id, &r.current) != 200 {
+            report.lost.push(format!(
+                "user {}: the last token returned does not authenticate",
+                r.user_id
+            ));
+        }
+        if let Some(prev) = &r.previous {
+            if status(&r.user_id, prev) != 401 {
+                report.lost.push(format!(
+                    "user {}: a replaced token still authenticates",
+                    r.user_id
+                ));
+            }
+        }
+    }
+}
+
+impl Report {
+    pub fn print(&self, label: &str) {
+        let h = self.latency.as_ref();
+        let q = |p: f64| h.map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0);
+        println!("{label}");
+        println!(
+            "  requests        {} in {:.1} s",
+            self.requests,
+            self.elapsed.as_secs_f64()
+        );
+        println!(
+            "  throughput      {:.0} regenerations/s",
+            self.ok as f64 / self.elapsed.as_secs_f64()
+        );
+        println!(
+            "  latency (ms)    p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            h.map_or(0.0, |h| h.max() as f64 / 1000.0)
+        );
+        let errors: u64 = self.errors.values().sum();
+        println!(
+            "  errors          {errors}{}",
+            if errors > 0 {
+                format!(" {:?}", self.errors)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "  users checked   {}; lost data: {}",
+            self.users_checked,
+            self.lost.len()
+        );
+        for l in self.lost.iter().take(10) {
+            println!("    {l}");
+        }
+    }
+
+    /// Latency over time (p50, p99, max per second) as an SVG chart.
+    pub fn svg(&self, title: &str) -> String {
+        let (w, h, pad) = (900.0, 360.0, 50.0);
+        let secs = self.timeline.len().max(1) as f64;
+        let top = self.timeline.iter().map(|t| t.3).max().unwrap_or(1).max(1) as f64 * 1.2 / 1000.0;
+        let x = |s: f64| pad + (w - 2.0 * pad) * s / secs;
+        let y = |ms: f64| h - pad - (h - 2.0 * pad) * (ms / top).min(1.0);
+        let line = |pick: fn(&(u64, u64, u64, u64, u64)) -> u64, color: &str| {
+            let pts: Vec<String> = self
+                .timeline
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x(t.0 as f64 + 0.5),
+                        y(pick(t) as f64 / 1000.0)
+                    )
+                })
+                .collect();
+            format!(
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                pts.join(" ")
+            )
+        };
+        let mut svg = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{pad}" y="25" font-size="14">{title}</text>
+<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>
+"#,
+            h - pad,
+            w - pad,
+            h - pad,
+            h - pad
+        );
+        for i in 0..=4 {
+            let ms = top * i as f64 / 4.0;
+            svg += &format!(
+                r##"<text x="5" y="{:.1}">{ms:.2} ms</text><line x1="{pad}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="#ddd"/>"##,
+                y(ms) + 4.0,
+                y(ms),
+                w - pad,
+                y(ms)
+            );
+            svg += "\n";
+        }
+        svg += &format!(
+            r#"<text x="{}" y="{}">time (s, {} s in all)</text>"#,
+            w / 2.0 - 40.0,
+            h - 15.0,
+            secs
+        );
+        svg += &line(|t| t.2, "#1f77b4");
+        svg += &line(|t| t.3, "#d62728");
+        svg += &line(|t| t.4, "#aaaaaa");
+        svg += &format!(
+            r##"<text x="{}" y="45" fill="#1f77b4">p50</text><text x="{}" y="45" fill="#d62728">p99</text><text x="{}" y="45" fill="#888">max</text></svg>"##,
+            w - 200.0,
+            w - 150.0,
+            w - 100.0
+        );
+        svg
+    }
+}
