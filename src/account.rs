@@ -169,7 +169,9 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         {
             WriteOutcome::Done => {}
             WriteOutcome::FactorAlreadyUsed => return Err(passed.spent_error()),
-            WriteOutcome::NotFound | WriteOutcome::NameTaken => return Err(ApiError::NotLoggedIn),
+            WriteOutcome::NotFound | WriteOutcome::NameTaken | WriteOutcome::CredentialsRevoked => {
+                return Err(ApiError::NotLoggedIn);
+            }
         }
         let data = Data {
             user_id: &user.id,

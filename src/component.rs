@@ -286,6 +286,7 @@ fn email_code_to_wit(c: &m::EmailCode) -> st::EmailCode {
 
 fn proof_to_wit(p: &m::FactorProof) -> st::FactorProof {
     st::FactorProof {
+        session: p.session.clone(),
         used: match &p.used {
             m::FactorUse::None => st::FactorUse::None,
             m::FactorUse::TotpStep(s) => st::FactorUse::TotpStep(*s),
@@ -307,6 +308,7 @@ fn outcome_from_wit(o: st::WriteOutcome) -> m::WriteOutcome {
         st::WriteOutcome::NotFound => m::WriteOutcome::NotFound,
         st::WriteOutcome::NameTaken => m::WriteOutcome::NameTaken,
         st::WriteOutcome::FactorAlreadyUsed => m::WriteOutcome::FactorAlreadyUsed,
+        st::WriteOutcome::CredentialsRevoked => m::WriteOutcome::CredentialsRevoked,
     }
 }
 

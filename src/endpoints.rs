@@ -102,6 +102,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
             WriteOutcome::NotFound => Err(ApiError::RegeneratedConcurrently),
             WriteOutcome::NameTaken => Err(ApiError::TokenAlreadyExists),
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
+            WriteOutcome::CredentialsRevoked => Err(ApiError::NotLoggedIn),
         }
     })())
 }
@@ -123,6 +124,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
             WriteOutcome::NameTaken => Err(ApiError::TokenAlreadyExists),
             WriteOutcome::NotFound => Err(ApiError::NotLoggedIn),
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
+            WriteOutcome::CredentialsRevoked => Err(ApiError::NotLoggedIn),
         }
     })())
 }
@@ -143,6 +145,7 @@ pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
                 Err(ApiError::TokenDoesNotExist(PatMethod::Remove))
             }
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
+            WriteOutcome::CredentialsRevoked => Err(ApiError::NotLoggedIn),
         }
     })())
 }

@@ -107,6 +107,7 @@ pub struct RememberGrant {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FactorProof {
+    pub session: Option<String>,
     pub used: FactorUse,
     pub remember: Option<RememberGrant>,
 }
@@ -115,6 +116,7 @@ impl FactorProof {
     /// The proof for a request that needed no second factor.
     pub fn none() -> Self {
         FactorProof {
+            session: None,
             used: FactorUse::None,
             remember: None,
         }
@@ -127,6 +129,7 @@ pub enum WriteOutcome {
     NotFound,
     NameTaken,
     FactorAlreadyUsed,
+    CredentialsRevoked,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

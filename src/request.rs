@@ -62,6 +62,30 @@ impl<'de> Deserialize<'de> for Body {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
+            // Anything but an object is refused with our own text, so serde's
+            // type-mismatch messages (and the float formatting they pull into
+            // the component) are never linked.
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Body, E> {
+                Err(E::custom(NOT_OBJECT))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Body, E> {
+                Err(E::custom(NOT_OBJECT))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Body, E> {
+                Err(E::custom(NOT_OBJECT))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Body, E> {
+                Err(E::custom(NOT_OBJECT))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Body, E> {
+                Err(E::custom(NOT_OBJECT))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Body, E> {
+                Err(E::custom(NOT_OBJECT))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Body, A::Error> {
+                Err(serde::de::Error::custom(NOT_OBJECT))
+            }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
                 let mut fields: Vec<(String, Value)> = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
@@ -73,11 +97,12 @@ impl<'de> Deserialize<'de> for Body {
                 Ok(Body(fields))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
     }
 }
 
 const DUPLICATE_KEY: &str = "duplicate key";
+const NOT_OBJECT: &str = "not an object";
 
 /// Parses a POST body. Empty means `{}` (clients that send no body get the
 /// `tokenName` error, as in Rocket.Chat).
@@ -93,7 +118,10 @@ pub fn body(bytes: &[u8]) -> Result<Body, ApiError> {
             serde_json::error::Category::Data if e.to_string().starts_with(DUPLICATE_KEY) => {
                 "The request body has a duplicated key"
             }
-            serde_json::error::Category::Data => "The request body must be a JSON object",
+            serde_json::error::Category::Data if e.to_string().starts_with(NOT_OBJECT) => {
+                "The request body must be a JSON object"
+            }
+            serde_json::error::Category::Data => "The request body is not valid JSON",
             _ => "The request body is not valid JSON",
         })
     })

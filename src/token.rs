@@ -1,6 +1,7 @@
 //! Token values: generation, hashing, and the secret-safe comparisons.
 
-use data_encoding::{BASE64, HEXLOWER};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -27,7 +28,7 @@ pub fn new_token(random: &[u8]) -> String {
 
 /// Meteor's `Accounts._hashLoginToken`: base64(SHA-256(utf8 token)).
 pub fn hash_token(token: &str) -> String {
-    BASE64.encode(&Sha256::digest(token.as_bytes()))
+    BASE64.encode(Sha256::digest(token.as_bytes()))
 }
 
 /// The last 6 characters (tokens are ASCII).
@@ -37,7 +38,7 @@ pub fn last_part(token: &str) -> &str {
 
 /// Lowercase hex SHA-256, as Rocket.Chat's `SHA256()` (backup codes, fingerprints).
 pub fn sha256_hex(data: &[u8]) -> String {
-    HEXLOWER.encode(&Sha256::digest(data))
+    hex::encode(Sha256::digest(data))
 }
 
 /// Constant-time equality for secrets and their digests.

@@ -1,6 +1,5 @@
 //! HOTP (RFC 4226) and TOTP (RFC 6238) with SHA-1, SHA-256 and SHA-512.
 
-use data_encoding::BASE32_NOPAD;
 use hmac::{Hmac, Mac};
 
 use crate::model::TotpAlgorithm;
@@ -14,7 +13,7 @@ pub fn decode_secret(secret: &str) -> Option<Vec<u8>> {
         .filter(|c| *c != ' ' && *c != '=')
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    let bytes = BASE32_NOPAD.decode(cleaned.as_bytes()).ok()?;
+    let bytes = base32::decode(base32::Alphabet::Rfc4648 { padding: false }, &cleaned)?;
     (!bytes.is_empty()).then_some(bytes)
 }
 

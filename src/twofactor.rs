@@ -7,7 +7,6 @@
 //! storage write of the endpoint spends in the same transaction, so a failure
 //! anywhere leaves stored state untouched.
 
-use data_encoding::HEXLOWER;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -102,8 +101,21 @@ impl<'a> Attempt<'a> {
     }
 }
 
-/// Runs the check. `Err` is the reply (challenge or failure).
+/// Runs the check. `Err` is the reply (challenge or failure). The proof
+/// also names the token the request authenticated with, so the write can
+/// re-check that it still exists.
 pub fn check(
+    env: &mut dyn Env,
+    settings: &Settings,
+    user: &mut User,
+    attempt: &Attempt,
+) -> Result<Passed, ApiError> {
+    let mut passed = check_code(env, settings, user, attempt)?;
+    passed.proof.session = attempt.token.map(|t| t.hashed_token.clone());
+    Ok(passed)
+}
+
+fn check_code(
     env: &mut dyn Env,
     settings: &Settings,
     user: &mut User,
@@ -165,7 +177,11 @@ pub fn check(
                     until: now + u64::from(settings.remember_for_seconds) * 1000,
                 });
             Ok(Passed {
-                proof: FactorProof { used, remember },
+                proof: FactorProof {
+                    session: None,
+                    used,
+                    remember,
+                },
                 details: Some(details),
             })
         }
@@ -276,10 +292,10 @@ fn verify_password(bcrypt_hash: &str, code: &str) -> Option<FactorUse> {
 
 /// HMAC-SHA-256 of the digits keyed with the hex salt, as lowercase hex.
 pub fn email_code_hash(salt_hex: &str, digits: &str) -> Option<String> {
-    let salt = HEXLOWER.decode(salt_hex.as_bytes()).ok()?;
+    let salt = hex::decode(salt_hex).ok()?;
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&salt).ok()?;
     mac.update(digits.as_bytes());
-    Some(HEXLOWER.encode(&mac.finalize().into_bytes()))
+    Some(hex::encode(mac.finalize().into_bytes()))
 }
 
 /// Enabled methods, in Rocket.Chat's order: TOTP, then email.
@@ -345,7 +361,7 @@ fn prepare_email_code(
         return Ok(());
     }
     let digits = random_digits(env, EMAIL_CODE_DIGITS);
-    let salt = HEXLOWER.encode(&env.random_bytes(16));
+    let salt = hex::encode(env.random_bytes(16));
     let code_hash = email_code_hash(&salt, &digits).ok_or(ApiError::StorageFailure)?;
     let expires_at = now + u64::from(settings.email_code_expiration_seconds) * 1000;
     let message = MailMessage {
@@ -424,6 +440,17 @@ fn is_remembered(
 
 /// SHA-256 hex of `{"userAgent":…,"clientAddress":…}` (Rocket.Chat L3).
 fn fingerprint(user_agent: Option<&str>, client_address: &str) -> String {
-    let json = serde_json::json!({ "userAgent": user_agent, "clientAddress": client_address });
-    sha256_hex(json.to_string().as_bytes())
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Client<'a> {
+        user_agent: Option<&'a str>,
+        client_address: &'a str,
+    }
+    sha256_hex(
+        crate::reply::to_json(&Client {
+            user_agent,
+            client_address,
+        })
+        .as_bytes(),
+    )
 }

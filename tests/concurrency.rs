@@ -138,3 +138,53 @@ fn one_totp_code_raced_by_many_requests_is_spent_once() {
         || j["errorType"] == "totp-max-attempts"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The interleaving the races above depend on, made deterministic at the
+/// storage level: a request authenticated with a token that another request
+/// has since replaced cannot write, on either backend.
+#[test]
+fn a_write_from_a_replaced_session_is_refused() {
+    use host_example::storage::{MemoryStorage, Storage};
+    use rcpat::model::{FactorProof, FactorUse, PersonalAccessToken, WriteOutcome};
+    let backends: Vec<Arc<dyn Storage>> = vec![
+        Arc::new(MemoryStorage::new()),
+        Arc::new(SqliteStorage::open_in_memory().unwrap()),
+    ];
+    for storage in backends {
+        let fx = Fx::with_storage(storage.clone());
+        let u = fx.user("stale", None);
+        let t0 = fx.pat(&u, "bot", true);
+        let h0 = rcpat::token::hash_token(&t0);
+        let record = |hash: &str| PersonalAccessToken {
+            name: "bot".into(),
+            hashed_token: hash.into(),
+            last_token_part: "xxxxxx".into(),
+            created_at: T0,
+            bypass_two_factor: true,
+        };
+        let proof = FactorProof {
+            session: Some(h0.clone()),
+            used: FactorUse::None,
+            remember: None,
+        };
+        // Request A (authenticated with T0) replaces T0 by T1.
+        assert_eq!(
+            storage
+                .replace_personal_access_token(&u.id, &h0, &record("h1"), &proof)
+                .unwrap(),
+            WriteOutcome::Done
+        );
+        // Request B authenticated with T0 before that, and read the current value (T1) after it:
+        // its compare matches, but its credentials are gone.
+        assert_eq!(
+            storage
+                .replace_personal_access_token(&u.id, "h1", &record("h2"), &proof)
+                .unwrap(),
+            WriteOutcome::CredentialsRevoked
+        );
+        assert_eq!(
+            storage.token_hashes_named(&u.id, "bot").unwrap(),
+            vec!["h1".to_string()]
+        );
+    }
+}

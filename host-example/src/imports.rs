@@ -261,6 +261,7 @@ fn pat_from_wit(t: st::PersonalAccessToken) -> m::PersonalAccessToken {
 
 fn proof_from_wit(p: st::FactorProof) -> m::FactorProof {
     m::FactorProof {
+        session: p.session,
         used: match p.used {
             st::FactorUse::None => m::FactorUse::None,
             st::FactorUse::TotpStep(s) => m::FactorUse::TotpStep(s),
@@ -282,5 +283,6 @@ fn outcome_to_wit(o: m::WriteOutcome) -> st::WriteOutcome {
         m::WriteOutcome::NotFound => st::WriteOutcome::NotFound,
         m::WriteOutcome::NameTaken => st::WriteOutcome::NameTaken,
         m::WriteOutcome::FactorAlreadyUsed => st::WriteOutcome::FactorAlreadyUsed,
+        m::WriteOutcome::CredentialsRevoked => st::WriteOutcome::CredentialsRevoked,
     }
 }

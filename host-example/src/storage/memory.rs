@@ -82,9 +82,14 @@ fn is_pat_named(e: &Entry, name: &str) -> bool {
     e.record.kind == TokenKind::PersonalAccessToken && e.record.name.as_deref() == Some(name)
 }
 
-/// Whether `proof` can be spent now (checked before any mutation).
-fn factor_available(u: &MemUser, used: &FactorUse) -> bool {
-    match used {
+/// Why `proof` cannot be spent now, if it cannot (checked before any mutation).
+fn refusal(u: &MemUser, proof: &FactorProof) -> Option<WriteOutcome> {
+    if let Some(session) = &proof.session {
+        if !u.tokens.iter().any(|e| &e.record.hashed_token == session) {
+            return Some(WriteOutcome::CredentialsRevoked);
+        }
+    }
+    let available = match &proof.used {
         FactorUse::None | FactorUse::Password => true,
         FactorUse::TotpStep(step) => u
             .user
@@ -101,10 +106,11 @@ fn factor_available(u: &MemUser, used: &FactorUse) -> bool {
             .email_code
             .as_ref()
             .is_some_and(|c| &c.code_hash == h),
-    }
+    };
+    (!available).then_some(WriteOutcome::FactorAlreadyUsed)
 }
 
-/// Spends a proof that `factor_available` accepted.
+/// Spends a proof that `refusal` accepted.
 fn spend(u: &mut MemUser, proof: &FactorProof) {
     match &proof.used {
         FactorUse::None => {}
@@ -193,8 +199,8 @@ impl Storage for MemoryStorage {
             let Some(u) = s.users.get_mut(user_id) else {
                 return Ok(WriteOutcome::NotFound);
             };
-            if !factor_available(u, &proof.used) {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = refusal(u, proof) {
+                return Ok(refused);
             }
             spend(u, proof);
             let record = TokenRecord {
@@ -268,8 +274,8 @@ impl Storage for MemoryStorage {
             if u.tokens.iter().any(|e| is_pat_named(e, &token.name)) {
                 return Ok(WriteOutcome::NameTaken);
             }
-            if !factor_available(u, &proof.used) {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = refusal(u, proof) {
+                return Ok(refused);
             }
             spend(u, proof);
             u.tokens.push(Entry {
@@ -297,8 +303,8 @@ impl Storage for MemoryStorage {
             }) else {
                 return Ok(WriteOutcome::NotFound);
             };
-            if !factor_available(u, &proof.used) {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = refusal(u, proof) {
+                return Ok(refused);
             }
             spend(u, proof);
             u.tokens[i] = Entry {
@@ -323,8 +329,8 @@ impl Storage for MemoryStorage {
             if !u.tokens.iter().any(|e| is_pat_named(e, name)) {
                 return Ok(WriteOutcome::NotFound);
             }
-            if !factor_available(u, &proof.used) {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = refusal(u, proof) {
+                return Ok(refused);
             }
             spend(u, proof);
             u.tokens.retain(|e| !is_pat_named(e, name));

@@ -411,9 +411,21 @@ fn pat_row(r: &rusqlite::Row) -> rusqlite::Result<PersonalAccessToken> {
 
 const PAT_COLUMNS: &str = "name, hashed_token, last_token_part, created_at, bypass_two_factor";
 
-/// Checks and spends `proof` inside the caller's transaction; false (and no
-/// change) when the factor was already spent.
-fn spend(tx: &Transaction, user_id: &str, proof: &FactorProof) -> rusqlite::Result<bool> {
+/// Checks and spends `proof` inside the caller's transaction; `Some` (and no
+/// change) when the request's token is gone or the factor was already spent.
+fn spend(
+    tx: &Transaction,
+    user_id: &str,
+    proof: &FactorProof,
+) -> rusqlite::Result<Option<WriteOutcome>> {
+    if let Some(session) = &proof.session {
+        let alive = tx
+            .prepare_cached("SELECT 1 FROM tokens WHERE hashed_token = ?1 AND user_id = ?2")?
+            .exists(params![session, user_id])?;
+        if !alive {
+            return Ok(Some(WriteOutcome::CredentialsRevoked));
+        }
+    }
     let spent = match &proof.used {
         FactorUse::None | FactorUse::Password => 1,
         FactorUse::TotpStep(step) => tx.execute(
@@ -430,7 +442,7 @@ fn spend(tx: &Transaction, user_id: &str, proof: &FactorProof) -> rusqlite::Resu
         )?,
     };
     if spent == 0 {
-        return Ok(false);
+        return Ok(Some(WriteOutcome::FactorAlreadyUsed));
     }
     if proof.used != FactorUse::None {
         tx.execute("UPDATE users SET failed_count = 0 WHERE id = ?1", [user_id])?;
@@ -441,7 +453,7 @@ fn spend(tx: &Transaction, user_id: &str, proof: &FactorProof) -> rusqlite::Resu
             params![user_id, g.hashed_login_token, g.fingerprint, g.until as i64],
         )?;
     }
-    Ok(true)
+    Ok(None)
 }
 
 fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::Result<usize> {
@@ -539,8 +551,8 @@ impl Storage for SqliteStorage {
             {
                 return Ok(WriteOutcome::NotFound);
             }
-            if !spend(tx, user_id, proof)? {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = spend(tx, user_id, proof)? {
+                return Ok(refused);
             }
             let record = TokenRecord {
                 hashed_token: hashed_token.to_string(),
@@ -615,8 +627,8 @@ impl Storage for SqliteStorage {
             if pat_exists(tx, user_id, &token.name)? {
                 return Ok(WriteOutcome::NameTaken);
             }
-            if !spend(tx, user_id, proof)? {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = spend(tx, user_id, proof)? {
+                return Ok(refused);
             }
             insert_token(tx, user_id, &pat_record(token))?;
             Ok(WriteOutcome::Done)
@@ -645,8 +657,8 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             if !current {
                 return Ok(WriteOutcome::NotFound);
             }
-            if !spend(tx, user_id, proof)? {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = spend(tx, user_id, proof)? {
+                return Ok(refused);
             }
             // The swap: one row rewritten in place, so there is never a moment
             // with neither token or with both.
@@ -680,8 +692,8 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             if !pat_exists(tx, user_id, name)? {
                 return Ok(WriteOutcome::NotFound);
             }
-            if !spend(tx, user_id, proof)? {
-                return Ok(WriteOutcome::FactorAlreadyUsed);
+            if let Some(refused) = spend(tx, user_id, proof)? {
+                return Ok(refused);
             }
             tx.execute(
                 "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
