@@ -21,4 +21,6 @@ pub mod totp;
 pub mod twofactor;
 
 #[cfg(target_arch = "wasm32")]
+mod alloc;
+#[cfg(target_arch = "wasm32")]
 mod component;

@@ -127,14 +127,15 @@ fn benches(c: &mut Criterion, runtime: &Runtime) {
                     request(&w.user_id, &w.session, Some(&code))
                 },
                 |req| assert_eq!(call(&w, &req).status, 200),
-                BatchSize::SmallInput,
+                BatchSize::PerIteration,
             )
         });
     }
 }
 
 fn mean_ns(dir: &Path, id: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join(id).join("new/estimates.json")).ok()?;
+    let text =
+        std::fs::read_to_string(dir.join(id.replace('/', "_")).join("new/estimates.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["mean"]["point_estimate"].as_f64()
 }
@@ -189,5 +190,16 @@ fn main() {
     c.final_summary();
     if std::env::args().any(|a| a == "--bench") {
         print_table(&dir);
+        let w = world();
+        let req = request(&w.user_id, &w.robot, None);
+        let (reply, peak) = runtime
+            .call_measuring_memory(&w.services, Endpoint::Regenerate, &w.settings, &req)
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        println!(
+            "\nguest linear memory per instance (peak, one regeneration): {} KiB",
+            peak / 1024
+        );
+        println!("component size: {} bytes", host_example::COMPONENT.len());
     }
 }

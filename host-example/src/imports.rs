@@ -1,6 +1,6 @@
 //! The component's imports, implemented over [`Services`]: conversions only.
 
-use wasmtime::StoreLimits;
+use wasmtime::{ResourceLimiter, StoreLimits};
 
 use rcpat::model as m;
 
@@ -12,7 +12,52 @@ use crate::services::{Services, random_bytes};
 /// Per-store data: the request's services and its resource limits.
 pub struct HostState {
     pub services: Services,
-    pub limits: StoreLimits,
+    pub limits: PeakLimits,
+}
+
+/// `StoreLimits`, remembering the largest linear memory the guest asked for
+/// (what one instance really costs).
+pub struct PeakLimits {
+    pub inner: StoreLimits,
+    pub peak_memory: usize,
+}
+
+impl ResourceLimiter for PeakLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory = self.peak_memory.max(desired);
+        }
+        Ok(allowed)
+    }
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 /// Largest randomness request served (the component asks for 43 bytes at most).
