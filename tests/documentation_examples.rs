@@ -277,3 +277,23 @@ fn component_imports_exactly_its_world() {
         .collect();
     assert_eq!(exports, ["rcpat:tokens/endpoints@0.1.0"]);
 }
+
+#[test]
+fn component_default_settings_are_rocket_chats() {
+    let fx = Fx::new();
+    let defaults = runtime().default_settings(&fx.services).unwrap();
+    assert_eq!(defaults, rcpat::model::Settings::default());
+    assert_eq!(
+        (
+            defaults.totp_max_delta,
+            defaults.email_code_expiration_seconds,
+            defaults.email_code_max_attempts
+        ),
+        (1, 3600, 5)
+    );
+    assert!(defaults.two_factor_enabled && defaults.enforce_password_fallback);
+    assert_eq!(
+        defaults.remember_for_seconds, 0,
+        "remember-me is off by default here"
+    );
+}

@@ -225,6 +225,18 @@ impl Runtime {
         settings: &Settings,
         req: &Request,
     ) -> wasmtime::Result<Response> {
+        self.call_measuring_memory(services, endpoint, settings, req)
+            .map(|(r, _)| r)
+    }
+
+    /// Like `call`, also returning the guest's peak linear memory in bytes.
+    pub fn call_measuring_memory(
+        &self,
+        services: &Services,
+        endpoint: Endpoint,
+        settings: &Settings,
+        req: &Request,
+    ) -> wasmtime::Result<(Response, usize)> {
         let mut store = self.store(services);
         let instance = self.pre.instantiate(&mut store)?;
         let api = instance.rcpat_tokens_endpoints();
@@ -242,31 +254,6 @@ impl Runtime {
             Endpoint::Remove => {
                 api.call_remove_personal_access_token(&mut store, settings, &req)?
             }
-        };
-        Ok(Response {
-            status: r.status,
-            body: r.body,
-        })
-    }
-
-    /// Like `call`, also returning the guest's peak linear memory in bytes.
-    pub fn call_measuring_memory(
-        &self,
-        services: &Services,
-        endpoint: Endpoint,
-        settings: &Settings,
-        req: &Request,
-    ) -> wasmtime::Result<(Response, usize)> {
-        let mut store = self.store(services);
-        let instance = self.pre.instantiate(&mut store)?;
-        let api = instance.rcpat_tokens_endpoints();
-        let r = match endpoint {
-            Endpoint::Regenerate => api.call_regenerate_personal_access_token(
-                &mut store,
-                settings_to_wit(settings),
-                &request_to_wit(req),
-            )?,
-            _ => wasmtime::bail!("only regeneration is measured"),
         };
         let peak = store.data().limits.peak_memory;
         Ok((
@@ -286,18 +273,7 @@ impl Runtime {
             .instantiate(&mut store)?
             .rcpat_tokens_endpoints()
             .call_default_settings(&mut store)?;
-        Ok(Settings {
-            two_factor_enabled: s.two_factor_enabled,
-            totp_enabled: s.totp_enabled,
-            email_enabled: s.email_enabled,
-            totp_max_delta: s.totp_max_delta,
-            email_code_expiration_seconds: s.email_code_expiration_seconds,
-            email_code_max_attempts: s.email_code_max_attempts,
-            enforce_password_fallback: s.enforce_password_fallback,
-            remember_for_seconds: s.remember_for_seconds,
-            max_failed_attempts: s.max_failed_attempts,
-            failed_attempts_window_seconds: s.failed_attempts_window_seconds,
-        })
+        Ok(settings_from_wit(&s))
     }
 }
 
@@ -312,6 +288,21 @@ impl Drop for Runtime {
 
 fn settings_to_wit(s: &Settings) -> ep::Settings {
     ep::Settings {
+        two_factor_enabled: s.two_factor_enabled,
+        totp_enabled: s.totp_enabled,
+        email_enabled: s.email_enabled,
+        totp_max_delta: s.totp_max_delta,
+        email_code_expiration_seconds: s.email_code_expiration_seconds,
+        email_code_max_attempts: s.email_code_max_attempts,
+        enforce_password_fallback: s.enforce_password_fallback,
+        remember_for_seconds: s.remember_for_seconds,
+        max_failed_attempts: s.max_failed_attempts,
+        failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+    }
+}
+
+fn settings_from_wit(s: &ep::Settings) -> Settings {
+    Settings {
         two_factor_enabled: s.two_factor_enabled,
         totp_enabled: s.totp_enabled,
         email_enabled: s.email_enabled,
