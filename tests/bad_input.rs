@@ -71,6 +71,25 @@ fn malformed_bodies() {
         0,
         "malformed bodies are refused before storage"
     );
+    // Nesting just inside the parser's limit fits the component's 64 KiB stack.
+    for object in [false, true] {
+        let (open, close) = if object {
+            (r#"{"a":"#, "}")
+        } else {
+            ("[", "]")
+        };
+        let nested = format!(
+            r#"{{"tokenName":{}1{}}}"#,
+            open.repeat(126),
+            close.repeat(126)
+        );
+        let headers = [
+            ("X-User-Id", u.id.as_str()),
+            ("X-Auth-Token", u.login.as_str()),
+        ];
+        let r = fx.send(Regenerate, &Request::new(&headers, nested.as_bytes()));
+        assert_eq!(r.error_type(), "error-invalid-params", "{}", r.body);
+    }
 }
 
 #[test]
