@@ -43,12 +43,12 @@ fn main() {
 
     // getrandom (pulled in by bcrypt) needs its custom backend on this target;
     // setting the flags here replaces .cargo/config.toml's, so repeat them.
-    // A 64 KiB shadow stack instead of Rust's 1 MiB default, and 256 KiB of
+    // A 64 KiB shadow stack instead of Rust's 1 MiB default, and 128 KiB of
     // initial memory that the component's bump allocator (src/alloc.rs) uses
     // before it ever grows memory: an instance stays within what the pool
     // keeps resident (runtime.rs). The deepest stack use, JSON nesting, is
     // bounded by serde_json's recursion limit.
-    let rustflags = "--cfg\x1fgetrandom_backend=\"custom\"\x1f-Clink-arg=-zstack-size=65536\x1f-Clink-arg=--initial-memory=262144";
+    let rustflags = "--cfg\x1fgetrandom_backend=\"custom\"\x1f-Clink-arg=-zstack-size=65536\x1f-Clink-arg=--initial-memory=131072";
     let mut cmd;
     match route.as_str() {
         "rustup" => {

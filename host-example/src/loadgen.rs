@@ -45,6 +45,17 @@ pub struct Report {
     pub timeline: Vec<(u64, u64, u64, u64, u64)>,
     pub users_checked: usize,
     pub lost: Vec<String>,
+    /// CPU time this process used (server and load generator together).
+    pub cpu: Option<Duration>,
+}
+
+/// User + system CPU time of this process so far (Linux `/proc/self/stat`).
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
 }
 
 const TOKEN_NAME: &str = "load";
@@ -115,6 +126,7 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let workers: Vec<_> = rotors
         .into_iter()
@@ -188,6 +200,9 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
         report.ok += ok;
     }
     report.elapsed = start.elapsed();
+    report.cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -278,6 +293,13 @@ impl Report {
             q(0.99),
             h.map_or(0.0, |h| h.max() as f64 / 1000.0)
         );
+        if let Some(cpu) = self.cpu {
+            println!(
+                "  CPU             {:.1} µs per request (server and load generator, both cores)",
+                self.cpu_per_request_us().unwrap_or(0.0)
+            );
+            let _ = cpu;
+        }
         let errors: u64 = self.errors.values().sum();
         println!(
             "  errors          {errors}{}",
@@ -295,6 +317,13 @@ impl Report {
         for l in self.lost.iter().take(10) {
             println!("    {l}");
         }
+    }
+
+    /// Process CPU time per request, in microseconds.
+    pub fn cpu_per_request_us(&self) -> Option<f64> {
+        self.cpu
+            .filter(|_| self.requests > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / self.requests as f64)
     }
 
     /// Latency over time (p50, p99, max per second) as an SVG chart.

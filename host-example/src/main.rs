@@ -199,6 +199,7 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
                 vec![opts.native()]
             };
             let mut throughput = Vec::new();
+            let mut cpu = Vec::new();
             for native in runs {
                 let mut opts = opts.clone();
                 opts.native = Some(native);
@@ -212,6 +213,7 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
                     "{label}: {users} users, {connections} connections, {seconds} s"
                 ));
                 throughput.push(report.ok as f64 / report.elapsed.as_secs_f64());
+                cpu.push(report.cpu_per_request_us());
                 if let Some(path) = &chart {
                     let path = if compare {
                         path.with_extension(if native { "native.svg" } else { "wasm.svg" })
@@ -231,6 +233,9 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
             }
             if let [wasm, native] = throughput[..] {
                 println!("component / native throughput: {:.2}", wasm / native);
+            }
+            if let [Some(wasm), Some(native)] = cpu[..] {
+                println!("native / component CPU per request: {:.2}", native / wasm);
             }
             Ok(())
         }

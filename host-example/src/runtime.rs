@@ -94,10 +94,10 @@ impl Default for RuntimeConfig {
 }
 
 /// Linear memory kept resident between instances of one pool slot: the
-/// component's whole initial memory (256 KiB, see build.rs), so resetting a
+/// component's whole initial memory (128 KiB, see build.rs), so resetting a
 /// slot is one memset and the next instance neither page-faults nor
-/// mprotects (measured in BENCHMARKS.md: 20.6 µs → 13.2 µs per regeneration).
-const KEEP_RESIDENT: usize = 256 << 10;
+/// mprotects (BENCHMARKS.md: 20.6 µs → 12.3 µs per regeneration).
+const KEEP_RESIDENT: usize = 128 << 10;
 
 /// How often the epoch advances; the deadline is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
