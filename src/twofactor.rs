@@ -277,7 +277,8 @@ fn verify_email(stored: &EmailCode, code: &str, now: TimestampMs) -> Option<Fact
         return None;
     }
     let hashed = email_code_hash(&stored.salt, &digits)?;
-    secret_eq(hashed.as_bytes(), stored.code_hash.as_bytes()).then(|| FactorUse::EmailCode(hashed))
+    secret_eq(hashed.as_bytes(), stored.code_hash.as_bytes())
+        .then_some(FactorUse::EmailCode(hashed))
 }
 
 fn verify_password(bcrypt_hash: &str, code: &str) -> Option<FactorUse> {

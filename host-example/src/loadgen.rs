@@ -261,13 +261,13 @@ fn verify(config: &LoadConfig, rotors: &[Rotor], report: &mut Report) {
                 r.user_id
             ));
         }
-        if let Some(prev) = &r.previous {
-            if status(&r.user_id, prev) != 401 {
-                report.lost.push(format!(
-                    "user {}: a replaced token still authenticates",
-                    r.user_id
-                ));
-            }
+        if let Some(prev) = &r.previous
+            && status(&r.user_id, prev) != 401
+        {
+            report.lost.push(format!(
+                "user {}: a replaced token still authenticates",
+                r.user_id
+            ));
         }
     }
 }

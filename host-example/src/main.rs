@@ -445,10 +445,10 @@ fn bench_startup() -> Result<(), String> {
             .into();
         let url = format!("http://127.0.0.1:{port}/api/v1/me");
         let elapsed = loop {
-            if let Ok(r) = agent.get(&url).call() {
-                if r.status().as_u16() == 401 {
-                    break started.elapsed();
-                }
+            if let Ok(r) = agent.get(&url).call()
+                && r.status().as_u16() == 401
+            {
+                break started.elapsed();
             }
             if started.elapsed() > std::time::Duration::from_secs(30) {
                 let _ = child.kill();

@@ -24,7 +24,7 @@ use crate::services::Services;
 /// Where the logic runs.
 pub enum Backend {
     /// In the component, in wasmtime (the product).
-    Wasm(Runtime),
+    Wasm(Box<Runtime>),
     /// Linked natively (the baseline for benchmarks).
     Native,
 }
@@ -246,7 +246,7 @@ pub fn app_from(
         };
         let (runtime, outcome) = Runtime::cached(wasm, runtime_config, opts.cache_dir().as_deref())
             .map_err(|e| format!("loading the component: {e:?}"))?;
-        (Backend::Wasm(runtime), Some(outcome))
+        (Backend::Wasm(Box::new(runtime)), Some(outcome))
     };
     Ok((
         App::new(

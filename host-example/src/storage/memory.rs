@@ -84,10 +84,10 @@ fn is_pat_named(e: &Entry, name: &str) -> bool {
 
 /// Why `proof` cannot be spent now, if it cannot (checked before any mutation).
 fn refusal(u: &MemUser, proof: &FactorProof) -> Option<WriteOutcome> {
-    if let Some(session) = &proof.session {
-        if !u.tokens.iter().any(|e| &e.record.hashed_token == session) {
-            return Some(WriteOutcome::CredentialsRevoked);
-        }
+    if let Some(session) = &proof.session
+        && !u.tokens.iter().any(|e| &e.record.hashed_token == session)
+    {
+        return Some(WriteOutcome::CredentialsRevoked);
     }
     let available = match &proof.used {
         FactorUse::None | FactorUse::Password => true,
@@ -128,15 +128,14 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
     if proof.used != FactorUse::None {
         u.user.failures = FailureCount::default();
     }
-    if let Some(grant) = &proof.remember {
-        if let Some(e) = u
+    if let Some(grant) = &proof.remember
+        && let Some(e) = u
             .tokens
             .iter_mut()
             .find(|e| e.record.hashed_token == grant.hashed_login_token)
-        {
-            e.authorized_hash = Some(grant.fingerprint.clone());
-            e.authorized_until = Some(grant.until);
-        }
+    {
+        e.authorized_hash = Some(grant.fingerprint.clone());
+        e.authorized_until = Some(grant.until);
     }
 }
 
@@ -353,10 +352,8 @@ impl Storage for MemoryStorage {
             }
             f.count += 1;
             f.last_failed_at = at;
-            if email_code_attempt {
-                if let Some(c) = u.user.email_code.as_mut() {
-                    c.attempts += 1;
-                }
+            if email_code_attempt && let Some(c) = u.user.email_code.as_mut() {
+                c.attempts += 1;
             }
             Ok(u.user.failures)
         })
@@ -480,10 +477,10 @@ impl Storage for MemoryStorage {
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()> {
         self.with(|s| {
             let u = user_mut(s, user_id)?;
-            if let Some(name) = &token.name {
-                if u.tokens.iter().any(|e| is_pat_named(e, name)) {
-                    return Err(format!("a token named {name} exists"));
-                }
+            if let Some(name) = &token.name
+                && u.tokens.iter().any(|e| is_pat_named(e, name))
+            {
+                return Err(format!("a token named {name} exists"));
             }
             u.tokens.push(Entry {
                 record: token.clone(),
