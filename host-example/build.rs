@@ -49,22 +49,24 @@ fn main() {
     // keeps resident (runtime.rs). The deepest stack use, JSON nesting, is
     // bounded by serde_json's recursion limit.
     let rustflags = "--cfg\x1fgetrandom_backend=\"custom\"\x1f-Clink-arg=-zstack-size=65536\x1f-Clink-arg=--initial-memory=131072";
+    // The component and the hostile test guest, in the workspace's `wasm` profile.
+    let build_args = [
+        "build",
+        "--lib",
+        "-p",
+        "rcpat",
+        "-p",
+        "hostile-guest",
+        "--profile",
+        "wasm",
+        "--target",
+        TARGET,
+    ];
     let mut cmd;
     match route.as_str() {
         "rustup" => {
             cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args([
-                "build",
-                "--lib",
-                "-p",
-                "rcpat",
-                "-p",
-                "hostile-guest",
-                "--profile",
-                "wasm",
-                "--target",
-                TARGET,
-            ]);
+            cmd.args(build_args);
         }
         "debian" => {
             for p in [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_STD_SRC, DEBIAN_WASM_LD] {
@@ -76,18 +78,7 @@ fn main() {
                 }
             }
             cmd = Command::new(DEBIAN_CARGO);
-            cmd.args([
-                "build",
-                "--lib",
-                "-p",
-                "rcpat",
-                "-p",
-                "hostile-guest",
-                "--profile",
-                "wasm",
-                "--target",
-                TARGET,
-            ]);
+            cmd.args(build_args);
             cmd.args(["-Zbuild-std=std,panic_abort"]);
             cmd.env("RUSTC", DEBIAN_RUSTC)
                 .env("RUSTC_BOOTSTRAP", "1")
