@@ -206,9 +206,9 @@ impl SqliteStorage {
     }
 
     /// Runs `f` in a read transaction (one consistent snapshot).
-    fn read<T>(&self, f: impl FnOnce(&Transaction) -> rusqlite::Result<T>) -> HostResult<T> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> HostResult<T> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match pooled {
+        let conn = match pooled {
             Some(c) => c,
             None => {
                 let c = Connection::open(&self.path).map_err(e)?;
@@ -217,11 +217,19 @@ impl SqliteStorage {
                 c
             }
         };
+        // BEGIN/COMMIT as cached statements: no SQL parsing per request.
         let result = (|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
+            conn.prepare_cached("BEGIN")?.execute([])?;
+            match f(&conn) {
+                Ok(value) => {
+                    conn.prepare_cached("COMMIT")?.execute([])?;
+                    Ok(value)
+                }
+                Err(err) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(err)
+                }
+            }
         })()
         .map_err(e);
         self.readers
@@ -304,12 +312,17 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         };
         let mut completions = Vec::with_capacity(batch.len());
         for job in batch {
-            let savepoint = tx.execute_batch("SAVEPOINT job");
+            let run = |sql: &str| {
+                tx.prepare_cached(sql)
+                    .and_then(|mut st| st.execute([]))
+                    .map(drop)
+            };
+            let savepoint = run("SAVEPOINT job");
             let (ok, completion) = job(&tx);
             let closed = if ok {
-                tx.execute_batch("RELEASE job")
+                run("RELEASE job")
             } else {
-                tx.execute_batch("ROLLBACK TO job; RELEASE job")
+                run("ROLLBACK TO job").and_then(|()| run("RELEASE job"))
             };
             // A savepoint that could not be opened or closed taints the batch.
             let tainted = savepoint.and(closed).err().map(e);
@@ -327,7 +340,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-fn load_user(tx: &Transaction, user_id: &str) -> rusqlite::Result<Option<User>> {
+fn load_user(tx: &Connection, user_id: &str) -> rusqlite::Result<Option<User>> {
     let row = tx
         .prepare_cached(
             "SELECT username, created_at, email, email_verified, password_bcrypt, email_two_factor, \
@@ -483,7 +496,7 @@ fn pat_record(t: &PersonalAccessToken) -> TokenRecord {
     }
 }
 
-fn pat_exists(tx: &Transaction, user_id: &str, name: &str) -> rusqlite::Result<bool> {
+fn pat_exists(tx: &Connection, user_id: &str, name: &str) -> rusqlite::Result<bool> {
     tx.prepare_cached("SELECT 1 FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2")?
         .exists(params![user_id, name])
 }
