@@ -54,10 +54,11 @@ fn authenticate_with_second_factor(
     Ok((session, body, passed))
 }
 
-fn require_permission(env: &mut dyn Env, user_id: &str, method: PatMethod) -> Result<(), ApiError> {
+/// `create-personal-access-tokens`, or `denied` (the error differs per route).
+fn require_permission(env: &mut dyn Env, user_id: &str, denied: ApiError) -> Result<(), ApiError> {
     match env.has_permission(user_id, PERMISSION) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::NotAuthorized(method)),
+        Ok(false) => Err(denied),
         Err(_) => Err(ApiError::StorageFailure),
     }
 }
@@ -86,7 +87,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         // The documentation's example names generateToken here; the documentation wins.
-        require_permission(env, user_id, PatMethod::Generate)?;
+        require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
         let old = env
             .find_personal_access_token(user_id, &name)
             .map_err(|_| ApiError::StorageFailure)?
@@ -114,7 +115,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
         let name = request::token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
         let user_id = session.user.id.as_str();
-        require_permission(env, user_id, PatMethod::Generate)?;
+        require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
         let (plaintext, record) = mint(env, name, bypass);
         match env
             .insert_personal_access_token(user_id, &record, &passed.proof)
@@ -135,7 +136,7 @@ pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
         let (session, body, passed) = authenticate_with_second_factor(env, settings, req)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
-        require_permission(env, user_id, PatMethod::Remove)?;
+        require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Remove))?;
         match env
             .remove_personal_access_token(user_id, &name, &passed.proof)
             .map_err(|_| ApiError::StorageFailure)?
@@ -169,11 +170,7 @@ pub fn list(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response 
     respond((|| {
         let Authenticated { session, .. } = authenticate(env, req)?;
         let user_id = session.user.id.as_str();
-        match env.has_permission(user_id, PERMISSION) {
-            Ok(true) => {}
-            Ok(false) => return Err(ApiError::Forbidden),
-            Err(_) => return Err(ApiError::StorageFailure),
-        }
+        require_permission(env, user_id, ApiError::Forbidden)?;
         let tokens = env
             .list_personal_access_tokens(user_id)
             .map_err(|_| ApiError::StorageFailure)?;

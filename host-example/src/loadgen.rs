@@ -293,12 +293,10 @@ impl Report {
             q(0.99),
             h.map_or(0.0, |h| h.max() as f64 / 1000.0)
         );
-        if let Some(cpu) = self.cpu {
+        if let Some(us) = self.cpu_per_request_us() {
             println!(
-                "  CPU             {:.1} µs per request (server and load generator, both cores)",
-                self.cpu_per_request_us().unwrap_or(0.0)
+                "  CPU             {us:.1} µs per request (server and load generator, both cores)"
             );
-            let _ = cpu;
         }
         let errors: u64 = self.errors.values().sum();
         println!(

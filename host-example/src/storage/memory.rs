@@ -139,17 +139,6 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
     }
 }
 
-fn record_of(user_id_pat: &PersonalAccessToken) -> TokenRecord {
-    TokenRecord {
-        hashed_token: user_id_pat.hashed_token.clone(),
-        kind: TokenKind::PersonalAccessToken,
-        name: Some(user_id_pat.name.clone()),
-        last_token_part: user_id_pat.last_token_part.clone(),
-        created_at: user_id_pat.created_at,
-        bypass_two_factor: user_id_pat.bypass_two_factor,
-    }
-}
-
 impl Storage for MemoryStorage {
     fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
         self.with(|s| {
@@ -202,16 +191,8 @@ impl Storage for MemoryStorage {
                 return Ok(refused);
             }
             spend(u, proof);
-            let record = TokenRecord {
-                hashed_token: hashed_token.to_string(),
-                kind: TokenKind::Login,
-                name: None,
-                last_token_part: String::new(),
-                created_at,
-                bypass_two_factor: false,
-            };
             u.tokens.push(Entry {
-                record,
+                record: TokenRecord::login(hashed_token, created_at),
                 authorized_hash: None,
                 authorized_until: None,
             });
@@ -278,7 +259,7 @@ impl Storage for MemoryStorage {
             }
             spend(u, proof);
             u.tokens.push(Entry {
-                record: record_of(token),
+                record: TokenRecord::personal_access_token(token),
                 authorized_hash: None,
                 authorized_until: None,
             });
@@ -307,7 +288,7 @@ impl Storage for MemoryStorage {
             }
             spend(u, proof);
             u.tokens[i] = Entry {
-                record: record_of(replacement),
+                record: TokenRecord::personal_access_token(replacement),
                 authorized_hash: None,
                 authorized_until: None,
             };

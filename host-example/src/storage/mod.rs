@@ -46,6 +46,32 @@ pub struct TokenRecord {
     pub bypass_two_factor: bool,
 }
 
+impl TokenRecord {
+    /// The stored form of a personal access token.
+    pub fn personal_access_token(t: &PersonalAccessToken) -> Self {
+        TokenRecord {
+            hashed_token: t.hashed_token.clone(),
+            kind: TokenKind::PersonalAccessToken,
+            name: Some(t.name.clone()),
+            last_token_part: t.last_token_part.clone(),
+            created_at: t.created_at,
+            bypass_two_factor: t.bypass_two_factor,
+        }
+    }
+
+    /// A login (session) token issued by `login`.
+    pub fn login(hashed_token: &str, created_at: TimestampMs) -> Self {
+        TokenRecord {
+            hashed_token: hashed_token.to_string(),
+            kind: TokenKind::Login,
+            name: None,
+            last_token_part: String::new(),
+            created_at,
+            bypass_two_factor: false,
+        }
+    }
+}
+
 /// A user as listed by the admin CLI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserSummary {

@@ -485,15 +485,9 @@ fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::R
     ])
 }
 
-fn pat_record(t: &PersonalAccessToken) -> TokenRecord {
-    TokenRecord {
-        hashed_token: t.hashed_token.clone(),
-        kind: TokenKind::PersonalAccessToken,
-        name: Some(t.name.clone()),
-        last_token_part: t.last_token_part.clone(),
-        created_at: t.created_at,
-        bypass_two_factor: t.bypass_two_factor,
-    }
+fn user_exists(tx: &Connection, user_id: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+        .exists([user_id])
 }
 
 fn pat_exists(tx: &Connection, user_id: &str, name: &str) -> rusqlite::Result<bool> {
@@ -558,24 +552,13 @@ impl Storage for SqliteStorage {
             (user_id.to_owned(), hashed_token.to_owned(), proof.clone());
         self.write(move |tx| {
             let (user_id, hashed_token, proof) = (user_id.as_str(), hashed_token.as_str(), &proof);
-            if !tx
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-                .exists([user_id])?
-            {
+            if !user_exists(tx, user_id)? {
                 return Ok(WriteOutcome::NotFound);
             }
             if let Some(refused) = spend(tx, user_id, proof)? {
                 return Ok(refused);
             }
-            let record = TokenRecord {
-                hashed_token: hashed_token.to_string(),
-                kind: TokenKind::Login,
-                name: None,
-                last_token_part: String::new(),
-                created_at,
-                bypass_two_factor: false,
-            };
-            insert_token(tx, user_id, &record)?;
+            insert_token(tx, user_id, &TokenRecord::login(hashed_token, created_at))?;
             Ok(WriteOutcome::Done)
         })
     }
@@ -631,10 +614,7 @@ impl Storage for SqliteStorage {
         let (user_id, token, proof) = (user_id.to_owned(), token.clone(), proof.clone());
         self.write(move |tx| {
             let (user_id, token, proof) = (user_id.as_str(), &token, &proof);
-            if !tx
-                .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-                .exists([user_id])?
-            {
+            if !user_exists(tx, user_id)? {
                 return Ok(WriteOutcome::NotFound);
             }
             if pat_exists(tx, user_id, &token.name)? {
@@ -643,7 +623,7 @@ impl Storage for SqliteStorage {
             if let Some(refused) = spend(tx, user_id, proof)? {
                 return Ok(refused);
             }
-            insert_token(tx, user_id, &pat_record(token))?;
+            insert_token(tx, user_id, &TokenRecord::personal_access_token(token))?;
             Ok(WriteOutcome::Done)
         })
     }
