@@ -1,5 +1,6 @@
-//! `POST /api/v1/login` and `GET /api/v1/me`: password logins (with the
-//! second factor) that issue login tokens, and the authenticated user.
+//! `POST /api/v1/login`, `POST /api/v1/logout` and `GET /api/v1/me`:
+//! password logins (with the second factor) that issue session tokens, their
+//! removal, and the authenticated user.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -49,8 +50,13 @@ fn me_of(user: &User) -> Me<'_> {
     }
 }
 
+/// A bcrypt hash (Rocket.Chat's cost, 10) that no password digest matches:
+/// checked when the named user does not exist or has no password, so that
+/// every failed login costs the same and timing does not reveal accounts.
+const UNMATCHABLE_BCRYPT: &str = "$2b$10$eYUntGe2g37JGKekAiXYmOt3978Ztt4vCZOedHsscbJ/Pu8gi.4pq";
+
 /// `GET /api/v1/me`.
-pub fn me(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response {
+pub fn me(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     #[derive(Serialize)]
     struct Body<'a> {
         #[serde(flatten)]
@@ -58,7 +64,7 @@ pub fn me(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response {
         success: bool,
     }
     respond((|| {
-        let session = authenticate(env, req)?.session;
+        let session = authenticate(env, settings, req)?.session;
         Ok(Response {
             status: 200,
             body: reply::to_json(&Body {
@@ -133,7 +139,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
     }
     let result = (|| {
         let headers = request::headers(req)?;
-        let body = request::body(&req.body)?;
+        let body = request::body(&req.body, reply::MAX_BODY_BYTES)?;
         let identifier = identifier(&body)?;
         let digest = password_digest(&body)?;
         let code = match body.get("code") {
@@ -141,17 +147,20 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
             None | Some(Value::Null) => None,
             Some(_) => return Err(ApiError::InvalidLogin("The 'code' param must be a string")),
         };
-        let mut user = env
+        let found = env
             .find_user_for_login(&identifier)
-            .map_err(|_| ApiError::StorageFailure)?
-            .ok_or(ApiError::NotLoggedIn)?;
-        let hash = user
-            .password_bcrypt
-            .as_deref()
-            .ok_or(ApiError::NotLoggedIn)?;
-        if !bcrypt::verify(&digest, hash).unwrap_or(false) {
-            return Err(ApiError::NotLoggedIn);
-        }
+            .map_err(|_| ApiError::StorageFailure)?;
+        // One bcrypt check whatever is found, so that an unknown user or one
+        // without a password answers as slowly as a wrong password.
+        let hash = found
+            .as_ref()
+            .and_then(|u| u.password_bcrypt.as_deref())
+            .unwrap_or(UNMATCHABLE_BCRYPT);
+        let matches = bcrypt::verify(&digest, hash).unwrap_or(false);
+        let mut user = match found {
+            Some(user) if matches && user.password_bcrypt.is_some() => user,
+            _ => return Err(ApiError::NotLoggedIn),
+        };
         let attempt = Attempt {
             code: code.or(headers.two_factor_code.as_deref()),
             method: headers.two_factor_method.as_deref(),
@@ -159,6 +168,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
             client_address: &req.client_address,
             token: None,
             password_fallback: false,
+            sensitive: false,
         };
         let passed = twofactor::check(env, settings, &mut user, &attempt)?;
         let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
@@ -187,4 +197,24 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         })
     })();
     result.unwrap_or_else(|e| e.to_login_response())
+}
+
+/// `POST /api/v1/logout`: removes the presented session token. A personal
+/// access token is refused (Rocket.Chat would delete it, letting whoever
+/// holds it remove it without the second factor its removal requires).
+pub fn logout(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
+    respond((|| {
+        let session = authenticate(env, settings, req)?.session;
+        if session.token.kind != TokenKind::Login {
+            return Err(ApiError::LogoutPersonalAccessToken);
+        }
+        match env
+            .remove_login_token(&session.user.id, &session.token.hashed_token)
+            .map_err(|_| ApiError::StorageFailure)?
+        {
+            WriteOutcome::Done => Ok(reply::logged_out()),
+            // Removed by a concurrent logout: the token no longer logs in.
+            _ => Err(ApiError::NotLoggedIn),
+        }
+    })())
 }

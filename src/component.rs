@@ -24,6 +24,9 @@ impl ep::Guest for Component {
     fn me(config: ep::Settings, req: ep::Request) -> ep::Response {
         run(crate::account::me, config, req)
     }
+    fn logout(config: ep::Settings, req: ep::Request) -> ep::Response {
+        run(crate::account::logout, config, req)
+    }
     fn regenerate_personal_access_token(config: ep::Settings, req: ep::Request) -> ep::Response {
         run(crate::endpoints::regenerate, config, req)
     }
@@ -53,7 +56,11 @@ fn run(endpoint: Endpoint, config: ep::Settings, req: ep::Request) -> ep::Respon
         client_address: req.client_address,
         body: req.body,
     };
-    let r = endpoint(&mut Imports, &settings_from_wit(&config), &req);
+    let settings = settings_from_wit(&config);
+    let mut imports = Imports {
+        code_key: config.code_key,
+    };
+    let r = endpoint(&mut imports, &settings, &req);
     ep::Response {
         status: r.status,
         body: r.body,
@@ -72,6 +79,8 @@ fn settings_from_wit(s: &ep::Settings) -> m::Settings {
         remember_for_seconds: s.remember_for_seconds,
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+        login_expiration_days: s.login_expiration_days,
+        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
     }
 }
 
@@ -87,11 +96,18 @@ fn settings_to_wit(s: m::Settings) -> ep::Settings {
         remember_for_seconds: s.remember_for_seconds,
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+        login_expiration_days: s.login_expiration_days,
+        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+        // Each host supplies its own secret.
+        code_key: Vec::new(),
     }
 }
 
-/// The component's imports as the logic's `Env`.
-struct Imports;
+/// The component's imports as the logic's `Env`, with the host's code key
+/// from the call's settings.
+struct Imports {
+    code_key: Vec<u8>,
+}
 
 impl Env for Imports {
     fn now_ms(&mut self) -> m::TimestampMs {
@@ -100,6 +116,9 @@ impl Env for Imports {
     }
     fn random_bytes(&mut self, len: usize) -> Vec<u8> {
         random::get_random_bytes(len as u64)
+    }
+    fn code_key(&self) -> &[u8] {
+        &self.code_key
     }
     fn authenticate(
         &mut self,
@@ -179,18 +198,43 @@ impl Env for Imports {
     ) -> HostResult<m::WriteOutcome> {
         st::remove_personal_access_token(user_id, name, &proof_to_wit(proof)).map(outcome_from_wit)
     }
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &mut self,
         user_id: &str,
         at: m::TimestampMs,
         window_start: m::TimestampMs,
-        email_code_attempt: bool,
-    ) -> HostResult<m::FailureCount> {
-        let f = st::record_two_factor_failure(user_id, at, window_start, email_code_attempt)?;
-        Ok(m::FailureCount {
-            count: f.count,
-            last_failed_at: f.last_failed_at,
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<m::AttemptReservation> {
+        let r = st::reserve_two_factor_attempt(
+            user_id,
+            at,
+            window_start,
+            max_failed,
+            max_email_code_attempts,
+        )?;
+        Ok(m::AttemptReservation {
+            granted: r.granted,
+            failures: m::FailureCount {
+                count: r.failures.count,
+                last_failed_at: r.failures.last_failed_at,
+            },
+            email_code_attempts: r.email_code_attempts,
         })
+    }
+    fn release_two_factor_attempt(
+        &mut self,
+        user_id: &str,
+        email_code_attempt: bool,
+    ) -> HostResult<()> {
+        st::release_two_factor_attempt(user_id, email_code_attempt)
+    }
+    fn remove_login_token(
+        &mut self,
+        user_id: &str,
+        hashed_token: &str,
+    ) -> HostResult<m::WriteOutcome> {
+        st::remove_login_token(user_id, hashed_token).map(outcome_from_wit)
     }
     fn store_email_code(&mut self, user_id: &str, code: &m::EmailCode) -> HostResult<()> {
         st::store_email_code(user_id, &email_code_to_wit(code))
@@ -213,6 +257,8 @@ fn session_from_wit(s: st::Session) -> m::Session {
                 st::TokenKind::Login => m::TokenKind::Login,
                 st::TokenKind::PersonalAccessToken => m::TokenKind::PersonalAccessToken,
             },
+            name: s.token.name,
+            created_at: s.token.created_at,
             bypass_two_factor: s.token.bypass_two_factor,
             two_factor_authorized_hash: s.token.two_factor_authorized_hash,
             two_factor_authorized_until: s.token.two_factor_authorized_until,
@@ -240,6 +286,7 @@ fn user_from_wit(u: st::User) -> m::User {
             period: t.period,
             last_used_step: t.last_used_step,
             hashed_backup_codes: t.hashed_backup_codes,
+            spent_backup_codes: t.spent_backup_codes,
         }),
         email_two_factor: u.email_two_factor,
         email_code: u.email_code.map(|c| m::EmailCode {

@@ -1,11 +1,12 @@
 //! The REST endpoints, in the order of checks of the Rocket.Chat generation
-//! the documentation describes ([L1]): authentication (401), 2FA, `tokenName`,
-//! permission, existence. Malformed headers and bodies are refused first, as
-//! Rocket.Chat's body parser does, before any storage is touched.
+//! the documentation describes: authentication (401), 2FA, `tokenName`,
+//! permission, existence. Malformed headers and bodies, and bodies over
+//! `MAX_PAT_BODY_BYTES`, are refused first, as Rocket.Chat's body parser
+//! does, before any storage is touched.
 
 use crate::env::Env;
 use crate::model::*;
-use crate::reply::{self, ApiError, PatMethod};
+use crate::reply::{self, ApiError, MAX_PAT_BODY_BYTES, PatMethod};
 use crate::request::{self, Body, Headers};
 use crate::time::iso8601;
 use crate::token;
@@ -19,7 +20,13 @@ pub(crate) struct Authenticated {
     pub(crate) session: Session,
 }
 
-pub(crate) fn authenticate(env: &mut dyn Env, req: &Request) -> Result<Authenticated, ApiError> {
+/// The presented credentials: 401 unless they name a stored token of the
+/// user, and, for a session token, one younger than `login-expiration-days`.
+pub(crate) fn authenticate(
+    env: &mut dyn Env,
+    settings: &Settings,
+    req: &Request,
+) -> Result<Authenticated, ApiError> {
     let headers = request::headers(req)?;
     let (Some(user_id), Some(token)) = (headers.user_id.as_deref(), headers.auth_token.as_deref())
     else {
@@ -32,24 +39,34 @@ pub(crate) fn authenticate(env: &mut dyn Env, req: &Request) -> Result<Authentic
         .authenticate(user_id, &token::hash_token(token))
         .map_err(|_| ApiError::StorageFailure)?
         .ok_or(ApiError::NotLoggedIn)?;
+    if session.token.kind == TokenKind::Login && settings.login_expiration_days > 0 {
+        let lifetime_ms = u64::from(settings.login_expiration_days) * 86_400_000;
+        if env.now_ms() >= session.token.created_at.saturating_add(lifetime_ms) {
+            return Err(ApiError::NotLoggedIn);
+        }
+    }
     Ok(Authenticated { headers, session })
 }
 
 /// Authentication, then the body, then the second factor: the prologue of the
-/// three 2FA-protected POST endpoints.
+/// three 2FA-protected POST endpoints. `sensitive` says, from the body and the
+/// presented token, whether a bypass token must still pass a real factor.
 fn authenticate_with_second_factor(
     env: &mut dyn Env,
     settings: &Settings,
     req: &Request,
+    sensitive: fn(&Body, &LoginToken) -> bool,
 ) -> Result<(Session, Body, twofactor::Passed), ApiError> {
-    // Body syntax is checked before authentication (as Express' JSON parser
-    // runs before Rocket.Chat's routes); its fields only after 2FA.
-    let body = request::body(&req.body)?;
+    // Body syntax (and size) is checked before authentication, as Express'
+    // JSON parser runs before Rocket.Chat's routes; its fields only after 2FA.
+    let body = request::body(&req.body, MAX_PAT_BODY_BYTES)?;
     let Authenticated {
         headers,
         mut session,
-    } = authenticate(env, req)?;
-    let attempt = twofactor::Attempt::of_request(&headers, &session.token, &req.client_address);
+    } = authenticate(env, settings, req)?;
+    let sensitive = sensitive(&body, &session.token);
+    let attempt =
+        twofactor::Attempt::of_request(&headers, &session.token, &req.client_address, sensitive);
     let passed = twofactor::check(env, settings, &mut session.user, &attempt)?;
     Ok((session, body, passed))
 }
@@ -76,6 +93,20 @@ fn mint(env: &mut dyn Env, name: String, bypass_two_factor: bool) -> (String, Pe
     (plaintext, record)
 }
 
+/// Regenerating or removing a token other than the presented one.
+fn targets_another_token(body: &Body, presented: &LoginToken) -> bool {
+    match request::token_name(body) {
+        Ok(name) => presented.name.as_deref() != Some(name.as_str()),
+        // An invalid name fails right after the second factor anyway.
+        Err(_) => false,
+    }
+}
+
+/// Generating a token that itself bypasses the second factor.
+fn mints_bypass_token(body: &Body, _presented: &LoginToken) -> bool {
+    request::bypass_two_factor(body) == Ok(true)
+}
+
 pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|e| e.to_response())
 }
@@ -83,7 +114,8 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
 /// `POST users.regeneratePersonalAccessToken`.
 pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let (session, body, passed) = authenticate_with_second_factor(env, settings, req)?;
+        let (session, body, passed) =
+            authenticate_with_second_factor(env, settings, req, targets_another_token)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         // The documentation's example names generateToken here; the documentation wins.
@@ -92,7 +124,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
             .find_personal_access_token(user_id, &name)
             .map_err(|_| ApiError::StorageFailure)?
             .ok_or(ApiError::TokenDoesNotExist(PatMethod::Regenerate))?;
-        // The flag is carried over from the old token (Rocket.Chat L2/L3).
+        // The flag is carried over from the old token (as Rocket.Chat does).
         let (plaintext, replacement) = mint(env, name, old.bypass_two_factor);
         // One compare-and-swap: the old value is replaced by the new one at once.
         match env
@@ -111,7 +143,8 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
 /// `POST users.generatePersonalAccessToken`.
 pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let (session, body, passed) = authenticate_with_second_factor(env, settings, req)?;
+        let (session, body, passed) =
+            authenticate_with_second_factor(env, settings, req, mints_bypass_token)?;
         let name = request::token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
         let user_id = session.user.id.as_str();
@@ -133,7 +166,8 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
 /// `POST users.removePersonalAccessToken`.
 pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let (session, body, passed) = authenticate_with_second_factor(env, settings, req)?;
+        let (session, body, passed) =
+            authenticate_with_second_factor(env, settings, req, targets_another_token)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Remove))?;
@@ -153,7 +187,7 @@ pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
 
 /// `GET users.getPersonalAccessTokens` (no 2FA; permission checked at the
 /// route in Rocket.Chat, hence 403).
-pub fn list(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response {
+pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Item<'a> {
@@ -168,7 +202,7 @@ pub fn list(env: &mut dyn Env, _settings: &Settings, req: &Request) -> Response 
         success: bool,
     }
     respond((|| {
-        let Authenticated { session, .. } = authenticate(env, req)?;
+        let Authenticated { session, .. } = authenticate(env, settings, req)?;
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::Forbidden)?;
         let tokens = env

@@ -15,6 +15,9 @@ pub trait Env {
     fn now_ms(&mut self) -> TimestampMs;
     /// `len` cryptographically secure random bytes.
     fn random_bytes(&mut self, len: usize) -> Vec<u8>;
+    /// The host's secret key for hashing second-factor codes (kept outside
+    /// storage, so a copied database does not yield the codes).
+    fn code_key(&self) -> &[u8];
 
     fn authenticate(&mut self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>>;
     fn find_user_for_login(&mut self, identifier: &LoginIdentifier) -> HostResult<Option<User>>;
@@ -54,13 +57,21 @@ pub trait Env {
         name: &str,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome>;
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &mut self,
         user_id: &str,
         at: TimestampMs,
         window_start: TimestampMs,
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<AttemptReservation>;
+    fn release_two_factor_attempt(
+        &mut self,
+        user_id: &str,
         email_code_attempt: bool,
-    ) -> HostResult<FailureCount>;
+    ) -> HostResult<()>;
+    fn remove_login_token(&mut self, user_id: &str, hashed_token: &str)
+    -> HostResult<WriteOutcome>;
     fn store_email_code(&mut self, user_id: &str, code: &EmailCode) -> HostResult<()>;
 
     fn send_mail(&mut self, message: &MailMessage) -> HostResult<()>;

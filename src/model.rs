@@ -22,6 +22,9 @@ pub struct TotpEnrolment {
     pub period: u32,
     pub last_used_step: u64,
     pub hashed_backup_codes: Vec<String>,
+    /// Backup codes already used, in the same form (a replay is recognised
+    /// as such, not counted as a guess).
+    pub spent_backup_codes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +51,9 @@ pub enum TokenKind {
 pub struct LoginToken {
     pub hashed_token: String,
     pub kind: TokenKind,
+    /// The PAT's name; `None` for a session token.
+    pub name: Option<String>,
+    pub created_at: TimestampMs,
     pub bypass_two_factor: bool,
     pub two_factor_authorized_hash: Option<String>,
     pub two_factor_authorized_until: Option<TimestampMs>,
@@ -123,6 +129,14 @@ impl FactorProof {
     }
 }
 
+/// The answer of `reserve_two_factor_attempt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptReservation {
+    pub granted: bool,
+    pub failures: FailureCount,
+    pub email_code_attempts: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
     Done,
@@ -187,11 +201,15 @@ pub struct Settings {
     pub remember_for_seconds: u32,
     pub max_failed_attempts: u32,
     pub failed_attempts_window_seconds: u32,
+    pub login_expiration_days: u32,
+    pub bypass_tokens_unrestricted: bool,
 }
 
 impl Default for Settings {
-    /// Rocket.Chat's defaults, except remember-me (off here) and the per-user
-    /// failure limit (Rocket.Chat has none outside email codes).
+    /// Rocket.Chat's defaults, except remember-me (off here), the per-user
+    /// failure limit (Rocket.Chat has none outside email codes) and bypass
+    /// tokens, which here cannot mint or manage other tokens without a real
+    /// second factor.
     fn default() -> Self {
         Settings {
             two_factor_enabled: true,
@@ -204,6 +222,8 @@ impl Default for Settings {
             remember_for_seconds: 0,
             max_failed_attempts: 10,
             failed_attempts_window_seconds: 900,
+            login_expiration_days: 90,
+            bypass_tokens_unrestricted: false,
         }
     }
 }

@@ -1,16 +1,19 @@
 //! Every reply the endpoints can give, rendered exactly as Rocket.Chat does.
 //!
 //! Rocket.Chat turns a thrown `Meteor.Error(error, reason, details)` into HTTP
-//! 400 `{"success":false,"error":"<reason> [<error>]","errorType":<error>,"details":...}`
-//! (reference R1.5). Keys are written in Rocket.Chat's order through typed
-//! structs, so replies are byte-for-byte what its clients see.
+//! 400 `{"success":false,"error":"<reason> [<error>]","errorType":<error>,"details":...}`.
+//! Keys are written in Rocket.Chat's order through typed structs, so replies are byte-for-byte what its clients see.
 
 use serde::Serialize;
 
 use crate::model::Response;
 
-/// Longest accepted request body. Bodies here are a few dozen bytes.
+/// Longest accepted request body (logins). Bodies here are a few dozen bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest accepted body on the personal-access-token routes, refused before
+/// authentication: `{"tokenName": 200 characters, "bypassTwoFactor": true}`
+/// fits with room for escapes.
+pub const MAX_PAT_BODY_BYTES: usize = 4 * 1024;
 /// Longest accepted `tokenName`, in characters (Rocket.Chat has no bound).
 pub const MAX_TOKEN_NAME_CHARS: usize = 200;
 
@@ -40,7 +43,7 @@ pub enum TwoFactorFailure {
     MaxAttempts,
 }
 
-/// `details` of a 2FA challenge (reference R3.6), in Rocket.Chat's key order.
+/// `details` of a 2FA challenge, in Rocket.Chat's key order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TwoFactorDetails {
@@ -75,8 +78,12 @@ pub enum ApiError {
     RegeneratedConcurrently,
     /// 400 `error-invalid-body`: not JSON, or not a JSON object.
     InvalidBody(&'static str),
-    /// 413: body over `MAX_BODY_BYTES`.
-    BodyTooLarge,
+    /// 413: body over the route's limit (in bytes).
+    BodyTooLarge(usize),
+    /// 400 (HTTP layer): the body ended before its `Content-Length`.
+    IncompleteBody,
+    /// 400 on logout: the request presents a personal access token.
+    LogoutPersonalAccessToken,
     /// 400 `error-invalid-header`: duplicated or non-UTF-8 header that matters.
     InvalidHeader(String),
     /// 400 `error-invalid-2fa-method`: `x-2fa-method` is not totp, email or password.
@@ -245,10 +252,22 @@ impl ApiError {
                 }),
             ),
             InvalidBody(reason) => (400, (*reason).into(), Some("error-invalid-body"), None),
-            BodyTooLarge => (
+            BodyTooLarge(limit) => (
                 413,
-                format!("The request body exceeds {MAX_BODY_BYTES} bytes"),
+                format!("The request body exceeds {limit} bytes"),
                 Some("error-request-too-large"),
+                None,
+            ),
+            IncompleteBody => (
+                400,
+                "The request body ended before its Content-Length".into(),
+                Some("error-invalid-body"),
+                None,
+            ),
+            LogoutPersonalAccessToken => (
+                400,
+                "Personal access tokens are removed with users.removePersonalAccessToken".into(),
+                Some("error-logout-personal-access-token"),
                 None,
             ),
             InvalidHeader(reason) => (400, reason.clone(), Some("error-invalid-header"), None),
@@ -307,6 +326,14 @@ pub fn token_created(token: &str) -> Response {
             token,
             success: true,
         }),
+    }
+}
+
+/// 200 `/api/v1/logout`: Rocket.Chat's exact body.
+pub fn logged_out() -> Response {
+    Response {
+        status: 200,
+        body: r#"{"status":"success","data":{"message":"You've been logged out!"}}"#.to_string(),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Strict reading of the request: the headers that matter and the JSON body.
 
+use std::collections::BTreeMap;
+
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::model::Request;
-use crate::reply::{ApiError, MAX_BODY_BYTES, MAX_TOKEN_NAME_CHARS};
+use crate::reply::{ApiError, MAX_TOKEN_NAME_CHARS};
 
 /// The headers the endpoints read, each present at most once and valid UTF-8.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -44,13 +46,15 @@ pub fn headers(req: &Request) -> Result<Headers, ApiError> {
     Ok(h)
 }
 
-/// A JSON object body's top-level fields, in order, without duplicates.
+/// A JSON object body's top-level fields, without duplicates. A B-tree, not
+/// a hash map: finding duplicates stays O(n log n) whatever keys a client
+/// chooses (a hash map with fixed keys, as std has on wasm32, can be flooded).
 #[derive(Debug, Default)]
-pub struct Body(Vec<(String, Value)>);
+pub struct Body(BTreeMap<String, Value>);
 
 impl Body {
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.0.get(key)
     }
 }
 
@@ -87,12 +91,11 @@ impl<'de> Deserialize<'de> for Body {
                 Err(serde::de::Error::custom(NOT_OBJECT))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
-                let mut fields: Vec<(String, Value)> = Vec::new();
+                let mut fields = BTreeMap::new();
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
-                    if fields.iter().any(|(seen, _)| *seen == k) {
+                    if fields.insert(k, v).is_some() {
                         return Err(serde::de::Error::custom(DUPLICATE_KEY));
                     }
-                    fields.push((k, v));
                 }
                 Ok(Body(fields))
             }
@@ -104,11 +107,12 @@ impl<'de> Deserialize<'de> for Body {
 const DUPLICATE_KEY: &str = "duplicate key";
 const NOT_OBJECT: &str = "not an object";
 
-/// Parses a POST body. Empty means `{}` (clients that send no body get the
-/// `tokenName` error, as in Rocket.Chat).
-pub fn body(bytes: &[u8]) -> Result<Body, ApiError> {
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::BodyTooLarge);
+/// Parses a POST body of at most `limit` bytes (413 beyond, before any
+/// parsing). Empty means `{}` (clients that send no body get the `tokenName`
+/// error, as in Rocket.Chat).
+pub fn body(bytes: &[u8], limit: usize) -> Result<Body, ApiError> {
+    if bytes.len() > limit {
+        return Err(ApiError::BodyTooLarge(limit));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Body::default());
@@ -129,7 +133,7 @@ pub fn body(bytes: &[u8]) -> Result<Body, ApiError> {
 
 /// `tokenName`: Rocket.Chat's "required" error for anything falsy (missing,
 /// null, false, 0, ""); any other non-string is refused before it can reach
-/// storage (reference R2.9); strings are bounded.
+/// storage; strings are bounded.
 pub fn token_name(body: &Body) -> Result<String, ApiError> {
     match body.get("tokenName") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Err(ApiError::TokenNameRequired),
@@ -163,8 +167,10 @@ mod tests {
     use super::*;
     use crate::model::Header;
 
+    use crate::reply::MAX_BODY_BYTES;
+
     fn name_of(json: &str) -> Result<String, ApiError> {
-        token_name(&body(json.as_bytes())?)
+        token_name(&body(json.as_bytes(), MAX_BODY_BYTES)?)
     }
 
     #[test]
@@ -199,7 +205,7 @@ mod tests {
 
     #[test]
     fn bodies_are_strict() {
-        let err = |s: &[u8]| body(s).unwrap_err();
+        let err = |s: &[u8]| body(s, MAX_BODY_BYTES).unwrap_err();
         assert_eq!(
             err(b"{"),
             ApiError::InvalidBody("The request body is not valid JSON")
@@ -220,7 +226,10 @@ mod tests {
             err(b"{\"tokenName\":\"\xff\"}"),
             ApiError::InvalidBody("The request body is not valid JSON")
         );
-        assert_eq!(err(&vec![b' '; MAX_BODY_BYTES + 1]), ApiError::BodyTooLarge);
+        assert_eq!(
+            err(&vec![b' '; MAX_BODY_BYTES + 1]),
+            ApiError::BodyTooLarge(MAX_BODY_BYTES)
+        );
         let deep = "[".repeat(10_000);
         assert!(matches!(err(deep.as_bytes()), ApiError::InvalidBody(_)));
     }

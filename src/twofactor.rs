@@ -1,15 +1,16 @@
-//! The second-factor check (Rocket.Chat's `checkCodeForUser`, reference R3),
-//! with the hardening the issue asks for: single-use TOTP steps, a per-user
-//! limit on wrong codes for every method, strict code formats and
-//! constant-time comparisons.
+//! The second-factor check (Rocket.Chat's `checkCodeForUser`), hardened:
+//! only methods enabled globally and for the user can be chosen, single-use
+//! TOTP steps, a per-user limit on wrong codes for every method that holds
+//! under concurrency (an attempt is reserved in storage before a code is
+//! verified), codes stored keyed with a host secret, strict code formats,
+//! constant-time comparisons, and bypass tokens that cannot mint or manage
+//! other tokens without a real factor.
 //!
 //! A passed check spends nothing itself: it returns a [`FactorProof`] that the
 //! storage write of the endpoint spends in the same transaction, so a failure
 //! anywhere leaves stored state untouched.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
+use crate::codes::{self, BACKUP_ALPHABET, BACKUP_CODE_LEN, EMAIL_CODE_DIGITS};
 use crate::env::Env;
 use crate::model::*;
 use crate::reply::{ApiError, TwoFactorDetails, TwoFactorFailure};
@@ -34,11 +35,6 @@ impl Method {
         }
     }
 }
-
-/// Backup codes: Meteor's `Random.id(8)` alphabet.
-const BACKUP_ALPHABET: &str = "23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";
-const BACKUP_CODE_LEN: usize = 8;
-const EMAIL_CODE_DIGITS: usize = 6;
 
 /// A passed check: what the endpoint's write must spend, and the challenge
 /// details to answer with should another request spend the code first.
@@ -81,6 +77,10 @@ pub struct Attempt<'a> {
     /// Whether users without TOTP/email must give their password (not at
     /// login, where the password was just checked).
     pub password_fallback: bool,
+    /// The request would mint a bypass token or regenerate or remove a token
+    /// other than the one it presents: a bypass token does not excuse it
+    /// from the second factor (unless `bypass-tokens-unrestricted`).
+    pub sensitive: bool,
 }
 
 impl<'a> Attempt<'a> {
@@ -89,6 +89,7 @@ impl<'a> Attempt<'a> {
         headers: &'a Headers,
         token: &'a LoginToken,
         client_address: &'a str,
+        sensitive: bool,
     ) -> Self {
         Attempt {
             code: headers.two_factor_code.as_deref(),
@@ -97,6 +98,7 @@ impl<'a> Attempt<'a> {
             client_address,
             token: Some(token),
             password_fallback: true,
+            sensitive,
         }
     }
 }
@@ -121,7 +123,9 @@ fn check_code(
     user: &mut User,
     attempt: &Attempt,
 ) -> Result<Passed, ApiError> {
-    if !settings.two_factor_enabled || attempt.token.is_some_and(|t| t.bypass_two_factor) {
+    let bypass = attempt.token.is_some_and(|t| t.bypass_two_factor)
+        && (settings.bypass_tokens_unrestricted || !attempt.sensitive);
+    if !settings.two_factor_enabled || bypass {
         return Ok(Passed::without_factor());
     }
     let now = env.now_ms();
@@ -166,8 +170,35 @@ fn check_code(
         return Err(ApiError::TwoFactor(TwoFactorFailure::MaxAttempts, details));
     }
 
-    match verify(settings, user, method, code, now) {
-        Some(used) => {
+    // Reserve the attempt before verifying it, atomically in storage, so
+    // concurrent requests cannot evaluate more codes than the limit.
+    let email_attempt = method == Method::Email && user.email_code.is_some();
+    let reservation = env
+        .reserve_two_factor_attempt(
+            &user.id,
+            now,
+            now.saturating_sub(window_ms(settings)),
+            max_failed(settings),
+            email_attempt.then_some(settings.email_code_max_attempts),
+        )
+        .map_err(|_| ApiError::StorageFailure)?;
+    if !reservation.granted {
+        return Err(ApiError::TwoFactor(TwoFactorFailure::MaxAttempts, details));
+    }
+
+    match verify(env.code_key(), settings, user, method, code, now) {
+        Verdict::Spent => {
+            // Not a guess: give the attempt back.
+            let _ = env.release_two_factor_attempt(&user.id, email_attempt);
+            Err(ApiError::TwoFactor(TwoFactorFailure::Invalid, details))
+        }
+        Verdict::Right(used) => {
+            // A right code is not a wrong one: give the attempt back now, so
+            // that a twin of this code losing the race for it (or a later
+            // check of the request failing) never counts against the user.
+            // Should this fail, the write that spends the code resets the
+            // count anyway; the request itself is unaffected.
+            let _ = env.release_two_factor_attempt(&user.id, email_attempt);
             let remember = attempt
                 .token
                 .filter(|_| settings.remember_for_seconds > 0)
@@ -185,18 +216,10 @@ fn check_code(
                 details: Some(details),
             })
         }
-        None => {
-            let email_attempt = method == Method::Email && user.email_code.is_some();
-            let window_start = now.saturating_sub(window_ms(settings));
-            let failures = env
-                .record_two_factor_failure(&user.id, now, window_start, email_attempt)
-                .map_err(|_| ApiError::StorageFailure)?;
+        Verdict::Wrong => {
             let email_exhausted = email_attempt
-                && user
-                    .email_code
-                    .as_ref()
-                    .is_some_and(|c| c.attempts + 1 >= settings.email_code_max_attempts);
-            let kind = if email_exhausted || failures.count >= settings.max_failed_attempts {
+                && reservation.email_code_attempts >= settings.email_code_max_attempts;
+            let kind = if email_exhausted || reservation.failures.count >= max_failed(settings) {
                 TwoFactorFailure::MaxAttempts
             } else {
                 TwoFactorFailure::Invalid
@@ -206,62 +229,112 @@ fn check_code(
     }
 }
 
-/// The factor a verified code spends, or `None` when the code is wrong.
+/// What a code turned out to be.
+enum Verdict {
+    /// Right: the factor the endpoint's write spends.
+    Right(FactorUse),
+    /// A code already spent (a replayed TOTP step, a used backup code): it
+    /// is refused, but it is no guess, so it is not counted as a wrong code.
+    /// This is how twins of a right code that lost the race to it end.
+    Spent,
+    /// Wrong: counted.
+    Wrong,
+}
+
+impl From<Option<FactorUse>> for Verdict {
+    fn from(used: Option<FactorUse>) -> Self {
+        used.map_or(Verdict::Wrong, Verdict::Right)
+    }
+}
+
 fn verify(
+    key: &[u8],
     settings: &Settings,
     user: &User,
     method: Method,
     code: &str,
     now: TimestampMs,
-) -> Option<FactorUse> {
+) -> Verdict {
     match method {
-        Method::Totp => verify_totp(settings, user.totp.as_ref()?, code, now),
-        Method::Email => verify_email(user.email_code.as_ref()?, code, now),
-        Method::Password => verify_password(user.password_bcrypt.as_deref()?, code),
+        Method::Totp => match user.totp.as_ref() {
+            Some(totp) => verify_totp(key, &user.id, settings, totp, code, now),
+            None => Verdict::Wrong,
+        },
+        Method::Email => user
+            .email_code
+            .as_ref()
+            .and_then(|stored| verify_email(key, stored, code, now))
+            .into(),
+        Method::Password => user
+            .password_bcrypt
+            .as_deref()
+            .and_then(|hash| verify_password(hash, code))
+            .into(),
     }
 }
 
+/// Whether `hashed` is one of `stored` (constant time over the list).
+fn listed(stored: &[String], hashed: &str) -> bool {
+    let mut hit = false;
+    for s in stored {
+        hit |= secret_eq(s.as_bytes(), hashed.as_bytes());
+    }
+    hit
+}
+
 fn verify_totp(
+    key: &[u8],
+    user_id: &str,
     settings: &Settings,
     totp: &TotpEnrolment,
     code: &str,
     now: TimestampMs,
-) -> Option<FactorUse> {
+) -> Verdict {
     // An 8-character code is a backup code whenever the user has any
     // (Rocket.Chat's rule); an 8-digit TOTP enrolment may still use it as TOTP.
-    if code.len() == BACKUP_CODE_LEN && !totp.hashed_backup_codes.is_empty() {
-        if code.chars().all(|c| BACKUP_ALPHABET.contains(c)) {
-            let hashed = sha256_hex(code.as_bytes());
-            let mut hit = false;
-            for stored in &totp.hashed_backup_codes {
-                hit |= secret_eq(stored.as_bytes(), hashed.as_bytes());
+    let has_backup_codes =
+        !totp.hashed_backup_codes.is_empty() || !totp.spent_backup_codes.is_empty();
+    if code.len() == BACKUP_CODE_LEN && has_backup_codes {
+        if code.bytes().all(|c| BACKUP_ALPHABET.contains(&c)) {
+            let hashed = codes::backup_code_hash(key, user_id, code);
+            if listed(&totp.hashed_backup_codes, &hashed) {
+                return Verdict::Right(FactorUse::BackupCode(hashed));
             }
-            if hit {
-                return Some(FactorUse::BackupCode(hashed));
+            if listed(&totp.spent_backup_codes, &hashed) {
+                return Verdict::Spent;
             }
         }
         if totp.digits as usize != BACKUP_CODE_LEN {
-            return None;
+            return Verdict::Wrong;
         }
     }
     if code.len() != usize::from(totp.digits) || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return Verdict::Wrong;
     }
-    let key = totp::decode_secret(&totp.secret)?;
+    let Some(secret) = totp::decode_secret(&totp.secret) else {
+        return Verdict::Wrong;
+    };
     let now_step = totp::step_at(now / 1000, totp.period);
-    totp::matching_step(
-        &key,
-        code,
-        totp.digits,
-        totp.algorithm,
-        now_step,
-        settings.totp_max_delta,
-        totp.last_used_step,
-    )
-    .map(FactorUse::TotpStep)
+    let matching = |last_used_step| {
+        totp::matching_step(
+            &secret,
+            code,
+            totp.digits,
+            totp.algorithm,
+            now_step,
+            settings.totp_max_delta,
+            last_used_step,
+        )
+    };
+    match matching(totp.last_used_step) {
+        Some(step) => Verdict::Right(FactorUse::TotpStep(step)),
+        // Right for a step already used: a replay.
+        None if matching(0).is_some() => Verdict::Spent,
+        None => Verdict::Wrong,
+    }
 }
 
-fn verify_email(stored: &EmailCode, code: &str, now: TimestampMs) -> Option<FactorUse> {
+fn verify_email(key: &[u8], stored: &EmailCode, code: &str, now: TimestampMs) -> Option<FactorUse> {
     // Exactly six digits, or the `123-456` form the email shows.
     let digits: String = match code.as_bytes() {
         [a, b, c, b'-', d, e, f] => [*a, *b, *c, *d, *e, *f]
@@ -276,7 +349,7 @@ fn verify_email(stored: &EmailCode, code: &str, now: TimestampMs) -> Option<Fact
     {
         return None;
     }
-    let hashed = email_code_hash(&stored.salt, &digits)?;
+    let hashed = codes::email_code_hash(key, &stored.salt, &digits);
     secret_eq(hashed.as_bytes(), stored.code_hash.as_bytes())
         .then_some(FactorUse::EmailCode(hashed))
 }
@@ -291,14 +364,6 @@ fn verify_password(bcrypt_hash: &str, code: &str) -> Option<FactorUse> {
         .then_some(FactorUse::Password)
 }
 
-/// HMAC-SHA-256 of the digits keyed with the hex salt, as lowercase hex.
-pub fn email_code_hash(salt_hex: &str, digits: &str) -> Option<String> {
-    let salt = hex::decode(salt_hex).ok()?;
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&salt).ok()?;
-    mac.update(digits.as_bytes());
-    Some(hex::encode(mac.finalize().into_bytes()))
-}
-
 /// Enabled methods, in Rocket.Chat's order: TOTP, then email.
 fn enabled_methods(settings: &Settings, user: &User) -> Vec<Method> {
     let mut methods = Vec::with_capacity(2);
@@ -311,20 +376,27 @@ fn enabled_methods(settings: &Settings, user: &User) -> Vec<Method> {
     methods
 }
 
-/// Rocket.Chat's `getSecondFactorMethod` (R3.4): a named registered method
-/// wins even when not enabled; otherwise the first enabled one; otherwise the
-/// password fallback for users with a password. An unknown name is refused.
+/// Method selection, stricter than Rocket.Chat's `getSecondFactorMethod`
+/// (which honours `x-2fa-method: totp|email` even when that method is not
+/// enabled, so a TOTP-only user could be sent and pass an emailed code): a
+/// requested method is used only if it is enabled globally and for the user;
+/// otherwise, and with no or `password` request, the first enabled method
+/// wins, and the password fallback only when none is enabled. An unknown
+/// name is refused.
 fn select_method(
     password_fallback: bool,
     user: &User,
     requested: Option<&str>,
     enabled: &[Method],
 ) -> Result<Option<Method>, ApiError> {
-    match requested {
-        Some("totp") => return Ok(Some(Method::Totp)),
-        Some("email") => return Ok(Some(Method::Email)),
-        None | Some("") | Some("password") => {}
+    let requested = match requested {
+        Some("totp") => Some(Method::Totp),
+        Some("email") => Some(Method::Email),
+        None | Some("") | Some("password") => None,
         Some(_) => return Err(ApiError::InvalidTwoFactorMethod),
+    };
+    if let Some(m) = requested.filter(|m| enabled.contains(m)) {
+        return Ok(Some(m));
     }
     if let Some(first) = enabled.first() {
         return Ok(Some(*first));
@@ -363,7 +435,7 @@ fn prepare_email_code(
     }
     let digits = random_digits(env, EMAIL_CODE_DIGITS);
     let salt = hex::encode(env.random_bytes(16));
-    let code_hash = email_code_hash(&salt, &digits).ok_or(ApiError::StorageFailure)?;
+    let code_hash = codes::email_code_hash(env.code_key(), &salt, &digits);
     let expires_at = now + u64::from(settings.email_code_expiration_seconds) * 1000;
     let message = MailMessage {
         to: user.verified_emails.clone(),
@@ -407,14 +479,23 @@ fn window_ms(settings: &Settings) -> u64 {
     u64::from(settings.failed_attempts_window_seconds) * 1000
 }
 
+/// The per-user wrong-code limit; 0 in the settings means no limit.
+fn max_failed(settings: &Settings) -> u32 {
+    match settings.max_failed_attempts {
+        0 => u32::MAX,
+        n => n,
+    }
+}
+
 /// Locked while the user has used up the wrong-code allowance and the last
-/// wrong code is younger than the window.
+/// wrong code is younger than the window (a cheap early answer from the
+/// snapshot; the reservation is the check that holds under concurrency).
 fn is_locked(settings: &Settings, failures: FailureCount, now: TimestampMs) -> bool {
-    failures.count >= settings.max_failed_attempts
+    failures.count >= max_failed(settings)
         && now < failures.last_failed_at.saturating_add(window_ms(settings))
 }
 
-/// Rocket.Chat's `isAuthorizedForToken` remember-me branches (R3.3), only
+/// Rocket.Chat's `isAuthorizedForToken` remember-me branches, only
 /// consulted when remember-me is on.
 fn is_remembered(
     settings: &Settings,
@@ -439,7 +520,7 @@ fn is_remembered(
     }
 }
 
-/// SHA-256 hex of `{"userAgent":…,"clientAddress":…}` (Rocket.Chat L3).
+/// SHA-256 hex of `{"userAgent":…,"clientAddress":…}` (as Rocket.Chat).
 fn fingerprint(user_agent: Option<&str>, client_address: &str) -> String {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]

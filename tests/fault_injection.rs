@@ -78,8 +78,9 @@ fn regenerate_survives_a_failure_at_every_storage_call() {
                 }
                 n += 1;
             }
-            // authenticate, has-permission, find, replace: all four were faulted.
-            assert_eq!(n, 5, "{label} {mode:?}: the flow makes four storage calls");
+            // authenticate, reserve-attempt, release-attempt, has-permission,
+            // find, replace: all six were faulted.
+            assert_eq!(n, 7, "{label} {mode:?}: the flow makes six storage calls");
         }
     }
 }

@@ -111,9 +111,8 @@ fn add_user(
         roles: &["user"],
     };
     let id = admin::create_user(&services, &spec, 4).unwrap();
-    let setup = totp.then(|| {
-        admin::enable_totp(&*services.storage, &id, name, TotpAlgorithm::Sha1, 6).unwrap()
-    });
+    let setup =
+        totp.then(|| admin::enable_totp(&services, &id, name, TotpAlgorithm::Sha1, 6).unwrap());
     if email_2fa {
         services.storage.set_email_two_factor(&id, true).unwrap();
     }
@@ -365,8 +364,35 @@ fn http_errors_have_rocket_chat_shape_and_the_server_keeps_serving() {
             .iter()
             .any(|(k, v)| k == "content-type" && v == "application/json")
     );
+    // A body shorter than its Content-Length (the client stops sending) is
+    // a bad request, not a "too large" one.
+    let reply = raw_exchange(
+        server.addr,
+        "POST /api/v1/users.regeneratePersonalAccessToken HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tokenName\":",
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.contains(r#""errorType":"error-invalid-body""#),
+        "{reply}"
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Sends `request` over a raw socket, closes the sending half, and returns
+/// everything the server answers.
+fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
 }
 
 #[test]

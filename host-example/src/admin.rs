@@ -2,20 +2,19 @@
 //! values and hashes come from the component crate's `token` module, so the
 //! host never has a second definition of them.
 
-use data_encoding::{BASE32_NOPAD, HEXLOWER};
-use sha2::{Digest, Sha256};
+use data_encoding::BASE32_NOPAD;
 
+use rcpat::codes::{self, BACKUP_ALPHABET, BACKUP_CODE_LEN};
 use rcpat::model::{TokenKind, TotpAlgorithm, TotpEnrolment};
 use rcpat::token;
 
 use crate::services::{Services, random_bytes};
 use crate::storage::{NewUser, Storage, TokenRecord};
 
-/// Meteor's `Random.id` alphabet (also used for backup codes).
-const ID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";
-
-/// A Meteor-style random id of `len` characters (unbiased rejection sampling).
+/// A Meteor-style random id of `len` characters (unbiased rejection
+/// sampling); `Random.id`'s alphabet is also the backup codes'.
 pub fn random_id(len: usize) -> String {
+    const ID_ALPHABET: &[u8] = BACKUP_ALPHABET;
     let n = ID_ALPHABET.len();
     let limit = 256 - 256 % n;
     let mut out = String::with_capacity(len);
@@ -32,7 +31,7 @@ pub fn random_id(len: usize) -> String {
 /// The lowercase hex SHA-256 of a password: what Rocket.Chat clients send as
 /// the password and as the `password` 2FA code.
 pub fn password_digest(password: &str) -> String {
-    HEXLOWER.encode(&Sha256::digest(password.as_bytes()))
+    token::sha256_hex(password.as_bytes())
 }
 
 /// Rocket.Chat's stored password: bcrypt of the digest.
@@ -58,6 +57,12 @@ pub fn create_user(
 ) -> Result<String, String> {
     if spec.username.is_empty() {
         return Err("the username must not be empty".into());
+    }
+    if spec.username.chars().any(char::is_control) {
+        return Err("the username must not contain control characters".into());
+    }
+    if let Some(email) = spec.email {
+        crate::mail::validate_address(email)?;
     }
     if services.storage.find_user_id(spec.username)?.is_some() {
         return Err(format!("a user named {} already exists", spec.username));
@@ -95,9 +100,10 @@ pub struct TotpSetup {
 }
 
 /// Enrols TOTP (20-byte secret, 30 s steps) with 12 backup codes, replacing
-/// any earlier enrolment.
+/// any earlier enrolment. Backup codes are stored keyed-hashed under the
+/// services' code key (`rcpat::codes`), as the component checks them.
 pub fn enable_totp(
-    storage: &dyn Storage,
+    services: &Services,
     user_id: &str,
     account: &str,
     algorithm: TotpAlgorithm,
@@ -107,8 +113,8 @@ pub fn enable_totp(
         return Err("TOTP codes have 6 or 8 digits".into());
     }
     let secret = BASE32_NOPAD.encode(&random_bytes(20));
-    let backup_codes: Vec<String> = (0..12).map(|_| random_id(8)).collect();
-    storage.set_totp(
+    let backup_codes: Vec<String> = (0..12).map(|_| random_id(BACKUP_CODE_LEN)).collect();
+    services.storage.set_totp(
         user_id,
         Some(&TotpEnrolment {
             secret: secret.clone(),
@@ -118,8 +124,9 @@ pub fn enable_totp(
             last_used_step: 0,
             hashed_backup_codes: backup_codes
                 .iter()
-                .map(|c| token::sha256_hex(c.as_bytes()))
+                .map(|c| codes::backup_code_hash(services.code_key(), user_id, c))
                 .collect(),
+            spent_backup_codes: Vec::new(),
         }),
     )?;
     let alg = match algorithm {

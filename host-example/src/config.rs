@@ -43,6 +43,9 @@ pub struct Options {
     /// Sender address of mailed codes [default: Rocket.Chat <no-reply@localhost>]
     #[arg(long, global = true, env = "RCPAT_MAIL_FROM")]
     pub mail_from: Option<String>,
+    /// File holding the secret key that hashes second-factor codes (created owner-only if absent; RCPAT_SECRET_KEY, 64 hex digits, overrides it) [default: the database path with extension .key]
+    #[arg(long, global = true, env = "RCPAT_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Directory for the precompiled component [default: .rcpat-cache]
     #[arg(long, global = true, env = "RCPAT_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -103,6 +106,17 @@ pub struct Options {
     /// The lockout window in seconds, from the last wrong code [default: 900]
     #[arg(long, global = true, env = "RCPAT_FAILED_ATTEMPTS_WINDOW")]
     pub failed_attempts_window: Option<u32>,
+    /// Session (login) token lifetime in days; 0 = never expire (Accounts_LoginExpiration) [default: 90]
+    #[arg(long, global = true, env = "RCPAT_LOGIN_EXPIRATION_DAYS")]
+    pub login_expiration_days: Option<u32>,
+    /// Let bypassTwoFactor tokens mint bypass tokens and regenerate or remove other tokens without a second factor, as Rocket.Chat does [default: false]
+    #[arg(
+        long,
+        global = true,
+        env = "RCPAT_BYPASS_TOKENS_UNRESTRICTED",
+        value_name = "BOOL"
+    )]
+    pub bypass_tokens_unrestricted: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -120,10 +134,10 @@ impl Options {
     /// `self` (flags and environment) over `file`.
     pub fn over(self, file: Options) -> Options {
         let (a, b) = (self, file);
-        merge_fields!(a, b; listen, storage, db, outbox, smtp, mail_from, cache_dir, no_cache, component, native,
+        merge_fields!(a, b; listen, storage, db, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
-            failed_attempts_window)
+            failed_attempts_window, login_expiration_days, bypass_tokens_unrestricted)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -135,6 +149,11 @@ impl Options {
     }
     pub fn db(&self) -> PathBuf {
         self.db.clone().unwrap_or_else(|| "rcpat.sqlite".into())
+    }
+    pub fn secret_key_file(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.db().with_extension("key"))
     }
     pub fn outbox(&self) -> PathBuf {
         self.outbox.clone().unwrap_or_else(|| "outbox".into())
@@ -190,6 +209,12 @@ impl Options {
             failed_attempts_window_seconds: self
                 .failed_attempts_window
                 .unwrap_or(d.failed_attempts_window_seconds),
+            login_expiration_days: self
+                .login_expiration_days
+                .unwrap_or(d.login_expiration_days),
+            bypass_tokens_unrestricted: self
+                .bypass_tokens_unrestricted
+                .unwrap_or(d.bypass_tokens_unrestricted),
         }
     }
 }

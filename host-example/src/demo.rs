@@ -84,7 +84,9 @@ pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
     }
     let storage = Arc::new(SqliteStorage::open(db)?);
     let outbox = Arc::new(Outbox::new(outbox).map_err(|e| format!("outbox: {e}"))?);
-    let services = Services::new(storage.clone(), outbox.clone());
+    // The key beside the database, as `serve` would use it on this file.
+    let keys = crate::keys::Keys::load(&db.with_extension("key"))?;
+    let services = Services::new(storage.clone(), outbox.clone()).with_keys(keys);
     let started = std::time::Instant::now();
     let runtime = Runtime::new(RuntimeConfig::default())
         .map_err(|e| format!("loading the component: {e:?}"))?;
@@ -115,7 +117,7 @@ pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
         },
         admin::BCRYPT_COST,
     )?;
-    let totp = admin::enable_totp(&*storage, &alice, "alice", TotpAlgorithm::Sha1, 6)?;
+    let totp = admin::enable_totp(&services, &alice, "alice", TotpAlgorithm::Sha1, 6)?;
     let session = admin::issue_login_token(&services, &alice)?;
     let _ = writeln!(
         d.out,

@@ -204,23 +204,48 @@ impl st::Host for HostState {
             .remove_personal_access_token(&user_id, &name, &proof_from_wit(proof))
             .map(outcome_to_wit)
     }
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &mut self,
         user_id: String,
         at: u64,
         window_start: u64,
-        email_code_attempt: bool,
-    ) -> Result<st::FailureCount, String> {
-        let f = self.services.storage.record_two_factor_failure(
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> Result<st::AttemptReservation, String> {
+        let r = self.services.storage.reserve_two_factor_attempt(
             &user_id,
             at,
             window_start,
-            email_code_attempt,
+            max_failed,
+            max_email_code_attempts,
         )?;
-        Ok(st::FailureCount {
-            count: f.count,
-            last_failed_at: f.last_failed_at,
+        Ok(st::AttemptReservation {
+            granted: r.granted,
+            failures: st::FailureCount {
+                count: r.failures.count,
+                last_failed_at: r.failures.last_failed_at,
+            },
+            email_code_attempts: r.email_code_attempts,
         })
+    }
+    fn release_two_factor_attempt(
+        &mut self,
+        user_id: String,
+        email_code_attempt: bool,
+    ) -> Result<(), String> {
+        self.services
+            .storage
+            .release_two_factor_attempt(&user_id, email_code_attempt)
+    }
+    fn remove_login_token(
+        &mut self,
+        user_id: String,
+        hashed_token: String,
+    ) -> Result<st::WriteOutcome, String> {
+        self.services
+            .storage
+            .remove_login_token(&user_id, &hashed_token)
+            .map(outcome_to_wit)
     }
     fn store_email_code(&mut self, user_id: String, code: st::EmailCode) -> Result<(), String> {
         let code = m::EmailCode {
@@ -242,6 +267,8 @@ fn session_to_wit(s: m::Session) -> st::Session {
                 m::TokenKind::Login => st::TokenKind::Login,
                 m::TokenKind::PersonalAccessToken => st::TokenKind::PersonalAccessToken,
             },
+            name: s.token.name,
+            created_at: s.token.created_at,
             bypass_two_factor: s.token.bypass_two_factor,
             two_factor_authorized_hash: s.token.two_factor_authorized_hash,
             two_factor_authorized_until: s.token.two_factor_authorized_until,
@@ -269,6 +296,7 @@ fn user_to_wit(u: m::User) -> st::User {
             period: t.period,
             last_used_step: t.last_used_step,
             hashed_backup_codes: t.hashed_backup_codes,
+            spent_backup_codes: t.spent_backup_codes,
         }),
         email_two_factor: u.email_two_factor,
         email_code: u.email_code.map(|c| st::EmailCode {

@@ -1,6 +1,10 @@
 //! Outgoing mail for the component's `mail` import: an outbox directory of
-//! `.eml` files (the default), or an in-memory recorder for tests.
+//! `.eml` files (the default), SMTP, or an in-memory recorder for tests.
+//! Outbox and SMTP build each message with the same builder (lettre's), so
+//! addresses and headers are validated the same way for both.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,20 +15,64 @@ pub trait Mailer: Send + Sync {
     fn send(&self, message: &MailMessage) -> Result<(), String>;
 }
 
+/// An email address as users and mail may carry it: one RFC 5322
+/// addr-spec (no display name, no CR/LF or other control characters), so a
+/// stored address can never inject a header.
+pub fn validate_address(address: &str) -> Result<(), String> {
+    if address.chars().any(char::is_control) {
+        return Err("an email address must not contain control characters".into());
+    }
+    address
+        .parse::<lettre::Address>()
+        .map(drop)
+        .map_err(|e| format!("not a valid email address ({e})"))
+}
+
+/// The sender as a mailbox (`Name <addr>` or `addr`).
+fn parse_sender(from: &str) -> Result<lettre::message::Mailbox, String> {
+    if from.chars().any(char::is_control) {
+        return Err("the sender address must not contain control characters".into());
+    }
+    from.parse()
+        .map_err(|e| format!("bad sender address {from}: {e}"))
+}
+
+/// One message, built and validated by lettre (both the outbox and SMTP).
+fn build(from: &lettre::message::Mailbox, m: &MailMessage) -> Result<lettre::Message, String> {
+    let mut builder = lettre::Message::builder()
+        .from(from.clone())
+        .subject(m.subject.clone());
+    for to in &m.to {
+        validate_address(to).map_err(|e| format!("bad recipient: {e}"))?;
+        builder = builder.to(to.parse().map_err(|e| format!("bad recipient: {e}"))?);
+    }
+    builder
+        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+        .body(m.text.clone())
+        .map_err(|e| format!("building the message: {e}"))
+}
+
 /// Writes each message as an RFC 5322 `.eml` file into a directory.
+/// The folder is 0700 and each file 0600: they hold second-factor codes.
 pub struct Outbox {
     dir: PathBuf,
-    from: String,
+    from: lettre::message::Mailbox,
     sequence: AtomicU64,
 }
 
 impl Outbox {
-    pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+    /// An outbox in `dir` (created owner-only) sending as [`DEFAULT_FROM`].
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, String> {
+        Self::with_sender(dir, DEFAULT_FROM)
+    }
+
+    /// An outbox sending as `from`.
+    pub fn with_sender(dir: impl Into<PathBuf>, from: &str) -> Result<Self, String> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
+        crate::files::create_private_dir(&dir)?;
         Ok(Outbox {
             dir,
-            from: "Rocket.Chat <no-reply@localhost>".into(),
+            from: parse_sender(from)?,
             sequence: AtomicU64::new(0),
         })
     }
@@ -53,22 +101,26 @@ impl Outbox {
 
 impl Mailer for Outbox {
     fn send(&self, m: &MailMessage) -> Result<(), String> {
+        let message = build(&self.from, m)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let n = self.sequence.fetch_add(1, Ordering::SeqCst);
         let id = format!("{:020}-{:06}-{:05}", now.as_nanos(), n, std::process::id());
-        let text = format!(
-            "From: {}\r\nTo: {}\r\nSubject: {}\r\nMessage-ID: <{id}@rcpat.localhost>\r\nMIME-Version: 1.0\r\n\
-             Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}",
-            self.from,
-            m.to.join(", "),
-            m.subject,
-            m.text.replace('\n', "\r\n")
-        );
-        // Write then rename, so a reader never sees half a message.
+        // Write then rename, so a reader never sees half a message; the
+        // temporary file is created exclusively, owner-only, never through a
+        // symlink.
         let tmp = self.dir.join(format!("{id}.tmp"));
-        std::fs::write(&tmp, text).map_err(|e| format!("outbox write failed: {e}"))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| format!("outbox write failed: {e}"))?;
+        file.write_all(&message.formatted())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("outbox write failed: {e}"))?;
         std::fs::rename(&tmp, self.dir.join(format!("{id}.eml")))
             .map_err(|e| format!("outbox rename failed: {e}"))
     }
@@ -139,26 +191,17 @@ impl SmtpMailer {
             .port(port)
             .timeout(Some(std::time::Duration::from_secs(10)))
             .build();
-        let from = from
-            .parse()
-            .map_err(|e| format!("bad sender address {from}: {e}"))?;
-        Ok(SmtpMailer { transport, from })
+        Ok(SmtpMailer {
+            transport,
+            from: parse_sender(from)?,
+        })
     }
 }
 
 impl Mailer for SmtpMailer {
     fn send(&self, m: &MailMessage) -> Result<(), String> {
         use lettre::Transport;
-        let mut builder = lettre::Message::builder()
-            .from(self.from.clone())
-            .subject(m.subject.clone());
-        for to in &m.to {
-            builder = builder.to(to.parse().map_err(|e| format!("bad recipient: {e}"))?);
-        }
-        let message = builder
-            .header(lettre::message::header::ContentType::TEXT_PLAIN)
-            .body(m.text.clone())
-            .map_err(|e| format!("building the message: {e}"))?;
+        let message = build(&self.from, m)?;
         self.transport
             .send(&message)
             .map(drop)
@@ -168,3 +211,57 @@ impl Mailer for SmtpMailer {
 
 /// The default sender of mailed codes.
 pub const DEFAULT_FROM: &str = "Rocket.Chat <no-reply@localhost>";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn message(to: &str) -> MailMessage {
+        MailMessage {
+            to: vec![to.to_string()],
+            subject: "Authentication code".into(),
+            text: "Here is your authentication code:\n\n123-456\n".into(),
+        }
+    }
+
+    #[test]
+    fn outbox_honours_the_sender_and_refuses_injected_headers() {
+        let dir = std::env::temp_dir().join(format!("rcpat-outbox-{}", crate::admin::random_id(8)));
+        let outbox = Outbox::with_sender(&dir, "Ops <ops@example.org>").unwrap();
+        outbox.send(&message("ann@example.org")).unwrap();
+        let (path, text) = outbox.messages().pop().unwrap();
+        assert!(text.contains("From: Ops <ops@example.org>\r\n"), "{text}");
+        assert!(text.contains("To: ann@example.org\r\n"), "{text}");
+        assert_eq!(code_in(&text).as_deref(), Some("123456"));
+        // Owner-only: the message holds a code.
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+
+        // A recipient carrying a header is refused; nothing is written.
+        let before = outbox.messages().len();
+        let err = outbox
+            .send(&message("ann@example.org\r\nBcc: all@example.org"))
+            .unwrap_err();
+        assert!(err.contains("bad recipient"), "{err}");
+        assert!(outbox.send(&message("not an address")).is_err());
+        assert_eq!(outbox.messages().len(), before);
+        assert!(Outbox::with_sender(&dir, "x@example.org\r\nBcc: y@example.org").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn addresses_are_validated() {
+        assert!(validate_address("ann@example.org").is_ok());
+        for bad in [
+            "ann@example.org\r\nBcc: x@example.org",
+            "ann@example.org\n",
+            "Ann <ann@example.org>",
+            "no-at-sign",
+            "",
+        ] {
+            assert!(validate_address(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -80,14 +80,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UsersCommand {
-    /// Create a user (email verified).
+    /// Create a user (email verified). The password is never a flag (it would
+    /// sit in the process list and shell history): give a file, standard
+    /// input or a prompt; with none of them the user has no password.
     Add {
         #[arg(long)]
         username: String,
         #[arg(long)]
         email: Option<String>,
-        #[arg(long)]
-        password: Option<String>,
+        /// Read the password from the first line of this file
+        #[arg(long, value_name = "FILE", group = "password_source")]
+        password_file: Option<PathBuf>,
+        /// Read the password from the first line of standard input
+        #[arg(long, group = "password_source")]
+        password_stdin: bool,
+        /// Ask for the password on the terminal (typed twice, not echoed)
+        #[arg(long, group = "password_source")]
+        password_prompt: bool,
         /// Comma-separated roles
         #[arg(long, value_delimiter = ',', default_value = "user")]
         roles: Vec<String>,
@@ -294,9 +303,12 @@ fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
         UsersCommand::Add {
             username,
             email,
-            password,
+            password_file,
+            password_stdin,
+            password_prompt,
             roles,
         } => {
+            let password = read_password(password_file, password_stdin, password_prompt)?;
             let roles: Vec<&str> = roles
                 .iter()
                 .map(String::as_str)
@@ -357,7 +369,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
                 Algorithm::Sha256 => TotpAlgorithm::Sha256,
                 Algorithm::Sha512 => TotpAlgorithm::Sha512,
             };
-            let setup = admin::enable_totp(&**storage, &id, &username, algorithm, digits)?;
+            let setup = admin::enable_totp(services, &id, &username, algorithm, digits)?;
             println!("{}", admin::qr_code(&setup.uri)?);
             println!("{}\n", setup.uri);
             println!("backup codes (each works once):");
@@ -372,6 +384,42 @@ fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The new user's password from the one source given, if any.
+fn read_password(
+    file: Option<PathBuf>,
+    stdin: bool,
+    prompt: bool,
+) -> Result<Option<String>, String> {
+    let first_line = |text: String| -> Result<String, String> {
+        let line = text.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            return Err("the password must not be empty".into());
+        }
+        Ok(line)
+    };
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        return first_line(text).map(Some);
+    }
+    if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password from standard input: {e}"))?;
+        return first_line(line).map(Some);
+    }
+    if prompt {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        return first_line(first).map(Some);
+    }
+    Ok(None)
 }
 
 /// One load-test run: seeds users, then drives `url` (or an in-process server).

@@ -25,6 +25,7 @@ use crate::services::{NativeEnv, Services};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Login,
+    Logout,
     Me,
     Regenerate,
     Generate,
@@ -33,8 +34,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Login,
+        Endpoint::Logout,
         Endpoint::Me,
         Endpoint::Regenerate,
         Endpoint::Generate,
@@ -46,6 +48,7 @@ impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::Login => "/api/v1/login",
+            Endpoint::Logout => "/api/v1/logout",
             Endpoint::Me => "/api/v1/me",
             Endpoint::Regenerate => "/api/v1/users.regeneratePersonalAccessToken",
             Endpoint::Generate => "/api/v1/users.generatePersonalAccessToken",
@@ -64,6 +67,7 @@ impl Endpoint {
         let env = &mut NativeEnv(services);
         match self {
             Endpoint::Login => rcpat::account::login(env, settings, req),
+            Endpoint::Logout => rcpat::account::logout(env, settings, req),
             Endpoint::Me => rcpat::account::me(env, settings, req),
             Endpoint::Regenerate => rcpat::endpoints::regenerate(env, settings, req),
             Endpoint::Generate => rcpat::endpoints::generate(env, settings, req),
@@ -240,19 +244,21 @@ impl Runtime {
         let mut store = self.store(services);
         let instance = self.pre.instantiate(&mut store)?;
         let api = instance.rcpat_tokens_endpoints();
-        let (settings, req) = (settings_to_wit(settings), request_to_wit(req));
+        let settings = settings_to_wit(settings, services.code_key());
+        let req = request_to_wit(req);
         let r = match endpoint {
-            Endpoint::Login => api.call_login(&mut store, settings, &req)?,
-            Endpoint::Me => api.call_me(&mut store, settings, &req)?,
+            Endpoint::Login => api.call_login(&mut store, &settings, &req)?,
+            Endpoint::Logout => api.call_logout(&mut store, &settings, &req)?,
+            Endpoint::Me => api.call_me(&mut store, &settings, &req)?,
             Endpoint::Regenerate => {
-                api.call_regenerate_personal_access_token(&mut store, settings, &req)?
+                api.call_regenerate_personal_access_token(&mut store, &settings, &req)?
             }
             Endpoint::Generate => {
-                api.call_generate_personal_access_token(&mut store, settings, &req)?
+                api.call_generate_personal_access_token(&mut store, &settings, &req)?
             }
-            Endpoint::List => api.call_get_personal_access_tokens(&mut store, settings, &req)?,
+            Endpoint::List => api.call_get_personal_access_tokens(&mut store, &settings, &req)?,
             Endpoint::Remove => {
-                api.call_remove_personal_access_token(&mut store, settings, &req)?
+                api.call_remove_personal_access_token(&mut store, &settings, &req)?
             }
         };
         let peak = store.data().limits.peak_memory;
@@ -286,7 +292,8 @@ impl Drop for Runtime {
     }
 }
 
-fn settings_to_wit(s: &Settings) -> ep::Settings {
+/// The settings as the component takes them, with the host's code key.
+fn settings_to_wit(s: &Settings, code_key: &[u8]) -> ep::Settings {
     ep::Settings {
         two_factor_enabled: s.two_factor_enabled,
         totp_enabled: s.totp_enabled,
@@ -298,6 +305,9 @@ fn settings_to_wit(s: &Settings) -> ep::Settings {
         remember_for_seconds: s.remember_for_seconds,
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+        login_expiration_days: s.login_expiration_days,
+        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+        code_key: code_key.to_vec(),
     }
 }
 
@@ -313,6 +323,8 @@ fn settings_from_wit(s: &ep::Settings) -> Settings {
         remember_for_seconds: s.remember_for_seconds,
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+        login_expiration_days: s.login_expiration_days,
+        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
     }
 }
 

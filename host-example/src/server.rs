@@ -162,7 +162,11 @@ async fn dispatch(
     let body = if ep.is_post() {
         let bytes = match axum::body::to_bytes(Body::new(body), app.max_body_bytes).await {
             Ok(b) => b,
-            Err(_) => return ApiError::BodyTooLarge.to_response(),
+            Err(e) if is_length_limit(&e) => {
+                return ApiError::BodyTooLarge(app.max_body_bytes).to_response();
+            }
+            // The client stopped (or was cut off) before its Content-Length.
+            Err(_) => return ApiError::IncompleteBody.to_response(),
         };
         if !bytes.is_empty() && !is_json(parts.headers.get(header::CONTENT_TYPE)) {
             return ApiError::UnsupportedMediaType.to_response();
@@ -196,6 +200,19 @@ async fn dispatch(
     }
 }
 
+/// Whether reading a body failed because it exceeded the limit (rather than
+/// because it ended early or the connection broke).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// `application/json`, with or without parameters such as `charset`.
 fn is_json(content_type: Option<&HeaderValue>) -> bool {
     content_type
@@ -217,11 +234,17 @@ pub fn services_from(opts: &crate::config::Options) -> Result<Services, String> 
         .unwrap_or_else(|| crate::mail::DEFAULT_FROM.into());
     let mailer: Arc<dyn crate::mail::Mailer> = match &opts.smtp {
         Some(server) => Arc::new(crate::mail::SmtpMailer::new(server, &from)?),
-        None => {
-            Arc::new(crate::mail::Outbox::new(opts.outbox()).map_err(|e| format!("outbox: {e}"))?)
-        }
+        None => Arc::new(
+            crate::mail::Outbox::with_sender(opts.outbox(), &from)
+                .map_err(|e| format!("outbox: {e}"))?,
+        ),
     };
-    Ok(Services::new(storage, mailer))
+    let keys = match opts.storage() {
+        // Codes stored in memory die with the process; so may their key.
+        StorageKind::Memory if opts.secret_key_file.is_none() => crate::keys::Keys::random(),
+        _ => crate::keys::Keys::load(&opts.secret_key_file())?,
+    };
+    Ok(Services::new(storage, mailer).with_keys(keys))
 }
 
 /// Builds the application the options describe; also says whether the

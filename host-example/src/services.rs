@@ -7,6 +7,7 @@ use rcpat::env::{Env, HostResult};
 use rcpat::model::*;
 
 use crate::clock::{Clock, SystemClock};
+use crate::keys::Keys;
 use crate::mail::Mailer;
 use crate::storage::Storage;
 
@@ -16,20 +17,36 @@ pub struct Services {
     pub storage: Arc<dyn Storage>,
     pub mailer: Arc<dyn Mailer>,
     pub clock: Arc<dyn Clock>,
+    /// The host's secret key material (never in storage).
+    pub keys: Arc<Keys>,
 }
 
 impl Services {
+    /// Services with a fresh random key: right for a store that dies with the
+    /// process (memory, tests); a durable store needs `with_keys` and a key
+    /// file, or its codes stop matching at the next start.
     pub fn new(storage: Arc<dyn Storage>, mailer: Arc<dyn Mailer>) -> Self {
         Services {
             storage,
             mailer,
             clock: Arc::new(SystemClock),
+            keys: Arc::new(Keys::random()),
         }
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    pub fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = Arc::new(keys);
+        self
+    }
+
+    /// The key the component hashes second-factor codes with.
+    pub fn code_key(&self) -> &[u8] {
+        self.keys.code_key()
     }
 }
 
@@ -49,6 +66,9 @@ impl Env for NativeEnv<'_> {
     }
     fn random_bytes(&mut self, len: usize) -> Vec<u8> {
         random_bytes(len)
+    }
+    fn code_key(&self) -> &[u8] {
+        self.0.code_key()
     }
     fn authenticate(&mut self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
         self.0.storage.authenticate(user_id, hashed_token)
@@ -114,16 +134,37 @@ impl Env for NativeEnv<'_> {
             .storage
             .remove_personal_access_token(user_id, name, proof)
     }
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &mut self,
         user_id: &str,
         at: TimestampMs,
         window_start: TimestampMs,
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<AttemptReservation> {
+        self.0.storage.reserve_two_factor_attempt(
+            user_id,
+            at,
+            window_start,
+            max_failed,
+            max_email_code_attempts,
+        )
+    }
+    fn release_two_factor_attempt(
+        &mut self,
+        user_id: &str,
         email_code_attempt: bool,
-    ) -> HostResult<FailureCount> {
+    ) -> HostResult<()> {
         self.0
             .storage
-            .record_two_factor_failure(user_id, at, window_start, email_code_attempt)
+            .release_two_factor_attempt(user_id, email_code_attempt)
+    }
+    fn remove_login_token(
+        &mut self,
+        user_id: &str,
+        hashed_token: &str,
+    ) -> HostResult<WriteOutcome> {
+        self.0.storage.remove_login_token(user_id, hashed_token)
     }
     fn store_email_code(&mut self, user_id: &str, code: &EmailCode) -> HostResult<()> {
         self.0.storage.store_email_code(user_id, code)

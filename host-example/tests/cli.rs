@@ -29,6 +29,28 @@ fn run(db: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs with `input` on standard input.
+fn run_with_stdin(db: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = bin()
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("RCPAT_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -41,7 +63,7 @@ fn stderr(o: &Output) -> String {
 fn admin_commands() {
     let dir = temp_dir("admin");
     let db = dir.join("admin.sqlite");
-    let o = run(
+    let o = run_with_stdin(
         &db,
         &[
             "users",
@@ -50,11 +72,11 @@ fn admin_commands() {
             "ann",
             "--email",
             "ann@example.org",
-            "--password",
-            "pw",
+            "--password-stdin",
             "--roles",
             "user,admin",
         ],
+        "pw\n",
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("created ann with id "));
@@ -163,14 +185,20 @@ fn config_file_and_bad_config() {
 fn server_logs_one_line_per_request_without_secrets() {
     let dir = temp_dir("logs");
     let db = dir.join("logs.sqlite");
-    assert!(
-        run(
-            &db,
-            &["users", "add", "--username", "lou", "--password", "hunter2"]
-        )
-        .status
-        .success()
+    let pw = dir.join("pw.txt");
+    std::fs::write(&pw, "hunter2\n").unwrap();
+    let o = run(
+        &db,
+        &[
+            "users",
+            "add",
+            "--username",
+            "lou",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
     );
+    assert!(o.status.success(), "{}", stderr(&o));
     let mut child = bin()
         .args(["serve", "--listen", "127.0.0.1:0", "--db"])
         .arg(&db)
@@ -247,4 +275,78 @@ fn server_logs_one_line_per_request_without_secrets() {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn passwords_are_never_flags_and_addresses_cannot_inject_headers() {
+    let dir = temp_dir("input");
+    let db = dir.join("input.sqlite");
+    // A password flag does not exist (it would sit in `ps` and shell history).
+    let o = run(
+        &db,
+        &["users", "add", "--username", "eve", "--password", "pw"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--password"), "{}", stderr(&o));
+    // From standard input; the trailing newline is not part of it.
+    let o = run_with_stdin(
+        &db,
+        &["users", "add", "--username", "sam", "--password-stdin"],
+        "open sesame\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // An empty password is refused rather than stored.
+    let o = run_with_stdin(
+        &db,
+        &["users", "add", "--username", "nil", "--password-stdin"],
+        "\n",
+    );
+    assert_eq!(stderr(&o), "error: the password must not be empty\n");
+    // Header injection through the address: refused, and no user created.
+    let o = run(
+        &db,
+        &[
+            "users",
+            "add",
+            "--username",
+            "mallory",
+            "--email",
+            "m@example.org\r\nBcc: all@example.org",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("control characters"), "{}", stderr(&o));
+    let o = run(
+        &db,
+        &[
+            "users",
+            "add",
+            "--username",
+            "mallory",
+            "--email",
+            "not an address",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("not a valid email address"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&db, &["users", "list"]);
+    assert!(!stdout(&o).contains("mallory"));
+    // The stored password works: sam logs in over HTTP.
+    let services = host_example::server::services_from(&host_example::config::Options {
+        db: Some(db.clone()),
+        outbox: Some(dir.join("outbox")),
+        ..Default::default()
+    })
+    .unwrap();
+    let sam = services
+        .storage
+        .find_user_for_login(&rcpat::model::LoginIdentifier::Username("sam".into()))
+        .unwrap()
+        .unwrap();
+    let hash = sam.password_bcrypt.unwrap();
+    assert!(bcrypt::verify(host_example::admin::password_digest("open sesame"), &hash).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,9 +21,18 @@ pub const T0: u64 = 1_800_000_015_000;
 pub const COST: u32 = 4;
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// One runtime per test binary. Its pool is larger than the server's
+/// default: tests of a binary run in parallel, and some send 64 requests at
+/// once while others run (the server bounds requests to its pool instead).
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(RuntimeConfig::default()).expect("the component loads"))
+    RT.get_or_init(|| {
+        Runtime::new(RuntimeConfig {
+            max_instances: 256,
+            ..RuntimeConfig::default()
+        })
+        .expect("the component loads")
+    })
 }
 
 pub struct Fx {
@@ -99,7 +108,7 @@ impl Fx {
     }
 
     pub fn enable_totp(&self, user: &User) -> admin::TotpSetup {
-        admin::enable_totp(&*self.storage, &user.id, &user.name, TotpAlgorithm::Sha1, 6).unwrap()
+        admin::enable_totp(&self.services, &user.id, &user.name, TotpAlgorithm::Sha1, 6).unwrap()
     }
 
     /// The TOTP code `offset` steps from now.

@@ -44,9 +44,15 @@ impl Guest for Hostile {
             remember_for_seconds: 0,
             max_failed_attempts: 10,
             failed_attempts_window_seconds: 900,
+            login_expiration_days: 90,
+            bypass_tokens_unrestricted: false,
+            code_key: Vec::new(),
         }
     }
     fn login(_: Settings, req: Request) -> Response {
+        misbehave(req)
+    }
+    fn logout(_: Settings, req: Request) -> Response {
         misbehave(req)
     }
     fn me(_: Settings, req: Request) -> Response {

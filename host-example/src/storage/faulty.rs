@@ -107,14 +107,21 @@ impl Storage for FaultyStorage {
     ) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.remove_personal_access_token(u, n, p))
     }
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &self,
         u: &str,
         at: TimestampMs,
         ws: TimestampMs,
-        e: bool,
-    ) -> HostResult<FailureCount> {
-        self.call(|| self.inner.record_two_factor_failure(u, at, ws, e))
+        max: u32,
+        email: Option<u32>,
+    ) -> HostResult<AttemptReservation> {
+        self.call(|| self.inner.reserve_two_factor_attempt(u, at, ws, max, email))
+    }
+    fn release_two_factor_attempt(&self, u: &str, e: bool) -> HostResult<()> {
+        self.call(|| self.inner.release_two_factor_attempt(u, e))
+    }
+    fn remove_login_token(&self, u: &str, h: &str) -> HostResult<WriteOutcome> {
+        self.call(|| self.inner.remove_login_token(u, h))
     }
     fn store_email_code(&self, u: &str, c: &EmailCode) -> HostResult<()> {
         self.call(|| self.inner.store_email_code(u, c))

@@ -116,13 +116,11 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
         FactorUse::None => {}
         FactorUse::Password => {}
         FactorUse::TotpStep(step) => u.user.totp.as_mut().unwrap().last_used_step = *step,
-        FactorUse::BackupCode(h) => u
-            .user
-            .totp
-            .as_mut()
-            .unwrap()
-            .hashed_backup_codes
-            .retain(|c| c != h),
+        FactorUse::BackupCode(h) => {
+            let totp = u.user.totp.as_mut().unwrap();
+            totp.hashed_backup_codes.retain(|c| c != h);
+            totp.spent_backup_codes.push(h.clone());
+        }
         FactorUse::EmailCode(_) => u.user.email_code = None,
     }
     if proof.used != FactorUse::None {
@@ -153,6 +151,8 @@ impl Storage for MemoryStorage {
                     token: LoginToken {
                         hashed_token: e.record.hashed_token.clone(),
                         kind: e.record.kind,
+                        name: e.record.name.clone(),
+                        created_at: e.record.created_at,
                         bypass_two_factor: e.record.bypass_two_factor,
                         two_factor_authorized_hash: e.authorized_hash.clone(),
                         two_factor_authorized_until: e.authorized_until,
@@ -318,25 +318,78 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &self,
         user_id: &str,
         at: TimestampMs,
         window_start: TimestampMs,
-        email_code_attempt: bool,
-    ) -> HostResult<FailureCount> {
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<AttemptReservation> {
         self.with(|s| {
             let u = user_mut(s, user_id)?;
-            let f = &mut u.user.failures;
-            if f.last_failed_at < window_start {
-                f.count = 0;
+            let count = if u.user.failures.last_failed_at <= window_start {
+                0
+            } else {
+                u.user.failures.count
+            };
+            let email = max_email_code_attempts.and(u.user.email_code.as_mut());
+            let email_full = email
+                .as_ref()
+                .zip(max_email_code_attempts)
+                .is_some_and(|(c, max)| c.attempts >= max);
+            if count >= max_failed || email_full {
+                return Ok(AttemptReservation {
+                    granted: false,
+                    failures: u.user.failures,
+                    email_code_attempts: email.map_or(0, |c| c.attempts),
+                });
             }
-            f.count += 1;
-            f.last_failed_at = at;
-            if email_code_attempt && let Some(c) = u.user.email_code.as_mut() {
+            let email_code_attempts = email.map_or(0, |c| {
                 c.attempts += 1;
+                c.attempts
+            });
+            u.user.failures = FailureCount {
+                count: count + 1,
+                last_failed_at: at,
+            };
+            Ok(AttemptReservation {
+                granted: true,
+                failures: u.user.failures,
+                email_code_attempts,
+            })
+        })
+    }
+
+    fn release_two_factor_attempt(
+        &self,
+        user_id: &str,
+        email_code_attempt: bool,
+    ) -> HostResult<()> {
+        self.with(|s| {
+            let u = user_mut(s, user_id)?;
+            u.user.failures.count = u.user.failures.count.saturating_sub(1);
+            if email_code_attempt && let Some(c) = u.user.email_code.as_mut() {
+                c.attempts = c.attempts.saturating_sub(1);
             }
-            Ok(u.user.failures)
+            Ok(())
+        })
+    }
+
+    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome> {
+        self.with(|s| {
+            let Some(u) = s.users.get_mut(user_id) else {
+                return Ok(WriteOutcome::NotFound);
+            };
+            let before = u.tokens.len();
+            u.tokens.retain(|e| {
+                !(e.record.kind == TokenKind::Login && e.record.hashed_token == hashed_token)
+            });
+            Ok(if u.tokens.len() < before {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::NotFound
+            })
         })
     }
 

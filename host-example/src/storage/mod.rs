@@ -120,13 +120,17 @@ pub trait Storage: Send + Sync {
         name: &str,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome>;
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &self,
         user_id: &str,
         at: TimestampMs,
         window_start: TimestampMs,
-        email_code_attempt: bool,
-    ) -> HostResult<FailureCount>;
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<AttemptReservation>;
+    fn release_two_factor_attempt(&self, user_id: &str, email_code_attempt: bool)
+    -> HostResult<()>;
+    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome>;
     fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()>;
 
     // --- Administration (host only) ---

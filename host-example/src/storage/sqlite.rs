@@ -90,6 +90,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, permission)
     );
 "#,
+    // Used backup codes are kept (marked), so one sent again is known as spent.
+    r#"
+    ALTER TABLE backup_codes ADD COLUMN spent INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -385,16 +389,22 @@ fn load_user(tx: &Connection, user_id: &str) -> rusqlite::Result<Option<User>> {
                 period: r.get(3)?,
                 last_used_step: r.get::<_, i64>(4)? as u64,
                 hashed_backup_codes: Vec::new(),
+                spent_backup_codes: Vec::new(),
             })
         })
         .optional()?;
     if let Some(t) = user.totp.as_mut() {
         let mut stmt = tx.prepare_cached(
-            "SELECT code_hash FROM backup_codes WHERE user_id = ?1 ORDER BY rowid",
+            "SELECT code_hash, spent FROM backup_codes WHERE user_id = ?1 ORDER BY rowid",
         )?;
-        t.hashed_backup_codes = stmt
-            .query_map([user_id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        for row in stmt.query_map([user_id], |r| Ok((r.get(0)?, r.get::<_, bool>(1)?)))? {
+            let (hash, spent) = row?;
+            if spent {
+                t.spent_backup_codes.push(hash);
+            } else {
+                t.hashed_backup_codes.push(hash);
+            }
+        }
     }
     user.email_code = tx
         .prepare_cached(
@@ -446,7 +456,7 @@ fn spend(
             params![user_id, *step as i64],
         )?,
         FactorUse::BackupCode(h) => tx.execute(
-            "DELETE FROM backup_codes WHERE user_id = ?1 AND code_hash = ?2",
+            "UPDATE backup_codes SET spent = 1 WHERE user_id = ?1 AND code_hash = ?2 AND spent = 0",
             params![user_id, h],
         )?,
         FactorUse::EmailCode(h) => tx.execute(
@@ -500,8 +510,8 @@ impl Storage for SqliteStorage {
         self.read(|tx| {
             let token = tx
                 .prepare_cached(
-                    "SELECT kind, bypass_two_factor, authorized_hash, authorized_until FROM tokens \
-                     WHERE hashed_token = ?1 AND user_id = ?2",
+                    "SELECT kind, bypass_two_factor, authorized_hash, authorized_until, name, created_at \
+                     FROM tokens WHERE hashed_token = ?1 AND user_id = ?2",
                 )?
                 .query_row(params![hashed_token, user_id], |r| {
                     Ok(LoginToken {
@@ -511,6 +521,8 @@ impl Storage for SqliteStorage {
                         } else {
                             TokenKind::Login
                         },
+                        name: r.get(4)?,
+                        created_at: r.get::<_, i64>(5)? as u64,
                         bypass_two_factor: r.get(1)?,
                         two_factor_authorized_hash: r.get(2)?,
                         two_factor_authorized_until: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
@@ -696,28 +708,100 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
         })
     }
 
-    fn record_two_factor_failure(
+    fn reserve_two_factor_attempt(
         &self,
         user_id: &str,
         at: TimestampMs,
         window_start: TimestampMs,
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<AttemptReservation> {
+        let user_id = user_id.to_owned();
+        // The writer runs one job at a time, so this read-then-write is atomic.
+        self.write(move |tx| {
+            let user_id = user_id.as_str();
+            let (count, last): (u32, i64) = tx
+                .prepare_cached("SELECT failed_count, failed_last_at FROM users WHERE id = ?1")?
+                .query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let count = if (last as u64) <= window_start {
+                0
+            } else {
+                count
+            };
+            let email_attempts: Option<u32> = match max_email_code_attempts {
+                Some(_) => tx
+                    .prepare_cached("SELECT attempts FROM email_codes WHERE user_id = ?1")?
+                    .query_row([user_id], |r| r.get(0))
+                    .optional()?,
+                None => None,
+            };
+            let email_full = email_attempts
+                .zip(max_email_code_attempts)
+                .is_some_and(|(a, max)| a >= max);
+            if count >= max_failed || email_full {
+                return Ok(AttemptReservation {
+                    granted: false,
+                    failures: FailureCount {
+                        count,
+                        last_failed_at: last as u64,
+                    },
+                    email_code_attempts: email_attempts.unwrap_or(0),
+                });
+            }
+            tx.prepare_cached(
+                "UPDATE users SET failed_count = ?2, failed_last_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![user_id, count + 1, at as i64])?;
+            if email_attempts.is_some() {
+                tx.prepare_cached(
+                    "UPDATE email_codes SET attempts = attempts + 1 WHERE user_id = ?1",
+                )?
+                .execute([user_id])?;
+            }
+            Ok(AttemptReservation {
+                granted: true,
+                failures: FailureCount {
+                    count: count + 1,
+                    last_failed_at: at,
+                },
+                email_code_attempts: email_attempts.map_or(0, |a| a + 1),
+            })
+        })
+    }
+
+    fn release_two_factor_attempt(
+        &self,
+        user_id: &str,
         email_code_attempt: bool,
-    ) -> HostResult<FailureCount> {
+    ) -> HostResult<()> {
         let user_id = user_id.to_owned();
         self.write(move |tx| {
-let user_id = user_id.as_str();
-            let (at, start) = (at as i64, window_start as i64);
-            tx.execute(
-                "UPDATE users SET failed_count = CASE WHEN failed_last_at < ?3 THEN 1 ELSE failed_count + 1 END, \
-                 failed_last_at = ?2 WHERE id = ?1",
-                params![user_id, at, start],
-            )?;
-            if email_code_attempt {
-                tx.execute("UPDATE email_codes SET attempts = attempts + 1 WHERE user_id = ?1", [user_id])?;
+            let user_id = user_id.as_str();
+            let n = tx
+                .prepare_cached(
+                    "UPDATE users SET failed_count = MAX(failed_count - 1, 0) WHERE id = ?1",
+                )?
+                .execute([user_id])?;
+            if n == 0 {
+                return Err(rusqlite::Error::QueryReturnedNoRows);
             }
-            tx.query_row("SELECT failed_count, failed_last_at FROM users WHERE id = ?1", [user_id], |r| {
-                Ok(FailureCount { count: r.get(0)?, last_failed_at: r.get::<_, i64>(1)? as u64 })
-            })
+            if email_code_attempt {
+                tx.prepare_cached(
+                    "UPDATE email_codes SET attempts = MAX(attempts - 1, 0) WHERE user_id = ?1",
+                )?
+                .execute([user_id])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome> {
+        let (user_id, hashed_token) = (user_id.to_owned(), hashed_token.to_owned());
+        self.write(move |tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM tokens WHERE user_id = ?1 AND hashed_token = ?2 AND kind = 'login'")?
+                .execute(params![user_id, hashed_token])?;
+            Ok(if n == 1 { WriteOutcome::Done } else { WriteOutcome::NotFound })
         })
     }
 
@@ -795,8 +879,13 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
                     "INSERT INTO totp (user_id, secret, algorithm, digits, period, last_used_step) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![user_id, t.secret, alg_str(t.algorithm), t.digits, t.period, t.last_used_step as i64],
                 )?;
-                for h in &t.hashed_backup_codes {
-                    tx.execute("INSERT OR IGNORE INTO backup_codes VALUES (?1, ?2)", params![user_id, h])?;
+                for (codes, spent) in [(&t.hashed_backup_codes, false), (&t.spent_backup_codes, true)] {
+                    for h in codes {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO backup_codes (user_id, code_hash, spent) VALUES (?1, ?2, ?3)",
+                            params![user_id, h, spent],
+                        )?;
+                    }
                 }
             }
             Ok(())
