@@ -646,3 +646,115 @@ fn email_codes_are_delivered_over_smtp() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The second-factor rules over real sockets, as an attacker with a stolen
+/// password or session would try them: a method the user lacks, 64 guesses
+/// at once, a session that outlives its logout; and what the server writes
+/// at rest (the key file, mail with the configured sender).
+#[test]
+fn stolen_credentials_over_http() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("stolen");
+    let mut opts = options(&dir);
+    opts.mail_from = Some("Ops <ops@example.org>".into());
+    let (tid, setup) = add_user(&opts, "tina", true, false);
+    let setup = setup.unwrap();
+    let (eid, _) = add_user(&opts, "emil", false, true);
+    let services = services_from(&opts).unwrap();
+    let emil_pat = admin::issue_personal_access_token(&services, &eid, "ci", false).unwrap();
+    admin::issue_personal_access_token(&services, &tid, "ci", false).unwrap();
+    drop(services);
+    // The code key lives beside the database, owner-only.
+    let key = dir.join("rcpat.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+    let login = format!(r#"{{"user":"tina","password":"{PASSWORD}"}}"#);
+
+    // Asking for email with a TOTP-only user: the TOTP challenge, no mail.
+    let r = c.post("/api/v1/login", &[("x-2fa-method", "email")], &login);
+    assert_eq!(
+        (r.status, r.json["details"]["method"].as_str()),
+        (401, Some("totp"))
+    );
+    assert!(
+        !dir.join("outbox").exists()
+            || std::fs::read_dir(dir.join("outbox"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+
+    // 64 wrong codes at once: at most the limit are evaluated.
+    let barrier = Arc::new(Barrier::new(64));
+    let taken: Vec<String> = (-1..=1).map(|o| totp_now(&setup, o)).collect();
+    let handles: Vec<_> = (0..64)
+        .map(|i| {
+            let (barrier, base, login) = (barrier.clone(), c.base.clone(), login.clone());
+            let code = (0..)
+                .map(|k| format!("{:06}", (i * 7919 + k) % 1_000_000))
+                .find(|c| !taken.contains(c))
+                .unwrap();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                barrier.wait();
+                let mut resp = agent
+                    .post(format!("{base}/api/v1/login"))
+                    .header("Content-Type", "application/json")
+                    .header("x-2fa-method", "totp")
+                    .header("x-2fa-code", &code)
+                    .send(&login)
+                    .unwrap();
+                let json: Value =
+                    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+                json["error"].as_str().unwrap_or("").to_string()
+            })
+        })
+        .collect();
+    let errors: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        errors.iter().filter(|e| *e == "totp-invalid").count(),
+        9,
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors.iter().filter(|e| *e == "totp-max-attempts").count(),
+        55,
+        "{errors:?}"
+    );
+
+    // Emailed codes go out from the configured sender.
+    let r = c.post(
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &auth(&eid, &emil_pat),
+        r#"{"tokenName":"ci"}"#,
+    );
+    assert_eq!(r.json["details"]["codeGenerated"], true);
+    let outbox = host_example::mail::Outbox::new(dir.join("outbox")).unwrap();
+    let (path, mail) = outbox.messages().pop().unwrap();
+    assert!(mail.contains("From: Ops <ops@example.org>\r\n"), "{mail}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Logout ends the session at once.
+    let services = services_from(&opts).unwrap();
+    let session = admin::issue_login_token(&services, &eid).unwrap();
+    drop(services);
+    assert_eq!(c.get("/api/v1/me", &auth(&eid, &session)).status, 200);
+    let r = c.post("/api/v1/logout", &auth(&eid, &session), "");
+    assert_eq!(
+        (r.status, r.json["data"]["message"].as_str()),
+        (200, Some("You've been logged out!"))
+    );
+    assert_eq!(c.get("/api/v1/me", &auth(&eid, &session)).status, 401);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
