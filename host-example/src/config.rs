@@ -46,7 +46,7 @@ pub struct Options {
     /// File holding the secret key that hashes second-factor codes (created owner-only if absent; RCPAT_SECRET_KEY, 64 hex digits, overrides it) [default: the database path with extension .key]
     #[arg(long, global = true, env = "RCPAT_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
-    /// Directory for the precompiled component [default: .rcpat-cache]
+    /// Directory for the precompiled component, which must be yours and writable by no one else [default: $XDG_CACHE_HOME/rcpat, else ~/.cache/rcpat]
     #[arg(long, global = true, env = "RCPAT_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Compile the component at every start instead of caching it
@@ -159,11 +159,10 @@ impl Options {
         self.outbox.clone().unwrap_or_else(|| "outbox".into())
     }
     pub fn cache_dir(&self) -> Option<PathBuf> {
-        (!self.no_cache.unwrap_or(false)).then(|| {
-            self.cache_dir
-                .clone()
-                .unwrap_or_else(|| ".rcpat-cache".into())
-        })
+        if self.no_cache.unwrap_or(false) {
+            return None;
+        }
+        self.cache_dir.clone().or_else(crate::cache::default_dir)
     }
     pub fn native(&self) -> bool {
         self.native.unwrap_or(false)

@@ -82,10 +82,10 @@ pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
             db.display()
         ));
     }
-    let storage = Arc::new(SqliteStorage::open(db)?);
-    let outbox = Arc::new(Outbox::new(outbox).map_err(|e| format!("outbox: {e}"))?);
     // The key beside the database, as `serve` would use it on this file.
-    let keys = crate::keys::Keys::load(&db.with_extension("key"))?;
+    let keys = Arc::new(crate::keys::Keys::load(&db.with_extension("key"))?);
+    let storage = Arc::new(SqliteStorage::open_with_keys(db, keys.clone())?);
+    let outbox = Arc::new(Outbox::new(outbox).map_err(|e| format!("outbox: {e}"))?);
     let services = Services::new(storage.clone(), outbox.clone()).with_keys(keys);
     let started = std::time::Instant::now();
     let runtime = Runtime::new(RuntimeConfig::default())

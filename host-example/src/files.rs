@@ -1,11 +1,77 @@
-//! Files and folders the host creates for secrets and data: owner-only
-//! whatever the umask (0700 folders, 0600 files).
+//! Files and folders the host creates or trusts: secrets, data and compiled
+//! code. Created owner-only whatever the umask (0700 folders, 0600 files),
+//! exclusively and without following symlinks; read only if they are what
+//! they claim to be (a regular file or folder of this user's that no one else
+//! may write, or, for secrets, read).
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Creates `dir` (and missing parents) as 0700. An existing folder is left as
-/// it is.
+/// What others may do with a file we trust.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// Secrets: no access at all for group or others.
+    Private,
+    /// Data and code: others may read, never write.
+    NotWritable,
+}
+
+impl Exposure {
+    fn forbidden_bits(self) -> u32 {
+        match self {
+            Exposure::Private => 0o077,
+            Exposure::NotWritable => 0o022,
+        }
+    }
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Why `meta` (of `path`, a file if `dir` is false) cannot be trusted, if so.
+pub fn untrusted(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    dir: bool,
+    exposure: Exposure,
+) -> Option<String> {
+    let shown = path.display();
+    let kind_ok = if dir {
+        meta.file_type().is_dir()
+    } else {
+        meta.file_type().is_file()
+    };
+    if !kind_ok {
+        let what = if dir { "a folder" } else { "a regular file" };
+        return Some(format!(
+            "{shown} is not {what} (a symlink or something else)"
+        ));
+    }
+    if meta.uid() != euid() {
+        return Some(format!(
+            "{shown} belongs to another user (uid {})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & exposure.forbidden_bits() != 0 {
+        let what = match exposure {
+            Exposure::Private => "accessible to other users",
+            Exposure::NotWritable => "writable by other users",
+        };
+        return Some(format!(
+            "{shown} is {what} (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    None
+}
+
+/// Creates `dir` (and missing parents) as 0700; an existing folder is left
+/// as it is.
 pub fn create_private_dir(dir: &Path) -> Result<(), String> {
     if dir.is_dir() {
         return Ok(());
@@ -18,4 +84,96 @@ pub fn create_private_dir(dir: &Path) -> Result<(), String> {
     // DirBuilder's mode is filtered by the umask; set it exactly.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))
+}
+
+/// Reads `path` if it can be trusted: opened without following a symlink,
+/// and checked on the open file (so a swap after the check cannot slip in).
+/// `Ok(None)` if it does not exist.
+pub fn read_trusted(path: &Path, exposure: Exposure) -> Result<Option<Vec<u8>>, String> {
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!("{} is a symlink", path.display()));
+        }
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if let Some(why) = untrusted(path, &meta, false, exposure) {
+        return Err(why);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Some(bytes))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, created
+/// exclusively (never through a planted file or symlink), 0600, fsynced,
+/// then renamed into place and the folder fsynced.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let nonce: u64 = u64::from_le_bytes(crate::services::random_bytes(8).try_into().unwrap());
+    let tmp = dir.join(format!(".{name}.{}-{nonce:016x}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// Creates `path` with `bytes`, owner-only, failing if it exists.
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Makes an existing file owner-only (a database created by an older version
+/// or another tool), refusing one that is not this user's regular file.
+pub fn restrict_existing(path: &Path) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+    };
+    if let Some(why) = untrusted(path, &meta, false, Exposure::NotWritable)
+        .filter(|_| meta.uid() != euid() || !meta.file_type().is_file())
+    {
+        return Err(why);
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

@@ -1,27 +1,42 @@
-//! The host's secret key material, kept outside storage: a 32-byte master key
-//! from `RCPAT_SECRET_KEY` (64 hex digits) or a key file, created owner-only
-//! on first use. Purpose keys are derived from it (HMAC-SHA-256 of a label),
-//! so one file serves every use and a leaked derived key reveals no other.
+//! The host's secret keys, kept outside storage. A key file holds numbered
+//! 32-byte master keys, one per line (`<id> <64 hex digits>`), created
+//! owner-only on first use; `RCPAT_SECRET_KEY` (64 hex digits) may stand in
+//! for a file holding one key. Purpose keys are derived from them with
+//! HMAC-SHA-256 of a label, so a leaked derived key reveals no other:
+//!
+//! - the code key (backup and email codes are hashed under it) comes from
+//!   the first key and never changes: codes cannot be re-hashed without
+//!   their plaintext;
+//! - TOTP secrets are encrypted (XChaCha20-Poly1305, the user id as
+//!   associated data) under the newest key; each value records its key id,
+//!   so `keys rotate` adds a key and re-encrypts, and older values stay
+//!   readable meanwhile.
 //!
 //! A key file is trusted only if it is a regular file (not a symlink) owned
-//! by this user and readable by no one else; anything else is refused with
-//! a clear error rather than used or overwritten.
+//! by this user and accessible to no one else; anything else is refused.
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::files::{self, Exposure};
 use crate::services::random_bytes;
 
-/// The environment variable that supplies the master key instead of a file.
+/// The environment variable that supplies a master key instead of a file.
 pub const KEY_ENV: &str = "RCPAT_SECRET_KEY";
+
+const HEADER: &str = "# rcpat secret keys: owner-only; back up with the database; \
+                      rotate with `host-example keys rotate`\n";
+const NONCE_LEN: usize = 24;
 
 pub struct Keys {
     /// Hashes second-factor codes (backup and email codes).
     code_key: [u8; 32],
+    /// Encryption keys by id, ascending; the last one encrypts.
+    secret_keys: Vec<(u32, [u8; 32])>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -31,33 +46,117 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// Keys derived from a master key.
-    pub fn from_master(master: &[u8; 32]) -> Self {
-        Keys {
-            code_key: derive(master, "rcpat/code-key/v1"),
+    /// Keys derived from numbered master keys (ids ascending, at least one).
+    fn from_masters(mut masters: Vec<(u32, [u8; 32])>) -> Result<Self, String> {
+        masters.sort_by_key(|(id, _)| *id);
+        if masters.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err("the key file names a key id twice".into());
         }
+        let first = masters.first().ok_or("the key file holds no key")?.1;
+        Ok(Keys {
+            code_key: derive(&first, "rcpat/code-key/v1"),
+            secret_keys: masters
+                .iter()
+                .map(|(id, m)| (*id, derive(m, "rcpat/totp-secret/v1")))
+                .collect(),
+        })
+    }
+
+    /// Keys from one master key.
+    pub fn from_master(master: &[u8; 32]) -> Self {
+        Self::from_masters(vec![(1, *master)]).expect("one key")
     }
 
     /// A fresh random key, for stores that do not outlive the process.
     pub fn random() -> Self {
-        let master: [u8; 32] = random_bytes(32).try_into().expect("32 bytes");
-        Self::from_master(&master)
+        Self::from_master(&random_key())
     }
 
-    /// The master key from `RCPAT_SECRET_KEY` if set, else from `path`
-    /// (created, owner-only, if it does not exist).
+    /// The keys from `RCPAT_SECRET_KEY` if set, else from the key file at
+    /// `path` (created, owner-only, with one new key if it does not exist).
     pub fn load(path: &Path) -> Result<Self, String> {
         match std::env::var(KEY_ENV) {
-            Ok(hex) => parse_master(hex.trim())
+            Ok(hex) => parse_hex(hex.trim())
                 .map(|m| Self::from_master(&m))
                 .map_err(|e| format!("{KEY_ENV}: {e}")),
-            Err(_) => load_or_create(path).map(|m| Self::from_master(&m)),
+            Err(_) => Self::from_masters(load_or_create(path)?),
         }
+    }
+
+    /// Adds a new newest key to the key file at `path` (kept: the older keys
+    /// still decrypt what they encrypted, and the first derives the code
+    /// key). Returns the keys including the new one.
+    pub fn rotate(path: &Path) -> Result<Self, String> {
+        if std::env::var_os(KEY_ENV).is_some() {
+            return Err(format!(
+                "{KEY_ENV} is set: rotate keys in a key file (--secret-key-file)"
+            ));
+        }
+        let mut masters = load_or_create(path)?;
+        let next = masters.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+        masters.push((next, random_key()));
+        files::write_private_atomically(path, render(&masters).as_bytes())?;
+        Self::from_masters(masters)
     }
 
     pub fn code_key(&self) -> &[u8] {
         &self.code_key
     }
+
+    /// The id of the key that encrypts.
+    pub fn current_id(&self) -> u32 {
+        self.secret_keys.last().expect("at least one key").0
+    }
+
+    /// Encrypts `plaintext` bound to `context` (the user id) under the newest
+    /// key: (key id, nonce ‖ ciphertext ‖ tag).
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
+        let (id, key) = self.secret_keys.last().expect("at least one key");
+        let nonce: [u8; NONCE_LEN] = random_bytes(NONCE_LEN).try_into().expect("24 bytes");
+        let sealed = XChaCha20Poly1305::new(key.into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 encrypts any length we store");
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        (*id, out)
+    }
+
+    /// Decrypts what `seal` produced under key `id` for `context`.
+    pub fn open(&self, id: u32, context: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        let key = self
+            .secret_keys
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, key)| key)
+            .ok_or_else(|| format!("secret encrypted under key {id}, which the key file lacks"))?;
+        if sealed.len() < NONCE_LEN {
+            return Err("an encrypted secret is truncated".into());
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        XChaCha20Poly1305::new(key.into())
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                format!(
+                    "an encrypted secret does not decrypt under key {id} (tampered or misplaced)"
+                )
+            })
+    }
+}
+
+fn random_key() -> [u8; 32] {
+    random_bytes(32).try_into().expect("32 bytes")
 }
 
 fn derive(master: &[u8; 32], label: &str) -> [u8; 32] {
@@ -66,107 +165,115 @@ fn derive(master: &[u8; 32], label: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn parse_master(text: &str) -> Result<[u8; 32], String> {
-    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+fn parse_hex(text: &str) -> Result<[u8; 32], String> {
+    data_encoding::HEXLOWER_PERMISSIVE
         .decode(text.as_bytes())
-        .map_err(|_| "the key must be 64 hexadecimal digits".to_string())?;
-    bytes
-        .try_into()
-        .map_err(|_| "the key must be 64 hexadecimal digits".to_string())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "a key must be 64 hexadecimal digits".to_string())
 }
 
-/// Reads the key file, or creates it (exclusively, mode 0600, fsynced).
-fn load_or_create(path: &Path) -> Result<[u8; 32], String> {
+fn render(masters: &[(u32, [u8; 32])]) -> String {
+    let mut text = HEADER.to_string();
+    for (id, key) in masters {
+        text.push_str(&format!("{id} {}\n", data_encoding::HEXLOWER.encode(key)));
+    }
+    text
+}
+
+fn parse_file(text: &str) -> Result<Vec<(u32, [u8; 32])>, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| match line.split_once(' ') {
+            // A bare key: a file written by hand (or an older version).
+            None => parse_hex(line).map(|k| (1, k)),
+            Some((id, hex)) => Ok((
+                id.parse().map_err(|_| format!("bad key id {id:?}"))?,
+                parse_hex(hex.trim())?,
+            )),
+        })
+        .collect()
+}
+
+/// Reads the key file, or creates it with one key (exclusively, mode 0600,
+/// fsynced, its folder 0700 if new).
+fn load_or_create(path: &Path) -> Result<Vec<(u32, [u8; 32])>, String> {
     let shown = path.display();
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            check_private(path, &meta)?;
-            let mut file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .map_err(|e| format!("cannot open the key file {shown}: {e}"))?;
-            // Re-check the opened file: the path may have been swapped meanwhile.
-            check_private(path, &file.metadata().map_err(|e| e.to_string())?)?;
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut file, &mut text)
-                .map_err(|e| format!("cannot read the key file {shown}: {e}"))?;
-            parse_master(text.trim()).map_err(|e| format!("key file {shown}: {e}"))
+    match files::read_trusted(path, Exposure::Private)
+        .map_err(|e| format!("refusing the key file: {e}"))?
+    {
+        Some(bytes) => {
+            let text =
+                String::from_utf8(bytes).map_err(|_| format!("key file {shown}: not text"))?;
+            parse_file(&text).map_err(|e| format!("key file {shown}: {e}"))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                crate::files::create_private_dir(dir)?;
+                files::create_private_dir(dir)?;
             }
-            let master: [u8; 32] = random_bytes(32).try_into().expect("32 bytes");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .map_err(|e| format!("cannot create the key file {shown}: {e}"))?;
-            // The umask may have narrowed the mode further; never widened it.
-            file.write_all(format!("{}\n", data_encoding::HEXLOWER.encode(&master)).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| format!("cannot write the key file {shown}: {e}"))?;
+            let masters = vec![(1, random_key())];
+            files::create_private_file(path, render(&masters).as_bytes())?;
             tracing::info!(path = %shown, "created a new secret key file");
-            Ok(master)
+            Ok(masters)
         }
-        Err(e) => Err(format!("cannot inspect the key file {shown}: {e}")),
     }
-}
-
-/// A regular file of this user's, readable and writable by no one else.
-fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
-    let shown = path.display();
-    if !meta.file_type().is_file() {
-        return Err(format!("the key file {shown} is not a regular file"));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        return Err(format!("the key file {shown} belongs to another user"));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "the key file {shown} is accessible to other users (chmod 600 it)"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("rcpat-keys-{name}-{}", crate::admin::random_id(8)))
+    }
 
     #[test]
-    fn key_file_is_created_private_and_reused() {
-        let dir = std::env::temp_dir().join(format!("rcpat-keys-{}", crate::admin::random_id(8)));
+    fn key_file_is_created_private_reused_and_refused_when_exposed() {
+        let dir = temp("file");
         let path = dir.join("sub").join("rcpat.key");
         let first = load_or_create(&path).unwrap();
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(
-            std::fs::metadata(path.parent().unwrap())
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o700
-        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
         assert_eq!(load_or_create(&path).unwrap(), first);
         // Readable by others: refused, not used.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(load_or_create(&path).unwrap_err().contains("other users"));
+        assert!(
+            load_or_create(&path)
+                .unwrap_err()
+                .contains("accessible to other users")
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         // A symlink in its place: refused.
         let link = dir.join("link.key");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(
-            load_or_create(&link)
-                .unwrap_err()
-                .contains("not a regular file")
+        assert!(load_or_create(&link).unwrap_err().contains("symlink"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotation_adds_a_key_and_keeps_the_code_key_and_old_secrets() {
+        let dir = temp("rotate");
+        let path = dir.join("rcpat.key");
+        let before = Keys::load(&path).unwrap();
+        let (id, sealed) = before.seal("user1", b"JBSWY3DPEHPK3PXP");
+        let after = Keys::rotate(&path).unwrap();
+        assert_eq!((id, after.current_id()), (1, 2));
+        assert_eq!(after.code_key(), before.code_key());
+        assert_eq!(
+            after.open(id, "user1", &sealed).unwrap(),
+            b"JBSWY3DPEHPK3PXP"
         );
+        // Bound to its user: moved to another row, it does not decrypt.
+        assert!(after.open(id, "user2", &sealed).is_err());
+        let mut tampered = sealed.clone();
+        tampered[30] ^= 1;
+        assert!(after.open(id, "user1", &tampered).is_err());
+        let (new_id, _) = after.seal("user1", b"x");
+        assert_eq!(new_id, 2);
+        assert_eq!(Keys::load(&path).unwrap().current_id(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -176,7 +283,8 @@ mod tests {
         let b = Keys::from_master(&[2; 32]);
         assert_ne!(a.code_key(), b.code_key());
         assert_ne!(a.code_key(), &[1u8; 32]);
-        assert_eq!(parse_master(&"ab".repeat(32)).unwrap(), [0xab; 32]);
-        assert!(parse_master("abc").is_err());
+        assert_eq!(parse_hex(&"ab".repeat(32)).unwrap(), [0xab; 32]);
+        assert!(parse_hex("abc").is_err());
+        assert_eq!(parse_file(&"cd".repeat(32)).unwrap(), vec![(1, [0xcd; 32])]);
     }
 }

@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Manage the secret keys (the key file beside the database).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Walk through generate / challenge / regenerate on a fresh SQLite database
     /// (`--db` must not exist; default: a new file under the temp dir; mail goes
     /// to `--outbox`, default next to the database).
@@ -125,6 +130,12 @@ enum TokensCommand {
     List { username: String },
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new key to the key file and re-encrypt every TOTP secret under it.
+    Rotate,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Algorithm {
     Sha1,
@@ -133,6 +144,10 @@ enum Algorithm {
 }
 
 fn main() -> ExitCode {
+    // Whatever this process creates (database, WAL, outbox, keys, cache) is
+    // owner-only, even where a library picks the mode.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let result = cli
         .config
@@ -172,6 +187,24 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
                     t.bypass_two_factor
                 );
             }
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            if opts.storage() == StorageKind::Memory {
+                return Err("keys rotate needs the sqlite storage".into());
+            }
+            let path = opts.secret_key_file();
+            let keys = std::sync::Arc::new(host_example::keys::Keys::rotate(&path)?);
+            let storage =
+                host_example::storage::SqliteStorage::open_with_keys(opts.db(), keys.clone())?;
+            let n = storage.reencrypt_secrets()?;
+            println!(
+                "added key {} to {}; re-encrypted {n} TOTP secrets",
+                keys.current_id(),
+                path.display()
+            );
             Ok(())
         }
         Command::Demo => {

@@ -224,8 +224,16 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 /// Opens the configured storage and mailer.
 pub fn services_from(opts: &crate::config::Options) -> Result<Services, String> {
     use crate::config::StorageKind;
+    let keys = Arc::new(match opts.storage() {
+        // Codes stored in memory die with the process; so may their key.
+        StorageKind::Memory if opts.secret_key_file.is_none() => crate::keys::Keys::random(),
+        _ => crate::keys::Keys::load(&opts.secret_key_file())?,
+    });
     let storage: Arc<dyn crate::storage::Storage> = match opts.storage() {
-        StorageKind::Sqlite => Arc::new(crate::storage::SqliteStorage::open(opts.db())?),
+        StorageKind::Sqlite => Arc::new(crate::storage::SqliteStorage::open_with_keys(
+            opts.db(),
+            keys.clone(),
+        )?),
         StorageKind::Memory => Arc::new(crate::storage::MemoryStorage::new()),
     };
     let from = opts
@@ -238,11 +246,6 @@ pub fn services_from(opts: &crate::config::Options) -> Result<Services, String> 
             crate::mail::Outbox::with_sender(opts.outbox(), &from)
                 .map_err(|e| format!("outbox: {e}"))?,
         ),
-    };
-    let keys = match opts.storage() {
-        // Codes stored in memory die with the process; so may their key.
-        StorageKind::Memory if opts.secret_key_file.is_none() => crate::keys::Keys::random(),
-        _ => crate::keys::Keys::load(&opts.secret_key_file())?,
     };
     Ok(Services::new(storage, mailer).with_keys(keys))
 }

@@ -39,8 +39,8 @@ impl Services {
         self
     }
 
-    pub fn with_keys(mut self, keys: Keys) -> Self {
-        self.keys = Arc::new(keys);
+    pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.keys = keys;
         self
     }
 

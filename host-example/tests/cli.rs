@@ -350,3 +350,119 @@ fn passwords_are_never_flags_and_addresses_cannot_inject_headers() {
     assert!(bcrypt::verify(host_example::admin::password_digest("open sesame"), &hash).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether `needle` occurs anywhere in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn secrets_at_rest_are_encrypted_owner_only_and_survive_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("rest");
+    let db = dir.join("rest.sqlite");
+    let mut secrets = Vec::new();
+    for name in ["amy", "ben", "cat"] {
+        let o = run(
+            &db,
+            &[
+                "users",
+                "add",
+                "--username",
+                name,
+                "--email",
+                &format!("{name}@example.org"),
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = run(&db, &["users", "enable-totp", name]);
+        let out = stdout(&o);
+        let secret = out
+            .split("secret=")
+            .nth(1)
+            .and_then(|s| s.split('&').next())
+            .expect("the otpauth URI")
+            .to_string();
+        secrets.push((name, secret));
+    }
+    let files: Vec<PathBuf> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| PathBuf::from(format!("{}{s}", db.display())))
+        .chain([dir.join("rest.key")])
+        .collect();
+    // Every file the database consists of, and the key, is owner-only.
+    for f in &files {
+        if f.exists() {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+    }
+    let scan = || {
+        let mut all = Vec::new();
+        for f in &files[..3] {
+            if let Ok(bytes) = std::fs::read(f) {
+                all.extend(bytes);
+            }
+        }
+        assert!(all.len() > 4096, "the database was read");
+        for (name, secret) in &secrets {
+            let raw = data_encoding::BASE32_NOPAD
+                .decode(secret.as_bytes())
+                .unwrap();
+            assert!(
+                !contains(&all, secret.as_bytes()),
+                "{name}'s secret in base32"
+            );
+            assert!(
+                !contains(&all, secret.to_lowercase().as_bytes()),
+                "{name}'s secret in lower case"
+            );
+            assert!(!contains(&all, &raw), "{name}'s raw secret");
+        }
+    };
+    scan();
+
+    // Rotation: a new key, every secret re-encrypted under it, all still right.
+    let o = run(&db, &["keys", "rotate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("added key 2") && stdout(&o).contains("re-encrypted 3"),
+        "{}",
+        stdout(&o)
+    );
+    scan();
+    let services = host_example::server::services_from(&host_example::config::Options {
+        db: Some(db.clone()),
+        outbox: Some(dir.join("outbox")),
+        ..Default::default()
+    })
+    .unwrap();
+    for (name, secret) in &secrets {
+        let user = services
+            .storage
+            .find_user_for_login(&rcpat::model::LoginIdentifier::Username(name.to_string()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &user.totp.unwrap().secret,
+            secret,
+            "{name}'s TOTP after rotation"
+        );
+    }
+    drop(services);
+    // Without the right key the database does not open its secrets.
+    std::fs::write(dir.join("rest.key"), format!("1 {}\n", "00".repeat(32))).unwrap();
+    let services = host_example::server::services_from(&host_example::config::Options {
+        db: Some(db.clone()),
+        outbox: Some(dir.join("outbox")),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        services
+            .storage
+            .find_user_for_login(&rcpat::model::LoginIdentifier::Username("amy".into()))
+            .is_err()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

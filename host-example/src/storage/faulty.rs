@@ -156,4 +156,7 @@ impl Storage for FaultyStorage {
     fn token_hashes_named(&self, u: &str, n: &str) -> HostResult<Vec<String>> {
         self.inner.token_hashes_named(u, n)
     }
+    fn reencrypt_secrets(&self) -> HostResult<usize> {
+        self.inner.reencrypt_secrets()
+    }
 }

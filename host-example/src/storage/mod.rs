@@ -156,4 +156,10 @@ pub trait Storage: Send + Sync {
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()>;
     /// All stored token hashes of the user with that PAT name (for checks).
     fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>>;
+    /// Re-encrypts every stored secret under the newest key (after `keys
+    /// rotate`); returns how many were re-encrypted. Nothing to do for stores
+    /// that keep no secrets at rest.
+    fn reencrypt_secrets(&self) -> HostResult<usize> {
+        Ok(0)
+    }
 }

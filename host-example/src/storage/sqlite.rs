@@ -8,15 +8,22 @@
 //! A write that fails is rolled back to its savepoint alone; a failed commit
 //! fails the whole batch and changes nothing. So every operation stays atomic
 //! and durable, while concurrent requests share the cost of an fsync.
+//!
+//! At rest: the database and its WAL and SHM files are owner-only (SQLite
+//! gives the WAL and SHM the main file's mode), deleted content is
+//! overwritten (`secure_delete`), and TOTP secrets are encrypted with the
+//! host's keys (`keys.rs`), each beside the id of its key.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use rcpat::env::HostResult;
 use rcpat::model::*;
+
+use crate::keys::Keys;
 
 use super::{
     NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary,
@@ -94,9 +101,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE backup_codes ADD COLUMN spent INTEGER NOT NULL DEFAULT 0;
 "#,
+    // TOTP secrets encrypted: the id of the key (NULL: a plaintext secret
+    // from before, encrypted at the next start).
+    r#"
+    ALTER TABLE totp ADD COLUMN secret_key_id INTEGER;
+"#,
 ];
 
 pub struct SqliteStorage {
+    /// Encrypts and decrypts TOTP secrets.
+    keys: Arc<Keys>,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
     /// The database file, for opening more readers.
@@ -144,10 +158,28 @@ fn alg_from(s: &str) -> TotpAlgorithm {
 }
 
 impl SqliteStorage {
-    /// Opens (creating and migrating as needed) the database at `path`.
+    /// Opens (creating and migrating as needed) the database at `path`, with
+    /// the keys of the key file beside it (`<path>.key`; see `keys.rs`).
     pub fn open(path: impl AsRef<Path>) -> HostResult<Self> {
-        let conn = Connection::open(path.as_ref()).map_err(e)?;
-        Self::init(conn, path.as_ref().to_path_buf())
+        let keys = Keys::load(&path.as_ref().with_extension("key"))?;
+        Self::open_with_keys(path, Arc::new(keys))
+    }
+
+    /// Opens the database at `path`, encrypting secrets with `keys`.
+    pub fn open_with_keys(path: impl AsRef<Path>, keys: Arc<Keys>) -> HostResult<Self> {
+        let path = path.as_ref();
+        // Owner-only before SQLite creates it (the WAL and SHM follow its
+        // mode); an existing file of ours is narrowed.
+        if path.exists() {
+            crate::files::restrict_existing(path)?;
+        } else {
+            crate::files::create_private_file(path, b"")?;
+        }
+        for suffix in ["-wal", "-shm"] {
+            crate::files::restrict_existing(Path::new(&format!("{}{suffix}", path.display())))?;
+        }
+        let conn = Connection::open(path).map_err(e)?;
+        Self::init(conn, path.to_path_buf(), keys)
     }
 
     /// A private throwaway database (tests): a file under the temp dir,
@@ -158,17 +190,18 @@ impl SqliteStorage {
             std::process::id(),
             crate::admin::random_id(12)
         ));
-        let mut storage = Self::open(&path)?;
+        let mut storage = Self::open_with_keys(&path, Arc::new(Keys::random()))?;
         storage.scratch = true;
         Ok(storage)
     }
 
-    fn init(mut conn: Connection, path: PathBuf) -> HostResult<Self> {
+    fn init(mut conn: Connection, path: PathBuf, keys: Arc<Keys>) -> HostResult<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
+        conn.pragma_update(None, "secure_delete", "ON").map_err(e)?;
         let version: usize = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(e)?;
@@ -195,12 +228,14 @@ impl SqliteStorage {
             tx.pragma_update(None, "user_version", i + 1).map_err(e)?;
             tx.commit().map_err(e)?;
         }
+        encrypt_plaintext_secrets(&mut conn, &keys)?;
         let (sender, receiver) = mpsc::channel::<Job>();
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, receiver))
             .map_err(|err| format!("cannot start the SQLite writer: {err}"))?;
         Ok(SqliteStorage {
+            keys,
             readers: Mutex::new(Vec::new()),
             path,
             scratch: false,
@@ -344,7 +379,56 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-fn load_user(tx: &Connection, user_id: &str) -> rusqlite::Result<Option<User>> {
+/// A storage-level failure with our own text (a secret that will not decrypt).
+fn failure(msg: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(msg)))
+}
+
+/// Encrypts `secret` for `user_id`: (base64 of nonce ‖ ciphertext, key id).
+fn seal_secret(keys: &Keys, user_id: &str, secret: &str) -> (String, u32) {
+    let (id, sealed) = keys.seal(user_id, secret.as_bytes());
+    (data_encoding::BASE64.encode(&sealed), id)
+}
+
+fn open_secret(keys: &Keys, user_id: &str, stored: &str, key_id: u32) -> rusqlite::Result<String> {
+    let sealed = data_encoding::BASE64
+        .decode(stored.as_bytes())
+        .map_err(|_| failure("an encrypted TOTP secret is not base64".into()))?;
+    let plain = keys.open(key_id, user_id, &sealed).map_err(failure)?;
+    String::from_utf8(plain).map_err(|_| failure("a decrypted TOTP secret is not text".into()))
+}
+
+/// Encrypts every TOTP secret still in plaintext (from before encryption),
+/// then checkpoints so the plaintext leaves the WAL too.
+fn encrypt_plaintext_secrets(conn: &mut Connection, keys: &Keys) -> HostResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(e)?;
+    let rows: Vec<(String, String)> = tx
+        .prepare("SELECT user_id, secret FROM totp WHERE secret_key_id IS NULL")
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(e)?;
+    for (user_id, secret) in &rows {
+        let (sealed, id) = seal_secret(keys, user_id, secret);
+        tx.execute(
+            "UPDATE totp SET secret = ?2, secret_key_id = ?3 WHERE user_id = ?1",
+            params![user_id, sealed, id],
+        )
+        .map_err(e)?;
+    }
+    tx.commit().map_err(e)?;
+    if !rows.is_empty() {
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .map_err(e)?;
+        tracing::info!(
+            secrets = rows.len(),
+            "encrypted TOTP secrets stored in plaintext"
+        );
+    }
+    Ok(())
+}
+
+fn load_user(tx: &Connection, keys: &Keys, user_id: &str) -> rusqlite::Result<Option<User>> {
     let row = tx
         .prepare_cached(
             "SELECT username, created_at, email, email_verified, password_bcrypt, email_two_factor, \
@@ -379,11 +463,16 @@ fn load_user(tx: &Connection, user_id: &str) -> rusqlite::Result<Option<User>> {
         .collect::<Result<_, _>>()?;
     user.totp = tx
         .prepare_cached(
-            "SELECT secret, algorithm, digits, period, last_used_step FROM totp WHERE user_id = ?1",
+            "SELECT secret, algorithm, digits, period, last_used_step, secret_key_id FROM totp WHERE user_id = ?1",
         )?
         .query_row([user_id], |r| {
+            let stored: String = r.get(0)?;
+            let secret = match r.get::<_, Option<u32>>(5)? {
+                Some(key_id) => open_secret(keys, user_id, &stored, key_id)?,
+                None => stored,
+            };
             Ok(TotpEnrolment {
-                secret: r.get(0)?,
+                secret,
                 algorithm: alg_from(&r.get::<_, String>(1)?),
                 digits: r.get(2)?,
                 period: r.get(3)?,
@@ -530,7 +619,7 @@ impl Storage for SqliteStorage {
                 })
                 .optional()?;
             let Some(token) = token else { return Ok(None) };
-            Ok(load_user(tx, user_id)?.map(|user| Session { user, token }))
+            Ok(load_user(tx, &self.keys, user_id)?.map(|user| Session { user, token }))
         })
     }
 
@@ -547,7 +636,7 @@ impl Storage for SqliteStorage {
                     .optional()?,
             };
             match id {
-                Some(id) => load_user(tx, &id),
+                Some(id) => load_user(tx, &self.keys, &id),
                 None => Ok(None),
             }
         })
@@ -870,14 +959,17 @@ let n = &n;
 
     fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> HostResult<()> {
         let (user_id, totp) = (user_id.to_owned(), totp.cloned());
+        let sealed = totp
+            .as_ref()
+            .map(|t| seal_secret(&self.keys, &user_id, &t.secret));
         self.write(move |tx| {
 let (user_id, totp) = (user_id.as_str(), totp.as_ref());
             tx.execute("DELETE FROM totp WHERE user_id = ?1", [user_id])?;
             tx.execute("DELETE FROM backup_codes WHERE user_id = ?1", [user_id])?;
             if let Some(t) = totp {
                 tx.execute(
-                    "INSERT INTO totp (user_id, secret, algorithm, digits, period, last_used_step) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![user_id, t.secret, alg_str(t.algorithm), t.digits, t.period, t.last_used_step as i64],
+                    "INSERT INTO totp (user_id, secret, secret_key_id, algorithm, digits, period, last_used_step) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![user_id, sealed.as_ref().map(|s| &s.0), sealed.as_ref().map(|s| s.1), alg_str(t.algorithm), t.digits, t.period, t.last_used_step as i64],
                 )?;
                 for (codes, spent) in [(&t.hashed_backup_codes, false), (&t.spent_backup_codes, true)] {
                     for h in codes {
@@ -980,6 +1072,28 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
             )?;
             stmt.query_map(params![user_id, name], |r| r.get(0))?
                 .collect()
+        })
+    }
+
+    fn reencrypt_secrets(&self) -> HostResult<usize> {
+        let keys = self.keys.clone();
+        let current = keys.current_id();
+        self.write(move |tx| {
+            let rows: Vec<(String, String, u32)> = tx
+                .prepare(
+                    "SELECT user_id, secret, secret_key_id FROM totp WHERE secret_key_id <> ?1",
+                )?
+                .query_map([current], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            for (user_id, stored, key_id) in &rows {
+                let secret = open_secret(&keys, user_id, stored, *key_id)?;
+                let (sealed, id) = seal_secret(&keys, user_id, &secret);
+                tx.execute(
+                    "UPDATE totp SET secret = ?2, secret_key_id = ?3 WHERE user_id = ?1",
+                    params![user_id, sealed, id],
+                )?;
+            }
+            Ok(rows.len())
         })
     }
 }
