@@ -150,6 +150,25 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         let found = env
             .find_user_for_login(&identifier)
             .map_err(|_| ApiError::StorageFailure)?;
+        // Failed logins are limited per account and per address before any
+        // bcrypt work; an unknown user is limited under the name given, so
+        // it answers exactly like a known one.
+        let account = match (&found, &identifier) {
+            (Some(user), _) => user.id.clone(),
+            (None, LoginIdentifier::Username(name)) => format!("unknown-username:{name}"),
+            (None, LoginIdentifier::Email(email)) => {
+                format!("unknown-email:{}", email.to_lowercase())
+            }
+        };
+        let now = env.now_ms();
+        match env
+            .reserve_login_attempt(&account, &req.client_address, now, &settings.login_limits())
+            .map_err(|_| ApiError::StorageFailure)?
+        {
+            LoginAdmission::Admitted => {}
+            LoginAdmission::AccountBlocked => return Err(ApiError::LoginBlockedForUser),
+            LoginAdmission::AddressBlocked => return Err(ApiError::LoginBlockedForAddress),
+        }
         // One bcrypt check whatever is found, so that an unknown user or one
         // without a password answers as slowly as a wrong password.
         let hash = found
@@ -159,8 +178,12 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         let matches = bcrypt::verify(&digest, hash).unwrap_or(false);
         let mut user = match found {
             Some(user) if matches && user.password_bcrypt.is_some() => user,
+            // The reserved attempt stays counted as a failed login.
             _ => return Err(ApiError::NotLoggedIn),
         };
+        // A right password resets the account's count. Should this fail the
+        // login still stands: the count only errs on the side of blocking.
+        let _ = env.login_succeeded(&account, &req.client_address);
         let attempt = Attempt {
             code: code.or(headers.two_factor_code.as_deref()),
             method: headers.two_factor_method.as_deref(),
@@ -172,9 +195,14 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         };
         let passed = twofactor::check(env, settings, &mut user, &attempt)?;
         let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
-        let now = env.now_ms();
+        let issued_at = env.now_ms();
         match env
-            .insert_login_token(&user.id, &token::hash_token(&plaintext), now, &passed.proof)
+            .insert_login_token(
+                &user.id,
+                &token::hash_token(&plaintext),
+                issued_at,
+                &passed.proof,
+            )
             .map_err(|_| ApiError::StorageFailure)?
         {
             WriteOutcome::Done => {}

@@ -80,6 +80,10 @@ fn settings_from_wit(s: &ep::Settings) -> m::Settings {
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
         login_expiration_days: s.login_expiration_days,
+        max_failed_logins_per_user: s.max_failed_logins_per_user,
+        user_login_block_minutes: s.user_login_block_minutes,
+        max_failed_logins_per_address: s.max_failed_logins_per_address,
+        address_login_block_minutes: s.address_login_block_minutes,
         bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
     }
 }
@@ -97,6 +101,10 @@ fn settings_to_wit(s: m::Settings) -> ep::Settings {
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
         login_expiration_days: s.login_expiration_days,
+        max_failed_logins_per_user: s.max_failed_logins_per_user,
+        user_login_block_minutes: s.user_login_block_minutes,
+        max_failed_logins_per_address: s.max_failed_logins_per_address,
+        address_login_block_minutes: s.address_login_block_minutes,
         bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
         // Each host supplies its own secret.
         code_key: Vec::new(),
@@ -228,6 +236,30 @@ impl Env for Imports {
         email_code_attempt: bool,
     ) -> HostResult<()> {
         st::release_two_factor_attempt(user_id, email_code_attempt)
+    }
+    fn reserve_login_attempt(
+        &mut self,
+        account: &str,
+        address: &str,
+        at: m::TimestampMs,
+        limits: &m::LoginLimits,
+    ) -> HostResult<m::LoginAdmission> {
+        let limits = st::LoginLimits {
+            max_per_account: limits.max_per_account,
+            account_block_ms: limits.account_block_ms,
+            max_per_address: limits.max_per_address,
+            address_block_ms: limits.address_block_ms,
+        };
+        Ok(
+            match st::reserve_login_attempt(account, address, at, limits)? {
+                st::LoginAdmission::Admitted => m::LoginAdmission::Admitted,
+                st::LoginAdmission::AccountBlocked => m::LoginAdmission::AccountBlocked,
+                st::LoginAdmission::AddressBlocked => m::LoginAdmission::AddressBlocked,
+            },
+        )
+    }
+    fn login_succeeded(&mut self, account: &str, address: &str) -> HostResult<()> {
+        st::login_succeeded(account, address)
     }
     fn remove_login_token(
         &mut self,

@@ -70,6 +70,14 @@ pub trait Env {
         user_id: &str,
         email_code_attempt: bool,
     ) -> HostResult<()>;
+    fn reserve_login_attempt(
+        &mut self,
+        account: &str,
+        address: &str,
+        at: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission>;
+    fn login_succeeded(&mut self, account: &str, address: &str) -> HostResult<()>;
     fn remove_login_token(&mut self, user_id: &str, hashed_token: &str)
     -> HostResult<WriteOutcome>;
     fn store_email_code(&mut self, user_id: &str, code: &EmailCode) -> HostResult<()>;

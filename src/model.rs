@@ -129,6 +129,21 @@ impl FactorProof {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginLimits {
+    pub max_per_account: u32,
+    pub account_block_ms: u64,
+    pub max_per_address: u32,
+    pub address_block_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginAdmission {
+    Admitted,
+    AccountBlocked,
+    AddressBlocked,
+}
+
 /// The answer of `reserve_two_factor_attempt`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttemptReservation {
@@ -202,7 +217,23 @@ pub struct Settings {
     pub max_failed_attempts: u32,
     pub failed_attempts_window_seconds: u32,
     pub login_expiration_days: u32,
+    pub max_failed_logins_per_user: u32,
+    pub user_login_block_minutes: u32,
+    pub max_failed_logins_per_address: u32,
+    pub address_login_block_minutes: u32,
     pub bypass_tokens_unrestricted: bool,
+}
+
+impl Settings {
+    /// The login limits as storage applies them.
+    pub fn login_limits(&self) -> LoginLimits {
+        LoginLimits {
+            max_per_account: self.max_failed_logins_per_user,
+            account_block_ms: u64::from(self.user_login_block_minutes) * 60_000,
+            max_per_address: self.max_failed_logins_per_address,
+            address_block_ms: u64::from(self.address_login_block_minutes) * 60_000,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -223,6 +254,10 @@ impl Default for Settings {
             max_failed_attempts: 10,
             failed_attempts_window_seconds: 900,
             login_expiration_days: 90,
+            max_failed_logins_per_user: 10,
+            user_login_block_minutes: 5,
+            max_failed_logins_per_address: 50,
+            address_login_block_minutes: 5,
             bypass_tokens_unrestricted: false,
         }
     }

@@ -84,6 +84,17 @@ pub enum ApiError {
     IncompleteBody,
     /// 400 on logout: the request presents a personal access token.
     LogoutPersonalAccessToken,
+    /// 401 on login: too many failed logins for the account.
+    LoginBlockedForUser,
+    /// 401 on login: too many failed logins from the client address.
+    LoginBlockedForAddress,
+    /// 408 (host): the body did not arrive within the time limit.
+    RequestTimeout,
+    /// 503 (host): too many open connections.
+    Unavailable,
+    /// 429 (host): no capacity for the request now (password checks are
+    /// bounded so that they cannot starve other requests).
+    TooManyRequests,
     /// 400 `error-invalid-header`: duplicated or non-UTF-8 header that matters.
     InvalidHeader(String),
     /// 400 `error-invalid-2fa-method`: `x-2fa-method` is not totp, email or password.
@@ -262,6 +273,36 @@ impl ApiError {
                 400,
                 "The request body ended before its Content-Length".into(),
                 Some("error-invalid-body"),
+                None,
+            ),
+            LoginBlockedForUser => (
+                401,
+                "Login has been temporarily blocked For User".into(),
+                Some("error-login-blocked-for-user"),
+                None,
+            ),
+            LoginBlockedForAddress => (
+                401,
+                "Login has been temporarily blocked For IP".into(),
+                Some("error-login-blocked-for-ip"),
+                None,
+            ),
+            RequestTimeout => (
+                408,
+                "The request body did not arrive in time".into(),
+                Some("error-request-timeout"),
+                None,
+            ),
+            Unavailable => (
+                503,
+                "The server has too many open connections; try again shortly".into(),
+                Some("error-service-unavailable"),
+                None,
+            ),
+            TooManyRequests => (
+                429,
+                "Error, too many requests. Please slow down.".into(),
+                Some("error-too-many-requests"),
                 None,
             ),
             LogoutPersonalAccessToken => (

@@ -529,3 +529,77 @@ fn sessions_expire_and_logout_ends_them() {
     );
     assert!(fx.authenticates(&u, &pat));
 }
+
+#[test]
+fn failed_logins_block_the_account_then_the_address_until_the_block_passes() {
+    let fx = sqlite_fx();
+    fx.user("ann", Some(PASSWORD));
+    let login = |user: &str, password: &str, address: &str| {
+        let mut req = login_request(user, password, None);
+        req.client_address = address.to_string();
+        let r = fx.send(Login, &req);
+        (
+            r.status,
+            r.json["error"].as_str().unwrap_or("").to_string(),
+            r.body,
+        )
+    };
+    // A success resets the account's count: 9 failures, a success, 9 more.
+    for _ in 0..9 {
+        assert_eq!(login("ann", "guess", "10.0.0.1").1, "Unauthorized");
+    }
+    assert_eq!(login("ann", PASSWORD, "10.0.0.1").0, 200);
+    for _ in 0..9 {
+        assert_eq!(login("ann", "guess", "10.0.0.1").1, "Unauthorized");
+    }
+    // The tenth failure blocks the account, from every address, even with
+    // the right password, with Rocket.Chat's reply.
+    login("ann", "guess", "10.0.0.1");
+    let (status, _, body) = login("ann", PASSWORD, "10.0.0.9");
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            401,
+            r#"{"status":"error","error":"error-login-blocked-for-user","message":"Login has been temporarily blocked For User"}"#
+        )
+    );
+    // Another host on the same database sees the same block.
+    let dir = std::env::temp_dir().join(format!(
+        "rcpat-shared-{}",
+        host_example::admin::random_id(8)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("shared.sqlite");
+    let a = Fx::with_storage(Arc::new(SqliteStorage::open(&path).unwrap()));
+    a.user("bo", Some(PASSWORD));
+    for _ in 0..10 {
+        a.send(Login, &login_request("bo", "guess", None));
+    }
+    let b = Fx::with_storage(Arc::new(SqliteStorage::open(&path).unwrap()));
+    let r = b.send(Login, &login_request("bo", PASSWORD, None));
+    assert_eq!(
+        r.json["error"], "error-login-blocked-for-user",
+        "{}",
+        r.body
+    );
+    // After five minutes the account may try again.
+    fx.clock.advance_secs(5 * 60);
+    assert_eq!(login("ann", PASSWORD, "10.0.0.1").0, 200);
+
+    // 50 failures from one address, over any accounts (unknown ones too),
+    // block the address; other addresses are unaffected.
+    for i in 0..50 {
+        let (_, error, _) = login(&format!("nobody{i}"), "guess", "10.0.0.66");
+        assert_eq!(error, "Unauthorized", "attempt {i}");
+    }
+    let (status, error, _) = login("ann", PASSWORD, "10.0.0.66");
+    assert_eq!(
+        (status, error.as_str()),
+        (401, "error-login-blocked-for-ip")
+    );
+    assert_eq!(login("ann", PASSWORD, "10.0.0.67").0, 200);
+    fx.clock.advance_secs(5 * 60);
+    assert_eq!(login("ann", PASSWORD, "10.0.0.66").0, 200);
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -660,6 +660,10 @@ fn stolen_credentials_over_http() {
     let dir = temp_dir("stolen");
     let mut opts = options(&dir);
     opts.mail_from = Some("Ops <ops@example.org>".into());
+    // All 64 guesses reach the component (the password pool would shed
+    // most of them with 429 otherwise, which a separate test shows).
+    opts.password_workers = Some(64);
+    opts.password_wait_ms = Some(30_000);
     let (tid, setup) = add_user(&opts, "tina", true, false);
     let setup = setup.unwrap();
     let (eid, _) = add_user(&opts, "emil", false, true);
@@ -758,6 +762,182 @@ fn stolen_credentials_over_http() {
         (200, Some("You've been logged out!"))
     );
     assert_eq!(c.get("/api/v1/me", &auth(&eid, &session)).status, 401);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Slow and idle clients over real sockets: a half-sent header, headers
+/// dripped a byte at a time, an idle keep-alive connection and a stalled
+/// body are all cut off at the time limit, while others are served; above
+/// the connection cap a client gets a 503.
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_others_served() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("slow");
+    let mut opts = options(&dir);
+    opts.request_timeout_secs = Some(1);
+    opts.max_connections = Some(12);
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+    let connect = || {
+        let s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    // Closed (EOF or reset) within the limit, after maybe an error reply.
+    let closed_within = |mut s: TcpStream, what: &str| {
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(4),
+            "{what}: open for {waited:?}"
+        );
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+
+    let mut half = connect();
+    half.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nX-Us")
+        .unwrap();
+    let mut stalled_body = connect();
+    stalled_body
+        .write_all(
+            b"POST /api/v1/users.regeneratePersonalAccessToken HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"tok",
+        )
+        .unwrap();
+    let mut idle = connect();
+    idle.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Meanwhile other clients are served at once.
+    let started = Instant::now();
+    assert_eq!(c.get("/api/v1/me", &[]).status, 401);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // A byte every 300 ms: never finishes its headers within the limit.
+    let dripper = std::thread::spawn({
+        let addr = server.addr;
+        move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let started = Instant::now();
+            for b in b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n" {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            started.elapsed()
+        }
+    });
+    closed_within(half, "half a header");
+    let reply = closed_within(stalled_body, "a stalled body");
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("error-request-timeout"), "{reply}");
+    let reply = closed_within(idle, "an idle keep-alive connection");
+    assert!(reply.starts_with("HTTP/1.1 401"), "served first: {reply}");
+    let dripped = dripper.join().unwrap();
+    assert!(
+        dripped < Duration::from_secs(4),
+        "the dripping client was cut off after {dripped:?}"
+    );
+
+    // The cap: 12 open connections; the next gets a 503 and is closed.
+    let held: Vec<TcpStream> = (0..12).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = closed_within(connect(), "over the cap");
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("error-service-unavailable"), "{reply}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        c.get("/api/v1/me", &[]).status,
+        401,
+        "served again once they left"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A flood of wrong logins (blocks off, as from many addresses) is held to
+/// the password pool: logins beyond it are shed with 429, and token requests
+/// keep their latency.
+#[test]
+fn a_login_flood_does_not_starve_token_requests() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("flood");
+    let mut opts = options(&dir);
+    opts.two_factor = Some(false);
+    opts.max_failed_logins_per_user = Some(0);
+    opts.max_failed_logins_per_address = Some(0);
+    let (id, _) = add_user(&opts, "rota", false, false);
+    let services = services_from(&opts).unwrap();
+    let mut token = admin::issue_personal_access_token(&services, &id, "ci", true).unwrap();
+    drop(services);
+    let server = RunningServer::start(&opts).unwrap();
+    let c = Client::new(&server);
+    let mut rotate = |n: usize| -> Duration {
+        let mut times: Vec<Duration> = (0..n)
+            .map(|_| {
+                let started = Instant::now();
+                let r = c.post(
+                    "/api/v1/users.regeneratePersonalAccessToken",
+                    &auth(&id, &token),
+                    r#"{"tokenName":"ci"}"#,
+                );
+                assert_eq!(r.status, 200);
+                token = r.json["token"].as_str().unwrap().to_string();
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[n / 2]
+    };
+    let quiet = rotate(40);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (shed, checked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let flooders: Vec<_> = (0..8)
+        .map(|i| {
+            let (stop, shed, checked, base) =
+                (stop.clone(), shed.clone(), checked.clone(), c.base.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = agent
+                        .post(format!("{base}/api/v1/login"))
+                        .header("Content-Type", "application/json")
+                        .send(format!(r#"{{"user":"nobody{i}","password":"guess"}}"#))
+                        .unwrap();
+                    match r.status().as_u16() {
+                        429 => shed.fetch_add(1, Ordering::Relaxed),
+                        401 => checked.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("login answered {other}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let flooded = rotate(40);
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    let (shed, checked) = (
+        shed.load(Ordering::Relaxed),
+        checked.load(Ordering::Relaxed),
+    );
+    assert!(shed > 0 && checked > 0, "shed {shed}, checked {checked}");
+    assert!(
+        flooded < quiet * 3 + Duration::from_millis(5),
+        "median regeneration {flooded:?} under the flood against {quiet:?} before"
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }

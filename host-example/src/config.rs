@@ -21,6 +21,15 @@ pub enum StorageKind {
     Memory,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per line, for machines.
+    Json,
+}
+
 /// Every option; `None` means "not given here". Defaults are in the accessors.
 #[derive(Args, Clone, Debug, Default, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -70,6 +79,21 @@ pub struct Options {
     /// Largest accepted request body, in bytes [default: 65536]
     #[arg(long, global = true, env = "RCPAT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Threads that check passwords (bcrypt), at a lower priority [default: 1]
+    #[arg(long, global = true, env = "RCPAT_PASSWORD_WORKERS")]
+    pub password_workers: Option<usize>,
+    /// How long a login waits for a password worker before a 429, in milliseconds [default: 100]
+    #[arg(long, global = true, env = "RCPAT_PASSWORD_WAIT_MS")]
+    pub password_wait_ms: Option<u64>,
+    /// Seconds a client has to send a request's headers (also the idle keep-alive limit), then its body [default: 10]
+    #[arg(long, global = true, env = "RCPAT_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Open connections at most; more are answered 503 and closed [default: 4096, within the descriptor limit]
+    #[arg(long, global = true, env = "RCPAT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Log format: text (coloured only on a terminal) or json [default: text]
+    #[arg(long, global = true, env = "RCPAT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// Two-factor checks on or off (Accounts_TwoFactorAuthentication_Enabled) [default: true]
     #[arg(long, global = true, env = "RCPAT_TWO_FACTOR", value_name = "BOOL")]
@@ -109,6 +133,18 @@ pub struct Options {
     /// Session (login) token lifetime in days; 0 = never expire (Accounts_LoginExpiration) [default: 90]
     #[arg(long, global = true, env = "RCPAT_LOGIN_EXPIRATION_DAYS")]
     pub login_expiration_days: Option<u32>,
+    /// Failed logins for one account before its logins are blocked; 0 = off (Block_Multiple_Failed_Logins_By_User) [default: 10]
+    #[arg(long, global = true, env = "RCPAT_MAX_FAILED_LOGINS_PER_USER")]
+    pub max_failed_logins_per_user: Option<u32>,
+    /// Minutes an account stays blocked (..._Time_To_Unblock_By_User_In_Minutes) [default: 5]
+    #[arg(long, global = true, env = "RCPAT_USER_LOGIN_BLOCK_MINUTES")]
+    pub user_login_block_minutes: Option<u32>,
+    /// Failed logins from one client address before its logins are blocked; 0 = off (Block_Multiple_Failed_Logins_By_Ip) [default: 50]
+    #[arg(long, global = true, env = "RCPAT_MAX_FAILED_LOGINS_PER_ADDRESS")]
+    pub max_failed_logins_per_address: Option<u32>,
+    /// Minutes an address stays blocked (..._Time_To_Unblock_By_Ip_In_Minutes) [default: 5]
+    #[arg(long, global = true, env = "RCPAT_ADDRESS_LOGIN_BLOCK_MINUTES")]
+    pub address_login_block_minutes: Option<u32>,
     /// Let bypassTwoFactor tokens mint bypass tokens and regenerate or remove other tokens without a second factor, as Rocket.Chat does [default: false]
     #[arg(
         long,
@@ -135,9 +171,11 @@ impl Options {
     pub fn over(self, file: Options) -> Options {
         let (a, b) = (self, file);
         merge_fields!(a, b; listen, storage, db, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
-            max_instances, memory_limit_mb, timeout_ms, max_body_bytes, two_factor, totp, email_2fa, totp_max_delta,
+            max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
+            request_timeout_secs, max_connections, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
-            failed_attempts_window, login_expiration_days, bypass_tokens_unrestricted)
+            failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
+            max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -167,8 +205,27 @@ impl Options {
     pub fn native(&self) -> bool {
         self.native.unwrap_or(false)
     }
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes.unwrap_or(rcpat::reply::MAX_BODY_BYTES)
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or(LogFormat::Text)
+    }
+
+    /// The server's limits; `concurrency` follows the instance pool.
+    pub fn limits(&self) -> crate::server::Limits {
+        let d = crate::server::Limits::default();
+        crate::server::Limits {
+            max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
+            concurrency: self.runtime().max_instances as usize,
+            password_workers: self.password_workers.unwrap_or(d.password_workers).max(1),
+            password_wait: self
+                .password_wait_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(d.password_wait),
+            request_timeout: self
+                .request_timeout_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.request_timeout),
+            max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
+        }
     }
 
     pub fn runtime(&self) -> RuntimeConfig {
@@ -211,6 +268,18 @@ impl Options {
             login_expiration_days: self
                 .login_expiration_days
                 .unwrap_or(d.login_expiration_days),
+            max_failed_logins_per_user: self
+                .max_failed_logins_per_user
+                .unwrap_or(d.max_failed_logins_per_user),
+            user_login_block_minutes: self
+                .user_login_block_minutes
+                .unwrap_or(d.user_login_block_minutes),
+            max_failed_logins_per_address: self
+                .max_failed_logins_per_address
+                .unwrap_or(d.max_failed_logins_per_address),
+            address_login_block_minutes: self
+                .address_login_block_minutes
+                .unwrap_or(d.address_login_block_minutes),
             bypass_tokens_unrestricted: self
                 .bypass_tokens_unrestricted
                 .unwrap_or(d.bypass_tokens_unrestricted),

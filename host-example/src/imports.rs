@@ -237,6 +237,34 @@ impl st::Host for HostState {
             .storage
             .release_two_factor_attempt(&user_id, email_code_attempt)
     }
+    fn reserve_login_attempt(
+        &mut self,
+        account: String,
+        address: String,
+        at: u64,
+        limits: st::LoginLimits,
+    ) -> Result<st::LoginAdmission, String> {
+        let limits = m::LoginLimits {
+            max_per_account: limits.max_per_account,
+            account_block_ms: limits.account_block_ms,
+            max_per_address: limits.max_per_address,
+            address_block_ms: limits.address_block_ms,
+        };
+        Ok(
+            match self
+                .services
+                .storage
+                .reserve_login_attempt(&account, &address, at, &limits)?
+            {
+                m::LoginAdmission::Admitted => st::LoginAdmission::Admitted,
+                m::LoginAdmission::AccountBlocked => st::LoginAdmission::AccountBlocked,
+                m::LoginAdmission::AddressBlocked => st::LoginAdmission::AddressBlocked,
+            },
+        )
+    }
+    fn login_succeeded(&mut self, account: String, address: String) -> Result<(), String> {
+        self.services.storage.login_succeeded(&account, &address)
+    }
     fn remove_login_token(
         &mut self,
         user_id: String,

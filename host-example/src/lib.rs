@@ -17,6 +17,7 @@ mod imports;
 pub mod keys;
 pub mod loadgen;
 pub mod mail;
+pub mod password_pool;
 pub mod runtime;
 pub mod server;
 pub mod services;

@@ -294,18 +294,25 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
 }
 
 fn serve(opts: Options) -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
-        .init();
+        // Colour escapes only for a person at a terminal, never in a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match opts.log_format() {
+        host_example::config::LogFormat::Text => builder.init(),
+        host_example::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    let descriptors = host_example::server::raise_descriptor_limit();
     let server = host_example::server::RunningServer::start(&opts)?;
     tracing::info!(
         addr = %server.addr,
         backend = if opts.native() { "native" } else { "wasm" },
         cache = ?server.cache,
         startup_ms = server.startup.as_secs_f64() * 1000.0,
+        descriptors,
         "listening"
     );
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -306,6 +306,10 @@ fn settings_to_wit(s: &Settings, code_key: &[u8]) -> ep::Settings {
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
         login_expiration_days: s.login_expiration_days,
+        max_failed_logins_per_user: s.max_failed_logins_per_user,
+        user_login_block_minutes: s.user_login_block_minutes,
+        max_failed_logins_per_address: s.max_failed_logins_per_address,
+        address_login_block_minutes: s.address_login_block_minutes,
         bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
         code_key: code_key.to_vec(),
     }
@@ -324,6 +328,10 @@ fn settings_from_wit(s: &ep::Settings) -> Settings {
         max_failed_attempts: s.max_failed_attempts,
         failed_attempts_window_seconds: s.failed_attempts_window_seconds,
         login_expiration_days: s.login_expiration_days,
+        max_failed_logins_per_user: s.max_failed_logins_per_user,
+        user_login_block_minutes: s.user_login_block_minutes,
+        max_failed_logins_per_address: s.max_failed_logins_per_address,
+        address_login_block_minutes: s.address_login_block_minutes,
         bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
     }
 }

@@ -1,13 +1,17 @@
 //! `host-example serve`: Rocket.Chat's REST paths for personal access tokens
 //! over HTTP/1.1, one fresh component instance per request.
 //!
-//! The HTTP layer only routes, bounds and logs: 404/405/413/415 are answered
-//! here (in Rocket.Chat's error shape, rendered by the component crate's
-//! `reply` module); everything else is the component's reply, passed through.
+//! The HTTP layer only routes, bounds and logs: 404/405/408/413/415/429/503
+//! are answered here (in Rocket.Chat's error shape, rendered by the component
+//! crate's `reply` module); everything else is the component's reply, passed
+//! through. Connections are accepted by our own loop (`serve`), so that each
+//! is bounded: a cap on open connections, a time limit for a request's
+//! headers (which also ends idle keep-alive connections) and its body.
+//! Logins run on the password pool (`password_pool.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -18,8 +22,39 @@ use tokio::sync::Semaphore;
 use rcpat::model::{Header, Request, Response, Settings};
 use rcpat::reply::ApiError;
 
+use crate::password_pool::{PasswordPool, PoolError};
 use crate::runtime::{Endpoint, Runtime};
 use crate::services::Services;
+
+/// What bounds the server's work per client.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Requests running at once (the instance pool's size).
+    pub concurrency: usize,
+    /// Password-check workers, and how long a login waits for one.
+    pub password_workers: usize,
+    pub password_wait: Duration,
+    /// Time to receive a request's headers (also: the idle keep-alive
+    /// limit), and then its body.
+    pub request_timeout: Duration,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: rcpat::reply::MAX_BODY_BYTES,
+            concurrency: 64,
+            password_workers: 1,
+            password_wait: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+        }
+    }
+}
 
 /// Where the logic runs.
 pub enum Backend {
@@ -33,9 +68,10 @@ pub struct App {
     pub backend: Backend,
     pub services: Services,
     pub settings: Settings,
-    pub max_body_bytes: usize,
-    /// At most this many requests run at once (the instance pool's size).
+    pub limits: Limits,
+    /// At most `limits.concurrency` requests run at once.
     permits: Semaphore,
+    passwords: PasswordPool,
 }
 
 impl App {
@@ -43,16 +79,17 @@ impl App {
         backend: Backend,
         services: Services,
         settings: Settings,
-        max_body_bytes: usize,
-        concurrency: usize,
-    ) -> Self {
-        App {
+        limits: Limits,
+    ) -> Result<Self, String> {
+        Ok(App {
             backend,
             services,
             settings,
-            max_body_bytes,
-            permits: Semaphore::new(concurrency.max(1)),
-        }
+            permits: Semaphore::new(limits.concurrency.max(1)),
+            passwords: PasswordPool::new(limits.password_workers, limits.password_wait)
+                .map_err(|e| format!("cannot start the password workers: {e}"))?,
+            limits,
+        })
     }
 
     /// Runs one endpoint to completion (blocking: wasm, SQLite, bcrypt).
@@ -88,18 +125,74 @@ pub fn router(app: Arc<App>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(app)
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::Service;
+
+    let router = router(app.clone());
+    let open = Arc::new(Semaphore::new(app.limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors, for one: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::warn!(event = "connection_refused", client = %peer.ip(), "too many open connections");
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let mut router = router.clone();
+                async move { router.call(req.map(Body::new)).await }
+            });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(app.limits.request_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Answers a connection over the cap with a 503 and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let reply = ApiError::Unavailable.to_response();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        reply.body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(reply.body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 async fn handle(
@@ -109,20 +202,32 @@ async fn handle(
 ) -> axum::response::Response {
     let started = Instant::now();
     let method = req.method().clone();
+    // The user a request names (an id, not a secret), for security events.
+    let user_id = req
+        .headers()
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or("")
+        .to_string();
     let path = req.uri().path().to_string();
     let endpoint = Endpoint::ALL.into_iter().find(|e| e.path() == path);
     let reply = match endpoint {
         None => ApiError::NotFound.to_response(),
         Some(ep) => dispatch(&app, ep, peer, req).await,
     };
-    // One line per request: route, status, latency. Never headers or bodies.
+    // One line per request: client, route, status, latency. Never headers
+    // or bodies (they carry tokens, codes and passwords).
+    let route = endpoint.map_or("(unknown)", |e| e.path());
     tracing::info!(
+        client = %peer.ip(),
         method = %method,
-        route = %endpoint.map_or("(unknown)", |e| e.path()),
+        route = %route,
         status = reply.status,
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
+    log_security_event(peer, route, &user_id, &reply);
     let mut resp = (
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         reply.body,
@@ -160,13 +265,15 @@ async fn dispatch(
     }
     let (parts, body) = req.into_parts();
     let body = if ep.is_post() {
-        let bytes = match axum::body::to_bytes(Body::new(body), app.max_body_bytes).await {
-            Ok(b) => b,
-            Err(e) if is_length_limit(&e) => {
-                return ApiError::BodyTooLarge(app.max_body_bytes).to_response();
+        let read = axum::body::to_bytes(Body::new(body), app.limits.max_body_bytes);
+        let bytes = match tokio::time::timeout(app.limits.request_timeout, read).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) if is_length_limit(&e) => {
+                return ApiError::BodyTooLarge(app.limits.max_body_bytes).to_response();
             }
             // The client stopped (or was cut off) before its Content-Length.
-            Err(_) => return ApiError::IncompleteBody.to_response(),
+            Ok(Err(_)) => return ApiError::IncompleteBody.to_response(),
+            Err(_) => return ApiError::RequestTimeout.to_response(),
         };
         if !bytes.is_empty() && !is_json(parts.headers.get(header::CONTENT_TYPE)) {
             return ApiError::UnsupportedMediaType.to_response();
@@ -187,6 +294,17 @@ async fn dispatch(
         client_address: peer.ip().to_string(),
         body,
     };
+    if ep == Endpoint::Login {
+        let pool_app = app.clone();
+        return match app.passwords.run(move || pool_app.call(ep, &request)).await {
+            Ok(reply) => reply,
+            Err(PoolError::Busy) => ApiError::TooManyRequests.to_login_response(),
+            Err(PoolError::Failed) => {
+                tracing::error!(route = ep.path(), "login handler failed");
+                ApiError::Internal("The request failed and was stopped").to_response()
+            }
+        };
+    }
     let Ok(_permit) = app.permits.acquire().await else {
         return ApiError::Internal("The server is shutting down").to_response();
     };
@@ -198,6 +316,31 @@ async fn dispatch(
             ApiError::Internal("The request failed and was stopped").to_response()
         }
     }
+}
+
+/// Security events as their own log lines, from the reply (the component
+/// decides; the host reports): failed logins, blocks, wrong codes, lockouts.
+/// Never with a secret: the client address and the user id at most.
+fn log_security_event(peer: SocketAddr, route: &str, user_id: &str, reply: &Response) {
+    if reply.status < 400 || reply.status >= 500 {
+        return;
+    }
+    let Ok(body) = serde_json::from_str::<serde_json::Value>(&reply.body) else {
+        return;
+    };
+    let kind = body["errorType"]
+        .as_str()
+        .or(body["error"].as_str())
+        .unwrap_or("");
+    let event = match kind {
+        "Unauthorized" if route == Endpoint::Login.path() => "login_failed",
+        "error-login-blocked-for-user" | "error-login-blocked-for-ip" => "login_blocked",
+        "error-too-many-requests" => "login_shed",
+        "totp-invalid" => "wrong_code",
+        "totp-max-attempts" => "two_factor_lockout",
+        _ => return,
+    };
+    tracing::warn!(event, client = %peer.ip(), user_id, route = %route, reason = kind, "security");
 }
 
 /// Whether reading a body failed because it exceeded the limit (rather than
@@ -274,16 +417,48 @@ pub fn app_from(
             .map_err(|e| format!("loading the component: {e:?}"))?;
         (Backend::Wasm(Box::new(runtime)), Some(outcome))
     };
+    let mut limits = Limits {
+        concurrency,
+        ..opts.limits()
+    };
+    // Connections beyond what descriptors allow would fail at accept, and
+    // starve the database and mail of descriptors: keep a margin.
+    if let Some(soft) = descriptor_limit() {
+        let room = soft.saturating_sub(256).max(16) as usize;
+        limits.max_connections = limits.max_connections.min(room);
+    }
     Ok((
-        App::new(
-            backend,
-            services,
-            opts.settings(),
-            opts.max_body_bytes(),
-            concurrency,
-        ),
+        App::new(backend, services, opts.settings(), limits)?,
         outcome,
     ))
+}
+
+/// The soft limit on open descriptors.
+pub fn descriptor_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+/// Raises the soft descriptor limit to the hard one (the default soft limit
+/// of 1,024 lets a thousand idle sockets stop a server); returns the new one.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    descriptor_limit()
 }
 
 /// A server running on its own thread and tokio runtime (tests, benches).

@@ -159,6 +159,20 @@ impl Env for NativeEnv<'_> {
             .storage
             .release_two_factor_attempt(user_id, email_code_attempt)
     }
+    fn reserve_login_attempt(
+        &mut self,
+        account: &str,
+        address: &str,
+        at: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission> {
+        self.0
+            .storage
+            .reserve_login_attempt(account, address, at, limits)
+    }
+    fn login_succeeded(&mut self, account: &str, address: &str) -> HostResult<()> {
+        self.0.storage.login_succeeded(account, address)
+    }
     fn remove_login_token(
         &mut self,
         user_id: &str,

@@ -207,7 +207,6 @@ fn server_logs_one_line_per_request_without_secrets() {
         .arg("--outbox")
         .arg(dir.join("outbox"))
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -251,8 +250,9 @@ fn server_logs_one_line_per_request_without_secrets() {
         .unwrap();
     let _ = agent.get(format!("{base}/nope")).call().unwrap();
 
+    // Request lines, and the wrong code as a security event of its own.
     let mut log = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         log.push(lines.next().unwrap().unwrap());
     }
     child.kill().unwrap();
@@ -260,6 +260,7 @@ fn server_logs_one_line_per_request_without_secrets() {
     assert!(
         log[0].contains("route=/api/v1/login")
             && log[0].contains("status=200")
+            && log[0].contains("client=127.0.0.1")
             && log[0].contains("latency_us="),
         "{log:?}"
     );
@@ -268,7 +269,16 @@ fn server_logs_one_line_per_request_without_secrets() {
             && log[1].contains("status=400"),
         "{log:?}"
     );
-    assert!(log[2].contains("status=404"), "{log:?}");
+    assert!(
+        log[2].contains("security")
+            && log[2].contains("wrong_code")
+            && log[2].contains(id)
+            && log[2].contains("client=127.0.0.1"),
+        "{log:?}"
+    );
+    assert!(log[3].contains("status=404"), "{log:?}");
+    // Not a terminal: no colour escapes.
+    assert!(log.iter().all(|l| !l.contains('\u{1b}')), "{log:?}");
     for line in log.iter().chain([&listening]) {
         for secret in [token, secret_code, "hunter2", "secret-name"] {
             assert!(!line.contains(secret), "log line leaks a secret: {line}");
@@ -465,4 +475,64 @@ fn secrets_at_rest_are_encrypted_owner_only_and_survive_rotation() {
             .is_err()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = temp_dir("json");
+    let db = dir.join("json.sqlite");
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--db",
+        ])
+        .arg(&db)
+        .arg("--no-cache")
+        .arg("--outbox")
+        .arg(dir.join("outbox"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Every line is JSON; the first ones may be start-up notes (a new key file).
+    let listening = loop {
+        let line: serde_json::Value =
+            serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if line["message"] == "listening" {
+            break line;
+        }
+    };
+    let addr = listening["addr"].as_str().unwrap().to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let _ = agent
+        .post(format!("http://{addr}/api/v1/login"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"user":"nobody","password":"pw"}"#)
+        .unwrap();
+    let request: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let event: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        (
+            request["message"].as_str(),
+            request["status"].as_u64(),
+            request["client"].as_str()
+        ),
+        (Some("request"), Some(401), Some("127.0.0.1"))
+    );
+    assert_eq!(event["event"], "login_failed");
+    assert!(
+        !event.to_string().contains("nobody"),
+        "the identifier is not logged: {event}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

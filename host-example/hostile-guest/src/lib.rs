@@ -45,6 +45,10 @@ impl Guest for Hostile {
             max_failed_attempts: 10,
             failed_attempts_window_seconds: 900,
             login_expiration_days: 90,
+            max_failed_logins_per_user: 10,
+            user_login_block_minutes: 5,
+            max_failed_logins_per_address: 50,
+            address_login_block_minutes: 5,
             bypass_tokens_unrestricted: false,
             code_key: Vec::new(),
         }

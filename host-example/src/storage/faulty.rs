@@ -120,6 +120,18 @@ impl Storage for FaultyStorage {
     fn release_two_factor_attempt(&self, u: &str, e: bool) -> HostResult<()> {
         self.call(|| self.inner.release_two_factor_attempt(u, e))
     }
+    fn reserve_login_attempt(
+        &self,
+        a: &str,
+        ip: &str,
+        at: TimestampMs,
+        l: &LoginLimits,
+    ) -> HostResult<LoginAdmission> {
+        self.call(|| self.inner.reserve_login_attempt(a, ip, at, l))
+    }
+    fn login_succeeded(&self, a: &str, ip: &str) -> HostResult<()> {
+        self.call(|| self.inner.login_succeeded(a, ip))
+    }
     fn remove_login_token(&self, u: &str, h: &str) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.remove_login_token(u, h))
     }

@@ -7,7 +7,8 @@ use rcpat::env::HostResult;
 use rcpat::model::*;
 
 use super::{
-    NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary,
+    LoginCount, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
+    UserSummary,
 };
 
 #[derive(Clone)]
@@ -29,6 +30,9 @@ struct MemUser {
 struct State {
     users: HashMap<String, MemUser>,
     permissions: HashMap<String, Vec<String>>,
+    /// Failed logins by account and by address.
+    account_logins: HashMap<String, LoginCount>,
+    address_logins: HashMap<String, LoginCount>,
 }
 
 pub struct MemoryStorage {
@@ -371,6 +375,48 @@ impl Storage for MemoryStorage {
             u.user.failures.count = u.user.failures.count.saturating_sub(1);
             if email_code_attempt && let Some(c) = u.user.email_code.as_mut() {
                 c.attempts = c.attempts.saturating_sub(1);
+            }
+            Ok(())
+        })
+    }
+
+    fn reserve_login_attempt(
+        &self,
+        account: &str,
+        address: &str,
+        at: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission> {
+        self.with(|s| {
+            let acc = s.account_logins.get(account).copied().unwrap_or_default();
+            let adr = s.address_logins.get(address).copied().unwrap_or_default();
+            if acc.blocks(at, limits.max_per_account, limits.account_block_ms) {
+                return Ok(LoginAdmission::AccountBlocked);
+            }
+            if adr.blocks(at, limits.max_per_address, limits.address_block_ms) {
+                return Ok(LoginAdmission::AddressBlocked);
+            }
+            let next = |c: LoginCount, max, block| LoginCount {
+                count: c.current(at, max, block).saturating_add(1),
+                last_at: at,
+            };
+            s.account_logins.insert(
+                account.to_string(),
+                next(acc, limits.max_per_account, limits.account_block_ms),
+            );
+            s.address_logins.insert(
+                address.to_string(),
+                next(adr, limits.max_per_address, limits.address_block_ms),
+            );
+            Ok(LoginAdmission::Admitted)
+        })
+    }
+
+    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()> {
+        self.with(|s| {
+            s.account_logins.remove(account);
+            if let Some(c) = s.address_logins.get_mut(address) {
+                c.count = c.count.saturating_sub(1);
             }
             Ok(())
         })

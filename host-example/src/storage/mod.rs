@@ -72,6 +72,30 @@ impl TokenRecord {
     }
 }
 
+/// One failed-login count (per account or per address) and the rule that
+/// both backends apply to it (`reserve-login-attempt` in `wit/world.wit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoginCount {
+    pub count: u32,
+    pub last_at: TimestampMs,
+}
+
+impl LoginCount {
+    /// The count as it stands at `at`: zero once a block has run out.
+    pub fn current(self, at: TimestampMs, max: u32, block_ms: u64) -> u32 {
+        if max > 0 && self.count >= max && at >= self.last_at.saturating_add(block_ms) {
+            0
+        } else {
+            self.count
+        }
+    }
+
+    /// Whether this count blocks a login at `at`.
+    pub fn blocks(self, at: TimestampMs, max: u32, block_ms: u64) -> bool {
+        max > 0 && self.current(at, max, block_ms) >= max
+    }
+}
+
 /// A user as listed by the admin CLI.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserSummary {
@@ -130,6 +154,14 @@ pub trait Storage: Send + Sync {
     ) -> HostResult<AttemptReservation>;
     fn release_two_factor_attempt(&self, user_id: &str, email_code_attempt: bool)
     -> HostResult<()>;
+    fn reserve_login_attempt(
+        &self,
+        account: &str,
+        address: &str,
+        at: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission>;
+    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()>;
     fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome>;
     fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()>;
 

@@ -26,7 +26,8 @@ use rcpat::model::*;
 use crate::keys::Keys;
 
 use super::{
-    NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord, UserSummary,
+    LoginCount, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
+    UserSummary,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
@@ -105,6 +106,17 @@ const MIGRATIONS: &[&str] = &[
     // from before, encrypted at the next start).
     r#"
     ALTER TABLE totp ADD COLUMN secret_key_id INTEGER;
+"#,
+    // Failed logins per account and per client address (Rocket.Chat's
+    // Block_Multiple_Failed_Logins), shared by every host on this database.
+    r#"
+    CREATE TABLE login_failures (
+        scope TEXT NOT NULL CHECK (scope IN ('account', 'address')),
+        key TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
 "#,
 ];
 
@@ -880,6 +892,59 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 )?
                 .execute([user_id])?;
             }
+            Ok(())
+        })
+    }
+
+    fn reserve_login_attempt(
+        &self,
+        account: &str,
+        address: &str,
+        at: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission> {
+        let (account, address, limits) = (account.to_owned(), address.to_owned(), *limits);
+        // The writer runs one job at a time, so this read-then-write is atomic.
+        self.write(move |tx| {
+            let get = |scope: &str, key: &str| -> rusqlite::Result<LoginCount> {
+                Ok(tx
+                    .prepare_cached("SELECT count, last_at FROM login_failures WHERE scope = ?1 AND key = ?2")?
+                    .query_row(params![scope, key], |r| {
+                        Ok(LoginCount { count: r.get(0)?, last_at: r.get::<_, i64>(1)? as u64 })
+                    })
+                    .optional()?
+                    .unwrap_or_default())
+            };
+            let acc = get("account", &account)?;
+            let adr = get("address", &address)?;
+            if acc.blocks(at, limits.max_per_account, limits.account_block_ms) {
+                return Ok(LoginAdmission::AccountBlocked);
+            }
+            if adr.blocks(at, limits.max_per_address, limits.address_block_ms) {
+                return Ok(LoginAdmission::AddressBlocked);
+            }
+            let put = |scope: &str, key: &str, count: u32| {
+                tx.prepare_cached(
+                    "INSERT INTO login_failures (scope, key, count, last_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT(scope, key) DO UPDATE SET count = ?3, last_at = ?4",
+                )?
+                .execute(params![scope, key, count, at as i64])
+            };
+            put("account", &account, acc.current(at, limits.max_per_account, limits.account_block_ms).saturating_add(1))?;
+            put("address", &address, adr.current(at, limits.max_per_address, limits.address_block_ms).saturating_add(1))?;
+            Ok(LoginAdmission::Admitted)
+        })
+    }
+
+    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()> {
+        let (account, address) = (account.to_owned(), address.to_owned());
+        self.write(move |tx| {
+            tx.prepare_cached("DELETE FROM login_failures WHERE scope = 'account' AND key = ?1")?
+                .execute([&account])?;
+            tx.prepare_cached(
+                "UPDATE login_failures SET count = MAX(count - 1, 0) WHERE scope = 'address' AND key = ?1",
+            )?
+            .execute([&address])?;
             Ok(())
         })
     }
