@@ -25,6 +25,8 @@ pub struct LoadConfig {
     pub connections: usize,
     pub duration: Duration,
     pub show_progress: bool,
+    /// Extra connections sending wrong passwords meanwhile (0: none).
+    pub login_flood: usize,
 }
 
 /// One user's rotation chain.
@@ -36,6 +38,9 @@ struct Rotor {
 
 #[derive(Default)]
 pub struct Report {
+    /// Flood logins answered 401 (checked) and 429 (shed).
+    pub flood_checked: u64,
+    pub flood_shed: u64,
     pub requests: u64,
     pub ok: u64,
     pub errors: std::collections::BTreeMap<String, u64>,
@@ -166,6 +171,30 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
         })
         .collect();
 
+    // Wrong passwords for unknown users, each connection its own name.
+    let flood: Vec<_> = (0..config.login_flood)
+        .map(|i| {
+            let (stop, login) = (stop.clone(), format!("{}/api/v1/login", config.url));
+            std::thread::spawn(move || {
+                let agent = agent();
+                let (mut checked, mut shed) = (0u64, 0u64);
+                let body = format!(r#"{{"user":"flood{i}","password":"guess"}}"#);
+                while !stop.load(Ordering::Relaxed) {
+                    let status = agent
+                        .post(&login)
+                        .header("Content-Type", "application/json")
+                        .send(&body)
+                        .map(|r| r.status().as_u16());
+                    match status {
+                        Ok(429) => shed += 1,
+                        Ok(_) => checked += 1,
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                (checked, shed)
+            })
+        })
+        .collect();
     let bar = config.show_progress.then(|| {
         let bar = indicatif::ProgressBar::new(config.duration.as_secs().max(1));
         bar.set_style(
@@ -200,6 +229,11 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
         report.ok += ok;
     }
     report.elapsed = start.elapsed();
+    for f in flood {
+        let (checked, shed) = f.join().expect("flood worker");
+        report.flood_checked += checked;
+        report.flood_shed += shed;
+    }
     report.cpu = process_cpu()
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
@@ -296,6 +330,12 @@ impl Report {
         if let Some(us) = self.cpu_per_request_us() {
             println!(
                 "  CPU             {us:.1} µs per request (server and load generator, both cores)"
+            );
+        }
+        if self.flood_checked + self.flood_shed > 0 {
+            println!(
+                "  login flood     {} wrong passwords checked, {} shed with 429",
+                self.flood_checked, self.flood_shed
             );
         }
         let errors: u64 = self.errors.values().sum();

@@ -76,6 +76,11 @@ enum Command {
         /// Measure start-up to the first served request instead (compiling, then cached)
         #[arg(long)]
         startup: bool,
+        /// Run twice, quiet and then with this many extra connections sending
+        /// wrong passwords (login blocks off, as from many addresses), and print
+        /// the throughput kept
+        #[arg(long, default_value_t = 0)]
+        login_flood: usize,
     },
     /// Print the embedded component's world (its imports and exports) as WIT.
     Wit,
@@ -231,9 +236,26 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
             chart,
             compare,
             startup,
+            login_flood,
         } => {
             if startup {
                 return bench_startup();
+            }
+            if login_flood > 0 {
+                let mut opts = opts.clone();
+                opts.max_failed_logins_per_user = Some(0);
+                opts.max_failed_logins_per_address = Some(0);
+                let mut kept = Vec::new();
+                for flood in [0, login_flood] {
+                    let report =
+                        bench_once(&opts, url.clone(), users, connections, seconds, flood)?;
+                    report.print(&format!(
+                        "{users} users, {connections} connections, {seconds} s, {flood} flooding logins"
+                    ));
+                    kept.push(report.ok as f64 / report.elapsed.as_secs_f64());
+                }
+                println!("throughput kept under the flood: {:.2}", kept[1] / kept[0]);
+                return Ok(());
             }
             let runs: Vec<bool> = if compare {
                 vec![false, true]
@@ -250,7 +272,7 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
                 } else {
                     "component (wasmtime, instance per request)"
                 };
-                let report = bench_once(&opts, url.clone(), users, connections, seconds)?;
+                let report = bench_once(&opts, url.clone(), users, connections, seconds, 0)?;
                 report.print(&format!(
                     "{label}: {users} users, {connections} connections, {seconds} s"
                 ));
@@ -469,6 +491,7 @@ fn bench_once(
     users: usize,
     connections: usize,
     seconds: u64,
+    login_flood: usize,
 ) -> Result<host_example::loadgen::Report, String> {
     let dir = std::env::temp_dir().join(format!(
         "rcpat-bench-{}-{}",
@@ -497,6 +520,7 @@ fn bench_once(
         connections,
         duration: std::time::Duration::from_secs(seconds),
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        login_flood,
     };
     let report = host_example::loadgen::run(&config, seeded);
     drop(server);

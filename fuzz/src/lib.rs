@@ -1,0 +1,412 @@
+//! Shared by the fuzz targets: an in-memory `Env` with one user (password,
+//! TOTP with backup codes, emailed codes) and three tokens (a session, a
+//! bypass PAT, a plain PAT), deterministic randomness, and the reply check.
+//! Its storage keeps the same rules as the host's memory storage, in brief.
+
+use std::sync::OnceLock;
+
+use rcpat::env::{Env, HostResult};
+use rcpat::model::*;
+
+pub const USER_ID: &str = "FuzzUser000000001";
+const T0: u64 = 1_800_000_015_000;
+const CODE_KEY: &[u8] = b"fuzzing code key, 32 bytes long!";
+const TOKENS: [&str; 3] = [
+    "SessionTokenSessionTokenSessionTokenSessio",
+    "BypassTokenBypassTokenBypassTokenBypassTok",
+    "PlainTokenPlainTokenPlainTokenPlainTokenPl",
+];
+
+/// A cheap bcrypt (cost 4) of the password "fuzz", made once.
+fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| bcrypt::hash(rcpat::token::sha256_hex(b"fuzz"), 4).unwrap())
+}
+
+struct Stored {
+    token: LoginToken,
+    pat: Option<PersonalAccessToken>,
+}
+
+pub struct FuzzEnv {
+    now: u64,
+    seed: u64,
+    user: User,
+    tokens: Vec<Stored>,
+    logins: std::collections::HashMap<String, u32>,
+    pub mails: usize,
+}
+
+impl FuzzEnv {
+    pub fn new(offset_s: u64) -> Self {
+        let totp = TotpEnrolment {
+            secret: "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".into(),
+            algorithm: TotpAlgorithm::Sha1,
+            digits: 6,
+            period: 30,
+            last_used_step: 0,
+            hashed_backup_codes: vec![rcpat::codes::backup_code_hash(
+                CODE_KEY, USER_ID, "ABCDEFGH",
+            )],
+            spent_backup_codes: vec![rcpat::codes::backup_code_hash(
+                CODE_KEY, USER_ID, "HGFEDCBA",
+            )],
+        };
+        let user = User {
+            id: USER_ID.into(),
+            username: "fuzz".into(),
+            name: "fuzz".into(),
+            roles: vec!["user".into()],
+            created_at: T0,
+            verified_emails: vec!["fuzz@example.org".into()],
+            password_bcrypt: Some(password_hash().to_string()),
+            totp: Some(totp),
+            email_two_factor: true,
+            email_code: None,
+            failures: FailureCount::default(),
+        };
+        let token = |i: usize, kind, name: Option<&str>, bypass| {
+            let hashed = rcpat::token::hash_token(TOKENS[i]);
+            Stored {
+                token: LoginToken {
+                    hashed_token: hashed.clone(),
+                    kind,
+                    name: name.map(String::from),
+                    created_at: T0,
+                    bypass_two_factor: bypass,
+                    two_factor_authorized_hash: None,
+                    two_factor_authorized_until: None,
+                },
+                pat: name.map(|n| PersonalAccessToken {
+                    name: n.into(),
+                    hashed_token: hashed,
+                    last_token_part: rcpat::token::last_part(TOKENS[i]).into(),
+                    created_at: T0,
+                    bypass_two_factor: bypass,
+                }),
+            }
+        };
+        FuzzEnv {
+            now: T0 + offset_s * 1000,
+            seed: 0x9e37_79b9_7f4a_7c15,
+            user,
+            tokens: vec![
+                token(0, TokenKind::Login, None, false),
+                token(1, TokenKind::PersonalAccessToken, Some("robot"), true),
+                token(2, TokenKind::PersonalAccessToken, Some("ci"), false),
+            ],
+            logins: Default::default(),
+            mails: 0,
+        }
+    }
+
+    /// A valid token to present, chosen by `n` (or none).
+    pub fn credential(&self, n: u8) -> Option<&'static str> {
+        match n % 4 {
+            0 => None,
+            i => Some(TOKENS[usize::from(i) - 1]),
+        }
+    }
+
+    fn refusal(&self, proof: &FactorProof) -> Option<WriteOutcome> {
+        if let Some(s) = &proof.session
+            && !self.tokens.iter().any(|t| &t.token.hashed_token == s)
+        {
+            return Some(WriteOutcome::CredentialsRevoked);
+        }
+        let ok = match &proof.used {
+            FactorUse::None | FactorUse::Password => true,
+            FactorUse::TotpStep(step) => self
+                .user
+                .totp
+                .as_ref()
+                .is_some_and(|t| *step > t.last_used_step),
+            FactorUse::BackupCode(h) => self
+                .user
+                .totp
+                .as_ref()
+                .is_some_and(|t| t.hashed_backup_codes.contains(h)),
+            FactorUse::EmailCode(h) => self
+                .user
+                .email_code
+                .as_ref()
+                .is_some_and(|c| &c.code_hash == h),
+        };
+        (!ok).then_some(WriteOutcome::FactorAlreadyUsed)
+    }
+
+    fn spend(&mut self, proof: &FactorProof) {
+        match &proof.used {
+            FactorUse::TotpStep(step) => self.user.totp.as_mut().unwrap().last_used_step = *step,
+            FactorUse::BackupCode(h) => {
+                let t = self.user.totp.as_mut().unwrap();
+                t.hashed_backup_codes.retain(|c| c != h);
+                t.spent_backup_codes.push(h.clone());
+            }
+            FactorUse::EmailCode(_) => self.user.email_code = None,
+            FactorUse::None | FactorUse::Password => {}
+        }
+        if proof.used != FactorUse::None {
+            self.user.failures = FailureCount::default();
+        }
+    }
+
+    fn pat_index(&self, name: &str) -> Option<usize> {
+        self.tokens
+            .iter()
+            .position(|t| t.pat.as_ref().is_some_and(|p| p.name == name))
+    }
+}
+
+impl Env for FuzzEnv {
+    fn now_ms(&mut self) -> TimestampMs {
+        self.now
+    }
+    fn random_bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                self.seed ^= self.seed << 13;
+                self.seed ^= self.seed >> 7;
+                self.seed ^= self.seed << 17;
+                self.seed as u8
+            })
+            .collect()
+    }
+    fn code_key(&self) -> &[u8] {
+        CODE_KEY
+    }
+    fn authenticate(&mut self, user_id: &str, hashed: &str) -> HostResult<Option<Session>> {
+        Ok((user_id == USER_ID)
+            .then(|| self.tokens.iter().find(|t| t.token.hashed_token == hashed))
+            .flatten()
+            .map(|t| Session {
+                user: self.user.clone(),
+                token: t.token.clone(),
+            }))
+    }
+    fn find_user_for_login(&mut self, id: &LoginIdentifier) -> HostResult<Option<User>> {
+        let hit = match id {
+            LoginIdentifier::Username(u) => u == "fuzz",
+            LoginIdentifier::Email(e) => e.eq_ignore_ascii_case("fuzz@example.org"),
+        };
+        Ok(hit.then(|| self.user.clone()))
+    }
+    fn insert_login_token(
+        &mut self,
+        user_id: &str,
+        hashed: &str,
+        at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        if user_id != USER_ID {
+            return Ok(WriteOutcome::NotFound);
+        }
+        if let Some(r) = self.refusal(proof) {
+            return Ok(r);
+        }
+        self.spend(proof);
+        self.tokens.push(Stored {
+            token: LoginToken {
+                hashed_token: hashed.into(),
+                kind: TokenKind::Login,
+                name: None,
+                created_at: at,
+                bypass_two_factor: false,
+                two_factor_authorized_hash: None,
+                two_factor_authorized_until: None,
+            },
+            pat: None,
+        });
+        Ok(WriteOutcome::Done)
+    }
+    fn has_permission(&mut self, user_id: &str, _: &str) -> HostResult<bool> {
+        Ok(user_id == USER_ID)
+    }
+    fn list_personal_access_tokens(&mut self, _: &str) -> HostResult<Vec<PersonalAccessToken>> {
+        Ok(self.tokens.iter().filter_map(|t| t.pat.clone()).collect())
+    }
+    fn find_personal_access_token(
+        &mut self,
+        _: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>> {
+        Ok(self
+            .pat_index(name)
+            .and_then(|i| self.tokens[i].pat.clone()))
+    }
+    fn insert_personal_access_token(
+        &mut self,
+        _: &str,
+        t: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        if self.pat_index(&t.name).is_some() {
+            return Ok(WriteOutcome::NameTaken);
+        }
+        if let Some(r) = self.refusal(proof) {
+            return Ok(r);
+        }
+        self.spend(proof);
+        self.tokens.push(Stored {
+            token: LoginToken {
+                hashed_token: t.hashed_token.clone(),
+                kind: TokenKind::PersonalAccessToken,
+                name: Some(t.name.clone()),
+                created_at: t.created_at,
+                bypass_two_factor: t.bypass_two_factor,
+                two_factor_authorized_hash: None,
+                two_factor_authorized_until: None,
+            },
+            pat: Some(t.clone()),
+        });
+        Ok(WriteOutcome::Done)
+    }
+    fn replace_personal_access_token(
+        &mut self,
+        _: &str,
+        expected: &str,
+        r: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        let Some(i) = self
+            .pat_index(&r.name)
+            .filter(|&i| self.tokens[i].token.hashed_token == expected)
+        else {
+            return Ok(WriteOutcome::NotFound);
+        };
+        if let Some(refused) = self.refusal(proof) {
+            return Ok(refused);
+        }
+        self.spend(proof);
+        self.tokens[i].token.hashed_token = r.hashed_token.clone();
+        self.tokens[i].pat = Some(r.clone());
+        Ok(WriteOutcome::Done)
+    }
+    fn remove_personal_access_token(
+        &mut self,
+        _: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        let Some(i) = self.pat_index(name) else {
+            return Ok(WriteOutcome::NotFound);
+        };
+        if let Some(r) = self.refusal(proof) {
+            return Ok(r);
+        }
+        self.spend(proof);
+        self.tokens.remove(i);
+        Ok(WriteOutcome::Done)
+    }
+    fn reserve_two_factor_attempt(
+        &mut self,
+        _: &str,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        max: u32,
+        email: Option<u32>,
+    ) -> HostResult<AttemptReservation> {
+        let f = self.user.failures;
+        let count = if f.last_failed_at <= window_start {
+            0
+        } else {
+            f.count
+        };
+        let attempts = email
+            .and(self.user.email_code.as_ref())
+            .map_or(0, |c| c.attempts);
+        if count >= max || email.is_some_and(|m| attempts >= m && self.user.email_code.is_some()) {
+            return Ok(AttemptReservation {
+                granted: false,
+                failures: f,
+                email_code_attempts: attempts,
+            });
+        }
+        self.user.failures = FailureCount {
+            count: count + 1,
+            last_failed_at: at,
+        };
+        if email.is_some()
+            && let Some(c) = self.user.email_code.as_mut()
+        {
+            c.attempts += 1;
+        }
+        Ok(AttemptReservation {
+            granted: true,
+            failures: self.user.failures,
+            email_code_attempts: self.user.email_code.as_ref().map_or(0, |c| c.attempts),
+        })
+    }
+    fn release_two_factor_attempt(&mut self, _: &str, email: bool) -> HostResult<()> {
+        self.user.failures.count = self.user.failures.count.saturating_sub(1);
+        if email && let Some(c) = self.user.email_code.as_mut() {
+            c.attempts = c.attempts.saturating_sub(1);
+        }
+        Ok(())
+    }
+    fn reserve_login_attempt(
+        &mut self,
+        account: &str,
+        _: &str,
+        _: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission> {
+        let n = self.logins.entry(account.into()).or_default();
+        if limits.max_per_account > 0 && *n >= limits.max_per_account {
+            return Ok(LoginAdmission::AccountBlocked);
+        }
+        *n += 1;
+        Ok(LoginAdmission::Admitted)
+    }
+    fn login_succeeded(&mut self, account: &str, _: &str) -> HostResult<()> {
+        self.logins.remove(account);
+        Ok(())
+    }
+    fn remove_login_token(&mut self, _: &str, hashed: &str) -> HostResult<WriteOutcome> {
+        let before = self.tokens.len();
+        self.tokens
+            .retain(|t| !(t.token.kind == TokenKind::Login && t.token.hashed_token == hashed));
+        Ok(if self.tokens.len() < before {
+            WriteOutcome::Done
+        } else {
+            WriteOutcome::NotFound
+        })
+    }
+    fn store_email_code(&mut self, _: &str, code: &EmailCode) -> HostResult<()> {
+        self.user.email_code = Some(code.clone());
+        Ok(())
+    }
+    fn send_mail(&mut self, _: &MailMessage) -> HostResult<()> {
+        self.mails += 1;
+        Ok(())
+    }
+}
+
+/// Runs endpoint `n` (of the seven) natively.
+pub fn call(n: u8, env: &mut FuzzEnv, settings: &Settings, req: &Request) -> Response {
+    match n % 7 {
+        0 => rcpat::account::login(env, settings, req),
+        1 => rcpat::account::logout(env, settings, req),
+        2 => rcpat::account::me(env, settings, req),
+        3 => rcpat::endpoints::regenerate(env, settings, req),
+        4 => rcpat::endpoints::generate(env, settings, req),
+        5 => rcpat::endpoints::list(env, settings, req),
+        _ => rcpat::endpoints::remove(env, settings, req),
+    }
+}
+
+/// Every reply: a status the endpoints define, and a JSON object body.
+pub fn check_reply(r: &Response) {
+    assert!(
+        matches!(r.status, 200 | 400 | 401 | 403 | 409 | 413 | 500),
+        "undefined status {}: {}",
+        r.status,
+        r.body
+    );
+    let json: serde_json::Value = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {}", r.body));
+    assert!(json.is_object(), "{}", r.body);
+    // A 500 from the logic itself would mean a storage or mail failure,
+    // which this environment never produces.
+    assert_ne!(r.status, 500, "{}", r.body);
+}
