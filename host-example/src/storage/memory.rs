@@ -8,7 +8,7 @@ use rcpat::model::*;
 
 use super::{
     LoginCount, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary,
+    UserSummary, admit_login, reserve_attempt,
 };
 
 #[derive(Clone)]
@@ -332,36 +332,22 @@ impl Storage for MemoryStorage {
     ) -> HostResult<AttemptReservation> {
         self.with(|s| {
             let u = user_mut(s, user_id)?;
-            let count = if u.user.failures.last_failed_at <= window_start {
-                0
-            } else {
-                u.user.failures.count
-            };
             let email = max_email_code_attempts.and(u.user.email_code.as_mut());
-            let email_full = email
-                .as_ref()
-                .zip(max_email_code_attempts)
-                .is_some_and(|(c, max)| c.attempts >= max);
-            if count >= max_failed || email_full {
-                return Ok(AttemptReservation {
-                    granted: false,
-                    failures: u.user.failures,
-                    email_code_attempts: email.map_or(0, |c| c.attempts),
-                });
+            let r = reserve_attempt(
+                u.user.failures,
+                email.as_ref().map(|c| c.attempts),
+                at,
+                window_start,
+                max_failed,
+                max_email_code_attempts,
+            );
+            if r.granted {
+                u.user.failures = r.failures;
+                if let Some(c) = email {
+                    c.attempts = r.email_code_attempts;
+                }
             }
-            let email_code_attempts = email.map_or(0, |c| {
-                c.attempts += 1;
-                c.attempts
-            });
-            u.user.failures = FailureCount {
-                count: count + 1,
-                last_failed_at: at,
-            };
-            Ok(AttemptReservation {
-                granted: true,
-                failures: u.user.failures,
-                email_code_attempts,
-            })
+            Ok(r)
         })
     }
 
@@ -390,24 +376,12 @@ impl Storage for MemoryStorage {
         self.with(|s| {
             let acc = s.account_logins.get(account).copied().unwrap_or_default();
             let adr = s.address_logins.get(address).copied().unwrap_or_default();
-            if acc.blocks(at, limits.max_per_account, limits.account_block_ms) {
-                return Ok(LoginAdmission::AccountBlocked);
-            }
-            if adr.blocks(at, limits.max_per_address, limits.address_block_ms) {
-                return Ok(LoginAdmission::AddressBlocked);
-            }
-            let next = |c: LoginCount, max, block| LoginCount {
-                count: c.current(at, max, block).saturating_add(1),
-                last_at: at,
+            let (acc, adr) = match admit_login(acc, adr, at, limits) {
+                Ok(next) => next,
+                Err(refused) => return Ok(refused),
             };
-            s.account_logins.insert(
-                account.to_string(),
-                next(acc, limits.max_per_account, limits.account_block_ms),
-            );
-            s.address_logins.insert(
-                address.to_string(),
-                next(adr, limits.max_per_address, limits.address_block_ms),
-            );
+            s.account_logins.insert(account.to_string(), acc);
+            s.address_logins.insert(address.to_string(), adr);
             Ok(LoginAdmission::Admitted)
         })
     }

@@ -72,8 +72,7 @@ impl TokenRecord {
     }
 }
 
-/// One failed-login count (per account or per address) and the rule that
-/// both backends apply to it (`reserve-login-attempt` in `wit/world.wit`).
+/// One failed-login count (per account or per address).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoginCount {
     pub count: u32,
@@ -82,7 +81,7 @@ pub struct LoginCount {
 
 impl LoginCount {
     /// The count as it stands at `at`: zero once a block has run out.
-    pub fn current(self, at: TimestampMs, max: u32, block_ms: u64) -> u32 {
+    fn current(self, at: TimestampMs, max: u32, block_ms: u64) -> u32 {
         if max > 0 && self.count >= max && at >= self.last_at.saturating_add(block_ms) {
             0
         } else {
@@ -91,8 +90,78 @@ impl LoginCount {
     }
 
     /// Whether this count blocks a login at `at`.
-    pub fn blocks(self, at: TimestampMs, max: u32, block_ms: u64) -> bool {
+    fn blocks(self, at: TimestampMs, max: u32, block_ms: u64) -> bool {
         max > 0 && self.current(at, max, block_ms) >= max
+    }
+
+    /// The count after one more attempt at `at`.
+    fn next(self, at: TimestampMs, max: u32, block_ms: u64) -> Self {
+        LoginCount {
+            count: self.current(at, max, block_ms).saturating_add(1),
+            last_at: at,
+        }
+    }
+}
+
+/// The rule of `reserve-login-attempt` (`wit/world.wit`), one place for every
+/// backend: from the stored account and address counts, the refusal, or the
+/// two counts to store.
+pub fn admit_login(
+    account: LoginCount,
+    address: LoginCount,
+    at: TimestampMs,
+    l: &LoginLimits,
+) -> Result<(LoginCount, LoginCount), LoginAdmission> {
+    if account.blocks(at, l.max_per_account, l.account_block_ms) {
+        return Err(LoginAdmission::AccountBlocked);
+    }
+    if address.blocks(at, l.max_per_address, l.address_block_ms) {
+        return Err(LoginAdmission::AddressBlocked);
+    }
+    Ok((
+        account.next(at, l.max_per_account, l.account_block_ms),
+        address.next(at, l.max_per_address, l.address_block_ms),
+    ))
+}
+
+/// The rule of `reserve-two-factor-attempt`, one place for every backend:
+/// from the stored failure count and (when the caller asked for it and a
+/// code is outstanding) the email code's attempts, the answer. When it is
+/// granted, the backend stores `failures` and, if it passed attempts in,
+/// `email_code_attempts`.
+pub fn reserve_attempt(
+    stored: FailureCount,
+    email_attempts: Option<u32>,
+    at: TimestampMs,
+    window_start: TimestampMs,
+    max_failed: u32,
+    max_email_code_attempts: Option<u32>,
+) -> AttemptReservation {
+    let count = if stored.last_failed_at <= window_start {
+        0
+    } else {
+        stored.count
+    };
+    let email_full = email_attempts
+        .zip(max_email_code_attempts)
+        .is_some_and(|(a, max)| a >= max);
+    if count >= max_failed || email_full {
+        return AttemptReservation {
+            granted: false,
+            failures: FailureCount {
+                count,
+                last_failed_at: stored.last_failed_at,
+            },
+            email_code_attempts: email_attempts.unwrap_or(0),
+        };
+    }
+    AttemptReservation {
+        granted: true,
+        failures: FailureCount {
+            count: count + 1,
+            last_failed_at: at,
+        },
+        email_code_attempts: email_attempts.map_or(0, |a| a + 1),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::keys::Keys;
 
 use super::{
     LoginCount, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary,
+    UserSummary, admit_login, reserve_attempt,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
@@ -821,14 +821,14 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
         // The writer runs one job at a time, so this read-then-write is atomic.
         self.write(move |tx| {
             let user_id = user_id.as_str();
-            let (count, last): (u32, i64) = tx
+            let stored = tx
                 .prepare_cached("SELECT failed_count, failed_last_at FROM users WHERE id = ?1")?
-                .query_row([user_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let count = if (last as u64) <= window_start {
-                0
-            } else {
-                count
-            };
+                .query_row([user_id], |r| {
+                    Ok(FailureCount {
+                        count: r.get(0)?,
+                        last_failed_at: r.get::<_, i64>(1)? as u64,
+                    })
+                })?;
             let email_attempts: Option<u32> = match max_email_code_attempts {
                 Some(_) => tx
                     .prepare_cached("SELECT attempts FROM email_codes WHERE user_id = ?1")?
@@ -836,37 +836,25 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                     .optional()?,
                 None => None,
             };
-            let email_full = email_attempts
-                .zip(max_email_code_attempts)
-                .is_some_and(|(a, max)| a >= max);
-            if count >= max_failed || email_full {
-                return Ok(AttemptReservation {
-                    granted: false,
-                    failures: FailureCount {
-                        count,
-                        last_failed_at: last as u64,
-                    },
-                    email_code_attempts: email_attempts.unwrap_or(0),
-                });
-            }
-            tx.prepare_cached(
-                "UPDATE users SET failed_count = ?2, failed_last_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![user_id, count + 1, at as i64])?;
-            if email_attempts.is_some() {
+            let r = reserve_attempt(
+                stored,
+                email_attempts,
+                at,
+                window_start,
+                max_failed,
+                max_email_code_attempts,
+            );
+            if r.granted {
                 tx.prepare_cached(
-                    "UPDATE email_codes SET attempts = attempts + 1 WHERE user_id = ?1",
+                    "UPDATE users SET failed_count = ?2, failed_last_at = ?3 WHERE id = ?1",
                 )?
-                .execute([user_id])?;
+                .execute(params![user_id, r.failures.count, at as i64])?;
+                if email_attempts.is_some() {
+                    tx.prepare_cached("UPDATE email_codes SET attempts = ?2 WHERE user_id = ?1")?
+                        .execute(params![user_id, r.email_code_attempts])?;
+                }
             }
-            Ok(AttemptReservation {
-                granted: true,
-                failures: FailureCount {
-                    count: count + 1,
-                    last_failed_at: at,
-                },
-                email_code_attempts: email_attempts.map_or(0, |a| a + 1),
-            })
+            Ok(r)
         })
     }
 
@@ -917,21 +905,19 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             };
             let acc = get("account", &account)?;
             let adr = get("address", &address)?;
-            if acc.blocks(at, limits.max_per_account, limits.account_block_ms) {
-                return Ok(LoginAdmission::AccountBlocked);
-            }
-            if adr.blocks(at, limits.max_per_address, limits.address_block_ms) {
-                return Ok(LoginAdmission::AddressBlocked);
-            }
-            let put = |scope: &str, key: &str, count: u32| {
+            let (acc, adr) = match admit_login(acc, adr, at, &limits) {
+                Ok(next) => next,
+                Err(refused) => return Ok(refused),
+            };
+            let put = |scope: &str, key: &str, c: LoginCount| {
                 tx.prepare_cached(
                     "INSERT INTO login_failures (scope, key, count, last_at) VALUES (?1, ?2, ?3, ?4) \
                      ON CONFLICT(scope, key) DO UPDATE SET count = ?3, last_at = ?4",
                 )?
-                .execute(params![scope, key, count, at as i64])
+                .execute(params![scope, key, c.count, c.last_at as i64])
             };
-            put("account", &account, acc.current(at, limits.max_per_account, limits.account_block_ms).saturating_add(1))?;
-            put("address", &address, adr.current(at, limits.max_per_address, limits.address_block_ms).saturating_add(1))?;
+            put("account", &account, acc)?;
+            put("address", &address, adr)?;
             Ok(LoginAdmission::Admitted)
         })
     }
