@@ -109,9 +109,9 @@ fn identifier(body: &request::Body) -> Result<LoginIdentifier, ApiError> {
 
 /// The password as Rocket.Chat checks it: the lowercase hex SHA-256, sent
 /// either as the plaintext or as `{"digest","algorithm":"sha-256"}`.
-fn password_digest(body: &request::Body) -> Result<String, ApiError> {
+fn body_password_digest(body: &request::Body) -> Result<String, ApiError> {
     match body.get("password") {
-        Some(Value::String(p)) if !p.is_empty() => Ok(token::sha256_hex(p.as_bytes())),
+        Some(Value::String(p)) if !p.is_empty() => Ok(token::password_digest(p)),
         Some(Value::Object(o)) => match (o.get("digest"), o.get("algorithm")) {
             (Some(Value::String(d)), Some(Value::String(a)))
                 if a == "sha-256" && d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) =>
@@ -146,13 +146,14 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         let headers = request::headers(req)?;
         let body = request::body(&req.body, reply::MAX_BODY_BYTES)?;
         let identifier = identifier(&body)?;
-        let digest = password_digest(&body)?;
+        let digest = body_password_digest(&body)?;
         let code = match body.get("code") {
             Some(Value::String(c)) => Some(c.as_str()),
             None | Some(Value::Null) => None,
             Some(_) => return Err(ApiError::InvalidLogin("The 'code' param must be a string")),
         };
         let found = env
+            .storage()
             .find_user_for_login(&identifier)
             .map_err(|_| ApiError::StorageFailure)?;
         // Failed logins are limited per account and per address before any
@@ -167,6 +168,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         };
         let now = env.now_ms();
         match env
+            .storage()
             .reserve_login_attempt(&account, &req.client_address, now, &settings.login_limits())
             .map_err(|_| ApiError::StorageFailure)?
         {
@@ -188,7 +190,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         };
         // A right password resets the account's count. Should this fail the
         // login still stands: the count only errs on the side of blocking.
-        let _ = env.login_succeeded(&account, &req.client_address);
+        let _ = env.storage().login_succeeded(&account, &req.client_address);
         let attempt = Attempt {
             code: code.or(headers.two_factor_code.as_deref()),
             method: headers.two_factor_method.as_deref(),
@@ -202,6 +204,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
         let issued_at = env.now_ms();
         match env
+            .storage()
             .insert_login_token(
                 &user.id,
                 &token::hash_token(&plaintext),
@@ -242,6 +245,7 @@ pub fn logout(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
             return Err(ApiError::LogoutPersonalAccessToken);
         }
         match env
+            .storage()
             .remove_login_token(&session.user.id, &session.token.hashed_token)
             .map_err(|_| ApiError::StorageFailure)?
         {

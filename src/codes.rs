@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 /// Backup codes: Meteor's `Random.id(8)` alphabet (also Rocket.Chat's ids).
-pub const BACKUP_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";
+pub const BACKUP_ALPHABET: &[u8] = crate::token::ID_ALPHABET;
 pub const BACKUP_CODE_LEN: usize = 8;
 pub const EMAIL_CODE_DIGITS: usize = 6;
 

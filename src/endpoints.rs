@@ -12,7 +12,8 @@ use crate::time::iso8601;
 use crate::token;
 use crate::twofactor;
 
-const PERMISSION: &str = "create-personal-access-tokens";
+/// The permission every personal-access-token route checks.
+pub const PAT_PERMISSION: &str = "create-personal-access-tokens";
 
 /// Everything every endpoint does first: parse, authenticate.
 pub(crate) struct Authenticated {
@@ -36,6 +37,7 @@ pub(crate) fn authenticate(
         return Err(ApiError::NotLoggedIn);
     }
     let session = env
+        .storage()
         .authenticate(user_id, &token::hash_token(token))
         .map_err(|_| ApiError::StorageFailure)?
         .ok_or(ApiError::NotLoggedIn)?;
@@ -73,7 +75,7 @@ fn authenticate_with_second_factor(
 
 /// `create-personal-access-tokens`, or `denied` (the error differs per route).
 fn require_permission(env: &mut dyn Env, user_id: &str, denied: ApiError) -> Result<(), ApiError> {
-    match env.has_permission(user_id, PERMISSION) {
+    match env.storage().has_permission(user_id, PAT_PERMISSION) {
         Ok(true) => Ok(()),
         Ok(false) => Err(denied),
         Err(_) => Err(ApiError::StorageFailure),
@@ -121,6 +123,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         // The documentation's example names generateToken here; the documentation wins.
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
         let old = env
+            .storage()
             .find_personal_access_token(user_id, &name)
             .map_err(|_| ApiError::StorageFailure)?
             .ok_or(ApiError::TokenDoesNotExist(PatMethod::Regenerate))?;
@@ -128,6 +131,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         let (plaintext, replacement) = mint(env, name, old.bypass_two_factor);
         // One compare-and-swap: the old value is replaced by the new one at once.
         match env
+            .storage()
             .replace_personal_access_token(user_id, &old.hashed_token, &replacement, &passed.proof)
             .map_err(|_| ApiError::StorageFailure)?
         {
@@ -151,6 +155,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
         let (plaintext, record) = mint(env, name, bypass);
         match env
+            .storage()
             .insert_personal_access_token(user_id, &record, &passed.proof)
             .map_err(|_| ApiError::StorageFailure)?
         {
@@ -172,6 +177,7 @@ pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Remove))?;
         match env
+            .storage()
             .remove_personal_access_token(user_id, &name, &passed.proof)
             .map_err(|_| ApiError::StorageFailure)?
         {
@@ -206,6 +212,7 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::Forbidden)?;
         let tokens = env
+            .storage()
             .list_personal_access_tokens(user_id)
             .map_err(|_| ApiError::StorageFailure)?;
         let items = tokens

@@ -16,6 +16,7 @@ pub mod env;
 pub mod model;
 pub mod reply;
 pub mod request;
+pub mod storage;
 pub mod time;
 pub mod token;
 pub mod totp;

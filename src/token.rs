@@ -41,6 +41,15 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// What Rocket.Chat clients send for a password (and as the `password` 2FA
+/// code): its lowercase hex SHA-256. Stored passwords are bcrypt of this.
+pub fn password_digest(password: &str) -> String {
+    sha256_hex(password.as_bytes())
+}
+
+/// Meteor's `Random.id` alphabet (user ids; also backup codes).
+pub const ID_ALPHABET: &[u8] = b"23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz";
+
 /// Constant-time equality for secrets and their digests.
 pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()

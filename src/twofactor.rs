@@ -174,6 +174,7 @@ fn check_code(
     // concurrent requests cannot evaluate more codes than the limit.
     let email_attempt = method == Method::Email && user.email_code.is_some();
     let reservation = env
+        .storage()
         .reserve_two_factor_attempt(
             &user.id,
             now,
@@ -189,7 +190,9 @@ fn check_code(
     match verify(env.code_key(), settings, user, method, code, now) {
         Verdict::Spent => {
             // Not a guess: give the attempt back.
-            let _ = env.release_two_factor_attempt(&user.id, email_attempt);
+            let _ = env
+                .storage()
+                .release_two_factor_attempt(&user.id, email_attempt);
             Err(ApiError::TwoFactor(TwoFactorFailure::Invalid, details))
         }
         Verdict::Right(used) => {
@@ -198,7 +201,9 @@ fn check_code(
             // check of the request failing) never counts against the user.
             // Should this fail, the write that spends the code resets the
             // count anyway; the request itself is unaffected.
-            let _ = env.release_two_factor_attempt(&user.id, email_attempt);
+            let _ = env
+                .storage()
+                .release_two_factor_attempt(&user.id, email_attempt);
             let remember = attempt
                 .token
                 .filter(|_| settings.remember_for_seconds > 0)
@@ -454,7 +459,8 @@ fn prepare_email_code(
         expires_at,
         attempts: 0,
     };
-    env.store_email_code(&user.id, &stored)
+    env.storage()
+        .store_email_code(&user.id, &stored)
         .map_err(|_| ApiError::StorageFailure)?;
     user.email_code = Some(stored);
     details.code_generated = true;

@@ -5,11 +5,10 @@
 //! from a copied database, bypass tokens managing other tokens, sessions
 //! that never end.
 
-mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use host_example::storage::SqliteStorage;
 use rcpat::model::Request;
 use serde_json::json;
@@ -568,11 +567,7 @@ fn failed_logins_block_the_account_then_the_address_until_the_block_passes() {
         )
     );
     // Another host on the same database sees the same block.
-    let dir = std::env::temp_dir().join(format!(
-        "rcpat-shared-{}",
-        host_example::admin::random_id(8)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("shared");
     let path = dir.join("shared.sqlite");
     let a = Fx::with_storage(Arc::new(SqliteStorage::open(&path).unwrap()));
     a.user("bo", Some(PASSWORD));

@@ -1,11 +1,10 @@
 //! Bad input gets a defined Rocket.Chat-style error, never a trap, and
 //! never reaches storage writes.
 
-mod common;
 use std::sync::Arc;
 
-use common::*;
-use host_example::storage::{FaultMode, FaultyStorage, MemoryStorage, Storage};
+use crate::common::*;
+use host_example::storage::{Backend, FaultMode, FaultyStorage, MemoryStorage};
 use rcpat::model::{Header, Request};
 
 fn expect(r: &Reply, status: u16, body: &str) {
@@ -14,7 +13,7 @@ fn expect(r: &Reply, status: u16, body: &str) {
 
 /// A fixture whose storage counts calls (and never fails).
 fn counting() -> (Fx, User, Arc<FaultyStorage>) {
-    let inner: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let inner: Arc<dyn Backend> = Arc::new(MemoryStorage::new());
     let setup = Fx::with_storage(inner.clone());
     let u = setup.user("bea", None);
     setup.pat(&u, "ci", false);
@@ -233,7 +232,7 @@ fn hostile_header_values_are_just_wrong_credentials() {
 
 #[test]
 fn storage_failure_is_a_clear_error() {
-    let inner: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let inner: Arc<dyn Backend> = Arc::new(MemoryStorage::new());
     let setup = Fx::with_storage(inner.clone());
     let u = setup.user("sf", None);
     let fx = Fx::with_storage(Arc::new(FaultyStorage::new(inner, 1, FaultMode::Before)));

@@ -3,6 +3,8 @@
 //! owns, and a missing key all end in a recompile (or no cache at all), and
 //! the untrusted bytes are never run.
 
+use crate::common::temp_dir;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -11,16 +13,6 @@ use host_example::runtime::{Endpoint, Runtime, RuntimeConfig};
 use host_example::services::Services;
 use host_example::storage::MemoryStorage;
 use rcpat::model::{Request, Settings};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "rcpat-cache-{name}-{}-{}",
-        std::process::id(),
-        host_example::admin::random_id(6)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Loads the real component through the cache in `dir`; checks it answers
 /// as the real one does (an unauthenticated `me` is a 401; the hostile guest

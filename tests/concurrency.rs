@@ -2,11 +2,10 @@
 //! end exactly one token of that name exists and authenticates, and every
 //! reply was a success or a defined error.
 
-mod common;
 use std::sync::{Arc, Barrier};
 
-use common::*;
-use host_example::storage::SqliteStorage;
+use crate::common::*;
+use host_example::storage::{Backend, SqliteStorage};
 
 const THREADS: usize = 12;
 const ROUNDS: usize = 4;
@@ -15,16 +14,6 @@ fn sqlite_fx(dir: &std::path::Path) -> Fx {
     Fx::with_storage(Arc::new(
         SqliteStorage::open(dir.join("race.sqlite")).unwrap(),
     ))
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "rcpat-{name}-{}-{}",
-        std::process::id(),
-        host_example::admin::random_id(6)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -144,9 +133,9 @@ fn one_totp_code_raced_by_many_requests_is_spent_once() {
 /// has since replaced cannot write, on either backend.
 #[test]
 fn a_write_from_a_replaced_session_is_refused() {
-    use host_example::storage::{MemoryStorage, Storage};
+    use host_example::storage::MemoryStorage;
     use rcpat::model::{FactorProof, FactorUse, PersonalAccessToken, WriteOutcome};
-    let backends: Vec<Arc<dyn Storage>> = vec![
+    let backends: Vec<Arc<dyn Backend>> = vec![
         Arc::new(MemoryStorage::new()),
         Arc::new(SqliteStorage::open_in_memory().unwrap()),
     ];

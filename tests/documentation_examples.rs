@@ -2,8 +2,7 @@
 //! (`shared/spec/regenerate-personal-access-token.txt`), byte for byte,
 //! through the real component in wasmtime.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn success_example_200() {

@@ -2,13 +2,12 @@
 //! user always ends with exactly one token of the name (the old or the new),
 //! never none and never two, and nothing is half-written.
 
-mod common;
 use std::sync::Arc;
 
-use common::*;
-use host_example::storage::{FaultMode, FaultyStorage, MemoryStorage, SqliteStorage, Storage};
+use crate::common::*;
+use host_example::storage::{Backend, FaultMode, FaultyStorage, MemoryStorage, SqliteStorage};
 
-fn backends() -> Vec<(&'static str, Arc<dyn Storage>)> {
+fn backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
     vec![
         ("memory", Arc::new(MemoryStorage::new())),
         ("sqlite", Arc::new(SqliteStorage::open_in_memory().unwrap())),
@@ -18,7 +17,7 @@ fn backends() -> Vec<(&'static str, Arc<dyn Storage>)> {
 /// Regenerates with a TOTP code against a storage failing at call `n`;
 /// returns whether the failure was reached.
 fn regenerate_failing_at(
-    backend: Arc<dyn Storage>,
+    backend: Arc<dyn Backend>,
     n: usize,
     mode: FaultMode,
     label: &str,
@@ -115,7 +114,7 @@ fn email_challenge_survives_storage_failure() {
 
 #[test]
 fn failure_counter_write_failure_leaves_counts_alone() {
-    let backend: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let backend: Arc<dyn Backend> = Arc::new(MemoryStorage::new());
     let setup_fx = Fx::with_storage(backend.clone());
     let u = setup_fx.user("cnt", Some(PASSWORD));
     // Call 1 authenticates; call 2 records the failure.

@@ -1,8 +1,10 @@
 //! HTTP-level tests against a real `serve` on an ephemeral loopback port.
 
+use crate::common::temp_dir;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+
 use std::sync::{Arc, Barrier, Mutex};
 
 use host_example::admin::{self, UserSpec};
@@ -15,23 +17,13 @@ use serde_json::Value;
 
 const PASSWORD: &str = "s3cret password";
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "rcpat-http-{name}-{}-{}",
-        std::process::id(),
-        admin::random_id(6)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn options(dir: &std::path::Path) -> Options {
     Options {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         storage: Some(StorageKind::Sqlite),
         db: Some(dir.join("rcpat.sqlite")),
         outbox: Some(dir.join("outbox")),
-        cache_dir: Some(dir.join("cache")),
+        cache_dir: Some(crate::common::shared_cache_dir()),
         ..Options::default()
     }
 }
@@ -287,7 +279,7 @@ fn email_and_password_methods() {
         r#"{"tokenName":"ci"}"#,
     );
     assert_eq!(r.json["details"]["method"], "password");
-    let digest = admin::password_digest(PASSWORD);
+    let digest = rcpat::token::password_digest(PASSWORD);
     let mut h = auth(&pid, &paul_pat);
     h.extend([
         ("x-2fa-method", "password"),
@@ -425,7 +417,7 @@ fn concurrent_burst_over_http_leaves_one_valid_token() {
                     base,
                 };
                 barrier.wait();
-                let digest = admin::password_digest(PASSWORD);
+                let digest = rcpat::token::password_digest(PASSWORD);
                 let mut h = auth(&id, &token);
                 h.extend([
                     ("x-2fa-method", "password"),
@@ -529,12 +521,16 @@ fn hostile_guest_is_contained() {
 #[test]
 fn restart_keeps_data_and_uses_the_compiled_cache() {
     let dir = temp_dir("restart");
-    let opts = options(&dir);
+    // Its own cache, to see it filled, hit and repaired.
+    let opts = Options {
+        cache_dir: Some(dir.join("cache")),
+        ..options(&dir)
+    };
     let (id, _) = add_user(&opts, "rita", false, false);
     let services = services_from(&opts).unwrap();
     let session = admin::issue_login_token(&services, &id).unwrap();
     drop(services);
-    let digest = admin::password_digest(PASSWORD);
+    let digest = rcpat::token::password_digest(PASSWORD);
     let mut h = auth(&id, &session);
     h.extend([
         ("x-2fa-method", "password"),

@@ -2,8 +2,7 @@
 //! backup codes, emailed codes, the password fallback, bypass tokens, method
 //! selection, the per-user failure limit, remember-me.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rcpat::model::TotpAlgorithm;
 
 fn totp_user(fx: &Fx) -> (User, host_example::admin::TotpSetup) {

@@ -3,10 +3,13 @@
 //! bypass PAT, a plain PAT), deterministic randomness, and the reply check.
 //! Its storage keeps the same rules as the host's memory storage, in brief.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
-use rcpat::env::{Env, HostResult};
+use rcpat::env::Env;
 use rcpat::model::*;
+use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
+use rcpat::storage::{HostResult, Storage};
 
 pub const USER_ID: &str = "FuzzUser000000001";
 const T0: u64 = 1_800_000_015_000;
@@ -28,12 +31,20 @@ struct Stored {
     pat: Option<PersonalAccessToken>,
 }
 
+/// The one user's data; behind a mutex, as the storage contract takes `&self`.
+struct State {
+    user: User,
+    tokens: Vec<Stored>,
+    /// Failed logins by account and by address.
+    logins: HashMap<String, LoginCount>,
+}
+
+pub struct FuzzStore(Mutex<State>);
+
 pub struct FuzzEnv {
     now: u64,
     seed: u64,
-    user: User,
-    tokens: Vec<Stored>,
-    logins: std::collections::HashMap<String, u32>,
+    store: FuzzStore,
     pub mails: usize,
 }
 
@@ -89,13 +100,15 @@ impl FuzzEnv {
         FuzzEnv {
             now: T0 + offset_s * 1000,
             seed: 0x9e37_79b9_7f4a_7c15,
-            user,
-            tokens: vec![
-                token(0, TokenKind::Login, None, false),
-                token(1, TokenKind::PersonalAccessToken, Some("robot"), true),
-                token(2, TokenKind::PersonalAccessToken, Some("ci"), false),
-            ],
-            logins: Default::default(),
+            store: FuzzStore(Mutex::new(State {
+                user,
+                tokens: vec![
+                    token(0, TokenKind::Login, None, false),
+                    token(1, TokenKind::PersonalAccessToken, Some("robot"), true),
+                    token(2, TokenKind::PersonalAccessToken, Some("ci"), false),
+                ],
+                logins: HashMap::new(),
+            })),
             mails: 0,
         }
     }
@@ -107,7 +120,15 @@ impl FuzzEnv {
             i => Some(TOKENS[usize::from(i) - 1]),
         }
     }
+}
 
+impl FuzzStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
     fn refusal(&self, proof: &FactorProof) -> Option<WriteOutcome> {
         if let Some(s) = &proof.session
             && !self.tokens.iter().any(|t| &t.token.hashed_token == s)
@@ -159,6 +180,9 @@ impl FuzzEnv {
 }
 
 impl Env for FuzzEnv {
+    fn storage(&self) -> &dyn Storage {
+        &self.store
+    }
     fn now_ms(&mut self) -> TimestampMs {
         self.now
     }
@@ -175,37 +199,47 @@ impl Env for FuzzEnv {
     fn code_key(&self) -> &[u8] {
         CODE_KEY
     }
-    fn authenticate(&mut self, user_id: &str, hashed: &str) -> HostResult<Option<Session>> {
+    fn send_mail(&mut self, _: &MailMessage) -> HostResult<()> {
+        self.mails += 1;
+        Ok(())
+    }
+}
+
+impl Storage for FuzzStore {
+    fn authenticate(&self, user_id: &str, hashed: &str) -> HostResult<Option<Session>> {
+        let s = &mut *self.lock();
         Ok((user_id == USER_ID)
-            .then(|| self.tokens.iter().find(|t| t.token.hashed_token == hashed))
+            .then(|| s.tokens.iter().find(|t| t.token.hashed_token == hashed))
             .flatten()
             .map(|t| Session {
-                user: self.user.clone(),
+                user: s.user.clone(),
                 token: t.token.clone(),
             }))
     }
-    fn find_user_for_login(&mut self, id: &LoginIdentifier) -> HostResult<Option<User>> {
+    fn find_user_for_login(&self, id: &LoginIdentifier) -> HostResult<Option<User>> {
+        let s = &mut *self.lock();
         let hit = match id {
             LoginIdentifier::Username(u) => u == "fuzz",
             LoginIdentifier::Email(e) => e.eq_ignore_ascii_case("fuzz@example.org"),
         };
-        Ok(hit.then(|| self.user.clone()))
+        Ok(hit.then(|| s.user.clone()))
     }
     fn insert_login_token(
-        &mut self,
+        &self,
         user_id: &str,
         hashed: &str,
         at: TimestampMs,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
+        let s = &mut *self.lock();
         if user_id != USER_ID {
             return Ok(WriteOutcome::NotFound);
         }
-        if let Some(r) = self.refusal(proof) {
+        if let Some(r) = s.refusal(proof) {
             return Ok(r);
         }
-        self.spend(proof);
-        self.tokens.push(Stored {
+        s.spend(proof);
+        s.tokens.push(Stored {
             token: LoginToken {
                 hashed_token: hashed.into(),
                 kind: TokenKind::Login,
@@ -219,35 +253,36 @@ impl Env for FuzzEnv {
         });
         Ok(WriteOutcome::Done)
     }
-    fn has_permission(&mut self, user_id: &str, _: &str) -> HostResult<bool> {
+    fn has_permission(&self, user_id: &str, _: &str) -> HostResult<bool> {
         Ok(user_id == USER_ID)
     }
-    fn list_personal_access_tokens(&mut self, _: &str) -> HostResult<Vec<PersonalAccessToken>> {
-        Ok(self.tokens.iter().filter_map(|t| t.pat.clone()).collect())
+    fn list_personal_access_tokens(&self, _: &str) -> HostResult<Vec<PersonalAccessToken>> {
+        let s = &mut *self.lock();
+        Ok(s.tokens.iter().filter_map(|t| t.pat.clone()).collect())
     }
     fn find_personal_access_token(
-        &mut self,
+        &self,
         _: &str,
         name: &str,
     ) -> HostResult<Option<PersonalAccessToken>> {
-        Ok(self
-            .pat_index(name)
-            .and_then(|i| self.tokens[i].pat.clone()))
+        let s = &mut *self.lock();
+        Ok(s.pat_index(name).and_then(|i| s.tokens[i].pat.clone()))
     }
     fn insert_personal_access_token(
-        &mut self,
+        &self,
         _: &str,
         t: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        if self.pat_index(&t.name).is_some() {
+        let s = &mut *self.lock();
+        if s.pat_index(&t.name).is_some() {
             return Ok(WriteOutcome::NameTaken);
         }
-        if let Some(r) = self.refusal(proof) {
+        if let Some(r) = s.refusal(proof) {
             return Ok(r);
         }
-        self.spend(proof);
-        self.tokens.push(Stored {
+        s.spend(proof);
+        s.tokens.push(Stored {
             token: LoginToken {
                 hashed_token: t.hashed_token.clone(),
                 kind: TokenKind::PersonalAccessToken,
@@ -262,122 +297,111 @@ impl Env for FuzzEnv {
         Ok(WriteOutcome::Done)
     }
     fn replace_personal_access_token(
-        &mut self,
+        &self,
         _: &str,
         expected: &str,
         r: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        let Some(i) = self
+        let s = &mut *self.lock();
+        let Some(i) = s
             .pat_index(&r.name)
-            .filter(|&i| self.tokens[i].token.hashed_token == expected)
+            .filter(|&i| s.tokens[i].token.hashed_token == expected)
         else {
             return Ok(WriteOutcome::NotFound);
         };
-        if let Some(refused) = self.refusal(proof) {
+        if let Some(refused) = s.refusal(proof) {
             return Ok(refused);
         }
-        self.spend(proof);
-        self.tokens[i].token.hashed_token = r.hashed_token.clone();
-        self.tokens[i].pat = Some(r.clone());
+        s.spend(proof);
+        s.tokens[i].token.hashed_token = r.hashed_token.clone();
+        s.tokens[i].pat = Some(r.clone());
         Ok(WriteOutcome::Done)
     }
     fn remove_personal_access_token(
-        &mut self,
+        &self,
         _: &str,
         name: &str,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        let Some(i) = self.pat_index(name) else {
+        let s = &mut *self.lock();
+        let Some(i) = s.pat_index(name) else {
             return Ok(WriteOutcome::NotFound);
         };
-        if let Some(r) = self.refusal(proof) {
+        if let Some(r) = s.refusal(proof) {
             return Ok(r);
         }
-        self.spend(proof);
-        self.tokens.remove(i);
+        s.spend(proof);
+        s.tokens.remove(i);
         Ok(WriteOutcome::Done)
     }
     fn reserve_two_factor_attempt(
-        &mut self,
+        &self,
         _: &str,
         at: TimestampMs,
         window_start: TimestampMs,
         max: u32,
         email: Option<u32>,
     ) -> HostResult<AttemptReservation> {
-        let f = self.user.failures;
-        let count = if f.last_failed_at <= window_start {
-            0
-        } else {
-            f.count
-        };
-        let attempts = email
-            .and(self.user.email_code.as_ref())
-            .map_or(0, |c| c.attempts);
-        if count >= max || email.is_some_and(|m| attempts >= m && self.user.email_code.is_some()) {
-            return Ok(AttemptReservation {
-                granted: false,
-                failures: f,
-                email_code_attempts: attempts,
-            });
+        let s = &mut *self.lock();
+        let attempts = email.and(s.user.email_code.as_ref()).map(|c| c.attempts);
+        let r = reserve_attempt(s.user.failures, attempts, at, window_start, max, email);
+        if r.granted {
+            s.user.failures = r.failures;
+            if attempts.is_some()
+                && let Some(c) = s.user.email_code.as_mut()
+            {
+                c.attempts = r.email_code_attempts;
+            }
         }
-        self.user.failures = FailureCount {
-            count: count + 1,
-            last_failed_at: at,
-        };
-        if email.is_some()
-            && let Some(c) = self.user.email_code.as_mut()
-        {
-            c.attempts += 1;
-        }
-        Ok(AttemptReservation {
-            granted: true,
-            failures: self.user.failures,
-            email_code_attempts: self.user.email_code.as_ref().map_or(0, |c| c.attempts),
-        })
+        Ok(r)
     }
-    fn release_two_factor_attempt(&mut self, _: &str, email: bool) -> HostResult<()> {
-        self.user.failures.count = self.user.failures.count.saturating_sub(1);
-        if email && let Some(c) = self.user.email_code.as_mut() {
+    fn release_two_factor_attempt(&self, _: &str, email: bool) -> HostResult<()> {
+        let s = &mut *self.lock();
+        s.user.failures.count = s.user.failures.count.saturating_sub(1);
+        if email && let Some(c) = s.user.email_code.as_mut() {
             c.attempts = c.attempts.saturating_sub(1);
         }
         Ok(())
     }
     fn reserve_login_attempt(
-        &mut self,
+        &self,
         account: &str,
-        _: &str,
-        _: TimestampMs,
+        address: &str,
+        at: TimestampMs,
         limits: &LoginLimits,
     ) -> HostResult<LoginAdmission> {
-        let n = self.logins.entry(account.into()).or_default();
-        if limits.max_per_account > 0 && *n >= limits.max_per_account {
-            return Ok(LoginAdmission::AccountBlocked);
-        }
-        *n += 1;
-        Ok(LoginAdmission::Admitted)
+        let s = &mut *self.lock();
+        let acc = s.logins.get(account).copied().unwrap_or_default();
+        let adr = s.logins.get(address).copied().unwrap_or_default();
+        Ok(match admit_login(acc, adr, at, limits) {
+            Ok((acc, adr)) => {
+                s.logins.insert(account.into(), acc);
+                s.logins.insert(address.into(), adr);
+                LoginAdmission::Admitted
+            }
+            Err(refused) => refused,
+        })
     }
-    fn login_succeeded(&mut self, account: &str, _: &str) -> HostResult<()> {
-        self.logins.remove(account);
+    fn login_succeeded(&self, account: &str, _: &str) -> HostResult<()> {
+        let s = &mut *self.lock();
+        s.logins.remove(account);
         Ok(())
     }
-    fn remove_login_token(&mut self, _: &str, hashed: &str) -> HostResult<WriteOutcome> {
-        let before = self.tokens.len();
-        self.tokens
+    fn remove_login_token(&self, _: &str, hashed: &str) -> HostResult<WriteOutcome> {
+        let s = &mut *self.lock();
+        let before = s.tokens.len();
+        s.tokens
             .retain(|t| !(t.token.kind == TokenKind::Login && t.token.hashed_token == hashed));
-        Ok(if self.tokens.len() < before {
+        Ok(if s.tokens.len() < before {
             WriteOutcome::Done
         } else {
             WriteOutcome::NotFound
         })
     }
-    fn store_email_code(&mut self, _: &str, code: &EmailCode) -> HostResult<()> {
-        self.user.email_code = Some(code.clone());
-        Ok(())
-    }
-    fn send_mail(&mut self, _: &MailMessage) -> HostResult<()> {
-        self.mails += 1;
+    fn store_email_code(&self, _: &str, code: &EmailCode) -> HostResult<()> {
+        let s = &mut *self.lock();
+        s.user.email_code = Some(code.clone());
         Ok(())
     }
 }

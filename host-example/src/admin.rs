@@ -4,17 +4,19 @@
 
 use data_encoding::BASE32_NOPAD;
 
-use rcpat::codes::{self, BACKUP_ALPHABET, BACKUP_CODE_LEN};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use rcpat::codes::{self, BACKUP_CODE_LEN};
 use rcpat::model::{TokenKind, TotpAlgorithm, TotpEnrolment};
 use rcpat::token;
 
+use crate::error::{Error, Result};
 use crate::services::{Services, random_bytes};
-use crate::storage::{NewUser, Storage, TokenRecord};
+use crate::storage::{Admin, NewUser, TokenRecord};
 
 /// A Meteor-style random id of `len` characters (unbiased rejection
-/// sampling); `Random.id`'s alphabet is also the backup codes'.
+/// sampling over `Random.id`'s alphabet, also the backup codes').
 pub fn random_id(len: usize) -> String {
-    const ID_ALPHABET: &[u8] = BACKUP_ALPHABET;
+    const ID_ALPHABET: &[u8] = token::ID_ALPHABET;
     let n = ID_ALPHABET.len();
     let limit = 256 - 256 % n;
     let mut out = String::with_capacity(len);
@@ -28,15 +30,38 @@ pub fn random_id(len: usize) -> String {
     out
 }
 
-/// The lowercase hex SHA-256 of a password: what Rocket.Chat clients send as
-/// the password and as the `password` 2FA code.
-pub fn password_digest(password: &str) -> String {
-    token::sha256_hex(password.as_bytes())
+/// Rocket.Chat's stored password: bcrypt of the digest.
+pub fn hash_password(password: &str, cost: u32) -> Result<String> {
+    Ok(bcrypt::hash(token::password_digest(password), cost)?)
 }
 
-/// Rocket.Chat's stored password: bcrypt of the digest.
-pub fn hash_password(password: &str, cost: u32) -> Result<String, String> {
-    bcrypt::hash(password_digest(password), cost).map_err(|e| format!("bcrypt: {e}"))
+/// Seconds per TOTP step of the enrolments this host makes (the
+/// authenticator-app default; the step length is stored per enrolment).
+pub const TOTP_PERIOD: u32 = 30;
+/// The issuer an authenticator app shows.
+pub const TOTP_ISSUER: &str = "Rocket.Chat";
+
+/// What a URI component must encode: all but RFC 3986's unreserved characters.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The `otpauth://` URI an authenticator app scans (Google's Key Uri
+/// Format): issuer and account percent-encoded, so a name with a space,
+/// `:`, `?`, `&` or `#` cannot change the URI's meaning.
+pub fn otpauth_uri(account: &str, secret: &str, algorithm: TotpAlgorithm, digits: u8) -> String {
+    let alg = match algorithm {
+        TotpAlgorithm::Sha1 => "SHA1",
+        TotpAlgorithm::Sha256 => "SHA256",
+        TotpAlgorithm::Sha512 => "SHA512",
+    };
+    let issuer = utf8_percent_encode(TOTP_ISSUER, URI_COMPONENT);
+    let label = utf8_percent_encode(account, URI_COMPONENT);
+    format!(
+        "otpauth://totp/{issuer}:{label}?secret={secret}&issuer={issuer}&algorithm={alg}&digits={digits}&period={TOTP_PERIOD}"
+    )
 }
 
 /// Rocket.Chat's default bcrypt cost.
@@ -50,22 +75,20 @@ pub struct UserSpec<'a> {
 }
 
 /// Creates a user (email verified); returns the new id.
-pub fn create_user(
-    services: &Services,
-    spec: &UserSpec,
-    bcrypt_cost: u32,
-) -> Result<String, String> {
+pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Result<String> {
     if spec.username.is_empty() {
-        return Err("the username must not be empty".into());
+        return Err(Error::invalid("the username must not be empty"));
     }
     if spec.username.chars().any(char::is_control) {
-        return Err("the username must not contain control characters".into());
+        return Err(Error::invalid(
+            "the username must not contain control characters",
+        ));
     }
     if let Some(email) = spec.email {
         crate::mail::validate_address(email)?;
     }
     if services.storage.find_user_id(spec.username)?.is_some() {
-        return Err(format!("a user named {} already exists", spec.username));
+        return Err(Error::UserExists(spec.username.into()));
     }
     let id = random_id(17);
     let password_bcrypt = spec
@@ -86,10 +109,10 @@ pub fn create_user(
 }
 
 /// The id of `username`, or a clear error.
-pub fn user_id(storage: &dyn Storage, username: &str) -> Result<String, String> {
+pub fn user_id(storage: &dyn Admin, username: &str) -> Result<String> {
     storage
         .find_user_id(username)?
-        .ok_or_else(|| format!("no user named {username}"))
+        .ok_or_else(|| Error::NoSuchUser(format!("named {username}")))
 }
 
 /// A fresh TOTP enrolment: what an authenticator app and the user need.
@@ -108,9 +131,9 @@ pub fn enable_totp(
     account: &str,
     algorithm: TotpAlgorithm,
     digits: u8,
-) -> Result<TotpSetup, String> {
+) -> Result<TotpSetup> {
     if digits != 6 && digits != 8 {
-        return Err("TOTP codes have 6 or 8 digits".into());
+        return Err(Error::invalid("TOTP codes have 6 or 8 digits"));
     }
     let secret = BASE32_NOPAD.encode(&random_bytes(20));
     let backup_codes: Vec<String> = (0..12).map(|_| random_id(BACKUP_CODE_LEN)).collect();
@@ -120,7 +143,7 @@ pub fn enable_totp(
             secret: secret.clone(),
             algorithm,
             digits,
-            period: 30,
+            period: TOTP_PERIOD,
             last_used_step: 0,
             hashed_backup_codes: backup_codes
                 .iter()
@@ -129,14 +152,7 @@ pub fn enable_totp(
             spent_backup_codes: Vec::new(),
         }),
     )?;
-    let alg = match algorithm {
-        TotpAlgorithm::Sha1 => "SHA1",
-        TotpAlgorithm::Sha256 => "SHA256",
-        TotpAlgorithm::Sha512 => "SHA512",
-    };
-    let uri = format!(
-        "otpauth://totp/Rocket.Chat:{account}?secret={secret}&issuer=Rocket.Chat&algorithm={alg}&digits={digits}&period=30"
-    );
+    let uri = otpauth_uri(account, &secret, algorithm, digits);
     Ok(TotpSetup {
         secret,
         uri,
@@ -153,12 +169,12 @@ pub fn totp_code(
     step_offset: i64,
 ) -> String {
     let key = rcpat::totp::decode_secret(secret).expect("a valid base32 secret");
-    let step = rcpat::totp::step_at(now_ms / 1000, 30).saturating_add_signed(step_offset);
+    let step = rcpat::totp::step_at(now_ms / 1000, TOTP_PERIOD).saturating_add_signed(step_offset);
     rcpat::totp::hotp(&key, step, digits, algorithm)
 }
 
 /// Issues a login (session) token; returns its plaintext.
-pub fn issue_login_token(services: &Services, user_id: &str) -> Result<String, String> {
+pub fn issue_login_token(services: &Services, user_id: &str) -> Result<String> {
     issue(services, user_id, TokenKind::Login, None, false)
 }
 
@@ -168,7 +184,7 @@ pub fn issue_personal_access_token(
     user_id: &str,
     name: &str,
     bypass_two_factor: bool,
-) -> Result<String, String> {
+) -> Result<String> {
     issue(
         services,
         user_id,
@@ -184,7 +200,7 @@ fn issue(
     kind: TokenKind,
     name: Option<&str>,
     bypass: bool,
-) -> Result<String, String> {
+) -> Result<String> {
     let plaintext = token::new_token(&random_bytes(token::TOKEN_LEN));
     services.storage.add_token(
         user_id,
@@ -201,10 +217,32 @@ fn issue(
 }
 
 /// A QR code of `text` for a terminal (two rows per character).
-pub fn qr_code(text: &str) -> Result<String, String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| format!("QR code: {e}"))?;
+pub fn qr_code(text: &str) -> Result<String> {
+    let code = qrcode::QrCode::new(text.as_bytes())?;
     Ok(code
         .render::<qrcode::render::unicode::Dense1x2>()
         .quiet_zone(true)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otpauth_uri_encodes_the_account_and_names_the_period() {
+        assert_eq!(
+            otpauth_uri("ann", "JBSWY3DP", TotpAlgorithm::Sha1, 6),
+            "otpauth://totp/Rocket.Chat:ann?secret=JBSWY3DP&issuer=Rocket.Chat&algorithm=SHA1&digits=6&period=30"
+        );
+        let uri = otpauth_uri("a b:c?d&e#f/é", "S", TotpAlgorithm::Sha256, 8);
+        assert!(
+            uri.starts_with("otpauth://totp/Rocket.Chat:a%20b%3Ac%3Fd%26e%23f%2F%C3%A9?secret=S&"),
+            "{uri}"
+        );
+        assert!(
+            uri.ends_with("&algorithm=SHA256&digits=8&period=30"),
+            "{uri}"
+        );
+    }
 }

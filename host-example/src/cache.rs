@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::error::{Error, Result};
 use crate::files::{self, Exposure};
 
 /// How the component was obtained.
@@ -86,11 +87,11 @@ fn tag(key: &[u8], path: &Path, artifact: &[u8]) -> Hmac<Sha256> {
 }
 
 /// The folder's MAC key: read if trusted, created if absent.
-fn cache_key(dir: &Path) -> Result<Vec<u8>, String> {
+fn cache_key(dir: &Path) -> Result<Vec<u8>> {
     let path = dir.join(KEY_FILE);
     match files::read_trusted(&path, Exposure::Private)? {
         Some(key) if key.len() == 32 => Ok(key),
-        Some(_) => Err(format!("{} is not a 32-byte key", path.display())),
+        Some(_) => Err(files::untrusted_error(&path, "not a 32-byte key".into())),
         None => {
             let key = crate::services::random_bytes(32);
             files::create_private_file(&path, &key)?;
@@ -100,11 +101,11 @@ fn cache_key(dir: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Makes sure `dir` exists (0700 if new) and can be trusted.
-fn trusted_dir(dir: &Path) -> Result<(), String> {
+fn trusted_dir(dir: &Path) -> Result<()> {
     files::create_private_dir(dir)?;
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
-    match files::untrusted(dir, &meta, true, Exposure::NotWritable) {
-        Some(why) => Err(why),
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io("inspect", dir, e))?;
+    match files::untrusted(&meta, true, Exposure::NotWritable) {
+        Some(why) => Err(files::untrusted_error(dir, why)),
         None => Ok(()),
     }
 }

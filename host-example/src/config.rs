@@ -49,7 +49,7 @@ pub struct Options {
     /// SMTP server (host:port, plain SMTP to a relay) for real mail delivery
     #[arg(long, global = true, env = "RCPAT_SMTP")]
     pub smtp: Option<String>,
-    /// Sender address of mailed codes [default: Rocket.Chat <no-reply@localhost>]
+    /// Sender address of mailed codes [default: Rocket.Chat's no-reply sender at localhost]
     #[arg(long, global = true, env = "RCPAT_MAIL_FROM")]
     pub mail_from: Option<String>,
     /// File holding the secret key that hashes second-factor codes (created owner-only if absent; RCPAT_SECRET_KEY, 64 hex digits, overrides it) [default: the database path with extension .key]
@@ -161,10 +161,13 @@ macro_rules! merge_fields {
 
 impl Options {
     /// Reads a TOML file of the same options (kebab-case keys).
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> crate::error::Result<Self> {
+        use crate::error::Error;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+        toml::from_str(&text).map_err(|source| Error::Config {
+            path: path.into(),
+            source,
+        })
     }
 
     /// `self` (flags and environment) over `file`.
@@ -192,6 +195,11 @@ impl Options {
         self.secret_key_file
             .clone()
             .unwrap_or_else(|| self.db().with_extension("key"))
+    }
+    pub fn mail_from(&self) -> String {
+        self.mail_from
+            .clone()
+            .unwrap_or_else(|| crate::mail::DEFAULT_FROM.into())
     }
     pub fn outbox(&self) -> PathBuf {
         self.outbox.clone().unwrap_or_else(|| "outbox".into())

@@ -11,9 +11,10 @@ use crate::admin::{self, UserSpec};
 use crate::mail::{Outbox, code_in};
 use crate::runtime::{Endpoint, Runtime, RuntimeConfig};
 use crate::services::Services;
-use crate::storage::{SqliteStorage, Storage};
+use crate::storage::{Admin, SqliteStorage};
 
-type Result<T> = std::result::Result<T, String>;
+use wasmtime::error::Context;
+use wasmtime::{Result, bail};
 
 struct Demo<'a, W: Write> {
     runtime: Runtime,
@@ -58,10 +59,9 @@ impl<W: Write> Demo<'_, W> {
         let resp = self
             .runtime
             .call(&self.services, endpoint, &self.settings, &req)
-            .map_err(|e| format!("component call failed: {e:?}"))?;
+            .context("component call failed")?;
         let _ = writeln!(self.out, "<- {} {}", resp.status, resp.body);
-        let json =
-            serde_json::from_str(&resp.body).map_err(|e| format!("reply is not JSON: {e}"))?;
+        let json = serde_json::from_str(&resp.body).context("reply is not JSON")?;
         Ok((resp.status, json))
     }
 }
@@ -70,29 +70,26 @@ fn expect(cond: bool, what: &str) -> Result<()> {
     if cond {
         Ok(())
     } else {
-        Err(format!("demo check failed: {what}"))
+        bail!("demo check failed: {what}")
     }
 }
 
 /// Runs the demo against a new database at `db` with mail going to `outbox`.
 pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
     if db.exists() {
-        return Err(format!(
+        bail!(
             "{} exists; the demo starts from a fresh database",
             db.display()
-        ));
+        );
     }
     // The key beside the database, as `serve` would use it on this file.
     let keys = Arc::new(crate::keys::Keys::load(&db.with_extension("key"))?);
     let storage = Arc::new(SqliteStorage::open_with_keys(db, keys.clone())?);
-    let outbox = Arc::new(Outbox::new(outbox).map_err(|e| format!("outbox: {e}"))?);
+    let outbox = Arc::new(Outbox::new(outbox).context("outbox")?);
     let services = Services::new(storage.clone(), outbox.clone()).with_keys(keys);
     let started = std::time::Instant::now();
-    let runtime = Runtime::new(RuntimeConfig::default())
-        .map_err(|e| format!("loading the component: {e:?}"))?;
-    let settings = runtime
-        .default_settings(&services)
-        .map_err(|e| format!("{e:?}"))?;
+    let runtime = Runtime::new(RuntimeConfig::default()).context("loading the component")?;
+    let settings = runtime.default_settings(&services)?;
     let mut d = Demo {
         runtime,
         services: services.clone(),
@@ -225,8 +222,11 @@ pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
         status == 400 && reply["details"]["codeGenerated"] == true,
         "email challenge sends a code",
     )?;
-    let (path, text) = outbox.messages().pop().ok_or("no message in the outbox")?;
-    let code = code_in(&text).ok_or("no code in the message")?;
+    let (path, text) = outbox
+        .messages()
+        .pop()
+        .context("no message in the outbox")?;
+    let code = code_in(&text).context("no code in the message")?;
     let _ = writeln!(
         d.out,
         "outbox: {} (code {}-{})",

@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use crate::error::{Error, Result};
+
 /// What others may do with a file we trust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exposure {
@@ -32,14 +34,8 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Why `meta` (of `path`, a file if `dir` is false) cannot be trusted, if so.
-pub fn untrusted(
-    path: &Path,
-    meta: &std::fs::Metadata,
-    dir: bool,
-    exposure: Exposure,
-) -> Option<String> {
-    let shown = path.display();
+/// Why `meta` (a file if `dir` is false) cannot be trusted, if so.
+pub fn untrusted(meta: &std::fs::Metadata, dir: bool, exposure: Exposure) -> Option<String> {
     let kind_ok = if dir {
         meta.file_type().is_dir()
     } else {
@@ -47,32 +43,24 @@ pub fn untrusted(
     };
     if !kind_ok {
         let what = if dir { "a folder" } else { "a regular file" };
-        return Some(format!(
-            "{shown} is not {what} (a symlink or something else)"
-        ));
+        return Some(format!("not {what} (a symlink or something else)"));
     }
     if meta.uid() != euid() {
-        return Some(format!(
-            "{shown} belongs to another user (uid {})",
-            meta.uid()
-        ));
+        return Some(format!("it belongs to another user (uid {})", meta.uid()));
     }
     if meta.mode() & exposure.forbidden_bits() != 0 {
         let what = match exposure {
             Exposure::Private => "accessible to other users",
             Exposure::NotWritable => "writable by other users",
         };
-        return Some(format!(
-            "{shown} is {what} (mode {:o})",
-            meta.mode() & 0o777
-        ));
+        return Some(format!("it is {what} (mode {:o})", meta.mode() & 0o777));
     }
     None
 }
 
 /// Creates `dir` (and missing parents) as 0700; an existing folder is left
 /// as it is.
-pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+pub fn create_private_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -80,16 +68,16 @@ pub fn create_private_dir(dir: &Path) -> Result<(), String> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(|e| Error::io("create", dir, e))?;
     // DirBuilder's mode is filtered by the umask; set it exactly.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))
+        .map_err(|e| Error::io("restrict", dir, e))
 }
 
 /// Reads `path` if it can be trusted: opened without following a symlink,
 /// and checked on the open file (so a swap after the check cannot slip in).
 /// `Ok(None)` if it does not exist.
-pub fn read_trusted(path: &Path, exposure: Exposure) -> Result<Option<Vec<u8>>, String> {
+pub fn read_trusted(path: &Path, exposure: Exposure) -> Result<Option<Vec<u8>>> {
     let mut file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -98,24 +86,24 @@ pub fn read_trusted(path: &Path, exposure: Exposure) -> Result<Option<Vec<u8>>, 
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(format!("{} is a symlink", path.display()));
+            return Err(untrusted_error(path, "it is a symlink".into()));
         }
-        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if let Some(why) = untrusted(path, &meta, false, exposure) {
-        return Err(why);
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    if let Some(why) = untrusted(&meta, false, exposure) {
+        return Err(untrusted_error(path, why));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| Error::io("read", path, e))?;
     Ok(Some(bytes))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, created
 /// exclusively (never through a planted file or symlink), 0600, fsynced,
 /// then renamed into place and the folder fsynced.
-pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -140,40 +128,47 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<(), String>
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
+        Error::io("write", path, e)
     })
 }
 
 /// Creates `path` with `bytes`, owner-only, failing if it exists.
-pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        .map_err(|e| Error::io("create", path, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| Error::io("write", path, e))
 }
 
 /// Makes an existing file owner-only (a database created by an older version
 /// or another tool), refusing one that is not this user's regular file.
-pub fn restrict_existing(path: &Path) -> Result<(), String> {
+pub fn restrict_existing(path: &Path) -> Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+        Err(e) => return Err(Error::io("inspect", path, e)),
     };
-    if let Some(why) = untrusted(path, &meta, false, Exposure::NotWritable)
+    if let Some(why) = untrusted(&meta, false, Exposure::NotWritable)
         .filter(|_| meta.uid() != euid() || !meta.file_type().is_file())
     {
-        return Err(why);
+        return Err(untrusted_error(path, why));
     }
     if meta.mode() & 0o077 != 0 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+            .map_err(|e| Error::io("restrict", path, e))?;
     }
     Ok(())
+}
+
+pub fn untrusted_error(path: &Path, reason: String) -> Error {
+    Error::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    }
 }

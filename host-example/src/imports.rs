@@ -1,8 +1,10 @@
-//! The component's imports, implemented over [`Services`]: conversions only.
+//! The component's imports, implemented over [`Services`]: each forwards to
+//! the storage trait, mailer, clock or randomness (conversions are in
+//! `conversions.rs`).
 
 use wasmtime::{ResourceLimiter, StoreLimits};
 
-use rcpat::model as m;
+use rcpat::storage::{HostResult, Storage};
 
 use crate::bindings::rcpat::tokens::{mail, storage as st};
 use crate::bindings::wasi::clocks::wall_clock;
@@ -16,10 +18,12 @@ pub struct HostState {
 }
 
 /// `StoreLimits`, remembering the largest linear memory the guest asked for
-/// (what one instance really costs).
+/// (what one instance really costs) and whether a growth was refused (so a
+/// failed call is classified by that fact, not by its error text).
 pub struct PeakLimits {
     pub inner: StoreLimits,
     pub peak_memory: usize,
+    pub memory_refused: bool,
 }
 
 impl ResourceLimiter for PeakLimits {
@@ -29,11 +33,12 @@ impl ResourceLimiter for PeakLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if allowed {
-            self.peak_memory = self.peak_memory.max(desired);
+        let allowed = self.inner.memory_growing(current, desired, maximum);
+        match allowed {
+            Ok(true) => self.peak_memory = self.peak_memory.max(desired),
+            Ok(false) | Err(_) => self.memory_refused = true,
         }
-        Ok(allowed)
+        allowed
     }
     fn table_growing(
         &mut self,
@@ -91,151 +96,139 @@ impl random::Host for HostState {
     }
 }
 
-impl mail::Host for HostState {
-    fn send(&mut self, msg: mail::Message) -> Result<(), String> {
-        self.services.mailer.send(&m::MailMessage {
-            to: msg.to,
-            subject: msg.subject,
-            text: msg.text,
+/// The text the guest gets for any failed import. The real error is
+/// logged here, where it is still typed; the component never shows host
+/// error text to a client, so it gets none to show.
+const IMPORT_FAILED: &str = "host call failed (see the host's log)";
+
+impl HostState {
+    /// Runs one storage call for the guest: converts its answer, logs and
+    /// hides its error.
+    fn storage<T, W: From<T>>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&dyn Storage) -> HostResult<T>,
+    ) -> Result<W, String> {
+        f(&*self.services.storage).map(W::from).map_err(|e| {
+            tracing::error!(event = "storage_failed", call, error = %e, "storage call failed");
+            IMPORT_FAILED.to_string()
         })
     }
 }
 
-impl st::Host for HostState {
-    fn authenticate(
-        &mut self,
-        user_id: String,
-        hashed_token: String,
-    ) -> Result<Option<st::Session>, String> {
-        Ok(self
-            .services
-            .storage
-            .authenticate(&user_id, &hashed_token)?
-            .map(session_to_wit))
+impl mail::Host for HostState {
+    fn send(&mut self, msg: mail::Message) -> Result<(), String> {
+        self.services.mailer.send(&msg.into()).map_err(|e| {
+            tracing::error!(event = "mail_failed", error = %e, "sending mail failed");
+            IMPORT_FAILED.to_string()
+        })
     }
-    fn find_user_for_login(
-        &mut self,
-        identifier: st::LoginIdentifier,
-    ) -> Result<Option<st::User>, String> {
-        let id = match identifier {
-            st::LoginIdentifier::Username(u) => m::LoginIdentifier::Username(u),
-            st::LoginIdentifier::Email(e) => m::LoginIdentifier::Email(e),
-        };
-        Ok(self
-            .services
-            .storage
-            .find_user_for_login(&id)?
-            .map(user_to_wit))
+}
+
+/// Lists convert element by element.
+struct Many<T>(Vec<T>);
+
+impl<T, U: From<T>> From<Many<T>> for Vec<U> {
+    fn from(m: Many<T>) -> Self {
+        m.0.into_iter().map(U::from).collect()
+    }
+}
+
+impl st::Host for HostState {
+    fn authenticate(&mut self, user: String, hash: String) -> Result<Option<st::Session>, String> {
+        self.storage("authenticate", |s| {
+            Ok(s.authenticate(&user, &hash)?.map(Into::into))
+        })
+    }
+    fn find_user_for_login(&mut self, id: st::LoginIdentifier) -> Result<Option<st::User>, String> {
+        self.storage("find-user-for-login", |s| {
+            Ok(s.find_user_for_login(&id.into())?.map(Into::into))
+        })
     }
     fn insert_login_token(
         &mut self,
-        user_id: String,
-        hashed_token: String,
+        user: String,
+        hash: String,
         created_at: u64,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.services
-            .storage
-            .insert_login_token(&user_id, &hashed_token, created_at, &proof_from_wit(proof))
-            .map(outcome_to_wit)
+        self.storage("insert-login-token", |s| {
+            s.insert_login_token(&user, &hash, created_at, &proof.into())
+        })
     }
-    fn has_permission(&mut self, user_id: String, permission: String) -> Result<bool, String> {
-        self.services.storage.has_permission(&user_id, &permission)
+    fn has_permission(&mut self, user: String, permission: String) -> Result<bool, String> {
+        self.storage("has-permission", |s| s.has_permission(&user, &permission))
     }
     fn list_personal_access_tokens(
         &mut self,
-        user_id: String,
+        user: String,
     ) -> Result<Vec<st::PersonalAccessToken>, String> {
-        Ok(self
-            .services
-            .storage
-            .list_personal_access_tokens(&user_id)?
-            .into_iter()
-            .map(pat_to_wit)
-            .collect())
+        self.storage("list-personal-access-tokens", |s| {
+            s.list_personal_access_tokens(&user).map(Many)
+        })
     }
     fn find_personal_access_token(
         &mut self,
-        user_id: String,
+        user: String,
         name: String,
     ) -> Result<Option<st::PersonalAccessToken>, String> {
-        Ok(self
-            .services
-            .storage
-            .find_personal_access_token(&user_id, &name)?
-            .map(pat_to_wit))
+        self.storage("find-personal-access-token", |s| {
+            Ok(s.find_personal_access_token(&user, &name)?.map(Into::into))
+        })
     }
     fn insert_personal_access_token(
         &mut self,
-        user_id: String,
+        user: String,
         token: st::PersonalAccessToken,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.services
-            .storage
-            .insert_personal_access_token(&user_id, &pat_from_wit(token), &proof_from_wit(proof))
-            .map(outcome_to_wit)
+        self.storage("insert-personal-access-token", |s| {
+            s.insert_personal_access_token(&user, &token.into(), &proof.into())
+        })
     }
     fn replace_personal_access_token(
         &mut self,
-        user_id: String,
-        expected_hashed_token: String,
+        user: String,
+        expected: String,
         replacement: st::PersonalAccessToken,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.services
-            .storage
-            .replace_personal_access_token(
-                &user_id,
-                &expected_hashed_token,
-                &pat_from_wit(replacement),
-                &proof_from_wit(proof),
-            )
-            .map(outcome_to_wit)
+        self.storage("replace-personal-access-token", |s| {
+            s.replace_personal_access_token(&user, &expected, &replacement.into(), &proof.into())
+        })
     }
     fn remove_personal_access_token(
         &mut self,
-        user_id: String,
+        user: String,
         name: String,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.services
-            .storage
-            .remove_personal_access_token(&user_id, &name, &proof_from_wit(proof))
-            .map(outcome_to_wit)
+        self.storage("remove-personal-access-token", |s| {
+            s.remove_personal_access_token(&user, &name, &proof.into())
+        })
     }
     fn reserve_two_factor_attempt(
         &mut self,
-        user_id: String,
+        user: String,
         at: u64,
         window_start: u64,
         max_failed: u32,
         max_email_code_attempts: Option<u32>,
     ) -> Result<st::AttemptReservation, String> {
-        let r = self.services.storage.reserve_two_factor_attempt(
-            &user_id,
-            at,
-            window_start,
-            max_failed,
-            max_email_code_attempts,
-        )?;
-        Ok(st::AttemptReservation {
-            granted: r.granted,
-            failures: st::FailureCount {
-                count: r.failures.count,
-                last_failed_at: r.failures.last_failed_at,
-            },
-            email_code_attempts: r.email_code_attempts,
+        self.storage("reserve-two-factor-attempt", |s| {
+            s.reserve_two_factor_attempt(
+                &user,
+                at,
+                window_start,
+                max_failed,
+                max_email_code_attempts,
+            )
         })
     }
-    fn release_two_factor_attempt(
-        &mut self,
-        user_id: String,
-        email_code_attempt: bool,
-    ) -> Result<(), String> {
-        self.services
-            .storage
-            .release_two_factor_attempt(&user_id, email_code_attempt)
+    fn release_two_factor_attempt(&mut self, user: String, email: bool) -> Result<(), String> {
+        self.storage("release-two-factor-attempt", |s| {
+            s.release_two_factor_attempt(&user, email)
+        })
     }
     fn reserve_login_attempt(
         &mut self,
@@ -244,146 +237,23 @@ impl st::Host for HostState {
         at: u64,
         limits: st::LoginLimits,
     ) -> Result<st::LoginAdmission, String> {
-        let limits = m::LoginLimits {
-            max_per_account: limits.max_per_account,
-            account_block_ms: limits.account_block_ms,
-            max_per_address: limits.max_per_address,
-            address_block_ms: limits.address_block_ms,
-        };
-        Ok(
-            match self
-                .services
-                .storage
-                .reserve_login_attempt(&account, &address, at, &limits)?
-            {
-                m::LoginAdmission::Admitted => st::LoginAdmission::Admitted,
-                m::LoginAdmission::AccountBlocked => st::LoginAdmission::AccountBlocked,
-                m::LoginAdmission::AddressBlocked => st::LoginAdmission::AddressBlocked,
-            },
-        )
+        self.storage("reserve-login-attempt", |s| {
+            s.reserve_login_attempt(&account, &address, at, &limits.into())
+        })
     }
     fn login_succeeded(&mut self, account: String, address: String) -> Result<(), String> {
-        self.services.storage.login_succeeded(&account, &address)
+        self.storage("login-succeeded", |s| s.login_succeeded(&account, &address))
     }
     fn remove_login_token(
         &mut self,
-        user_id: String,
-        hashed_token: String,
+        user: String,
+        hash: String,
     ) -> Result<st::WriteOutcome, String> {
-        self.services
-            .storage
-            .remove_login_token(&user_id, &hashed_token)
-            .map(outcome_to_wit)
+        self.storage("remove-login-token", |s| s.remove_login_token(&user, &hash))
     }
-    fn store_email_code(&mut self, user_id: String, code: st::EmailCode) -> Result<(), String> {
-        let code = m::EmailCode {
-            code_hash: code.code_hash,
-            salt: code.salt,
-            expires_at: code.expires_at,
-            attempts: code.attempts,
-        };
-        self.services.storage.store_email_code(&user_id, &code)
-    }
-}
-
-fn session_to_wit(s: m::Session) -> st::Session {
-    st::Session {
-        user: user_to_wit(s.user),
-        token: st::LoginToken {
-            hashed_token: s.token.hashed_token,
-            kind: match s.token.kind {
-                m::TokenKind::Login => st::TokenKind::Login,
-                m::TokenKind::PersonalAccessToken => st::TokenKind::PersonalAccessToken,
-            },
-            name: s.token.name,
-            created_at: s.token.created_at,
-            bypass_two_factor: s.token.bypass_two_factor,
-            two_factor_authorized_hash: s.token.two_factor_authorized_hash,
-            two_factor_authorized_until: s.token.two_factor_authorized_until,
-        },
-    }
-}
-
-fn user_to_wit(u: m::User) -> st::User {
-    st::User {
-        id: u.id,
-        username: u.username,
-        name: u.name,
-        roles: u.roles,
-        created_at: u.created_at,
-        verified_emails: u.verified_emails,
-        password_bcrypt: u.password_bcrypt,
-        totp: u.totp.map(|t| st::TotpEnrolment {
-            secret: t.secret,
-            algorithm: match t.algorithm {
-                m::TotpAlgorithm::Sha1 => st::TotpAlgorithm::Sha1,
-                m::TotpAlgorithm::Sha256 => st::TotpAlgorithm::Sha256,
-                m::TotpAlgorithm::Sha512 => st::TotpAlgorithm::Sha512,
-            },
-            digits: t.digits,
-            period: t.period,
-            last_used_step: t.last_used_step,
-            hashed_backup_codes: t.hashed_backup_codes,
-            spent_backup_codes: t.spent_backup_codes,
-        }),
-        email_two_factor: u.email_two_factor,
-        email_code: u.email_code.map(|c| st::EmailCode {
-            code_hash: c.code_hash,
-            salt: c.salt,
-            expires_at: c.expires_at,
-            attempts: c.attempts,
-        }),
-        failures: st::FailureCount {
-            count: u.failures.count,
-            last_failed_at: u.failures.last_failed_at,
-        },
-    }
-}
-
-fn pat_to_wit(t: m::PersonalAccessToken) -> st::PersonalAccessToken {
-    st::PersonalAccessToken {
-        name: t.name,
-        hashed_token: t.hashed_token,
-        last_token_part: t.last_token_part,
-        created_at: t.created_at,
-        bypass_two_factor: t.bypass_two_factor,
-    }
-}
-
-fn pat_from_wit(t: st::PersonalAccessToken) -> m::PersonalAccessToken {
-    m::PersonalAccessToken {
-        name: t.name,
-        hashed_token: t.hashed_token,
-        last_token_part: t.last_token_part,
-        created_at: t.created_at,
-        bypass_two_factor: t.bypass_two_factor,
-    }
-}
-
-fn proof_from_wit(p: st::FactorProof) -> m::FactorProof {
-    m::FactorProof {
-        session: p.session,
-        used: match p.used {
-            st::FactorUse::None => m::FactorUse::None,
-            st::FactorUse::TotpStep(s) => m::FactorUse::TotpStep(s),
-            st::FactorUse::BackupCode(h) => m::FactorUse::BackupCode(h),
-            st::FactorUse::EmailCode(h) => m::FactorUse::EmailCode(h),
-            st::FactorUse::Password => m::FactorUse::Password,
-        },
-        remember: p.remember.map(|r| m::RememberGrant {
-            hashed_login_token: r.hashed_login_token,
-            fingerprint: r.fingerprint,
-            until: r.until,
-        }),
-    }
-}
-
-fn outcome_to_wit(o: m::WriteOutcome) -> st::WriteOutcome {
-    match o {
-        m::WriteOutcome::Done => st::WriteOutcome::Done,
-        m::WriteOutcome::NotFound => st::WriteOutcome::NotFound,
-        m::WriteOutcome::NameTaken => st::WriteOutcome::NameTaken,
-        m::WriteOutcome::FactorAlreadyUsed => st::WriteOutcome::FactorAlreadyUsed,
-        m::WriteOutcome::CredentialsRevoked => st::WriteOutcome::CredentialsRevoked,
+    fn store_email_code(&mut self, user: String, code: st::EmailCode) -> Result<(), String> {
+        self.storage("store-email-code", |s| {
+            s.store_email_code(&user, &code.into())
+        })
     }
 }

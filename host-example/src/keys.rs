@@ -22,6 +22,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::error::{Error, Result};
 use crate::files::{self, Exposure};
 use crate::services::random_bytes;
 
@@ -47,12 +48,12 @@ impl std::fmt::Debug for Keys {
 
 impl Keys {
     /// Keys derived from numbered master keys (ids ascending, at least one).
-    fn from_masters(mut masters: Vec<(u32, [u8; 32])>) -> Result<Self, String> {
+    fn from_masters(mut masters: Vec<(u32, [u8; 32])>) -> Result<Self, &'static str> {
         masters.sort_by_key(|(id, _)| *id);
         if masters.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err("the key file names a key id twice".into());
+            return Err("it names a key id twice");
         }
-        let first = masters.first().ok_or("the key file holds no key")?.1;
+        let first = masters.first().ok_or("it holds no key")?.1;
         Ok(Keys {
             code_key: derive(&first, "rcpat/code-key/v1"),
             secret_keys: masters
@@ -74,29 +75,38 @@ impl Keys {
 
     /// The keys from `RCPAT_SECRET_KEY` if set, else from the key file at
     /// `path` (created, owner-only, with one new key if it does not exist).
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self> {
         match std::env::var(KEY_ENV) {
             Ok(hex) => parse_hex(hex.trim())
                 .map(|m| Self::from_master(&m))
-                .map_err(|e| format!("{KEY_ENV}: {e}")),
-            Err(_) => Self::from_masters(load_or_create(path)?),
+                .map_err(|reason| Error::Keys {
+                    origin: KEY_ENV.into(),
+                    reason,
+                }),
+            Err(_) => Self::from_masters(load_or_create(path)?).map_err(|reason| Error::Keys {
+                origin: format!("key file {}", path.display()),
+                reason,
+            }),
         }
     }
 
     /// Adds a new newest key to the key file at `path` (kept: the older keys
     /// still decrypt what they encrypted, and the first derives the code
     /// key). Returns the keys including the new one.
-    pub fn rotate(path: &Path) -> Result<Self, String> {
+    pub fn rotate(path: &Path) -> Result<Self> {
         if std::env::var_os(KEY_ENV).is_some() {
-            return Err(format!(
+            return Err(Error::invalid(format!(
                 "{KEY_ENV} is set: rotate keys in a key file (--secret-key-file)"
-            ));
+            )));
         }
         let mut masters = load_or_create(path)?;
         let next = masters.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
         masters.push((next, random_key()));
         files::write_private_atomically(path, render(&masters).as_bytes())?;
-        Self::from_masters(masters)
+        Self::from_masters(masters).map_err(|reason| Error::Keys {
+            origin: format!("key file {}", path.display()),
+            reason,
+        })
     }
 
     pub fn code_key(&self) -> &[u8] {
@@ -128,15 +138,19 @@ impl Keys {
     }
 
     /// Decrypts what `seal` produced under key `id` for `context`.
-    pub fn open(&self, id: u32, context: &str, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn open(&self, id: u32, context: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         let key = self
             .secret_keys
             .iter()
             .find(|(k, _)| *k == id)
             .map(|(_, key)| key)
-            .ok_or_else(|| format!("secret encrypted under key {id}, which the key file lacks"))?;
+            .ok_or_else(|| {
+                Error::Secret(format!(
+                    "encrypted under key {id}, which the key file lacks"
+                ))
+            })?;
         if sealed.len() < NONCE_LEN {
-            return Err("an encrypted secret is truncated".into());
+            return Err(Error::Secret("truncated".into()));
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         XChaCha20Poly1305::new(key.into())
@@ -148,9 +162,9 @@ impl Keys {
                 },
             )
             .map_err(|_| {
-                format!(
-                    "an encrypted secret does not decrypt under key {id} (tampered or misplaced)"
-                )
+                Error::Secret(format!(
+                    "it does not decrypt under key {id} (tampered or misplaced)"
+                ))
             })
     }
 }
@@ -165,12 +179,12 @@ fn derive(master: &[u8; 32], label: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn parse_hex(text: &str) -> Result<[u8; 32], String> {
+fn parse_hex(text: &str) -> Result<[u8; 32], &'static str> {
     data_encoding::HEXLOWER_PERMISSIVE
         .decode(text.as_bytes())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| "a key must be 64 hexadecimal digits".to_string())
+        .ok_or("a key must be 64 hexadecimal digits")
 }
 
 fn render(masters: &[(u32, [u8; 32])]) -> String {
@@ -181,7 +195,7 @@ fn render(masters: &[(u32, [u8; 32])]) -> String {
     text
 }
 
-fn parse_file(text: &str) -> Result<Vec<(u32, [u8; 32])>, String> {
+fn parse_file(text: &str) -> Result<Vec<(u32, [u8; 32])>, &'static str> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -189,7 +203,7 @@ fn parse_file(text: &str) -> Result<Vec<(u32, [u8; 32])>, String> {
             // A bare key: a file written by hand (or an older version).
             None => parse_hex(line).map(|k| (1, k)),
             Some((id, hex)) => Ok((
-                id.parse().map_err(|_| format!("bad key id {id:?}"))?,
+                id.parse().map_err(|_| "a key id is not a number")?,
                 parse_hex(hex.trim())?,
             )),
         })
@@ -198,15 +212,16 @@ fn parse_file(text: &str) -> Result<Vec<(u32, [u8; 32])>, String> {
 
 /// Reads the key file, or creates it with one key (exclusively, mode 0600,
 /// fsynced, its folder 0700 if new).
-fn load_or_create(path: &Path) -> Result<Vec<(u32, [u8; 32])>, String> {
+fn load_or_create(path: &Path) -> Result<Vec<(u32, [u8; 32])>> {
     let shown = path.display();
-    match files::read_trusted(path, Exposure::Private)
-        .map_err(|e| format!("refusing the key file: {e}"))?
-    {
+    let malformed = |reason| Error::Keys {
+        origin: format!("key file {shown}"),
+        reason,
+    };
+    match files::read_trusted(path, Exposure::Private)? {
         Some(bytes) => {
-            let text =
-                String::from_utf8(bytes).map_err(|_| format!("key file {shown}: not text"))?;
-            parse_file(&text).map_err(|e| format!("key file {shown}: {e}"))
+            let text = String::from_utf8(bytes).map_err(|_| malformed("not text"))?;
+            parse_file(&text).map_err(malformed)
         }
         None => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -243,13 +258,19 @@ mod tests {
         assert!(
             load_or_create(&path)
                 .unwrap_err()
+                .to_string()
                 .contains("accessible to other users")
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         // A symlink in its place: refused.
         let link = dir.join("link.key");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(load_or_create(&link).unwrap_err().contains("symlink"));
+        assert!(
+            load_or_create(&link)
+                .unwrap_err()
+                .to_string()
+                .contains("symlink")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

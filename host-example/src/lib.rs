@@ -11,7 +11,9 @@ pub mod bindings;
 pub mod cache;
 pub mod clock;
 pub mod config;
+mod conversions;
 pub mod demo;
+pub mod error;
 pub mod files;
 mod imports;
 pub mod keys;
@@ -31,13 +33,15 @@ pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcpat.was
 pub const HOSTILE_COMPONENT_PATH: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
 
 /// The embedded component's world as WIT text (what `wasm-tools component wit` prints).
-pub fn component_wit() -> Result<String, String> {
-    let decoded =
-        wit_component::decode(COMPONENT).map_err(|e| format!("decoding the component: {e}"))?;
+pub fn component_wit() -> error::Result<String> {
+    fn failed(e: impl std::fmt::Display) -> error::Error {
+        error::Error::Component(format!("{e:#}"))
+    }
+    let decoded = wit_component::decode(COMPONENT).map_err(failed)?;
     let resolve = decoded.resolve();
     let mut printer = wit_component::WitPrinter::default();
     printer
         .print(resolve, decoded.package(), &[])
-        .map_err(|e| format!("printing: {e}"))?;
+        .map_err(failed)?;
     Ok(printer.output.to_string())
 }

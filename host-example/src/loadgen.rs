@@ -66,7 +66,7 @@ pub fn process_cpu() -> Option<Duration> {
 const TOKEN_NAME: &str = "load";
 
 /// Creates `n` users with one bypass PAT each, through `services`' storage.
-pub fn seed(services: &Services, n: usize) -> Result<Vec<(String, String)>, String> {
+pub fn seed(services: &Services, n: usize) -> crate::error::Result<Vec<(String, String)>> {
     let tag = admin::random_id(5);
     (0..n)
         .map(|i| {

@@ -3,53 +3,55 @@
 //! Outbox and SMTP build each message with the same builder (lettre's), so
 //! addresses and headers are validated the same way for both.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rcpat::model::MailMessage;
 
+use crate::error::{Error, Result};
+
 pub trait Mailer: Send + Sync {
-    fn send(&self, message: &MailMessage) -> Result<(), String>;
+    fn send(&self, message: &MailMessage) -> Result<()>;
 }
 
 /// An email address as users and mail may carry it: one RFC 5322
 /// addr-spec (no display name, no CR/LF or other control characters), so a
 /// stored address can never inject a header.
-pub fn validate_address(address: &str) -> Result<(), String> {
+pub fn validate_address(address: &str) -> Result<()> {
     if address.chars().any(char::is_control) {
-        return Err("an email address must not contain control characters".into());
+        return Err(Error::Address("control characters".into()));
     }
     address
         .parse::<lettre::Address>()
         .map(drop)
-        .map_err(|e| format!("not a valid email address ({e})"))
+        .map_err(|e| Error::Address(e.to_string()))
 }
 
 /// The sender as a mailbox (`Name <addr>` or `addr`).
-fn parse_sender(from: &str) -> Result<lettre::message::Mailbox, String> {
+fn parse_sender(from: &str) -> Result<lettre::message::Mailbox> {
     if from.chars().any(char::is_control) {
-        return Err("the sender address must not contain control characters".into());
+        return Err(Error::Address("control characters in the sender".into()));
     }
     from.parse()
-        .map_err(|e| format!("bad sender address {from}: {e}"))
+        .map_err(|e| Error::Address(format!("sender {from}: {e}")))
 }
 
 /// One message, built and validated by lettre (both the outbox and SMTP).
-fn build(from: &lettre::message::Mailbox, m: &MailMessage) -> Result<lettre::Message, String> {
+fn build(from: &lettre::message::Mailbox, m: &MailMessage) -> Result<lettre::Message> {
     let mut builder = lettre::Message::builder()
         .from(from.clone())
         .subject(m.subject.clone());
     for to in &m.to {
-        validate_address(to).map_err(|e| format!("bad recipient: {e}"))?;
-        builder = builder.to(to.parse().map_err(|e| format!("bad recipient: {e}"))?);
+        validate_address(to)?;
+        builder = builder.to(to
+            .parse()
+            .map_err(|e: lettre::address::AddressError| Error::Address(e.to_string()))?);
     }
     builder
         .header(lettre::message::header::ContentType::TEXT_PLAIN)
         .body(m.text.clone())
-        .map_err(|e| format!("building the message: {e}"))
+        .map_err(Error::from)
 }
 
 /// Writes each message as an RFC 5322 `.eml` file into a directory.
@@ -62,12 +64,12 @@ pub struct Outbox {
 
 impl Outbox {
     /// An outbox in `dir` (created owner-only) sending as [`DEFAULT_FROM`].
-    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, String> {
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         Self::with_sender(dir, DEFAULT_FROM)
     }
 
     /// An outbox sending as `from`.
-    pub fn with_sender(dir: impl Into<PathBuf>, from: &str) -> Result<Self, String> {
+    pub fn with_sender(dir: impl Into<PathBuf>, from: &str) -> Result<Self> {
         let dir = dir.into();
         crate::files::create_private_dir(&dir)?;
         Ok(Outbox {
@@ -100,7 +102,7 @@ impl Outbox {
 }
 
 impl Mailer for Outbox {
-    fn send(&self, m: &MailMessage) -> Result<(), String> {
+    fn send(&self, m: &MailMessage) -> Result<()> {
         let message = build(&self.from, m)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -111,18 +113,9 @@ impl Mailer for Outbox {
         // temporary file is created exclusively, owner-only, never through a
         // symlink.
         let tmp = self.dir.join(format!("{id}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(|e| format!("outbox write failed: {e}"))?;
-        file.write_all(&message.formatted())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| format!("outbox write failed: {e}"))?;
-        std::fs::rename(&tmp, self.dir.join(format!("{id}.eml")))
-            .map_err(|e| format!("outbox rename failed: {e}"))
+        crate::files::create_private_file(&tmp, &message.formatted())?;
+        let eml = self.dir.join(format!("{id}.eml"));
+        std::fs::rename(&tmp, &eml).map_err(|e| Error::io("rename into", eml, e))
     }
 }
 
@@ -143,9 +136,9 @@ impl MemoryMailer {
 }
 
 impl Mailer for MemoryMailer {
-    fn send(&self, m: &MailMessage) -> Result<(), String> {
+    fn send(&self, m: &MailMessage) -> Result<()> {
         if self.fail.load(Ordering::SeqCst) {
-            return Err("injected mail failure".into());
+            return Err(Error::Injected(0));
         }
         self.sent.lock().unwrap().push(m.clone());
         Ok(())
@@ -178,12 +171,12 @@ pub struct SmtpMailer {
 
 impl SmtpMailer {
     /// `server` is `host:port` (port 25 when omitted).
-    pub fn new(server: &str, from: &str) -> Result<Self, String> {
+    pub fn new(server: &str, from: &str) -> Result<Self> {
         let (host, port) = match server.rsplit_once(':') {
             Some((h, p)) => (
                 h,
                 p.parse::<u16>()
-                    .map_err(|_| format!("bad SMTP port in {server}"))?,
+                    .map_err(|_| Error::invalid(format!("bad SMTP port in {server}")))?,
             ),
             None => (server, 25),
         };
@@ -199,13 +192,10 @@ impl SmtpMailer {
 }
 
 impl Mailer for SmtpMailer {
-    fn send(&self, m: &MailMessage) -> Result<(), String> {
+    fn send(&self, m: &MailMessage) -> Result<()> {
         use lettre::Transport;
         let message = build(&self.from, m)?;
-        self.transport
-            .send(&message)
-            .map(drop)
-            .map_err(|e| format!("smtp: {e}"))
+        self.transport.send(&message).map(drop).map_err(Error::from)
     }
 }
 
@@ -244,7 +234,7 @@ mod tests {
         let err = outbox
             .send(&message("ann@example.org\r\nBcc: all@example.org"))
             .unwrap_err();
-        assert!(err.contains("bad recipient"), "{err}");
+        assert!(matches!(err, Error::Address(_)), "{err}");
         assert!(outbox.send(&message("not an address")).is_err());
         assert_eq!(outbox.messages().len(), before);
         assert!(Outbox::with_sender(&dir, "x@example.org\r\nBcc: y@example.org").is_err());

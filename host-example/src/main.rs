@@ -9,9 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use host_example::admin::{self, UserSpec};
 use host_example::config::{Options, StorageKind};
+use host_example::error::Error;
 use host_example::services::Services;
-use host_example::storage::{PAT_PERMISSION, Storage};
+use host_example::storage::{Admin, Backend, PAT_PERMISSION};
 use rcpat::model::TotpAlgorithm;
+use wasmtime::error::Context;
+use wasmtime::{Result, bail};
 
 #[derive(Parser)]
 #[command(
@@ -159,18 +162,20 @@ fn main() -> ExitCode {
         .as_deref()
         .map(Options::from_file)
         .transpose()
+        .map_err(wasmtime::Error::from)
         .map(|file| cli.options.clone().over(file.unwrap_or_default()))
         .and_then(|opts| run(cli.command, opts));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // `{:#}`: the error and its causes on one line.
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(command: Command, opts: Options) -> Result<(), String> {
+fn run(command: Command, opts: Options) -> Result<()> {
     match command {
         Command::Serve => serve(opts),
         Command::Users { command } => users(command, &admin_services(&opts)?),
@@ -179,7 +184,10 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
         } => {
             let services = admin_services(&opts)?;
             let id = admin::user_id(&*services.storage, &username)?;
-            let tokens = services.storage.list_personal_access_tokens(&id)?;
+            let tokens = services
+                .storage
+                .list_personal_access_tokens(&id)
+                .map_err(Error::from)?;
             if tokens.is_empty() {
                 println!("{username} has no personal access tokens");
             }
@@ -198,7 +206,7 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
             command: KeysCommand::Rotate,
         } => {
             if opts.storage() == StorageKind::Memory {
-                return Err("keys rotate needs the sqlite storage".into());
+                bail!("keys rotate needs the sqlite storage");
             }
             let path = opts.secret_key_file();
             let keys = std::sync::Arc::new(host_example::keys::Keys::rotate(&path)?);
@@ -287,12 +295,11 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
                     std::fs::write(
                         &path,
                         report.svg(&format!("Self-rotation latency, {label}")),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    )?;
                     println!("  chart           {}", path.display());
                 }
                 if !report.lost.is_empty() {
-                    return Err(format!("{} users lost data", report.lost.len()));
+                    bail!("{} users lost data", report.lost.len());
                 }
             }
             if let [wasm, native] = throughput[..] {
@@ -315,7 +322,7 @@ fn run(command: Command, opts: Options) -> Result<(), String> {
     }
 }
 
-fn serve(opts: Options) -> Result<(), String> {
+fn serve(opts: Options) -> Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
@@ -339,8 +346,7 @@ fn serve(opts: Options) -> Result<(), String> {
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     rt.block_on(async {
         let _ = tokio::signal::ctrl_c().await;
     });
@@ -349,18 +355,15 @@ fn serve(opts: Options) -> Result<(), String> {
     Ok(())
 }
 
-fn admin_services(opts: &Options) -> Result<Services, String> {
+fn admin_services(opts: &Options) -> Result<Services> {
     if opts.storage() == StorageKind::Memory {
-        return Err(
-            "admin commands need the sqlite storage (an in-memory store is gone when they exit)"
-                .into(),
-        );
+        bail!("admin commands need the sqlite storage (an in-memory store is gone when they exit)");
     }
-    host_example::server::services_from(opts)
+    Ok(host_example::server::services_from(opts)?)
 }
 
-fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
-    let storage: &Arc<dyn Storage> = &services.storage;
+fn users(command: UsersCommand, services: &Services) -> Result<()> {
+    let storage: &Arc<dyn Backend> = &services.storage;
     match command {
         UsersCommand::Add {
             username,
@@ -391,7 +394,9 @@ fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
                 println!("no users");
             }
             for u in users {
-                let can = storage.has_permission(&u.id, PAT_PERMISSION)?;
+                let can = storage
+                    .has_permission(&u.id, PAT_PERMISSION)
+                    .map_err(Error::from)?;
                 println!(
                     "{:<20} {:<17} {:<28} roles={:<12} totp={} email-2fa={} tokens={}",
                     u.username,
@@ -449,35 +454,31 @@ fn users(command: UsersCommand, services: &Services) -> Result<(), String> {
 }
 
 /// The new user's password from the one source given, if any.
-fn read_password(
-    file: Option<PathBuf>,
-    stdin: bool,
-    prompt: bool,
-) -> Result<Option<String>, String> {
-    let first_line = |text: String| -> Result<String, String> {
+fn read_password(file: Option<PathBuf>, stdin: bool, prompt: bool) -> Result<Option<String>> {
+    let first_line = |text: String| -> Result<String> {
         let line = text.lines().next().unwrap_or("").to_string();
         if line.is_empty() {
-            return Err("the password must not be empty".into());
+            bail!("the password must not be empty");
         }
         Ok(line)
     };
     if let Some(path) = file {
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .with_context(|| format!("cannot read {}", path.display()))?;
         return first_line(text).map(Some);
     }
     if stdin {
         let mut line = String::new();
         std::io::stdin()
             .read_line(&mut line)
-            .map_err(|e| format!("reading the password from standard input: {e}"))?;
+            .context("reading the password from standard input")?;
         return first_line(line).map(Some);
     }
     if prompt {
-        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
-        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
         if first != again {
-            return Err("the passwords differ".into());
+            bail!("the passwords differ");
         }
         return first_line(first).map(Some);
     }
@@ -492,7 +493,7 @@ fn bench_once(
     connections: usize,
     seconds: u64,
     login_flood: usize,
-) -> Result<host_example::loadgen::Report, String> {
+) -> Result<host_example::loadgen::Report> {
     let dir = std::env::temp_dir().join(format!(
         "rcpat-bench-{}-{}",
         std::process::id(),
@@ -500,7 +501,7 @@ fn bench_once(
     ));
     let mut opts = opts.clone();
     if url.is_none() {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir)?;
         opts.listen = Some("127.0.0.1:0".parse().unwrap());
         opts.db = opts.db.clone().or_else(|| Some(dir.join("bench.sqlite")));
         opts.outbox = Some(dir.join("outbox"));
@@ -530,14 +531,13 @@ fn bench_once(
 
 /// Start-up to the first served request, as a separate `serve` process:
 /// compiling the component (empty cache), then with the cached artifact.
-fn bench_startup() -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+fn bench_startup() -> Result<()> {
+    let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("rcpat-startup-{}", admin::random_id(6)));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let measure = |cache: &std::path::Path| -> Result<f64, String> {
+    std::fs::create_dir_all(&dir)?;
+    let measure = |cache: &std::path::Path| -> Result<f64> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
+            .and_then(|l| l.local_addr())?
             .port();
         let started = std::time::Instant::now();
         let mut child = std::process::Command::new(&exe)
@@ -549,8 +549,7 @@ fn bench_startup() -> Result<(), String> {
             .arg(dir.join("outbox"))
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
+            .spawn()?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -564,7 +563,7 @@ fn bench_startup() -> Result<(), String> {
             }
             if started.elapsed() > std::time::Duration::from_secs(30) {
                 let _ = child.kill();
-                return Err("the server did not answer within 30 s".into());
+                bail!("the server did not answer within 30 s");
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
         };

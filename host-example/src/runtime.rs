@@ -18,6 +18,7 @@ use rcpat::model::{Request, Response, Settings};
 
 use crate::bindings::exports::rcpat::tokens::endpoints as ep;
 use crate::bindings::{PatService, PatServicePre};
+use crate::conversions::settings_to_wit;
 use crate::imports::HostState;
 use crate::services::{NativeEnv, Services};
 
@@ -73,6 +74,35 @@ impl Endpoint {
             Endpoint::Generate => rcpat::endpoints::generate(env, settings, req),
             Endpoint::List => rcpat::endpoints::list(env, settings, req),
             Endpoint::Remove => rcpat::endpoints::remove(env, settings, req),
+        }
+    }
+}
+
+/// Why a call produced no reply (the host answers 500 with a fixed text).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The epoch deadline passed (`Trap::Interrupt`).
+    #[error("the call exceeded its time limit")]
+    Timeout,
+    /// The guest asked for more linear memory than its cap.
+    #[error("the guest exceeded its memory limit")]
+    MemoryLimit,
+    /// Any other trap (a guest bug, or a hostile guest).
+    #[error("the guest trapped: {0}")]
+    Trap(wasmtime::Trap),
+    /// Instantiation or a host import failed.
+    #[error("the call failed: {0:?}")]
+    Other(wasmtime::Error),
+}
+
+impl CallError {
+    /// Classifies by the trap code and the store's own record, never by text.
+    fn classify(e: wasmtime::Error, memory_refused: bool) -> Self {
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallError::Timeout,
+            _ if memory_refused => CallError::MemoryLimit,
+            Some(trap) => CallError::Trap(*trap),
+            None => CallError::Other(e),
         }
     }
 }
@@ -205,6 +235,7 @@ impl Runtime {
                 limits: crate::imports::PeakLimits {
                     inner: limits,
                     peak_memory: 0,
+                    memory_refused: false,
                 },
             },
         );
@@ -228,7 +259,7 @@ impl Runtime {
         endpoint: Endpoint,
         settings: &Settings,
         req: &Request,
-    ) -> wasmtime::Result<Response> {
+    ) -> Result<Response, CallError> {
         self.call_measuring_memory(services, endpoint, settings, req)
             .map(|(r, _)| r)
     }
@@ -240,35 +271,38 @@ impl Runtime {
         endpoint: Endpoint,
         settings: &Settings,
         req: &Request,
-    ) -> wasmtime::Result<(Response, usize)> {
+    ) -> Result<(Response, usize), CallError> {
         let mut store = self.store(services);
-        let instance = self.pre.instantiate(&mut store)?;
-        let api = instance.rcpat_tokens_endpoints();
+        let result = self.call_in(&mut store, endpoint, settings, req);
+        let limits = &store.data().limits;
+        match result {
+            Ok(r) => Ok((r.into(), limits.peak_memory)),
+            Err(e) => Err(CallError::classify(e, limits.memory_refused)),
+        }
+    }
+
+    fn call_in(
+        &self,
+        store: &mut Store<HostState>,
+        endpoint: Endpoint,
+        settings: &Settings,
+        req: &Request,
+    ) -> wasmtime::Result<ep::Response> {
+        let services = &store.data().services;
         let settings = settings_to_wit(settings, services.code_key());
-        let req = request_to_wit(req);
-        let r = match endpoint {
-            Endpoint::Login => api.call_login(&mut store, &settings, &req)?,
-            Endpoint::Logout => api.call_logout(&mut store, &settings, &req)?,
-            Endpoint::Me => api.call_me(&mut store, &settings, &req)?,
-            Endpoint::Regenerate => {
-                api.call_regenerate_personal_access_token(&mut store, &settings, &req)?
-            }
-            Endpoint::Generate => {
-                api.call_generate_personal_access_token(&mut store, &settings, &req)?
-            }
-            Endpoint::List => api.call_get_personal_access_tokens(&mut store, &settings, &req)?,
-            Endpoint::Remove => {
-                api.call_remove_personal_access_token(&mut store, &settings, &req)?
-            }
-        };
-        let peak = store.data().limits.peak_memory;
-        Ok((
-            Response {
-                status: r.status,
-                body: r.body,
-            },
-            peak,
-        ))
+        let instance = self.pre.instantiate(&mut *store)?;
+        let api = instance.rcpat_tokens_endpoints();
+        let req = ep::Request::from(req);
+        let (s, r) = (&settings, &req);
+        match endpoint {
+            Endpoint::Login => api.call_login(store, s, r),
+            Endpoint::Logout => api.call_logout(store, s, r),
+            Endpoint::Me => api.call_me(store, s, r),
+            Endpoint::Regenerate => api.call_regenerate_personal_access_token(store, s, r),
+            Endpoint::Generate => api.call_generate_personal_access_token(store, s, r),
+            Endpoint::List => api.call_get_personal_access_tokens(store, s, r),
+            Endpoint::Remove => api.call_remove_personal_access_token(store, s, r),
+        }
     }
 
     /// The component's default settings (Rocket.Chat's defaults).
@@ -279,7 +313,7 @@ impl Runtime {
             .instantiate(&mut store)?
             .rcpat_tokens_endpoints()
             .call_default_settings(&mut store)?;
-        Ok(settings_from_wit(&s))
+        Ok(s.into())
     }
 }
 
@@ -289,64 +323,5 @@ impl Drop for Runtime {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
         }
-    }
-}
-
-/// The settings as the component takes them, with the host's code key.
-fn settings_to_wit(s: &Settings, code_key: &[u8]) -> ep::Settings {
-    ep::Settings {
-        two_factor_enabled: s.two_factor_enabled,
-        totp_enabled: s.totp_enabled,
-        email_enabled: s.email_enabled,
-        totp_max_delta: s.totp_max_delta,
-        email_code_expiration_seconds: s.email_code_expiration_seconds,
-        email_code_max_attempts: s.email_code_max_attempts,
-        enforce_password_fallback: s.enforce_password_fallback,
-        remember_for_seconds: s.remember_for_seconds,
-        max_failed_attempts: s.max_failed_attempts,
-        failed_attempts_window_seconds: s.failed_attempts_window_seconds,
-        login_expiration_days: s.login_expiration_days,
-        max_failed_logins_per_user: s.max_failed_logins_per_user,
-        user_login_block_minutes: s.user_login_block_minutes,
-        max_failed_logins_per_address: s.max_failed_logins_per_address,
-        address_login_block_minutes: s.address_login_block_minutes,
-        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
-        code_key: code_key.to_vec(),
-    }
-}
-
-fn settings_from_wit(s: &ep::Settings) -> Settings {
-    Settings {
-        two_factor_enabled: s.two_factor_enabled,
-        totp_enabled: s.totp_enabled,
-        email_enabled: s.email_enabled,
-        totp_max_delta: s.totp_max_delta,
-        email_code_expiration_seconds: s.email_code_expiration_seconds,
-        email_code_max_attempts: s.email_code_max_attempts,
-        enforce_password_fallback: s.enforce_password_fallback,
-        remember_for_seconds: s.remember_for_seconds,
-        max_failed_attempts: s.max_failed_attempts,
-        failed_attempts_window_seconds: s.failed_attempts_window_seconds,
-        login_expiration_days: s.login_expiration_days,
-        max_failed_logins_per_user: s.max_failed_logins_per_user,
-        user_login_block_minutes: s.user_login_block_minutes,
-        max_failed_logins_per_address: s.max_failed_logins_per_address,
-        address_login_block_minutes: s.address_login_block_minutes,
-        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
-    }
-}
-
-fn request_to_wit(r: &Request) -> ep::Request {
-    ep::Request {
-        headers: r
-            .headers
-            .iter()
-            .map(|h| ep::Header {
-                name: h.name.clone(),
-                value: h.value.clone(),
-            })
-            .collect(),
-        client_address: r.client_address.clone(),
-        body: r.body.clone(),
     }
 }

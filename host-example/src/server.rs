@@ -18,12 +18,13 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use tokio::sync::Semaphore;
+use wasmtime::error::Context;
 
 use rcpat::model::{Header, Request, Response, Settings};
 use rcpat::reply::ApiError;
 
 use crate::password_pool::{PasswordPool, PoolError};
-use crate::runtime::{Endpoint, Runtime};
+use crate::runtime::{CallError, Endpoint, Runtime};
 use crate::services::Services;
 
 /// What bounds the server's work per client.
@@ -80,14 +81,14 @@ impl App {
         services: Services,
         settings: Settings,
         limits: Limits,
-    ) -> Result<Self, String> {
+    ) -> wasmtime::Result<Self> {
         Ok(App {
             backend,
             services,
             settings,
             permits: Semaphore::new(limits.concurrency.max(1)),
             passwords: PasswordPool::new(limits.password_workers, limits.password_wait)
-                .map_err(|e| format!("cannot start the password workers: {e}"))?,
+                .context("cannot start the password workers")?,
             limits,
         })
     }
@@ -110,14 +111,14 @@ impl App {
     }
 }
 
-/// A client-facing explanation of a trap (never its internals).
-fn describe_failure(e: &wasmtime::Error) -> &'static str {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => "The request exceeded its time limit and was stopped",
-        _ if format!("{e:?}").contains("memory") => {
-            "The request exceeded its memory limit and was stopped"
+/// A client-facing explanation of a failed call (never its internals).
+fn describe_failure(e: &CallError) -> &'static str {
+    match e {
+        CallError::Timeout => "The request exceeded its time limit and was stopped",
+        CallError::MemoryLimit => "The request exceeded its memory limit and was stopped",
+        CallError::Trap(_) | CallError::Other(_) => {
+            "The request failed inside the component and was stopped"
         }
-        _ => "The request failed inside the component and was stopped",
     }
 }
 
@@ -365,30 +366,24 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 }
 
 /// Opens the configured storage and mailer.
-pub fn services_from(opts: &crate::config::Options) -> Result<Services, String> {
+pub fn services_from(opts: &crate::config::Options) -> crate::error::Result<Services> {
     use crate::config::StorageKind;
     let keys = Arc::new(match opts.storage() {
         // Codes stored in memory die with the process; so may their key.
         StorageKind::Memory if opts.secret_key_file.is_none() => crate::keys::Keys::random(),
         _ => crate::keys::Keys::load(&opts.secret_key_file())?,
     });
-    let storage: Arc<dyn crate::storage::Storage> = match opts.storage() {
+    let storage: Arc<dyn crate::storage::Backend> = match opts.storage() {
         StorageKind::Sqlite => Arc::new(crate::storage::SqliteStorage::open_with_keys(
             opts.db(),
             keys.clone(),
         )?),
         StorageKind::Memory => Arc::new(crate::storage::MemoryStorage::new()),
     };
-    let from = opts
-        .mail_from
-        .clone()
-        .unwrap_or_else(|| crate::mail::DEFAULT_FROM.into());
+    let from = opts.mail_from();
     let mailer: Arc<dyn crate::mail::Mailer> = match &opts.smtp {
         Some(server) => Arc::new(crate::mail::SmtpMailer::new(server, &from)?),
-        None => Arc::new(
-            crate::mail::Outbox::with_sender(opts.outbox(), &from)
-                .map_err(|e| format!("outbox: {e}"))?,
-        ),
+        None => Arc::new(crate::mail::Outbox::with_sender(opts.outbox(), &from)?),
     };
     Ok(Services::new(storage, mailer).with_keys(keys))
 }
@@ -397,7 +392,7 @@ pub fn services_from(opts: &crate::config::Options) -> Result<Services, String> 
 /// compiled component came from the cache (`None` for the native backend).
 pub fn app_from(
     opts: &crate::config::Options,
-) -> Result<(App, Option<crate::cache::CacheOutcome>), String> {
+) -> wasmtime::Result<(App, Option<crate::cache::CacheOutcome>)> {
     let services = services_from(opts)?;
     let runtime_config = opts.runtime();
     let concurrency = runtime_config.max_instances as usize;
@@ -408,13 +403,13 @@ pub fn app_from(
         let wasm: &[u8] = match &opts.component {
             Some(path) => {
                 owned = std::fs::read(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 &owned
             }
             None => crate::COMPONENT,
         };
         let (runtime, outcome) = Runtime::cached(wasm, runtime_config, opts.cache_dir().as_deref())
-            .map_err(|e| format!("loading the component: {e:?}"))?;
+            .context("loading the component")?;
         (Backend::Wasm(Box::new(runtime)), Some(outcome))
     };
     let mut limits = Limits {
@@ -472,13 +467,13 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Starts a server for `opts` (listening where they say; port 0 picks one).
-    pub fn start(opts: &crate::config::Options) -> Result<Self, String> {
+    pub fn start(opts: &crate::config::Options) -> wasmtime::Result<Self> {
         let started = Instant::now();
         let (app, cache) = app_from(opts)?;
         let listener = std::net::TcpListener::bind(opts.listen())
-            .map_err(|e| format!("bind {}: {e}", opts.listen()))?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .with_context(|| format!("bind {}", opts.listen()))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = Arc::new(app);
         let thread = std::thread::spawn(move || {

@@ -3,18 +3,20 @@
 
 use std::sync::Arc;
 
-use rcpat::env::{Env, HostResult};
-use rcpat::model::*;
+use rcpat::env::Env;
+use rcpat::model::{MailMessage, TimestampMs};
+use rcpat::storage::{HostResult, Storage};
 
 use crate::clock::{Clock, SystemClock};
 use crate::keys::Keys;
 use crate::mail::Mailer;
-use crate::storage::Storage;
+use crate::storage::Backend;
 
 /// What one request runs against; cheap to clone.
 #[derive(Clone)]
 pub struct Services {
-    pub storage: Arc<dyn Storage>,
+    /// The store: the component's operations and the host's admin ones.
+    pub storage: Arc<dyn Backend>,
     pub mailer: Arc<dyn Mailer>,
     pub clock: Arc<dyn Clock>,
     /// The host's secret key material (never in storage).
@@ -25,7 +27,7 @@ impl Services {
     /// Services with a fresh random key: right for a store that dies with the
     /// process (memory, tests); a durable store needs `with_keys` and a key
     /// file, or its codes stop matching at the next start.
-    pub fn new(storage: Arc<dyn Storage>, mailer: Arc<dyn Mailer>) -> Self {
+    pub fn new(storage: Arc<dyn Backend>, mailer: Arc<dyn Mailer>) -> Self {
         Services {
             storage,
             mailer,
@@ -61,6 +63,9 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 pub struct NativeEnv<'a>(pub &'a Services);
 
 impl Env for NativeEnv<'_> {
+    fn storage(&self) -> &dyn Storage {
+        &*self.0.storage
+    }
     fn now_ms(&mut self) -> TimestampMs {
         self.0.clock.now_ms()
     }
@@ -70,120 +75,7 @@ impl Env for NativeEnv<'_> {
     fn code_key(&self) -> &[u8] {
         self.0.code_key()
     }
-    fn authenticate(&mut self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
-        self.0.storage.authenticate(user_id, hashed_token)
-    }
-    fn find_user_for_login(&mut self, identifier: &LoginIdentifier) -> HostResult<Option<User>> {
-        self.0.storage.find_user_for_login(identifier)
-    }
-    fn insert_login_token(
-        &mut self,
-        user_id: &str,
-        hashed_token: &str,
-        created_at: TimestampMs,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome> {
-        self.0
-            .storage
-            .insert_login_token(user_id, hashed_token, created_at, proof)
-    }
-    fn has_permission(&mut self, user_id: &str, permission: &str) -> HostResult<bool> {
-        self.0.storage.has_permission(user_id, permission)
-    }
-    fn list_personal_access_tokens(
-        &mut self,
-        user_id: &str,
-    ) -> HostResult<Vec<PersonalAccessToken>> {
-        self.0.storage.list_personal_access_tokens(user_id)
-    }
-    fn find_personal_access_token(
-        &mut self,
-        user_id: &str,
-        name: &str,
-    ) -> HostResult<Option<PersonalAccessToken>> {
-        self.0.storage.find_personal_access_token(user_id, name)
-    }
-    fn insert_personal_access_token(
-        &mut self,
-        user_id: &str,
-        token: &PersonalAccessToken,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome> {
-        self.0
-            .storage
-            .insert_personal_access_token(user_id, token, proof)
-    }
-    fn replace_personal_access_token(
-        &mut self,
-        user_id: &str,
-        expected: &str,
-        replacement: &PersonalAccessToken,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome> {
-        self.0
-            .storage
-            .replace_personal_access_token(user_id, expected, replacement, proof)
-    }
-    fn remove_personal_access_token(
-        &mut self,
-        user_id: &str,
-        name: &str,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome> {
-        self.0
-            .storage
-            .remove_personal_access_token(user_id, name, proof)
-    }
-    fn reserve_two_factor_attempt(
-        &mut self,
-        user_id: &str,
-        at: TimestampMs,
-        window_start: TimestampMs,
-        max_failed: u32,
-        max_email_code_attempts: Option<u32>,
-    ) -> HostResult<AttemptReservation> {
-        self.0.storage.reserve_two_factor_attempt(
-            user_id,
-            at,
-            window_start,
-            max_failed,
-            max_email_code_attempts,
-        )
-    }
-    fn release_two_factor_attempt(
-        &mut self,
-        user_id: &str,
-        email_code_attempt: bool,
-    ) -> HostResult<()> {
-        self.0
-            .storage
-            .release_two_factor_attempt(user_id, email_code_attempt)
-    }
-    fn reserve_login_attempt(
-        &mut self,
-        account: &str,
-        address: &str,
-        at: TimestampMs,
-        limits: &LoginLimits,
-    ) -> HostResult<LoginAdmission> {
-        self.0
-            .storage
-            .reserve_login_attempt(account, address, at, limits)
-    }
-    fn login_succeeded(&mut self, account: &str, address: &str) -> HostResult<()> {
-        self.0.storage.login_succeeded(account, address)
-    }
-    fn remove_login_token(
-        &mut self,
-        user_id: &str,
-        hashed_token: &str,
-    ) -> HostResult<WriteOutcome> {
-        self.0.storage.remove_login_token(user_id, hashed_token)
-    }
-    fn store_email_code(&mut self, user_id: &str, code: &EmailCode) -> HostResult<()> {
-        self.0.storage.store_email_code(user_id, code)
-    }
     fn send_mail(&mut self, message: &MailMessage) -> HostResult<()> {
-        self.0.mailer.send(message)
+        Ok(self.0.mailer.send(message)?)
     }
 }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rcpat::env::HostResult;
 use rcpat::model::*;
 
-use super::{NewUser, Storage, TokenRecord, UserSummary};
+use super::{Admin, Backend, HostResult, NewUser, Storage, TokenRecord, UserSummary};
+use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultMode {
@@ -17,17 +17,17 @@ pub enum FaultMode {
     After,
 }
 
-/// Wraps a storage; component-facing call number `fail_at` (1-based) fails.
+/// Wraps a backend; component-facing call number `fail_at` (1-based) fails.
 /// Admin calls are passed through uncounted.
 pub struct FaultyStorage {
-    inner: Arc<dyn Storage>,
+    inner: Arc<dyn Backend>,
     fail_at: usize,
     mode: FaultMode,
     calls: AtomicUsize,
 }
 
 impl FaultyStorage {
-    pub fn new(inner: Arc<dyn Storage>, fail_at: usize, mode: FaultMode) -> Self {
+    pub fn new(inner: Arc<dyn Backend>, fail_at: usize, mode: FaultMode) -> Self {
         FaultyStorage {
             inner,
             fail_at,
@@ -49,7 +49,7 @@ impl FaultyStorage {
         if self.mode == FaultMode::After {
             let _ = f();
         }
-        Err(format!("injected failure at call {n}"))
+        Err(Error::Injected(n).into())
     }
 }
 
@@ -138,37 +138,40 @@ impl Storage for FaultyStorage {
     fn store_email_code(&self, u: &str, c: &EmailCode) -> HostResult<()> {
         self.call(|| self.inner.store_email_code(u, c))
     }
-    fn create_user(&self, n: &NewUser) -> HostResult<()> {
+}
+
+impl Admin for FaultyStorage {
+    fn create_user(&self, n: &NewUser) -> Result<()> {
         self.inner.create_user(n)
     }
-    fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
+    fn find_user_id(&self, username: &str) -> Result<Option<String>> {
         self.inner.find_user_id(username)
     }
-    fn list_users(&self) -> HostResult<Vec<UserSummary>> {
+    fn list_users(&self) -> Result<Vec<UserSummary>> {
         self.inner.list_users()
     }
-    fn set_totp(&self, u: &str, t: Option<&TotpEnrolment>) -> HostResult<()> {
+    fn set_totp(&self, u: &str, t: Option<&TotpEnrolment>) -> Result<()> {
         self.inner.set_totp(u, t)
     }
-    fn set_email_two_factor(&self, u: &str, on: bool) -> HostResult<()> {
+    fn set_email_two_factor(&self, u: &str, on: bool) -> Result<()> {
         self.inner.set_email_two_factor(u, on)
     }
-    fn set_permission_roles(&self, p: &str, r: &[String]) -> HostResult<()> {
+    fn set_permission_roles(&self, p: &str, r: &[String]) -> Result<()> {
         self.inner.set_permission_roles(p, r)
     }
-    fn set_user_roles(&self, u: &str, r: &[String]) -> HostResult<()> {
+    fn set_user_roles(&self, u: &str, r: &[String]) -> Result<()> {
         self.inner.set_user_roles(u, r)
     }
-    fn set_user_permission(&self, u: &str, p: &str, g: Option<bool>) -> HostResult<()> {
+    fn set_user_permission(&self, u: &str, p: &str, g: Option<bool>) -> Result<()> {
         self.inner.set_user_permission(u, p, g)
     }
-    fn add_token(&self, u: &str, t: &TokenRecord) -> HostResult<()> {
+    fn add_token(&self, u: &str, t: &TokenRecord) -> Result<()> {
         self.inner.add_token(u, t)
     }
-    fn token_hashes_named(&self, u: &str, n: &str) -> HostResult<Vec<String>> {
+    fn token_hashes_named(&self, u: &str, n: &str) -> Result<Vec<String>> {
         self.inner.token_hashes_named(u, n)
     }
-    fn reencrypt_secrets(&self) -> HostResult<usize> {
+    fn reencrypt_secrets(&self) -> Result<usize> {
         self.inner.reencrypt_secrets()
     }
 }

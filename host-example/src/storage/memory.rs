@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rcpat::env::HostResult;
 use rcpat::model::*;
+use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
 
 use super::{
-    LoginCount, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary, admit_login, reserve_attempt,
+    Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
+    UserSummary,
 };
+use crate::error::{Error, Result};
 
 #[derive(Clone)]
 struct Entry {
@@ -60,7 +61,7 @@ impl MemoryStorage {
         Self::default()
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut State) -> HostResult<T>) -> HostResult<T> {
+    fn with<T, E>(&self, f: impl FnOnce(&mut State) -> Result<T, E>) -> Result<T, E> {
         // A panic elsewhere must not wedge storage: the state is only mutated
         // after every check has passed, so a poisoned lock holds whole data.
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -68,8 +69,10 @@ impl MemoryStorage {
     }
 }
 
-fn user_mut<'a>(s: &'a mut State, id: &str) -> HostResult<&'a mut MemUser> {
-    s.users.get_mut(id).ok_or_else(|| format!("no user {id}"))
+fn user_mut<'a>(s: &'a mut State, id: &str) -> Result<&'a mut MemUser> {
+    s.users
+        .get_mut(id)
+        .ok_or_else(|| Error::NoSuchUser(id.into()))
 }
 
 fn pat(e: &Entry) -> PersonalAccessToken {
@@ -419,13 +422,15 @@ impl Storage for MemoryStorage {
             Ok(())
         })
     }
+}
 
-    fn create_user(&self, n: &NewUser) -> HostResult<()> {
+impl Admin for MemoryStorage {
+    fn create_user(&self, n: &NewUser) -> Result<()> {
         self.with(|s| {
             if s.users.contains_key(&n.id)
                 || s.users.values().any(|u| u.user.username == n.username)
             {
-                return Err(format!("user {} already exists", n.username));
+                return Err(Error::UserExists(n.username.clone()));
             }
             let verified_emails = match (&n.email, n.email_verified) {
                 (Some(e), true) => vec![e.clone()],
@@ -456,7 +461,7 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
+    fn find_user_id(&self, username: &str) -> Result<Option<String>> {
         self.with(|s| {
             Ok(s.users
                 .values()
@@ -465,7 +470,7 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn list_users(&self) -> HostResult<Vec<UserSummary>> {
+    fn list_users(&self) -> Result<Vec<UserSummary>> {
         self.with(|s| {
             let mut users: Vec<UserSummary> = s
                 .users
@@ -484,28 +489,28 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> HostResult<()> {
+    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()> {
         self.with(|s| {
             user_mut(s, user_id)?.user.totp = totp.cloned();
             Ok(())
         })
     }
 
-    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> HostResult<()> {
+    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> Result<()> {
         self.with(|s| {
             user_mut(s, user_id)?.user.email_two_factor = enabled;
             Ok(())
         })
     }
 
-    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()> {
+    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> Result<()> {
         self.with(|s| {
             s.permissions.insert(permission.to_string(), roles.to_vec());
             Ok(())
         })
     }
 
-    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()> {
+    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> Result<()> {
         self.with(|s| {
             user_mut(s, user_id)?.user.roles = roles.to_vec();
             Ok(())
@@ -517,7 +522,7 @@ impl Storage for MemoryStorage {
         user_id: &str,
         permission: &str,
         grant: Option<bool>,
-    ) -> HostResult<()> {
+    ) -> Result<()> {
         self.with(|s| {
             let u = user_mut(s, user_id)?;
             match grant {
@@ -528,13 +533,13 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()> {
+    fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()> {
         self.with(|s| {
             let u = user_mut(s, user_id)?;
             if let Some(name) = &token.name
                 && u.tokens.iter().any(|e| is_pat_named(e, name))
             {
-                return Err(format!("a token named {name} exists"));
+                return Err(Error::invalid(format!("a token named {name} exists")));
             }
             u.tokens.push(Entry {
                 record: token.clone(),
@@ -545,7 +550,7 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>> {
+    fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {
         self.with(|s| {
             Ok(s.users.get(user_id).map_or_else(Vec::new, |u| {
                 u.tokens

@@ -20,14 +20,15 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use rcpat::env::HostResult;
 use rcpat::model::*;
+use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
 
+use crate::error::{Error, Result};
 use crate::keys::Keys;
 
 use super::{
-    LoginCount, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary, admit_login, reserve_attempt,
+    Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
+    UserSummary,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
@@ -137,14 +138,30 @@ pub struct SqliteStorage {
 /// its savepoint is kept or rolled back), and returns how to answer its
 /// caller once the commit's outcome is known.
 type Job = Box<dyn FnOnce(&Transaction) -> (bool, Completion) + Send>;
-type Completion = Box<dyn FnOnce(Option<String>) + Send>;
+type Completion = Box<dyn FnOnce(Option<CommitFailure>) + Send>;
+
+/// Why a batch did not commit (each caller gets it as an [`Error`]).
+#[derive(Clone, Debug)]
+enum CommitFailure {
+    /// A savepoint could not be opened or closed; the batch was rolled back.
+    Tainted,
+    /// The commit itself failed.
+    Commit(String),
+}
+
+impl From<CommitFailure> for Error {
+    fn from(f: CommitFailure) -> Self {
+        match f {
+            CommitFailure::Tainted => Error::BatchRolledBack,
+            CommitFailure::Commit(why) => {
+                Error::Invalid(format!("sqlite: the commit failed: {why}"))
+            }
+        }
+    }
+}
 
 /// Most writes folded into one commit.
 const MAX_BATCH: usize = 512;
-
-fn e(err: rusqlite::Error) -> String {
-    format!("sqlite: {err}")
-}
 
 fn kind_str(kind: TokenKind) -> &'static str {
     match kind {
@@ -172,13 +189,13 @@ fn alg_from(s: &str) -> TotpAlgorithm {
 impl SqliteStorage {
     /// Opens (creating and migrating as needed) the database at `path`, with
     /// the keys of the key file beside it (`<path>.key`; see `keys.rs`).
-    pub fn open(path: impl AsRef<Path>) -> HostResult<Self> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let keys = Keys::load(&path.as_ref().with_extension("key"))?;
         Self::open_with_keys(path, Arc::new(keys))
     }
 
     /// Opens the database at `path`, encrypting secrets with `keys`.
-    pub fn open_with_keys(path: impl AsRef<Path>, keys: Arc<Keys>) -> HostResult<Self> {
+    pub fn open_with_keys(path: impl AsRef<Path>, keys: Arc<Keys>) -> Result<Self> {
         let path = path.as_ref();
         // Owner-only before SQLite creates it (the WAL and SHM follow its
         // mode); an existing file of ours is narrowed.
@@ -190,13 +207,13 @@ impl SqliteStorage {
         for suffix in ["-wal", "-shm"] {
             crate::files::restrict_existing(Path::new(&format!("{}{suffix}", path.display())))?;
         }
-        let conn = Connection::open(path).map_err(e)?;
+        let conn = Connection::open(path)?;
         Self::init(conn, path.to_path_buf(), keys)
     }
 
     /// A private throwaway database (tests): a file under the temp dir,
     /// deleted when the storage is dropped, so readers and the writer share it.
-    pub fn open_in_memory() -> HostResult<Self> {
+    pub fn open_in_memory() -> Result<Self> {
         let path = std::env::temp_dir().join(format!(
             "rcpat-scratch-{}-{}.sqlite",
             std::process::id(),
@@ -207,45 +224,39 @@ impl SqliteStorage {
         Ok(storage)
     }
 
-    fn init(mut conn: Connection, path: PathBuf, keys: Arc<Keys>) -> HostResult<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(e)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
-        conn.pragma_update(None, "secure_delete", "ON").map_err(e)?;
-        let version: usize = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(e)?;
+    fn init(mut conn: Connection, path: PathBuf, keys: Arc<Keys>) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > MIGRATIONS.len() {
-            return Err(format!(
-                "database schema {version} is newer than this program ({})",
-                MIGRATIONS.len()
-            ));
+            return Err(Error::SchemaTooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(e)?;
-            tx.execute_batch(sql).map_err(e)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(sql)?;
             if i == 0 {
                 for role in PAT_PERMISSION_DEFAULT_ROLES {
                     tx.execute(
                         "INSERT INTO permission_roles VALUES (?1, ?2)",
                         params![PAT_PERMISSION, role],
-                    )
-                    .map_err(e)?;
+                    )?;
                 }
             }
-            tx.pragma_update(None, "user_version", i + 1).map_err(e)?;
-            tx.commit().map_err(e)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
         }
         encrypt_plaintext_secrets(&mut conn, &keys)?;
         let (sender, receiver) = mpsc::channel::<Job>();
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, receiver))
-            .map_err(|err| format!("cannot start the SQLite writer: {err}"))?;
+            .map_err(|err| Error::io("start", "the SQLite writer thread", err))?;
         Ok(SqliteStorage {
             keys,
             readers: Mutex::new(Vec::new()),
@@ -257,14 +268,19 @@ impl SqliteStorage {
     }
 
     /// Runs `f` in a read transaction (one consistent snapshot).
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> HostResult<T> {
+    /// Generic over the caller's error (`HostError` for the storage
+    /// contract, `Error` for admin calls).
+    fn read<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> std::result::Result<T, E> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
             None => {
-                let c = Connection::open(&self.path).map_err(e)?;
+                let c = Connection::open(&self.path).map_err(Error::from)?;
                 c.busy_timeout(std::time::Duration::from_secs(10))
-                    .map_err(e)?;
+                    .map_err(Error::from)?;
                 c
             }
         };
@@ -281,28 +297,27 @@ impl SqliteStorage {
                     Err(err)
                 }
             }
-        })()
-        .map_err(e);
+        })();
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-        result
+        Ok(result.map_err(Error::from)?)
     }
 
     /// Queues `f` for the writer and waits until its batch is committed.
-    fn write<T: Send + 'static>(
+    fn write<T: Send + 'static, E: From<Error>>(
         &self,
         f: impl FnOnce(&Transaction) -> rusqlite::Result<T> + Send + 'static,
-    ) -> HostResult<T> {
-        let (reply, answer) = mpsc::sync_channel::<HostResult<T>>(1);
+    ) -> std::result::Result<T, E> {
+        let (reply, answer) = mpsc::sync_channel::<Result<T>>(1);
         let job: Job = Box::new(move |tx| {
             let result = f(tx);
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit_error| {
                 let _ = reply.send(match commit_error {
-                    None => result.map_err(e),
-                    Some(err) => Err(err),
+                    None => result.map_err(Error::from),
+                    Some(failure) => Err(failure.into()),
                 });
             });
             (ok, completion)
@@ -313,12 +328,10 @@ impl SqliteStorage {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         sender
-            .ok_or("the SQLite writer has stopped")?
+            .ok_or(Error::WriterStopped)?
             .send(job)
-            .map_err(|_| "the SQLite writer has stopped".to_string())?;
-        answer
-            .recv()
-            .map_err(|_| "the SQLite writer could not run the write".to_string())?
+            .map_err(|_| Error::WriterStopped)?;
+        Ok(answer.recv().map_err(|_| Error::WriterStopped)??)
     }
 }
 
@@ -356,7 +369,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             Err(err) => {
                 // Nothing can be written; dropping the jobs answers each
                 // caller with an error (its reply channel closes).
-                tracing::error!(error = %e(err), "sqlite: cannot begin a write transaction");
+                tracing::error!(error = %err, "sqlite: cannot begin a write transaction");
                 drop(batch);
                 continue;
             }
@@ -376,14 +389,16 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 run("ROLLBACK TO job").and_then(|()| run("RELEASE job"))
             };
             // A savepoint that could not be opened or closed taints the batch.
-            let tainted = savepoint.and(closed).err().map(e);
+            let tainted = savepoint.and(closed).is_err();
             completions.push((completion, tainted));
         }
-        let commit_error = if completions.iter().any(|(_, t)| t.is_some()) {
+        let commit_error = if completions.iter().any(|(_, tainted)| *tainted) {
             let _ = tx.rollback();
-            Some("sqlite: a write could not be isolated; the batch was rolled back".to_string())
+            Some(CommitFailure::Tainted)
         } else {
-            tx.commit().err().map(e)
+            tx.commit()
+                .err()
+                .map(|err| CommitFailure::Commit(err.to_string()))
         };
         for (completion, _) in completions {
             completion(commit_error.clone());
@@ -391,9 +406,9 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// A storage-level failure with our own text (a secret that will not decrypt).
-fn failure(msg: String) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(msg)))
+/// Our own error inside a row reader (a secret that will not decrypt).
+fn failure(err: Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(err))
 }
 
 /// Encrypts `secret` for `user_id`: (base64 of nonce ‖ ciphertext, key id).
@@ -405,33 +420,28 @@ fn seal_secret(keys: &Keys, user_id: &str, secret: &str) -> (String, u32) {
 fn open_secret(keys: &Keys, user_id: &str, stored: &str, key_id: u32) -> rusqlite::Result<String> {
     let sealed = data_encoding::BASE64
         .decode(stored.as_bytes())
-        .map_err(|_| failure("an encrypted TOTP secret is not base64".into()))?;
+        .map_err(|_| failure(Error::Secret("not base64".into())))?;
     let plain = keys.open(key_id, user_id, &sealed).map_err(failure)?;
-    String::from_utf8(plain).map_err(|_| failure("a decrypted TOTP secret is not text".into()))
+    String::from_utf8(plain).map_err(|_| failure(Error::Secret("not text once decrypted".into())))
 }
 
 /// Encrypts every TOTP secret still in plaintext (from before encryption),
 /// then checkpoints so the plaintext leaves the WAL too.
-fn encrypt_plaintext_secrets(conn: &mut Connection, keys: &Keys) -> HostResult<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(e)?;
+fn encrypt_plaintext_secrets(conn: &mut Connection, keys: &Keys) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let rows: Vec<(String, String)> = tx
         .prepare("SELECT user_id, secret FROM totp WHERE secret_key_id IS NULL")
-        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-        .map_err(e)?;
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())?;
     for (user_id, secret) in &rows {
         let (sealed, id) = seal_secret(keys, user_id, secret);
         tx.execute(
             "UPDATE totp SET secret = ?2, secret_key_id = ?3 WHERE user_id = ?1",
             params![user_id, sealed, id],
-        )
-        .map_err(e)?;
+        )?;
     }
-    tx.commit().map_err(e)?;
+    tx.commit()?;
     if !rows.is_empty() {
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .map_err(e)?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         tracing::info!(
             secrets = rows.len(),
             "encrypted TOTP secrets stored in plaintext"
@@ -957,8 +967,10 @@ let (user_id, c) = (user_id.as_str(), &c);
             Ok(())
         })
     }
+}
 
-    fn create_user(&self, n: &NewUser) -> HostResult<()> {
+impl Admin for SqliteStorage {
+    fn create_user(&self, n: &NewUser) -> Result<()> {
         let n = n.clone();
         self.write(move |tx| {
 let n = &n;
@@ -974,7 +986,7 @@ let n = &n;
         })
     }
 
-    fn find_user_id(&self, username: &str) -> HostResult<Option<String>> {
+    fn find_user_id(&self, username: &str) -> Result<Option<String>> {
         self.read(|tx| {
             tx.query_row(
                 "SELECT id FROM users WHERE username = ?1",
@@ -985,7 +997,7 @@ let n = &n;
         })
     }
 
-    fn list_users(&self) -> HostResult<Vec<UserSummary>> {
+    fn list_users(&self) -> Result<Vec<UserSummary>> {
         self.read(|tx| {
             let mut stmt = tx.prepare(
                 "SELECT u.id, u.username, u.email, u.email_two_factor, \
@@ -1008,7 +1020,7 @@ let n = &n;
         })
     }
 
-    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> HostResult<()> {
+    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()> {
         let (user_id, totp) = (user_id.to_owned(), totp.cloned());
         let sealed = totp
             .as_ref()
@@ -1035,9 +1047,9 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
         })
     }
 
-    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> HostResult<()> {
+    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> Result<()> {
         let owned = user_id.to_owned();
-        let n = self.write(move |tx| {
+        let n = self.write::<_, Error>(move |tx| {
             let user_id = owned.as_str();
             tx.execute(
                 "UPDATE users SET email_two_factor = ?2 WHERE id = ?1",
@@ -1045,13 +1057,13 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
             )
         })?;
         if n == 0 {
-            Err(format!("no user {user_id}"))
+            Err(Error::NoSuchUser(user_id.into()))
         } else {
             Ok(())
         }
     }
 
-    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> HostResult<()> {
+    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> Result<()> {
         let (permission, roles) = (permission.to_owned(), roles.to_vec());
         self.write(move |tx| {
             let (permission, roles) = (permission.as_str(), roles.as_slice());
@@ -1069,7 +1081,7 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
         })
     }
 
-    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> HostResult<()> {
+    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> Result<()> {
         let (user_id, roles) = (user_id.to_owned(), roles.to_vec());
         self.write(move |tx| {
             let (user_id, roles) = (user_id.as_str(), roles.as_slice());
@@ -1089,7 +1101,7 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
         user_id: &str,
         permission: &str,
         grant: Option<bool>,
-    ) -> HostResult<()> {
+    ) -> Result<()> {
         let (user_id, permission) = (user_id.to_owned(), permission.to_owned());
         self.write(move |tx| {
             let (user_id, permission) = (user_id.as_str(), permission.as_str());
@@ -1108,7 +1120,7 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
         })
     }
 
-    fn add_token(&self, user_id: &str, token: &TokenRecord) -> HostResult<()> {
+    fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()> {
         let (user_id, token) = (user_id.to_owned(), token.clone());
         self.write(move |tx| {
             let (user_id, token) = (user_id.as_str(), &token);
@@ -1116,7 +1128,7 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
         })
     }
 
-    fn token_hashes_named(&self, user_id: &str, name: &str) -> HostResult<Vec<String>> {
+    fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {
         self.read(|tx| {
             let mut stmt = tx.prepare_cached(
                 "SELECT hashed_token FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
@@ -1126,7 +1138,7 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
         })
     }
 
-    fn reencrypt_secrets(&self) -> HostResult<usize> {
+    fn reencrypt_secrets(&self) -> Result<usize> {
         let keys = self.keys.clone();
         let current = keys.current_id();
         self.write(move |tx| {

@@ -1,22 +1,14 @@
 //! The `host-example` binary: admin commands' output and errors, and the
 //! server's request log (one line per request, never a secret).
 
+use crate::common::temp_dir;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_host-example"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "rcpat-cli-{name}-{}-{}",
-        std::process::id(),
-        host_example::admin::random_id(6)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn run(db: &Path, args: &[&str]) -> Output {
@@ -357,7 +349,7 @@ fn passwords_are_never_flags_and_addresses_cannot_inject_headers() {
         .unwrap()
         .unwrap();
     let hash = sam.password_bcrypt.unwrap();
-    assert!(bcrypt::verify(host_example::admin::password_digest("open sesame"), &hash).unwrap());
+    assert!(bcrypt::verify(rcpat::token::password_digest("open sesame"), &hash).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,7 +1,8 @@
-//! Shared fixture for the integration tests: the real component in wasmtime,
-//! one runtime per test binary, fresh in-memory services per test.
-#![allow(dead_code)]
+//! The shared fixture: the real component in wasmtime, one runtime for the
+//! whole test binary (compiled once, through the compiled-component cache
+//! under the target dir), fresh in-memory services per test, temp folders.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use host_example::admin::{self, UserSpec};
@@ -9,7 +10,7 @@ use host_example::clock::{Clock, ManualClock};
 use host_example::mail::MemoryMailer;
 use host_example::runtime::{Endpoint, Runtime, RuntimeConfig};
 use host_example::services::Services;
-use host_example::storage::{MemoryStorage, Storage};
+use host_example::storage::{Backend, MemoryStorage};
 use rcpat::model::{Request, Settings, TotpAlgorithm};
 use serde_json::Value;
 
@@ -21,22 +22,41 @@ pub const T0: u64 = 1_800_000_015_000;
 pub const COST: u32 = 4;
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// One runtime per test binary. Its pool is larger than the server's
-/// default: tests of a binary run in parallel, and some send 64 requests at
-/// once while others run (the server bounds requests to its pool instead).
+/// The compiled-component cache every test shares (kept between runs, so
+/// only the first run after a change compiles the component).
+pub fn shared_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rcpat-component-cache")
+}
+
+/// A fresh folder under the system's temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rcpat-test-{name}-{}-{}",
+        std::process::id(),
+        admin::random_id(6)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One runtime for the test binary. Its pool is larger than the server's
+/// default: tests run in parallel, and some send 64 requests at once while
+/// others run (the server bounds requests to its pool instead).
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        Runtime::new(RuntimeConfig {
+        let config = RuntimeConfig {
             max_instances: 256,
             ..RuntimeConfig::default()
-        })
-        .expect("the component loads")
+        };
+        Runtime::cached(host_example::COMPONENT, config, Some(&shared_cache_dir()))
+            .expect("the component loads")
+            .0
     })
 }
 
 pub struct Fx {
-    pub storage: Arc<dyn Storage>,
+    pub storage: Arc<dyn Backend>,
     pub mailer: Arc<MemoryMailer>,
     pub clock: Arc<ManualClock>,
     pub services: Services,
@@ -63,7 +83,7 @@ impl Fx {
         Self::with_storage(Arc::new(MemoryStorage::new()))
     }
 
-    pub fn with_storage(storage: Arc<dyn Storage>) -> Self {
+    pub fn with_storage(storage: Arc<dyn Backend>) -> Self {
         let mailer = Arc::new(MemoryMailer::default());
         let clock = Arc::new(ManualClock::new(T0));
         let services = Services::new(storage.clone(), mailer.clone()).with_clock(clock.clone());
@@ -190,5 +210,5 @@ impl Reply {
 
 /// The SHA-256 hex of the password: the `password` method's code.
 pub fn password_code(password: &str) -> String {
-    admin::password_digest(password)
+    rcpat::token::password_digest(password)
 }

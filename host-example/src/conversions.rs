@@ -1,0 +1,262 @@
+//! Every conversion between the generated WIT types (`bindings.rs`) and the
+//! model, as `From` impls: the only host module that knows both shapes (the
+//! component has the mirror image in `src/component/conversions.rs`).
+
+use rcpat::model as m;
+
+use crate::bindings::exports::rcpat::tokens::endpoints as ep;
+use crate::bindings::rcpat::tokens::{mail, storage as st};
+
+/// The settings as the component takes them, with the host's code key.
+pub fn settings_to_wit(s: &m::Settings, code_key: &[u8]) -> ep::Settings {
+    ep::Settings {
+        two_factor_enabled: s.two_factor_enabled,
+        totp_enabled: s.totp_enabled,
+        email_enabled: s.email_enabled,
+        totp_max_delta: s.totp_max_delta,
+        email_code_expiration_seconds: s.email_code_expiration_seconds,
+        email_code_max_attempts: s.email_code_max_attempts,
+        enforce_password_fallback: s.enforce_password_fallback,
+        remember_for_seconds: s.remember_for_seconds,
+        max_failed_attempts: s.max_failed_attempts,
+        failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+        login_expiration_days: s.login_expiration_days,
+        max_failed_logins_per_user: s.max_failed_logins_per_user,
+        user_login_block_minutes: s.user_login_block_minutes,
+        max_failed_logins_per_address: s.max_failed_logins_per_address,
+        address_login_block_minutes: s.address_login_block_minutes,
+        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+        code_key: code_key.to_vec(),
+    }
+}
+
+/// The component's defaults (its `code-key` is empty and dropped).
+impl From<ep::Settings> for m::Settings {
+    fn from(s: ep::Settings) -> Self {
+        m::Settings {
+            two_factor_enabled: s.two_factor_enabled,
+            totp_enabled: s.totp_enabled,
+            email_enabled: s.email_enabled,
+            totp_max_delta: s.totp_max_delta,
+            email_code_expiration_seconds: s.email_code_expiration_seconds,
+            email_code_max_attempts: s.email_code_max_attempts,
+            enforce_password_fallback: s.enforce_password_fallback,
+            remember_for_seconds: s.remember_for_seconds,
+            max_failed_attempts: s.max_failed_attempts,
+            failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+            login_expiration_days: s.login_expiration_days,
+            max_failed_logins_per_user: s.max_failed_logins_per_user,
+            user_login_block_minutes: s.user_login_block_minutes,
+            max_failed_logins_per_address: s.max_failed_logins_per_address,
+            address_login_block_minutes: s.address_login_block_minutes,
+            bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+        }
+    }
+}
+
+impl From<&m::Request> for ep::Request {
+    fn from(r: &m::Request) -> Self {
+        ep::Request {
+            headers: r
+                .headers
+                .iter()
+                .map(|h| ep::Header {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+            client_address: r.client_address.clone(),
+            body: r.body.clone(),
+        }
+    }
+}
+
+impl From<ep::Response> for m::Response {
+    fn from(r: ep::Response) -> Self {
+        m::Response {
+            status: r.status,
+            body: r.body,
+        }
+    }
+}
+
+impl From<mail::Message> for m::MailMessage {
+    fn from(msg: mail::Message) -> Self {
+        m::MailMessage {
+            to: msg.to,
+            subject: msg.subject,
+            text: msg.text,
+        }
+    }
+}
+
+impl From<st::LoginIdentifier> for m::LoginIdentifier {
+    fn from(id: st::LoginIdentifier) -> Self {
+        match id {
+            st::LoginIdentifier::Username(u) => m::LoginIdentifier::Username(u),
+            st::LoginIdentifier::Email(e) => m::LoginIdentifier::Email(e),
+        }
+    }
+}
+
+impl From<m::Session> for st::Session {
+    fn from(s: m::Session) -> Self {
+        st::Session {
+            user: s.user.into(),
+            token: st::LoginToken {
+                hashed_token: s.token.hashed_token,
+                kind: match s.token.kind {
+                    m::TokenKind::Login => st::TokenKind::Login,
+                    m::TokenKind::PersonalAccessToken => st::TokenKind::PersonalAccessToken,
+                },
+                name: s.token.name,
+                created_at: s.token.created_at,
+                bypass_two_factor: s.token.bypass_two_factor,
+                two_factor_authorized_hash: s.token.two_factor_authorized_hash,
+                two_factor_authorized_until: s.token.two_factor_authorized_until,
+            },
+        }
+    }
+}
+
+impl From<m::User> for st::User {
+    fn from(u: m::User) -> Self {
+        st::User {
+            id: u.id,
+            username: u.username,
+            name: u.name,
+            roles: u.roles,
+            created_at: u.created_at,
+            verified_emails: u.verified_emails,
+            password_bcrypt: u.password_bcrypt,
+            totp: u.totp.map(|t| st::TotpEnrolment {
+                secret: t.secret,
+                algorithm: match t.algorithm {
+                    m::TotpAlgorithm::Sha1 => st::TotpAlgorithm::Sha1,
+                    m::TotpAlgorithm::Sha256 => st::TotpAlgorithm::Sha256,
+                    m::TotpAlgorithm::Sha512 => st::TotpAlgorithm::Sha512,
+                },
+                digits: t.digits,
+                period: t.period,
+                last_used_step: t.last_used_step,
+                hashed_backup_codes: t.hashed_backup_codes,
+                spent_backup_codes: t.spent_backup_codes,
+            }),
+            email_two_factor: u.email_two_factor,
+            email_code: u.email_code.map(|c| st::EmailCode {
+                code_hash: c.code_hash,
+                salt: c.salt,
+                expires_at: c.expires_at,
+                attempts: c.attempts,
+            }),
+            failures: u.failures.into(),
+        }
+    }
+}
+
+impl From<m::FailureCount> for st::FailureCount {
+    fn from(f: m::FailureCount) -> Self {
+        st::FailureCount {
+            count: f.count,
+            last_failed_at: f.last_failed_at,
+        }
+    }
+}
+
+impl From<m::PersonalAccessToken> for st::PersonalAccessToken {
+    fn from(t: m::PersonalAccessToken) -> Self {
+        st::PersonalAccessToken {
+            name: t.name,
+            hashed_token: t.hashed_token,
+            last_token_part: t.last_token_part,
+            created_at: t.created_at,
+            bypass_two_factor: t.bypass_two_factor,
+        }
+    }
+}
+
+impl From<st::PersonalAccessToken> for m::PersonalAccessToken {
+    fn from(t: st::PersonalAccessToken) -> Self {
+        m::PersonalAccessToken {
+            name: t.name,
+            hashed_token: t.hashed_token,
+            last_token_part: t.last_token_part,
+            created_at: t.created_at,
+            bypass_two_factor: t.bypass_two_factor,
+        }
+    }
+}
+
+impl From<st::EmailCode> for m::EmailCode {
+    fn from(c: st::EmailCode) -> Self {
+        m::EmailCode {
+            code_hash: c.code_hash,
+            salt: c.salt,
+            expires_at: c.expires_at,
+            attempts: c.attempts,
+        }
+    }
+}
+
+impl From<st::FactorProof> for m::FactorProof {
+    fn from(p: st::FactorProof) -> Self {
+        m::FactorProof {
+            session: p.session,
+            used: match p.used {
+                st::FactorUse::None => m::FactorUse::None,
+                st::FactorUse::TotpStep(s) => m::FactorUse::TotpStep(s),
+                st::FactorUse::BackupCode(h) => m::FactorUse::BackupCode(h),
+                st::FactorUse::EmailCode(h) => m::FactorUse::EmailCode(h),
+                st::FactorUse::Password => m::FactorUse::Password,
+            },
+            remember: p.remember.map(|r| m::RememberGrant {
+                hashed_login_token: r.hashed_login_token,
+                fingerprint: r.fingerprint,
+                until: r.until,
+            }),
+        }
+    }
+}
+
+impl From<m::WriteOutcome> for st::WriteOutcome {
+    fn from(o: m::WriteOutcome) -> Self {
+        match o {
+            m::WriteOutcome::Done => st::WriteOutcome::Done,
+            m::WriteOutcome::NotFound => st::WriteOutcome::NotFound,
+            m::WriteOutcome::NameTaken => st::WriteOutcome::NameTaken,
+            m::WriteOutcome::FactorAlreadyUsed => st::WriteOutcome::FactorAlreadyUsed,
+            m::WriteOutcome::CredentialsRevoked => st::WriteOutcome::CredentialsRevoked,
+        }
+    }
+}
+
+impl From<m::AttemptReservation> for st::AttemptReservation {
+    fn from(r: m::AttemptReservation) -> Self {
+        st::AttemptReservation {
+            granted: r.granted,
+            failures: r.failures.into(),
+            email_code_attempts: r.email_code_attempts,
+        }
+    }
+}
+
+impl From<st::LoginLimits> for m::LoginLimits {
+    fn from(l: st::LoginLimits) -> Self {
+        m::LoginLimits {
+            max_per_account: l.max_per_account,
+            account_block_ms: l.account_block_ms,
+            max_per_address: l.max_per_address,
+            address_block_ms: l.address_block_ms,
+        }
+    }
+}
+
+impl From<m::LoginAdmission> for st::LoginAdmission {
+    fn from(a: m::LoginAdmission) -> Self {
+        match a {
+            m::LoginAdmission::Admitted => st::LoginAdmission::Admitted,
+            m::LoginAdmission::AccountBlocked => st::LoginAdmission::AccountBlocked,
+            m::LoginAdmission::AddressBlocked => st::LoginAdmission::AddressBlocked,
+        }
+    }
+}

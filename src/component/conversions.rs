@@ -1,0 +1,262 @@
+//! Every conversion between the generated WIT types and the model, as `From`
+//! impls: the only place that knows both shapes (the host has its mirror in
+//! `host-example/src/conversions.rs`).
+
+use super::ep;
+use super::st;
+use crate::model as m;
+
+impl From<&ep::Settings> for m::Settings {
+    fn from(s: &ep::Settings) -> Self {
+        m::Settings {
+            two_factor_enabled: s.two_factor_enabled,
+            totp_enabled: s.totp_enabled,
+            email_enabled: s.email_enabled,
+            totp_max_delta: s.totp_max_delta,
+            email_code_expiration_seconds: s.email_code_expiration_seconds,
+            email_code_max_attempts: s.email_code_max_attempts,
+            enforce_password_fallback: s.enforce_password_fallback,
+            remember_for_seconds: s.remember_for_seconds,
+            max_failed_attempts: s.max_failed_attempts,
+            failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+            login_expiration_days: s.login_expiration_days,
+            max_failed_logins_per_user: s.max_failed_logins_per_user,
+            user_login_block_minutes: s.user_login_block_minutes,
+            max_failed_logins_per_address: s.max_failed_logins_per_address,
+            address_login_block_minutes: s.address_login_block_minutes,
+            bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+        }
+    }
+}
+
+/// The defaults as the component exports them; each host adds its own key.
+impl From<m::Settings> for ep::Settings {
+    fn from(s: m::Settings) -> Self {
+        ep::Settings {
+            two_factor_enabled: s.two_factor_enabled,
+            totp_enabled: s.totp_enabled,
+            email_enabled: s.email_enabled,
+            totp_max_delta: s.totp_max_delta,
+            email_code_expiration_seconds: s.email_code_expiration_seconds,
+            email_code_max_attempts: s.email_code_max_attempts,
+            enforce_password_fallback: s.enforce_password_fallback,
+            remember_for_seconds: s.remember_for_seconds,
+            max_failed_attempts: s.max_failed_attempts,
+            failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+            login_expiration_days: s.login_expiration_days,
+            max_failed_logins_per_user: s.max_failed_logins_per_user,
+            user_login_block_minutes: s.user_login_block_minutes,
+            max_failed_logins_per_address: s.max_failed_logins_per_address,
+            address_login_block_minutes: s.address_login_block_minutes,
+            bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+            code_key: Vec::new(),
+        }
+    }
+}
+
+impl From<ep::Request> for m::Request {
+    fn from(r: ep::Request) -> Self {
+        m::Request {
+            headers: r
+                .headers
+                .into_iter()
+                .map(|h| m::Header {
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect(),
+            client_address: r.client_address,
+            body: r.body,
+        }
+    }
+}
+
+impl From<m::Response> for ep::Response {
+    fn from(r: m::Response) -> Self {
+        ep::Response {
+            status: r.status,
+            body: r.body,
+        }
+    }
+}
+
+impl From<st::Session> for m::Session {
+    fn from(s: st::Session) -> Self {
+        m::Session {
+            user: s.user.into(),
+            token: m::LoginToken {
+                hashed_token: s.token.hashed_token,
+                kind: match s.token.kind {
+                    st::TokenKind::Login => m::TokenKind::Login,
+                    st::TokenKind::PersonalAccessToken => m::TokenKind::PersonalAccessToken,
+                },
+                name: s.token.name,
+                created_at: s.token.created_at,
+                bypass_two_factor: s.token.bypass_two_factor,
+                two_factor_authorized_hash: s.token.two_factor_authorized_hash,
+                two_factor_authorized_until: s.token.two_factor_authorized_until,
+            },
+        }
+    }
+}
+
+impl From<st::User> for m::User {
+    fn from(u: st::User) -> Self {
+        m::User {
+            id: u.id,
+            username: u.username,
+            name: u.name,
+            roles: u.roles,
+            created_at: u.created_at,
+            verified_emails: u.verified_emails,
+            password_bcrypt: u.password_bcrypt,
+            totp: u.totp.map(|t| m::TotpEnrolment {
+                secret: t.secret,
+                algorithm: match t.algorithm {
+                    st::TotpAlgorithm::Sha1 => m::TotpAlgorithm::Sha1,
+                    st::TotpAlgorithm::Sha256 => m::TotpAlgorithm::Sha256,
+                    st::TotpAlgorithm::Sha512 => m::TotpAlgorithm::Sha512,
+                },
+                digits: t.digits,
+                period: t.period,
+                last_used_step: t.last_used_step,
+                hashed_backup_codes: t.hashed_backup_codes,
+                spent_backup_codes: t.spent_backup_codes,
+            }),
+            email_two_factor: u.email_two_factor,
+            email_code: u.email_code.map(|c| m::EmailCode {
+                code_hash: c.code_hash,
+                salt: c.salt,
+                expires_at: c.expires_at,
+                attempts: c.attempts,
+            }),
+            failures: u.failures.into(),
+        }
+    }
+}
+
+impl From<st::FailureCount> for m::FailureCount {
+    fn from(f: st::FailureCount) -> Self {
+        m::FailureCount {
+            count: f.count,
+            last_failed_at: f.last_failed_at,
+        }
+    }
+}
+
+impl From<&m::LoginIdentifier> for st::LoginIdentifier {
+    fn from(id: &m::LoginIdentifier) -> Self {
+        match id {
+            m::LoginIdentifier::Username(u) => st::LoginIdentifier::Username(u.clone()),
+            m::LoginIdentifier::Email(e) => st::LoginIdentifier::Email(e.clone()),
+        }
+    }
+}
+
+impl From<st::PersonalAccessToken> for m::PersonalAccessToken {
+    fn from(t: st::PersonalAccessToken) -> Self {
+        m::PersonalAccessToken {
+            name: t.name,
+            hashed_token: t.hashed_token,
+            last_token_part: t.last_token_part,
+            created_at: t.created_at,
+            bypass_two_factor: t.bypass_two_factor,
+        }
+    }
+}
+
+impl From<&m::PersonalAccessToken> for st::PersonalAccessToken {
+    fn from(t: &m::PersonalAccessToken) -> Self {
+        st::PersonalAccessToken {
+            name: t.name.clone(),
+            hashed_token: t.hashed_token.clone(),
+            last_token_part: t.last_token_part.clone(),
+            created_at: t.created_at,
+            bypass_two_factor: t.bypass_two_factor,
+        }
+    }
+}
+
+impl From<&m::EmailCode> for st::EmailCode {
+    fn from(c: &m::EmailCode) -> Self {
+        st::EmailCode {
+            code_hash: c.code_hash.clone(),
+            salt: c.salt.clone(),
+            expires_at: c.expires_at,
+            attempts: c.attempts,
+        }
+    }
+}
+
+impl From<&m::FactorProof> for st::FactorProof {
+    fn from(p: &m::FactorProof) -> Self {
+        st::FactorProof {
+            session: p.session.clone(),
+            used: match &p.used {
+                m::FactorUse::None => st::FactorUse::None,
+                m::FactorUse::TotpStep(s) => st::FactorUse::TotpStep(*s),
+                m::FactorUse::BackupCode(h) => st::FactorUse::BackupCode(h.clone()),
+                m::FactorUse::EmailCode(h) => st::FactorUse::EmailCode(h.clone()),
+                m::FactorUse::Password => st::FactorUse::Password,
+            },
+            remember: p.remember.as_ref().map(|r| st::RememberGrant {
+                hashed_login_token: r.hashed_login_token.clone(),
+                fingerprint: r.fingerprint.clone(),
+                until: r.until,
+            }),
+        }
+    }
+}
+
+impl From<st::WriteOutcome> for m::WriteOutcome {
+    fn from(o: st::WriteOutcome) -> Self {
+        match o {
+            st::WriteOutcome::Done => m::WriteOutcome::Done,
+            st::WriteOutcome::NotFound => m::WriteOutcome::NotFound,
+            st::WriteOutcome::NameTaken => m::WriteOutcome::NameTaken,
+            st::WriteOutcome::FactorAlreadyUsed => m::WriteOutcome::FactorAlreadyUsed,
+            st::WriteOutcome::CredentialsRevoked => m::WriteOutcome::CredentialsRevoked,
+        }
+    }
+}
+
+impl From<st::AttemptReservation> for m::AttemptReservation {
+    fn from(r: st::AttemptReservation) -> Self {
+        m::AttemptReservation {
+            granted: r.granted,
+            failures: r.failures.into(),
+            email_code_attempts: r.email_code_attempts,
+        }
+    }
+}
+
+impl From<&m::LoginLimits> for st::LoginLimits {
+    fn from(l: &m::LoginLimits) -> Self {
+        st::LoginLimits {
+            max_per_account: l.max_per_account,
+            account_block_ms: l.account_block_ms,
+            max_per_address: l.max_per_address,
+            address_block_ms: l.address_block_ms,
+        }
+    }
+}
+
+impl From<st::LoginAdmission> for m::LoginAdmission {
+    fn from(a: st::LoginAdmission) -> Self {
+        match a {
+            st::LoginAdmission::Admitted => m::LoginAdmission::Admitted,
+            st::LoginAdmission::AccountBlocked => m::LoginAdmission::AccountBlocked,
+            st::LoginAdmission::AddressBlocked => m::LoginAdmission::AddressBlocked,
+        }
+    }
+}
+
+impl From<&m::MailMessage> for super::mail::Message {
+    fn from(message: &m::MailMessage) -> Self {
+        super::mail::Message {
+            to: message.to.clone(),
+            subject: message.subject.clone(),
+            text: message.text.clone(),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The storage contract: the component's `storage` import as one trait.
+//!
+//! Inside the component it is the WIT import (`component.rs`); a host
+//! implements it directly for each backend (SQLite, memory, PostgreSQL...),
+//! which is how the native baseline and the tests run the very same logic.
+//! Each method is one atomic operation: it happens completely or not at all.
+//! The semantics of each call are documented once, in `wit/world.wit`.
+//!
+//! [`rules`] holds the arithmetic every backend applies inside its
+//! transaction, so no backend re-derives a limit.
+
+use std::error::Error;
+use std::fmt;
+
+use crate::model::*;
+
+/// A failed host call. Its text is for the host's logs: the component maps
+/// every `HostError` to one fixed reply and never shows it to a client.
+pub struct HostError(Box<dyn Error + Send + Sync>);
+
+impl HostError {
+    /// An error with only a message (the component's view of a failed import).
+    pub fn msg(message: impl Into<String>) -> Self {
+        HostError(message.into().into())
+    }
+
+    /// The underlying error, for hosts that log or classify it.
+    pub fn source_error(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+/// Any error converts, so backends use `?` on their own typed errors.
+/// (`HostError` itself does not implement `Error`, or this would overlap
+/// with `From<T> for T`; the same trick as `anyhow`.)
+impl<E: Error + Send + Sync + 'static> From<E> for HostError {
+    fn from(e: E) -> Self {
+        HostError(Box::new(e))
+    }
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+/// The component's `storage` import (`wit/world.wit`, interface `storage`).
+pub trait Storage: Send + Sync {
+    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>>;
+    fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>>;
+    fn insert_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool>;
+    fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
+    fn find_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>>;
+    fn insert_personal_access_token(
+        &self,
+        user_id: &str,
+        token: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn replace_personal_access_token(
+        &self,
+        user_id: &str,
+        expected_hashed_token: &str,
+        replacement: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn remove_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome>;
+    fn reserve_two_factor_attempt(
+        &self,
+        user_id: &str,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<AttemptReservation>;
+    fn release_two_factor_attempt(&self, user_id: &str, email_code_attempt: bool)
+    -> HostResult<()>;
+    fn reserve_login_attempt(
+        &self,
+        account: &str,
+        address: &str,
+        at: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission>;
+    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()>;
+    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome>;
+    fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()>;
+}
+
+pub mod rules {
+    //! The arithmetic of the reservation calls, one place for every backend:
+    //! a backend loads the stored counts, asks these functions, and stores
+    //! what they return, all in one transaction.
+
+    use crate::model::*;
+
+    /// One failed-login count (per account or per address).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct LoginCount {
+        pub count: u32,
+        pub last_at: TimestampMs,
+    }
+
+    impl LoginCount {
+        /// The count as it stands at `at`: zero once a block has run out.
+        fn current(self, at: TimestampMs, max: u32, block_ms: u64) -> u32 {
+            if max > 0 && self.count >= max && at >= self.last_at.saturating_add(block_ms) {
+                0
+            } else {
+                self.count
+            }
+        }
+
+        /// Whether this count blocks a login at `at`.
+        fn blocks(self, at: TimestampMs, max: u32, block_ms: u64) -> bool {
+            max > 0 && self.current(at, max, block_ms) >= max
+        }
+
+        /// The count after one more attempt at `at`.
+        fn next(self, at: TimestampMs, max: u32, block_ms: u64) -> Self {
+            LoginCount {
+                count: self.current(at, max, block_ms).saturating_add(1),
+                last_at: at,
+            }
+        }
+    }
+
+    /// The rule of `reserve-login-attempt` (`wit/world.wit`), one place for every
+    /// backend: from the stored account and address counts, the refusal, or the
+    /// two counts to store.
+    pub fn admit_login(
+        account: LoginCount,
+        address: LoginCount,
+        at: TimestampMs,
+        l: &LoginLimits,
+    ) -> Result<(LoginCount, LoginCount), LoginAdmission> {
+        if account.blocks(at, l.max_per_account, l.account_block_ms) {
+            return Err(LoginAdmission::AccountBlocked);
+        }
+        if address.blocks(at, l.max_per_address, l.address_block_ms) {
+            return Err(LoginAdmission::AddressBlocked);
+        }
+        Ok((
+            account.next(at, l.max_per_account, l.account_block_ms),
+            address.next(at, l.max_per_address, l.address_block_ms),
+        ))
+    }
+
+    /// The rule of `reserve-two-factor-attempt`, one place for every backend:
+    /// from the stored failure count and (when the caller asked for it and a
+    /// code is outstanding) the email code's attempts, the answer. When it is
+    /// granted, the backend stores `failures` and, if it passed attempts in,
+    /// `email_code_attempts`.
+    pub fn reserve_attempt(
+        stored: FailureCount,
+        email_attempts: Option<u32>,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> AttemptReservation {
+        let count = if stored.last_failed_at <= window_start {
+            0
+        } else {
+            stored.count
+        };
+        let email_full = email_attempts
+            .zip(max_email_code_attempts)
+            .is_some_and(|(a, max)| a >= max);
+        if count >= max_failed || email_full {
+            return AttemptReservation {
+                granted: false,
+                failures: FailureCount {
+                    count,
+                    last_failed_at: stored.last_failed_at,
+                },
+                email_code_attempts: email_attempts.unwrap_or(0),
+            };
+        }
+        AttemptReservation {
+            granted: true,
+            failures: FailureCount {
+                count: count + 1,
+                last_failed_at: at,
+            },
+            email_code_attempts: email_attempts.map_or(0, |a| a + 1),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The integration tests: one binary (wasmtime is linked once, the component
+//! compiled once through the shared cache), one module per concern, one
+//! fixture (`common`).
+
+mod attacks;
+mod bad_input;
+mod cache_trust;
+mod cli;
+mod common;
+mod concurrency;
+mod documentation_examples;
+mod fault_injection;
+mod http_server;
+mod two_factor;
