@@ -210,6 +210,15 @@ impl Storage for WitStorage {
     fn store_email_code(&self, user_id: &str, code: &m::EmailCode) -> HostResult<()> {
         st::store_email_code(user_id, &code.into()).map_err(HostError::msg)
     }
+    fn record_token_use(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: m::TimestampMs,
+        stale_before: m::TimestampMs,
+    ) -> HostResult<()> {
+        st::record_token_use(user_id, hashed_token, at, stale_before).map_err(HostError::msg)
+    }
 }
 
 /// getrandom's entropy on wasm32-unknown-unknown (bcrypt pulls getrandom in;

@@ -47,7 +47,28 @@ pub(crate) fn authenticate(
             return Err(ApiError::NotLoggedIn);
         }
     }
+    record_use(env, user_id, &session.token);
     Ok(Authenticated { headers, session })
+}
+
+/// How stale a PAT's `lastUsedAt` may get before a request rewrites it: at
+/// most one write per token per hour, so authentication stays a read.
+pub const LAST_USE_INTERVAL_MS: u64 = 3_600_000;
+
+/// Records that a PAT authenticated this request, when its stored last use
+/// is older than the interval. Best effort: a failed write costs a stale
+/// `lastUsedAt`, never the request (it changes nothing else).
+fn record_use(env: &mut dyn Env, user_id: &str, token: &LoginToken) {
+    if token.kind != TokenKind::PersonalAccessToken {
+        return;
+    }
+    let now = env.now_ms();
+    let stale_before = now.saturating_sub(LAST_USE_INTERVAL_MS);
+    if token.last_used_at.is_none_or(|at| at < stale_before) {
+        let _ = env
+            .storage()
+            .record_token_use(user_id, &token.hashed_token, now, stale_before);
+    }
 }
 
 /// Authentication, then the body, then the second factor: the prologue of the
@@ -91,6 +112,7 @@ fn mint(env: &mut dyn Env, name: String, bypass_two_factor: bool) -> (String, Pe
         name,
         created_at: env.now_ms(),
         bypass_two_factor,
+        last_used_at: None,
     };
     (plaintext, record)
 }
@@ -201,6 +223,9 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
         created_at: String,
         last_token_part: &'a str,
         bypass_two_factor: bool,
+        /// Not a Rocket.Chat field: present only once the token was used.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_used_at: Option<String>,
     }
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -222,6 +247,10 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
                 created_at: iso8601(t.created_at),
                 last_token_part: &t.last_token_part,
                 bypass_two_factor: t.bypass_two_factor,
+                last_used_at: t
+                    .last_used_at
+                    .filter(|_| settings.show_token_last_use)
+                    .map(iso8601),
             })
             .collect();
         Ok(Response {

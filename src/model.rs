@@ -57,6 +57,8 @@ pub struct LoginToken {
     pub bypass_two_factor: bool,
     pub two_factor_authorized_hash: Option<String>,
     pub two_factor_authorized_until: Option<TimestampMs>,
+    /// When a PAT last authenticated a request (throttled; see `storage`).
+    pub last_used_at: Option<TimestampMs>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +95,7 @@ pub struct PersonalAccessToken {
     pub last_token_part: String,
     pub created_at: TimestampMs,
     pub bypass_two_factor: bool,
+    pub last_used_at: Option<TimestampMs>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,6 +225,7 @@ pub struct Settings {
     pub max_failed_logins_per_address: u32,
     pub address_login_block_minutes: u32,
     pub bypass_tokens_unrestricted: bool,
+    pub show_token_last_use: bool,
 }
 
 impl Settings {
@@ -259,6 +263,7 @@ impl Default for Settings {
             max_failed_logins_per_address: 50,
             address_login_block_minutes: 5,
             bypass_tokens_unrestricted: false,
+            show_token_last_use: false,
         }
     }
 }

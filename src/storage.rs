@@ -110,6 +110,13 @@ pub trait Storage: Send + Sync {
     fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()>;
     fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome>;
     fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()>;
+    fn record_token_use(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+        stale_before: TimestampMs,
+    ) -> HostResult<()>;
 }
 
 pub mod rules {

@@ -150,6 +150,7 @@ fn a_write_from_a_replaced_session_is_refused() {
             last_token_part: "xxxxxx".into(),
             created_at: T0,
             bypass_two_factor: true,
+            last_used_at: None,
         };
         let proof = FactorProof {
             session: Some(h0.clone()),

@@ -11,4 +11,5 @@ mod concurrency;
 mod documentation_examples;
 mod fault_injection;
 mod http_server;
+mod last_use;
 mod two_factor;

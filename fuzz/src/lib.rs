@@ -87,6 +87,7 @@ impl FuzzEnv {
                     bypass_two_factor: bypass,
                     two_factor_authorized_hash: None,
                     two_factor_authorized_until: None,
+                    last_used_at: None,
                 },
                 pat: name.map(|n| PersonalAccessToken {
                     name: n.into(),
@@ -94,6 +95,7 @@ impl FuzzEnv {
                     last_token_part: rcpat::token::last_part(TOKENS[i]).into(),
                     created_at: T0,
                     bypass_two_factor: bypass,
+                    last_used_at: None,
                 }),
             }
         };
@@ -248,6 +250,7 @@ impl Storage for FuzzStore {
                 bypass_two_factor: false,
                 two_factor_authorized_hash: None,
                 two_factor_authorized_until: None,
+                last_used_at: None,
             },
             pat: None,
         });
@@ -291,6 +294,7 @@ impl Storage for FuzzStore {
                 bypass_two_factor: t.bypass_two_factor,
                 two_factor_authorized_hash: None,
                 two_factor_authorized_until: None,
+                last_used_at: t.last_used_at,
             },
             pat: Some(t.clone()),
         });
@@ -315,6 +319,7 @@ impl Storage for FuzzStore {
         }
         s.spend(proof);
         s.tokens[i].token.hashed_token = r.hashed_token.clone();
+        s.tokens[i].token.last_used_at = r.last_used_at;
         s.tokens[i].pat = Some(r.clone());
         Ok(WriteOutcome::Done)
     }
@@ -402,6 +407,29 @@ impl Storage for FuzzStore {
     fn store_email_code(&self, _: &str, code: &EmailCode) -> HostResult<()> {
         let s = &mut *self.lock();
         s.user.email_code = Some(code.clone());
+        Ok(())
+    }
+    fn record_token_use(
+        &self,
+        user_id: &str,
+        hashed: &str,
+        at: TimestampMs,
+        stale_before: TimestampMs,
+    ) -> HostResult<()> {
+        let s = &mut *self.lock();
+        let stored = s.tokens.iter_mut().find(|t| {
+            user_id == USER_ID
+                && t.token.kind == TokenKind::PersonalAccessToken
+                && t.token.hashed_token == hashed
+        });
+        if let Some(t) = stored
+            && t.token.last_used_at.is_none_or(|u| u < stale_before)
+        {
+            t.token.last_used_at = Some(at);
+            if let Some(p) = t.pat.as_mut() {
+                p.last_used_at = Some(at);
+            }
+        }
         Ok(())
     }
 }

@@ -153,6 +153,14 @@ pub struct Options {
         value_name = "BOOL"
     )]
     pub bypass_tokens_unrestricted: Option<bool>,
+    /// Add lastUsedAt to each used token in users.getPersonalAccessTokens (not a Rocket.Chat field; the last use is recorded either way) [default: false]
+    #[arg(
+        long,
+        global = true,
+        env = "RCPAT_SHOW_TOKEN_LAST_USE",
+        value_name = "BOOL"
+    )]
+    pub show_token_last_use: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -178,7 +186,8 @@ impl Options {
             request_timeout_secs, max_connections, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
-            max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted)
+            max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
+            show_token_last_use)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -291,6 +300,7 @@ impl Options {
             bypass_tokens_unrestricted: self
                 .bypass_tokens_unrestricted
                 .unwrap_or(d.bypass_tokens_unrestricted),
+            show_token_last_use: self.show_token_last_use.unwrap_or(d.show_token_last_use),
         }
     }
 }

@@ -26,6 +26,7 @@ pub fn settings_to_wit(s: &m::Settings, code_key: &[u8]) -> ep::Settings {
         max_failed_logins_per_address: s.max_failed_logins_per_address,
         address_login_block_minutes: s.address_login_block_minutes,
         bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+        show_token_last_use: s.show_token_last_use,
         code_key: code_key.to_vec(),
     }
 }
@@ -50,6 +51,7 @@ impl From<ep::Settings> for m::Settings {
             max_failed_logins_per_address: s.max_failed_logins_per_address,
             address_login_block_minutes: s.address_login_block_minutes,
             bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+            show_token_last_use: s.show_token_last_use,
         }
     }
 }
@@ -114,6 +116,7 @@ impl From<m::Session> for st::Session {
                 bypass_two_factor: s.token.bypass_two_factor,
                 two_factor_authorized_hash: s.token.two_factor_authorized_hash,
                 two_factor_authorized_until: s.token.two_factor_authorized_until,
+                last_used_at: s.token.last_used_at,
             },
         }
     }
@@ -171,6 +174,7 @@ impl From<m::PersonalAccessToken> for st::PersonalAccessToken {
             last_token_part: t.last_token_part,
             created_at: t.created_at,
             bypass_two_factor: t.bypass_two_factor,
+            last_used_at: t.last_used_at,
         }
     }
 }
@@ -183,6 +187,7 @@ impl From<st::PersonalAccessToken> for m::PersonalAccessToken {
             last_token_part: t.last_token_part,
             created_at: t.created_at,
             bypass_two_factor: t.bypass_two_factor,
+            last_used_at: t.last_used_at,
         }
     }
 }

@@ -256,4 +256,15 @@ impl st::Host for HostState {
             s.store_email_code(&user, &code.into())
         })
     }
+    fn record_token_use(
+        &mut self,
+        user: String,
+        hash: String,
+        at: u64,
+        stale: u64,
+    ) -> Result<(), String> {
+        self.storage("record-token-use", |s| {
+            s.record_token_use(&user, &hash, at, stale)
+        })
+    }
 }

@@ -193,11 +193,13 @@ fn run(command: Command, opts: Options) -> Result<()> {
             }
             for t in tokens {
                 println!(
-                    "{:<24} created {}  ends …{}  bypass-2fa {}",
+                    "{:<24} created {}  ends …{}  bypass-2fa {}  last used {}",
                     t.name,
                     rcpat::time::iso8601(t.created_at),
                     t.last_token_part,
-                    t.bypass_two_factor
+                    t.bypass_two_factor,
+                    t.last_used_at
+                        .map_or_else(|| "never".into(), rcpat::time::iso8601)
                 );
             }
             Ok(())
@@ -209,7 +211,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
                 bail!("keys rotate needs the sqlite storage");
             }
             let path = opts.secret_key_file();
-            let keys = std::sync::Arc::new(host_example::keys::Keys::rotate(&path)?);
+            let keys = Arc::new(host_example::keys::Keys::rotate(&path)?);
             let storage =
                 host_example::storage::SqliteStorage::open_with_keys(opts.db(), keys.clone())?;
             let n = storage.reencrypt_secrets()?;

@@ -130,7 +130,7 @@ pub fn router(app: Arc<App>) -> axum::Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::Service;
@@ -460,7 +460,7 @@ pub fn raise_descriptor_limit() -> Option<u64> {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub cache: Option<crate::cache::CacheOutcome>,
-    pub startup: std::time::Duration,
+    pub startup: Duration,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }

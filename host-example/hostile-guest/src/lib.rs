@@ -50,6 +50,7 @@ impl Guest for Hostile {
             max_failed_logins_per_address: 50,
             address_login_block_minutes: 5,
             bypass_tokens_unrestricted: false,
+            show_token_last_use: false,
             code_key: Vec::new(),
         }
     }

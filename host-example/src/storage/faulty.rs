@@ -138,6 +138,15 @@ impl Storage for FaultyStorage {
     fn store_email_code(&self, u: &str, c: &EmailCode) -> HostResult<()> {
         self.call(|| self.inner.store_email_code(u, c))
     }
+    fn record_token_use(
+        &self,
+        u: &str,
+        h: &str,
+        at: TimestampMs,
+        stale: TimestampMs,
+    ) -> HostResult<()> {
+        self.call(|| self.inner.record_token_use(u, h, at, stale))
+    }
 }
 
 impl Admin for FaultyStorage {

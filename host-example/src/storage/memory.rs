@@ -17,6 +17,19 @@ struct Entry {
     record: TokenRecord,
     authorized_hash: Option<String>,
     authorized_until: Option<TimestampMs>,
+    last_used_at: Option<TimestampMs>,
+}
+
+impl Entry {
+    /// A token as stored: no remembered client, unused.
+    fn new(record: TokenRecord) -> Self {
+        Entry {
+            record,
+            authorized_hash: None,
+            authorized_until: None,
+            last_used_at: None,
+        }
+    }
 }
 
 struct MemUser {
@@ -82,6 +95,7 @@ fn pat(e: &Entry) -> PersonalAccessToken {
         last_token_part: e.record.last_token_part.clone(),
         created_at: e.record.created_at,
         bypass_two_factor: e.record.bypass_two_factor,
+        last_used_at: e.last_used_at,
     }
 }
 
@@ -163,6 +177,7 @@ impl Storage for MemoryStorage {
                         bypass_two_factor: e.record.bypass_two_factor,
                         two_factor_authorized_hash: e.authorized_hash.clone(),
                         two_factor_authorized_until: e.authorized_until,
+                        last_used_at: e.last_used_at,
                     },
                 }))
         })
@@ -198,11 +213,8 @@ impl Storage for MemoryStorage {
                 return Ok(refused);
             }
             spend(u, proof);
-            u.tokens.push(Entry {
-                record: TokenRecord::login(hashed_token, created_at),
-                authorized_hash: None,
-                authorized_until: None,
-            });
+            u.tokens
+                .push(Entry::new(TokenRecord::login(hashed_token, created_at)));
             Ok(WriteOutcome::Done)
         })
     }
@@ -266,9 +278,8 @@ impl Storage for MemoryStorage {
             }
             spend(u, proof);
             u.tokens.push(Entry {
-                record: TokenRecord::personal_access_token(token),
-                authorized_hash: None,
-                authorized_until: None,
+                last_used_at: token.last_used_at,
+                ..Entry::new(TokenRecord::personal_access_token(token))
             });
             Ok(WriteOutcome::Done)
         })
@@ -295,9 +306,8 @@ impl Storage for MemoryStorage {
             }
             spend(u, proof);
             u.tokens[i] = Entry {
-                record: TokenRecord::personal_access_token(replacement),
-                authorized_hash: None,
-                authorized_until: None,
+                last_used_at: replacement.last_used_at,
+                ..Entry::new(TokenRecord::personal_access_token(replacement))
             };
             Ok(WriteOutcome::Done)
         })
@@ -422,6 +432,28 @@ impl Storage for MemoryStorage {
             Ok(())
         })
     }
+    fn record_token_use(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+        stale_before: TimestampMs,
+    ) -> HostResult<()> {
+        self.with(|s| {
+            let entry = s.users.get_mut(user_id).and_then(|u| {
+                u.tokens.iter_mut().find(|e| {
+                    e.record.kind == TokenKind::PersonalAccessToken
+                        && e.record.hashed_token == hashed_token
+                })
+            });
+            if let Some(e) = entry
+                && e.last_used_at.is_none_or(|t| t < stale_before)
+            {
+                e.last_used_at = Some(at);
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Admin for MemoryStorage {
@@ -541,11 +573,7 @@ impl Admin for MemoryStorage {
             {
                 return Err(Error::invalid(format!("a token named {name} exists")));
             }
-            u.tokens.push(Entry {
-                record: token.clone(),
-                authorized_hash: None,
-                authorized_until: None,
-            });
+            u.tokens.push(Entry::new(token.clone()));
             Ok(())
         })
     }

@@ -119,6 +119,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (scope, key)
     );
 "#,
+    // 6: when each personal access token last authenticated a request.
+    "ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;",
 ];
 
 pub struct SqliteStorage {
@@ -540,10 +542,12 @@ fn pat_row(r: &rusqlite::Row) -> rusqlite::Result<PersonalAccessToken> {
         last_token_part: r.get(2)?,
         created_at: r.get::<_, i64>(3)? as u64,
         bypass_two_factor: r.get(4)?,
+        last_used_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
     })
 }
 
-const PAT_COLUMNS: &str = "name, hashed_token, last_token_part, created_at, bypass_two_factor";
+const PAT_COLUMNS: &str =
+    "name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at";
 
 /// Checks and spends `proof` inside the caller's transaction; `Some` (and no
 /// change) when the request's token is gone or the factor was already spent.
@@ -621,8 +625,8 @@ impl Storage for SqliteStorage {
         self.read(|tx| {
             let token = tx
                 .prepare_cached(
-                    "SELECT kind, bypass_two_factor, authorized_hash, authorized_until, name, created_at \
-                     FROM tokens WHERE hashed_token = ?1 AND user_id = ?2",
+                    "SELECT kind, bypass_two_factor, authorized_hash, authorized_until, name, created_at, \
+                     last_used_at FROM tokens WHERE hashed_token = ?1 AND user_id = ?2",
                 )?
                 .query_row(params![hashed_token, user_id], |r| {
                     Ok(LoginToken {
@@ -637,6 +641,7 @@ impl Storage for SqliteStorage {
                         bypass_two_factor: r.get(1)?,
                         two_factor_authorized_hash: r.get(2)?,
                         two_factor_authorized_until: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                        last_used_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
                     })
                 })
                 .optional()?;
@@ -780,7 +785,7 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             // with neither token or with both.
             tx.prepare_cached(
                 "UPDATE tokens SET hashed_token = ?4, last_token_part = ?5, created_at = ?6, bypass_two_factor = ?7, \
-                 authorized_hash = NULL, authorized_until = NULL \
+                 authorized_hash = NULL, authorized_until = NULL, last_used_at = ?8 \
                  WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3",
             )?
             .execute(params![
@@ -790,7 +795,8 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 r.hashed_token,
                 r.last_token_part,
                 r.created_at as i64,
-                r.bypass_two_factor
+                r.bypass_two_factor,
+                r.last_used_at.map(|v| v as i64)
             ])?;
             Ok(WriteOutcome::Done)
         })
@@ -964,6 +970,29 @@ let (user_id, c) = (user_id.as_str(), &c);
                  ON CONFLICT(user_id) DO UPDATE SET code_hash = ?2, salt = ?3, expires_at = ?4, attempts = ?5",
                 params![user_id, c.code_hash, c.salt, c.expires_at as i64, c.attempts],
             )?;
+            Ok(())
+        })
+    }
+
+    fn record_token_use(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+        stale_before: TimestampMs,
+    ) -> HostResult<()> {
+        let (user_id, hashed_token) = (user_id.to_owned(), hashed_token.to_owned());
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "UPDATE tokens SET last_used_at = ?3 WHERE user_id = ?1 AND hashed_token = ?2 \
+                 AND kind = 'pat' AND (last_used_at IS NULL OR last_used_at < ?4)",
+            )?
+            .execute(params![
+                user_id,
+                hashed_token,
+                at as i64,
+                stale_before as i64
+            ])?;
             Ok(())
         })
     }
