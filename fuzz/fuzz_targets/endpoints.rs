@@ -26,6 +26,7 @@ fuzz_target!(|input: Input| {
         email_enabled: s[0] & 4 == 0,
         enforce_password_fallback: s[0] & 8 == 0,
         bypass_tokens_unrestricted: s[0] & 16 != 0,
+        show_token_last_use: s[0] & 32 != 0,
         totp_max_delta: u32::from(s[1] % 4),
         email_code_expiration_seconds: u32::from(s[2]) * 60,
         email_code_max_attempts: u32::from(s[3] % 8),
