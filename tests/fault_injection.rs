@@ -136,3 +136,32 @@ fn failure_counter_write_failure_leaves_counts_alone() {
         .unwrap();
     assert_eq!(session.user.failures.count, 0);
 }
+
+/// The host's error text stays in the host: whichever call fails, the client
+/// gets the same fixed reply, never the storage's message.
+#[test]
+fn host_error_text_never_reaches_the_client() {
+    let backend: Arc<dyn Backend> = Arc::new(MemoryStorage::new());
+    let setup_fx = Fx::with_storage(backend.clone());
+    let u = setup_fx.user("quiet", Some(PASSWORD));
+    setup_fx.pat(&u, "ci", false);
+    let mut bodies = std::collections::BTreeSet::new();
+    for n in 1..=6 {
+        let fx = Fx::with_storage(Arc::new(FaultyStorage::new(
+            backend.clone(),
+            n,
+            FaultMode::Before,
+        )));
+        let digest = password_code(PASSWORD);
+        let r = fx.regenerate(&u, &u.login, Some(("password", digest.as_str())), "ci");
+        assert!(!r.body.contains("injected"), "call {n}: {}", r.body);
+        if r.status == 500 {
+            bodies.insert(r.body);
+        } else {
+            // Only a failed release of the attempt is not fatal: the
+            // request still succeeds (see twofactor.rs).
+            assert_eq!((n, r.status), (3, 200), "call {n}: {}", r.body);
+        }
+    }
+    assert_eq!(bodies.len(), 1, "one fixed reply: {bodies:?}");
+}
