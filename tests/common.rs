@@ -10,7 +10,9 @@ use host_example::clock::{Clock, ManualClock};
 use host_example::mail::MemoryMailer;
 use host_example::runtime::{Endpoint, Runtime, RuntimeConfig};
 use host_example::services::Services;
-use host_example::storage::{Backend, MemoryStorage};
+use host_example::storage::{
+    Backend, MemoryStorage, PostgresConfig, PostgresStorage, SqliteStorage,
+};
 use rcpat::model::{Request, Settings, TotpAlgorithm};
 use serde_json::Value;
 
@@ -37,6 +39,45 @@ pub fn temp_dir(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The admin URL of the test PostgreSQL cluster (`./dev test` starts one).
+pub fn postgres_admin_url() -> String {
+    std::env::var("RCPAT_TEST_DATABASE_URL").expect(
+        "RCPAT_TEST_DATABASE_URL is not set: run the tests with ./dev test, \
+         which starts a throw-away PostgreSQL cluster (or point it at one)",
+    )
+}
+
+/// The URL of a fresh, empty database on the test cluster.
+pub fn postgres_url() -> String {
+    let admin = postgres_admin_url();
+    let name = format!("t_{}", admin::random_id(12).to_lowercase());
+    let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("the test cluster");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    admin.replacen("/postgres", &format!("/{name}"), 1)
+}
+
+/// A PostgreSQL store on a fresh database.
+pub fn postgres() -> Arc<PostgresStorage> {
+    Arc::new(
+        PostgresStorage::open(
+            &PostgresConfig::new(postgres_url()),
+            Arc::new(host_example::keys::Keys::random()),
+        )
+        .unwrap(),
+    )
+}
+
+/// One of each backend, fresh: what every storage-level test runs against.
+pub fn backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
+    vec![
+        ("memory", Arc::new(MemoryStorage::new())),
+        ("sqlite", Arc::new(SqliteStorage::open_in_memory().unwrap())),
+        ("postgres", postgres()),
+    ]
 }
 
 /// One runtime for the test binary. Its pool is larger than the server's

@@ -1,6 +1,7 @@
-//! Many threads regenerating the same token at once against SQLite: at the
-//! end exactly one token of that name exists and authenticates, and every
-//! reply was a success or a defined error.
+//! Many threads regenerating the same token at once against each durable
+//! backend (a SQLite file, a PostgreSQL database): at the end exactly one
+//! token of that name exists and authenticates, and every reply was a
+//! success or a defined error.
 
 use std::sync::{Arc, Barrier};
 
@@ -10,16 +11,21 @@ use host_example::storage::{Backend, SqliteStorage};
 const THREADS: usize = 12;
 const ROUNDS: usize = 4;
 
-fn sqlite_fx(dir: &std::path::Path) -> Fx {
-    Fx::with_storage(Arc::new(
-        SqliteStorage::open(dir.join("race.sqlite")).unwrap(),
-    ))
+/// Runs `test` on a SQLite file and on a PostgreSQL database.
+fn on_durable_backends(test: impl Fn(&str, Arc<Fx>)) {
+    let dir = temp_dir("race");
+    let sqlite: Arc<dyn Backend> = Arc::new(SqliteStorage::open(dir.join("race.sqlite")).unwrap());
+    test("sqlite", Arc::new(Fx::with_storage(sqlite)));
+    test("postgres", Arc::new(Fx::with_storage(postgres())));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn concurrent_regenerations_leave_exactly_one_token() {
-    let dir = temp_dir("race");
-    let fx = Arc::new(sqlite_fx(&dir));
+    on_durable_backends(concurrent_regenerations);
+}
+
+fn concurrent_regenerations(backend: &str, fx: Arc<Fx>) {
     let u = fx.user("racer", None);
     let first = fx.pat(&u, "shared", false);
     let mut issued = vec![first];
@@ -43,23 +49,24 @@ fn concurrent_regenerations_leave_exactly_one_token() {
                     json["errorType"], "error-token-regenerated-concurrently",
                     "{body}"
                 ),
-                _ => panic!("undefined reply {status} {body}"),
+                _ => panic!("{backend}: undefined reply {status} {body}"),
             }
         }
     }
-    assert!(issued.len() > ROUNDS, "each round has at least one winner");
+    assert!(issued.len() > ROUNDS, "{backend}: each round has a winner");
     let hashes = fx.storage.token_hashes_named(&u.id, "shared").unwrap();
-    assert_eq!(hashes.len(), 1);
+    assert_eq!(hashes.len(), 1, "{backend}");
     let live: Vec<_> = issued.iter().filter(|t| fx.authenticates(&u, t)).collect();
-    assert_eq!(live.len(), 1, "exactly one issued token still works");
+    assert_eq!(live.len(), 1, "{backend}: exactly one issued token works");
     assert_eq!(rcpat::token::hash_token(live[0]), hashes[0]);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn concurrent_self_rotation_of_one_pat() {
-    let dir = temp_dir("self");
-    let fx = Arc::new(sqlite_fx(&dir));
+    on_durable_backends(concurrent_self_rotation);
+}
+
+fn concurrent_self_rotation(backend: &str, fx: Arc<Fx>) {
     let u = fx.user("rotor", Some(PASSWORD));
     let pat = fx.pat(&u, "bot", true);
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -81,22 +88,23 @@ fn concurrent_self_rotation_of_one_pat() {
             // Losers either saw the old token gone (401) or lost the swap (409).
             401 => assert_eq!(json["message"], "You must be logged in to do this."),
             409 => assert_eq!(json["errorType"], "error-token-regenerated-concurrently"),
-            other => panic!("undefined reply {other} {json}"),
+            other => panic!("{backend}: undefined reply {other} {json}"),
         }
     }
-    assert_eq!(winners.len(), 1, "one self-rotation wins");
+    assert_eq!(winners.len(), 1, "{backend}: one self-rotation wins");
     assert!(fx.authenticates(&u, &winners[0]) && !fx.authenticates(&u, &pat));
     assert_eq!(
         fx.storage.token_hashes_named(&u.id, "bot").unwrap().len(),
         1
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn one_totp_code_raced_by_many_requests_is_spent_once() {
-    let dir = temp_dir("totp");
-    let fx = Arc::new(sqlite_fx(&dir));
+    on_durable_backends(one_totp_code_raced);
+}
+
+fn one_totp_code_raced(backend: &str, fx: Arc<Fx>) {
     let u = fx.user("otp", None);
     let setup = fx.enable_totp(&u);
     for i in 0..THREADS {
@@ -118,28 +126,22 @@ fn one_totp_code_raced_by_many_requests_is_spent_once() {
     let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(
         ok, 1,
-        "a TOTP code is accepted once, even under a race: {statuses:?}"
+        "{backend}: a TOTP code is accepted once, even under a race: {statuses:?}"
     );
     // The losers presented a spent code: wrong codes, which also count
     // towards the per-user limit (so the last ones see totp-max-attempts).
     assert!(statuses.iter().all(|(s, j)| *s == 200
         || j["errorType"] == "totp-invalid"
         || j["errorType"] == "totp-max-attempts"));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The interleaving the races above depend on, made deterministic at the
 /// storage level: a request authenticated with a token that another request
-/// has since replaced cannot write, on either backend.
+/// has since replaced cannot write, on every backend.
 #[test]
 fn a_write_from_a_replaced_session_is_refused() {
-    use host_example::storage::MemoryStorage;
     use rcpat::model::{FactorProof, FactorUse, PersonalAccessToken, WriteOutcome};
-    let backends: Vec<Arc<dyn Backend>> = vec![
-        Arc::new(MemoryStorage::new()),
-        Arc::new(SqliteStorage::open_in_memory().unwrap()),
-    ];
-    for storage in backends {
+    for (_, storage) in backends() {
         let fx = Fx::with_storage(storage.clone());
         let u = fx.user("stale", None);
         let t0 = fx.pat(&u, "bot", true);

@@ -5,14 +5,7 @@
 use std::sync::Arc;
 
 use crate::common::*;
-use host_example::storage::{Backend, FaultMode, FaultyStorage, MemoryStorage, SqliteStorage};
-
-fn backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
-    vec![
-        ("memory", Arc::new(MemoryStorage::new())),
-        ("sqlite", Arc::new(SqliteStorage::open_in_memory().unwrap())),
-    ]
-}
+use host_example::storage::{Backend, FaultMode, FaultyStorage, MemoryStorage};
 
 /// Regenerates with a TOTP code against a storage failing at call `n`;
 /// returns whether the failure was reached.

@@ -12,4 +12,5 @@ mod documentation_examples;
 mod fault_injection;
 mod http_server;
 mod last_use;
+mod storage_conformance;
 mod two_factor;

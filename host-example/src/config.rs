@@ -19,6 +19,8 @@ pub enum StorageKind {
     Sqlite,
     /// In memory, lost on exit (tests, trials).
     Memory,
+    /// A PostgreSQL database (`--database-url`), shared by any number of hosts.
+    Postgres,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -43,6 +45,15 @@ pub struct Options {
     /// SQLite database file [default: rcpat.sqlite]
     #[arg(long, global = true, env = "RCPAT_DB")]
     pub db: Option<PathBuf>,
+    /// PostgreSQL URL for --storage postgres (postgres://user:password@host:port/db?sslmode=require; sslmode=disable, prefer or require)
+    #[arg(long, global = true, env = "RCPAT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// PostgreSQL connections this host keeps at most [default: 16]
+    #[arg(long, global = true, env = "RCPAT_DATABASE_POOL_SIZE")]
+    pub database_pool_size: Option<u32>,
+    /// Longest wait for a PostgreSQL connection, in milliseconds; past it a request gets the storage-failure reply [default: 1000]
+    #[arg(long, global = true, env = "RCPAT_DATABASE_TIMEOUT_MS")]
+    pub database_timeout_ms: Option<u64>,
     /// Directory where mail is written as .eml files when no SMTP server is set [default: outbox]
     #[arg(long, global = true, env = "RCPAT_OUTBOX")]
     pub outbox: Option<PathBuf>,
@@ -181,7 +192,7 @@ impl Options {
     /// `self` (flags and environment) over `file`.
     pub fn over(self, file: Options) -> Options {
         let (a, b) = (self, file);
-        merge_fields!(a, b; listen, storage, db, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
+        merge_fields!(a, b; listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
             request_timeout_secs, max_connections, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
@@ -199,6 +210,17 @@ impl Options {
     }
     pub fn db(&self) -> PathBuf {
         self.db.clone().unwrap_or_else(|| "rcpat.sqlite".into())
+    }
+    /// The PostgreSQL settings, if a URL is given.
+    pub fn postgres(&self) -> Option<crate::storage::PostgresConfig> {
+        let mut c = crate::storage::PostgresConfig::new(self.database_url.clone()?);
+        if let Some(n) = self.database_pool_size {
+            c.pool_size = n;
+        }
+        if let Some(ms) = self.database_timeout_ms {
+            c.timeout = std::time::Duration::from_millis(ms);
+        }
+        Some(c)
     }
     pub fn secret_key_file(&self) -> PathBuf {
         self.secret_key_file

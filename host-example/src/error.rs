@@ -34,6 +34,10 @@ pub enum Error {
     Secret(String),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("postgres: no connection: {0}")]
+    Pool(#[from] r2d2::Error),
     #[error("the SQLite writer has stopped")]
     WriterStopped,
     #[error("sqlite: a write could not be isolated; the batch was rolled back")]

@@ -137,6 +137,22 @@ impl Keys {
         (*id, out)
     }
 
+    /// A text secret (a TOTP secret) as stored: base64 of `seal`'s output,
+    /// and the key id to store beside it.
+    pub fn seal_text(&self, context: &str, secret: &str) -> (String, u32) {
+        let (id, sealed) = self.seal(context, secret.as_bytes());
+        (data_encoding::BASE64.encode(&sealed), id)
+    }
+
+    /// The inverse of `seal_text`.
+    pub fn open_text(&self, id: u32, context: &str, stored: &str) -> Result<String> {
+        let sealed = data_encoding::BASE64
+            .decode(stored.as_bytes())
+            .map_err(|_| Error::Secret("not base64".into()))?;
+        String::from_utf8(self.open(id, context, &sealed)?)
+            .map_err(|_| Error::Secret("not text once decrypted".into()))
+    }
+
     /// Decrypts what `seal` produced under key `id` for `context`.
     pub fn open(&self, id: u32, context: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         let key = self

@@ -11,7 +11,7 @@ use host_example::admin::{self, UserSpec};
 use host_example::config::{Options, StorageKind};
 use host_example::error::Error;
 use host_example::services::Services;
-use host_example::storage::{Admin, Backend, PAT_PERMISSION};
+use host_example::storage::{Backend, PAT_PERMISSION};
 use rcpat::model::TotpAlgorithm;
 use wasmtime::error::Context;
 use wasmtime::{Result, bail};
@@ -208,12 +208,11 @@ fn run(command: Command, opts: Options) -> Result<()> {
             command: KeysCommand::Rotate,
         } => {
             if opts.storage() == StorageKind::Memory {
-                bail!("keys rotate needs the sqlite storage");
+                bail!("keys rotate needs a durable storage (sqlite or postgres)");
             }
             let path = opts.secret_key_file();
             let keys = Arc::new(host_example::keys::Keys::rotate(&path)?);
-            let storage =
-                host_example::storage::SqliteStorage::open_with_keys(opts.db(), keys.clone())?;
+            let storage = host_example::server::open_backend(&opts, keys.clone())?;
             let n = storage.reencrypt_secrets()?;
             println!(
                 "added key {} to {}; re-encrypted {n} TOTP secrets",
@@ -359,7 +358,9 @@ fn serve(opts: Options) -> Result<()> {
 
 fn admin_services(opts: &Options) -> Result<Services> {
     if opts.storage() == StorageKind::Memory {
-        bail!("admin commands need the sqlite storage (an in-memory store is gone when they exit)");
+        bail!(
+            "admin commands need a durable storage, sqlite or postgres (an in-memory store is gone when they exit)"
+        );
     }
     Ok(host_example::server::services_from(opts)?)
 }

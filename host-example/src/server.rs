@@ -373,19 +373,36 @@ pub fn services_from(opts: &crate::config::Options) -> crate::error::Result<Serv
         StorageKind::Memory if opts.secret_key_file.is_none() => crate::keys::Keys::random(),
         _ => crate::keys::Keys::load(&opts.secret_key_file())?,
     });
-    let storage: Arc<dyn crate::storage::Backend> = match opts.storage() {
-        StorageKind::Sqlite => Arc::new(crate::storage::SqliteStorage::open_with_keys(
-            opts.db(),
-            keys.clone(),
-        )?),
-        StorageKind::Memory => Arc::new(crate::storage::MemoryStorage::new()),
-    };
+    let storage = open_backend(opts, keys.clone())?;
     let from = opts.mail_from();
     let mailer: Arc<dyn crate::mail::Mailer> = match &opts.smtp {
         Some(server) => Arc::new(crate::mail::SmtpMailer::new(server, &from)?),
         None => Arc::new(crate::mail::Outbox::with_sender(opts.outbox(), &from)?),
     };
     Ok(Services::new(storage, mailer).with_keys(keys))
+}
+
+/// Opens the configured store, encrypting secrets with `keys`.
+pub fn open_backend(
+    opts: &crate::config::Options,
+    keys: Arc<crate::keys::Keys>,
+) -> crate::error::Result<Arc<dyn crate::storage::Backend>> {
+    use crate::config::StorageKind;
+    Ok(match opts.storage() {
+        StorageKind::Sqlite => Arc::new(crate::storage::SqliteStorage::open_with_keys(
+            opts.db(),
+            keys,
+        )?),
+        StorageKind::Memory => Arc::new(crate::storage::MemoryStorage::new()),
+        StorageKind::Postgres => {
+            let config = opts.postgres().ok_or_else(|| {
+                crate::error::Error::invalid(
+                    "--storage postgres needs --database-url (or RCPAT_DATABASE_URL)",
+                )
+            })?;
+            Arc::new(crate::storage::PostgresStorage::open(&config, keys)?)
+        }
+    })
 }
 
 /// Builds the application the options describe; also says whether the

@@ -88,6 +88,14 @@ fn user_mut<'a>(s: &'a mut State, id: &str) -> Result<&'a mut MemUser> {
         .ok_or_else(|| Error::NoSuchUser(id.into()))
 }
 
+/// Roles as the other backends return them: sorted, each once.
+fn sorted_roles(roles: &[String]) -> Vec<String> {
+    let mut roles = roles.to_vec();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
 fn pat(e: &Entry) -> PersonalAccessToken {
     PersonalAccessToken {
         name: e.record.name.clone().unwrap_or_default(),
@@ -475,7 +483,7 @@ impl Admin for MemoryStorage {
                         id: n.id.clone(),
                         username: n.username.clone(),
                         name: n.name.clone(),
-                        roles: n.roles.clone(),
+                        roles: sorted_roles(&n.roles),
                         created_at: n.created_at,
                         verified_emails,
                         password_bcrypt: n.password_bcrypt.clone(),
@@ -544,7 +552,7 @@ impl Admin for MemoryStorage {
 
     fn set_user_roles(&self, user_id: &str, roles: &[String]) -> Result<()> {
         self.with(|s| {
-            user_mut(s, user_id)?.user.roles = roles.to_vec();
+            user_mut(s, user_id)?.user.roles = sorted_roles(roles);
             Ok(())
         })
     }

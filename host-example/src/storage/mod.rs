@@ -10,10 +10,12 @@ use crate::error::Result;
 
 pub mod faulty;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 pub use faulty::{FaultMode, FaultyStorage};
 pub use memory::MemoryStorage;
+pub use postgres::{PostgresConfig, PostgresStorage};
 pub use sqlite::SqliteStorage;
 
 /// The permission the endpoints check (the component's name for it).

@@ -415,16 +415,11 @@ fn failure(err: Error) -> rusqlite::Error {
 
 /// Encrypts `secret` for `user_id`: (base64 of nonce ‖ ciphertext, key id).
 fn seal_secret(keys: &Keys, user_id: &str, secret: &str) -> (String, u32) {
-    let (id, sealed) = keys.seal(user_id, secret.as_bytes());
-    (data_encoding::BASE64.encode(&sealed), id)
+    keys.seal_text(user_id, secret)
 }
 
 fn open_secret(keys: &Keys, user_id: &str, stored: &str, key_id: u32) -> rusqlite::Result<String> {
-    let sealed = data_encoding::BASE64
-        .decode(stored.as_bytes())
-        .map_err(|_| failure(Error::Secret("not base64".into())))?;
-    let plain = keys.open(key_id, user_id, &sealed).map_err(failure)?;
-    String::from_utf8(plain).map_err(|_| failure(Error::Secret("not text once decrypted".into())))
+    keys.open_text(key_id, user_id, stored).map_err(failure)
 }
 
 /// Encrypts every TOTP secret still in plaintext (from before encryption),

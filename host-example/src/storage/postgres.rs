@@ -1,0 +1,1176 @@
+//! PostgreSQL storage: one database shared by any number of hosts.
+//!
+//! Every operation of the storage contract is one statement or one
+//! transaction, and the guarantees SQLite gets from its single writer hold
+//! here between hosts by row locks: each write first locks its user's row
+//! (`SELECT ... FOR UPDATE`), so two requests for one user, on any hosts,
+//! write one after the other and each sees the other's result (no
+//! read-then-write race, and no serialization failures to retry). Failed-login
+//! counters are locked the same way, account before address (one order, so no
+//! deadlock). Reads are single statements (one snapshot each), most of them
+//! one round trip: `authenticate` fetches the token, user, roles, TOTP, backup
+//! codes and emailed code in one query.
+//!
+//! Connections come from an r2d2 pool (the storage calls are synchronous and
+//! run on blocking threads); each keeps its prepared statements. Checkout and
+//! connecting are bounded by `timeout`, statements by `statement_timeout`, so
+//! with the database down a request fails at once with the storage-failure
+//! reply, and the pool reconnects when it is back. Group commit is
+//! PostgreSQL's own (`synchronous_commit=on`: a write that returned is on
+//! disk). TLS per the URL's `sslmode` (rustls, the system's roots).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, Row, Statement};
+
+use rcpat::model::*;
+use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
+
+use super::{
+    Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
+    UserSummary,
+};
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+
+/// Schema migrations, in step with SQLite's (`sqlite.rs`): version N here
+/// holds what version N there holds, so both report the same version.
+const MIGRATIONS: &[&str] = &[
+    // 1, 2, 3, 4: users, roles, permissions, TOTP (secrets encrypted, with
+    // their key id), backup codes (kept when spent), emailed codes, tokens.
+    r#"
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL DEFAULT '',
+        email TEXT,
+        email_verified BOOLEAN NOT NULL,
+        password_bcrypt TEXT,
+        created_at BIGINT NOT NULL,
+        email_two_factor BOOLEAN NOT NULL DEFAULT FALSE,
+        failed_count INTEGER NOT NULL DEFAULT 0,
+        failed_last_at BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX users_by_email ON users (lower(email));
+    CREATE TABLE user_roles (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        PRIMARY KEY (user_id, role)
+    );
+    CREATE TABLE permission_roles (
+        permission TEXT NOT NULL,
+        role TEXT NOT NULL,
+        PRIMARY KEY (permission, role)
+    );
+    CREATE TABLE user_permissions (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        permission TEXT NOT NULL,
+        granted BOOLEAN NOT NULL,
+        PRIMARY KEY (user_id, permission)
+    );
+    CREATE TABLE totp (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        secret TEXT NOT NULL,
+        secret_key_id INTEGER NOT NULL,
+        algorithm TEXT NOT NULL,
+        digits INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        last_used_step BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE backup_codes (
+        seq BIGSERIAL,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        spent BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (user_id, code_hash)
+    );
+    CREATE TABLE email_codes (
+        user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT NOT NULL,
+        salt TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE tokens (
+        seq BIGSERIAL,
+        hashed_token TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('login', 'pat')),
+        name TEXT,
+        last_token_part TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        bypass_two_factor BOOLEAN NOT NULL DEFAULT FALSE,
+        authorized_hash TEXT,
+        authorized_until BIGINT
+    );
+    CREATE INDEX tokens_by_user ON tokens (user_id);
+    CREATE UNIQUE INDEX pat_names ON tokens (user_id, name) WHERE kind = 'pat';
+"#,
+    "",
+    "",
+    "",
+    // 5: failed logins per account and per client address.
+    r#"
+    CREATE TABLE login_failures (
+        scope TEXT NOT NULL CHECK (scope IN ('account', 'address')),
+        key TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        last_at BIGINT NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+"#,
+    // 6: when each personal access token last authenticated a request.
+    "ALTER TABLE tokens ADD COLUMN last_used_at BIGINT;",
+];
+
+/// The advisory lock that makes one host migrate while the others wait.
+const MIGRATION_LOCK: i64 = 0x7263_7061_745f_6d69; // "rcpat_mi"
+
+/// Pool and time limits (from the host's options).
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db?sslmode=...` (libpq's URL or key=value form).
+    pub url: String,
+    /// Connections this host keeps at most.
+    pub pool_size: u32,
+    /// Longest wait for a connection (from the pool, or a new one).
+    pub timeout: Duration,
+    /// Longest a statement may run on the server.
+    pub statement_timeout: Duration,
+}
+
+impl PostgresConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            pool_size: 16,
+            timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct PostgresStorage {
+    pool: r2d2::Pool<Manager>,
+    keys: Arc<Keys>,
+}
+
+/// A pooled connection and its prepared statements.
+pub struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+/// How the pool opens connections: the parsed URL, TLS if the URL asks for
+/// it, and the statement timeout set on each new session.
+struct Manager {
+    config: postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    statement_timeout: Duration,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
+        let mut client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone())?,
+            None => self.config.connect(postgres::NoTls)?,
+        };
+        client.batch_execute(&format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}",
+            self.statement_timeout.as_millis(),
+            self.statement_timeout.as_millis()
+        ))?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), postgres::Error> {
+        conn.client.simple_query("").map(drop)
+    }
+
+    /// A connection the server closed (a restart) is dropped, not reused.
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// rustls with the system's trusted roots (and `SSL_CERT_FILE`).
+fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::invalid(format!("TLS to the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PostgresStorage {
+    /// Connects (failing at once if the database is unreachable), applies
+    /// pending migrations (one host at a time), and keeps a pool.
+    pub fn open(config: &PostgresConfig, keys: Arc<Keys>) -> Result<Self> {
+        let parsed: postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| Error::invalid(format!("the database URL: {e}")))?;
+        let mut parsed = parsed;
+        parsed.connect_timeout(config.timeout);
+        let tls = match parsed.get_ssl_mode() {
+            postgres::config::SslMode::Disable => None,
+            _ => Some(tls_connector()?),
+        };
+        let manager = Manager {
+            config: parsed,
+            tls,
+            statement_timeout: config.statement_timeout,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(config.timeout)
+            // A broken connection shows itself on use (`has_broken`); a
+            // check on every checkout would cost a round trip per call.
+            .test_on_check_out(false)
+            .build_unchecked(manager);
+        let storage = PostgresStorage { pool, keys };
+        storage.migrate()?;
+        Ok(storage)
+    }
+
+    /// Applies pending migrations in one transaction under an advisory lock,
+    /// so hosts starting together migrate once and wait for each other.
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.get()?;
+        let mut tx = conn.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS rcpat_schema (version INTEGER NOT NULL)")?;
+        let version = match tx.query_opt("SELECT version FROM rcpat_schema", &[])? {
+            Some(row) => row.get::<_, i32>(0) as usize,
+            None => {
+                tx.execute("INSERT INTO rcpat_schema VALUES (0)", &[])?;
+                0
+            }
+        };
+        if version > MIGRATIONS.len() {
+            return Err(Error::SchemaTooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(sql)?;
+            if i == 0 {
+                for role in PAT_PERMISSION_DEFAULT_ROLES {
+                    tx.execute(
+                        "INSERT INTO permission_roles VALUES ($1, $2)",
+                        &[&PAT_PERMISSION, role],
+                    )?;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE rcpat_schema SET version = $1",
+            &[&(MIGRATIONS.len() as i32)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` on a pooled connection, in a transaction if `tx` (committed
+    /// if `f` succeeds, rolled back otherwise), else statement by statement.
+    /// Generic over the caller's error (`HostError` or `Error`).
+    fn run<T, E: From<Error>>(
+        &self,
+        tx: bool,
+        f: impl FnOnce(&mut Db) -> Result<T>,
+    ) -> std::result::Result<T, E> {
+        let mut conn = self.pool.get().map_err(Error::from)?;
+        let Conn { client, statements } = &mut *conn;
+        if !tx {
+            return Ok(f(&mut Db {
+                client: Handle::Plain(client),
+                statements,
+            })?);
+        }
+        let mut db = Db {
+            client: Handle::Tx(client.transaction().map_err(Error::from)?),
+            statements,
+        };
+        let value = f(&mut db)?;
+        if let Handle::Tx(t) = db.client {
+            t.commit().map_err(Error::from)?;
+        }
+        Ok(value)
+    }
+
+    /// Statements in autocommit: each its own transaction (reads, and
+    /// writes of one statement).
+    fn single<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T>,
+    ) -> std::result::Result<T, E> {
+        self.run(false, f)
+    }
+
+    fn write<T, E: From<Error>>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T>,
+    ) -> std::result::Result<T, E> {
+        self.run(true, f)
+    }
+}
+
+enum Handle<'a> {
+    Plain(&'a mut Client),
+    Tx(postgres::Transaction<'a>),
+}
+
+/// A connection or transaction with the connection's statement cache.
+struct Db<'a> {
+    client: Handle<'a>,
+    statements: &'a mut HashMap<&'static str, Statement>,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl Db<'_> {
+    fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = match &mut self.client {
+            Handle::Plain(c) => c.prepare(sql)?,
+            Handle::Tx(t) => t.prepare(sql)?,
+        };
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        p: Params,
+    ) -> std::result::Result<Vec<Row>, postgres::Error> {
+        let st = self.statement(sql)?;
+        match &mut self.client {
+            Handle::Plain(c) => c.query(&st, p),
+            Handle::Tx(t) => t.query(&st, p),
+        }
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        p: Params,
+    ) -> std::result::Result<Option<Row>, postgres::Error> {
+        let st = self.statement(sql)?;
+        match &mut self.client {
+            Handle::Plain(c) => c.query_opt(&st, p),
+            Handle::Tx(t) => t.query_opt(&st, p),
+        }
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        p: Params,
+    ) -> std::result::Result<u64, postgres::Error> {
+        let st = self.statement(sql)?;
+        match &mut self.client {
+            Handle::Plain(c) => c.execute(&st, p),
+            Handle::Tx(t) => t.execute(&st, p),
+        }
+    }
+
+    /// Locks the user's row for the rest of the transaction; false if there
+    /// is no such user. Every write to a user's data takes this lock first.
+    fn lock_user(&mut self, user_id: &str) -> std::result::Result<bool, postgres::Error> {
+        Ok(self
+            .query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])?
+            .is_some())
+    }
+}
+
+/// One query for a user and everything the rules read about them: roles,
+/// TOTP with backup codes, the outstanding emailed code (columns 0 to 22;
+/// `$extra` columns follow).
+macro_rules! user_select {
+    ($extra:literal, $from_where:literal) => {
+        concat!(
+            "SELECT u.id, u.username, u.name, u.created_at, u.email, u.email_verified, \
+             u.password_bcrypt, u.email_two_factor, u.failed_count, u.failed_last_at, \
+             ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role), \
+             t.secret, t.secret_key_id, t.algorithm, t.digits, t.period, t.last_used_step, \
+             ARRAY(SELECT code_hash FROM backup_codes b WHERE b.user_id = u.id AND NOT b.spent ORDER BY b.seq), \
+             ARRAY(SELECT code_hash FROM backup_codes b WHERE b.user_id = u.id AND b.spent ORDER BY b.seq), \
+             e.code_hash, e.salt, e.expires_at, e.attempts",
+            $extra,
+            " ",
+            $from_where
+        )
+    };
+}
+
+fn alg_str(a: TotpAlgorithm) -> &'static str {
+    match a {
+        TotpAlgorithm::Sha1 => "sha1",
+        TotpAlgorithm::Sha256 => "sha256",
+        TotpAlgorithm::Sha512 => "sha512",
+    }
+}
+
+fn alg_from(s: &str) -> TotpAlgorithm {
+    match s {
+        "sha256" => TotpAlgorithm::Sha256,
+        "sha512" => TotpAlgorithm::Sha512,
+        _ => TotpAlgorithm::Sha1,
+    }
+}
+
+fn kind_str(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Login => "login",
+        TokenKind::PersonalAccessToken => "pat",
+    }
+}
+
+/// Timestamps and steps are BIGINT; counts INTEGER.
+fn ts(v: u64) -> i64 {
+    v as i64
+}
+
+fn user_from_row(keys: &Keys, r: &Row) -> Result<User> {
+    let id: String = r.get(0);
+    let email: Option<String> = r.get(4);
+    let verified: bool = r.get(5);
+    let totp = match r.get::<_, Option<String>>(11) {
+        Some(stored) => {
+            let key_id = r.get::<_, i32>(12) as u32;
+            Some(TotpEnrolment {
+                secret: keys.open_text(key_id, &id, &stored)?,
+                algorithm: alg_from(r.get(13)),
+                digits: r.get::<_, i32>(14) as u8,
+                period: r.get::<_, i32>(15) as u32,
+                last_used_step: r.get::<_, i64>(16) as u64,
+                hashed_backup_codes: r.get(17),
+                spent_backup_codes: r.get(18),
+            })
+        }
+        None => None,
+    };
+    let email_code = r.get::<_, Option<String>>(19).map(|code_hash| EmailCode {
+        code_hash,
+        salt: r.get(20),
+        expires_at: r.get::<_, i64>(21) as u64,
+        attempts: r.get::<_, i32>(22) as u32,
+    });
+    Ok(User {
+        username: r.get(1),
+        name: r.get(2),
+        created_at: r.get::<_, i64>(3) as u64,
+        verified_emails: email.filter(|_| verified).into_iter().collect(),
+        password_bcrypt: r.get(6),
+        email_two_factor: r.get(7),
+        failures: FailureCount {
+            count: r.get::<_, i32>(8) as u32,
+            last_failed_at: r.get::<_, i64>(9) as u64,
+        },
+        roles: r.get(10),
+        totp,
+        email_code,
+        id,
+    })
+}
+
+fn pat_from_row(r: &Row) -> PersonalAccessToken {
+    PersonalAccessToken {
+        name: r.get(0),
+        hashed_token: r.get(1),
+        last_token_part: r.get(2),
+        created_at: r.get::<_, i64>(3) as u64,
+        bypass_two_factor: r.get(4),
+        last_used_at: r.get::<_, Option<i64>>(5).map(|v| v as u64),
+    }
+}
+
+/// Checks and spends `proof` inside the caller's transaction (which holds
+/// the user's lock); `Some` (and no change) when the request's token is gone
+/// or the factor was already spent. The same rules as `sqlite.rs`.
+fn spend(db: &mut Db, user_id: &str, proof: &FactorProof) -> Result<Option<WriteOutcome>> {
+    if let Some(session) = &proof.session {
+        let alive = db
+            .query_opt(
+                "SELECT 1 FROM tokens WHERE hashed_token = $1 AND user_id = $2",
+                &[session, &user_id],
+            )?
+            .is_some();
+        if !alive {
+            return Ok(Some(WriteOutcome::CredentialsRevoked));
+        }
+    }
+    let spent = match &proof.used {
+        FactorUse::None | FactorUse::Password => 1,
+        FactorUse::TotpStep(step) => db.execute(
+            "UPDATE totp SET last_used_step = $2 WHERE user_id = $1 AND last_used_step < $2",
+            &[&user_id, &ts(*step)],
+        )?,
+        FactorUse::BackupCode(h) => db.execute(
+            "UPDATE backup_codes SET spent = TRUE WHERE user_id = $1 AND code_hash = $2 AND NOT spent",
+            &[&user_id, h],
+        )?,
+        FactorUse::EmailCode(h) => db.execute(
+            "DELETE FROM email_codes WHERE user_id = $1 AND code_hash = $2",
+            &[&user_id, h],
+        )?,
+    };
+    if spent == 0 {
+        return Ok(Some(WriteOutcome::FactorAlreadyUsed));
+    }
+    if proof.used != FactorUse::None {
+        db.execute(
+            "UPDATE users SET failed_count = 0 WHERE id = $1",
+            &[&user_id],
+        )?;
+    }
+    if let Some(g) = &proof.remember {
+        db.execute(
+            "UPDATE tokens SET authorized_hash = $3, authorized_until = $4 WHERE user_id = $1 AND hashed_token = $2",
+            &[&user_id, &g.hashed_login_token, &g.fingerprint, &ts(g.until)],
+        )?;
+    }
+    Ok(None)
+}
+
+fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
+    Ok(db.execute(
+        "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &t.hashed_token,
+            &user_id,
+            &kind_str(t.kind),
+            &t.name,
+            &t.last_token_part,
+            &ts(t.created_at),
+            &t.bypass_two_factor,
+        ],
+    )?)
+}
+
+fn pat_exists(db: &mut Db, user_id: &str, name: &str) -> Result<bool> {
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
+            &[&user_id, &name],
+        )?
+        .is_some())
+}
+
+impl Storage for PostgresStorage {
+    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
+        self.single(|db| {
+            let row = db.query_opt(
+                user_select!(
+                    ", k.kind, k.bypass_two_factor, k.authorized_hash, k.authorized_until, k.name, \
+                     k.created_at, k.last_used_at",
+                    "FROM tokens k JOIN users u ON u.id = k.user_id \
+                     LEFT JOIN totp t ON t.user_id = u.id LEFT JOIN email_codes e ON e.user_id = u.id \
+                     WHERE k.hashed_token = $1 AND k.user_id = $2"
+                ),
+                &[&hashed_token, &user_id],
+            )?;
+            let Some(r) = row else { return Ok(None) };
+            let token = LoginToken {
+                hashed_token: hashed_token.to_string(),
+                kind: if r.get::<_, &str>(23) == "pat" {
+                    TokenKind::PersonalAccessToken
+                } else {
+                    TokenKind::Login
+                },
+                bypass_two_factor: r.get(24),
+                two_factor_authorized_hash: r.get(25),
+                two_factor_authorized_until: r.get::<_, Option<i64>>(26).map(|v| v as u64),
+                name: r.get(27),
+                created_at: r.get::<_, i64>(28) as u64,
+                last_used_at: r.get::<_, Option<i64>>(29).map(|v| v as u64),
+            };
+            Ok(Some(Session {
+                user: user_from_row(&self.keys, &r)?,
+                token,
+            }))
+        })
+    }
+
+    fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>> {
+        self.single(|db| {
+            let row = match identifier {
+                LoginIdentifier::Username(n) => db.query_opt(
+                    user_select!(
+                        "",
+                        "FROM users u LEFT JOIN totp t ON t.user_id = u.id \
+                         LEFT JOIN email_codes e ON e.user_id = u.id WHERE u.username = $1"
+                    ),
+                    &[n],
+                )?,
+                // The first match, as SQLite's: addresses are unique in practice.
+                LoginIdentifier::Email(e) => db.query_opt(
+                    user_select!(
+                        "",
+                        "FROM users u LEFT JOIN totp t ON t.user_id = u.id \
+                         LEFT JOIN email_codes e ON e.user_id = u.id \
+                         WHERE lower(u.email) = lower($1) ORDER BY u.created_at, u.id LIMIT 1"
+                    ),
+                    &[e],
+                )?,
+            };
+            row.map(|r| user_from_row(&self.keys, &r)).transpose()
+        })
+    }
+
+    fn insert_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        created_at: TimestampMs,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.write(|db| {
+            if !db.lock_user(user_id)? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if let Some(refused) = spend(db, user_id, proof)? {
+                return Ok(refused);
+            }
+            insert_token(db, user_id, &TokenRecord::login(hashed_token, created_at))?;
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
+        self.single(|db| {
+            let row = db.query_opt(
+                "SELECT COALESCE(\
+                   (SELECT granted FROM user_permissions WHERE user_id = $1 AND permission = $2), \
+                   EXISTS(SELECT 1 FROM user_roles u JOIN permission_roles p ON p.role = u.role \
+                          WHERE u.user_id = $1 AND p.permission = $2))",
+                &[&user_id, &permission],
+            )?;
+            Ok(row.is_some_and(|r| r.get(0)))
+        })
+    }
+
+    fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>> {
+        self.single(|db| {
+            Ok(db
+                .query(
+                    "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at \
+                     FROM tokens WHERE user_id = $1 AND kind = 'pat' ORDER BY created_at, seq",
+                    &[&user_id],
+                )?
+                .iter()
+                .map(pat_from_row)
+                .collect())
+        })
+    }
+
+    fn find_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+    ) -> HostResult<Option<PersonalAccessToken>> {
+        self.single(|db| {
+            Ok(db
+                .query_opt(
+                    "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at \
+                     FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
+                    &[&user_id, &name],
+                )?
+                .as_ref()
+                .map(pat_from_row))
+        })
+    }
+
+    fn insert_personal_access_token(
+        &self,
+        user_id: &str,
+        token: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.write(|db| {
+            if !db.lock_user(user_id)? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if pat_exists(db, user_id, &token.name)? {
+                return Ok(WriteOutcome::NameTaken);
+            }
+            if let Some(refused) = spend(db, user_id, proof)? {
+                return Ok(refused);
+            }
+            insert_token(db, user_id, &TokenRecord::personal_access_token(token))?;
+            if let Some(at) = token.last_used_at {
+                db.execute(
+                    "UPDATE tokens SET last_used_at = $2 WHERE hashed_token = $1",
+                    &[&token.hashed_token, &ts(at)],
+                )?;
+            }
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn replace_personal_access_token(
+        &self,
+        user_id: &str,
+        expected_hashed_token: &str,
+        r: &PersonalAccessToken,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.write(|db| {
+            if !db.lock_user(user_id)? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            // The compare: the named token must still hold the expected value.
+            let current = db
+                .query_opt(
+                    "SELECT 1 FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3",
+                    &[&user_id, &r.name, &expected_hashed_token],
+                )?
+                .is_some();
+            if !current {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if let Some(refused) = spend(db, user_id, proof)? {
+                return Ok(refused);
+            }
+            // The swap: one row rewritten in place, never neither token nor both.
+            db.execute(
+                "UPDATE tokens SET hashed_token = $4, last_token_part = $5, created_at = $6, \
+                 bypass_two_factor = $7, authorized_hash = NULL, authorized_until = NULL, last_used_at = $8 \
+                 WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3",
+                &[
+                    &user_id,
+                    &r.name,
+                    &expected_hashed_token,
+                    &r.hashed_token,
+                    &r.last_token_part,
+                    &ts(r.created_at),
+                    &r.bypass_two_factor,
+                    &r.last_used_at.map(ts),
+                ],
+            )?;
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn remove_personal_access_token(
+        &self,
+        user_id: &str,
+        name: &str,
+        proof: &FactorProof,
+    ) -> HostResult<WriteOutcome> {
+        self.write(|db| {
+            if !db.lock_user(user_id)? || !pat_exists(db, user_id, name)? {
+                return Ok(WriteOutcome::NotFound);
+            }
+            if let Some(refused) = spend(db, user_id, proof)? {
+                return Ok(refused);
+            }
+            db.execute(
+                "DELETE FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
+                &[&user_id, &name],
+            )?;
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn reserve_two_factor_attempt(
+        &self,
+        user_id: &str,
+        at: TimestampMs,
+        window_start: TimestampMs,
+        max_failed: u32,
+        max_email_code_attempts: Option<u32>,
+    ) -> HostResult<AttemptReservation> {
+        self.write(|db| {
+            // The row lock makes this read-then-write atomic between hosts.
+            let row = db
+                .query_opt(
+                    "SELECT failed_count, failed_last_at FROM users WHERE id = $1 FOR UPDATE",
+                    &[&user_id],
+                )?
+                .ok_or_else(|| Error::NoSuchUser(user_id.into()))?;
+            let stored = FailureCount {
+                count: row.get::<_, i32>(0) as u32,
+                last_failed_at: row.get::<_, i64>(1) as u64,
+            };
+            let email_attempts = match max_email_code_attempts {
+                Some(_) => db
+                    .query_opt(
+                        "SELECT attempts FROM email_codes WHERE user_id = $1",
+                        &[&user_id],
+                    )?
+                    .map(|r| r.get::<_, i32>(0) as u32),
+                None => None,
+            };
+            let r = reserve_attempt(
+                stored,
+                email_attempts,
+                at,
+                window_start,
+                max_failed,
+                max_email_code_attempts,
+            );
+            if r.granted {
+                db.execute(
+                    "UPDATE users SET failed_count = $2, failed_last_at = $3 WHERE id = $1",
+                    &[&user_id, &(r.failures.count as i32), &ts(at)],
+                )?;
+                if email_attempts.is_some() {
+                    db.execute(
+                        "UPDATE email_codes SET attempts = $2 WHERE user_id = $1",
+                        &[&user_id, &(r.email_code_attempts as i32)],
+                    )?;
+                }
+            }
+            Ok(r)
+        })
+    }
+
+    fn release_two_factor_attempt(
+        &self,
+        user_id: &str,
+        email_code_attempt: bool,
+    ) -> HostResult<()> {
+        self.write(|db| {
+            let n = db.execute(
+                "UPDATE users SET failed_count = GREATEST(failed_count - 1, 0) WHERE id = $1",
+                &[&user_id],
+            )?;
+            if n == 0 {
+                return Err(Error::NoSuchUser(user_id.into()));
+            }
+            if email_code_attempt {
+                db.execute(
+                    "UPDATE email_codes SET attempts = GREATEST(attempts - 1, 0) WHERE user_id = $1",
+                    &[&user_id],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn reserve_login_attempt(
+        &self,
+        account: &str,
+        address: &str,
+        at: TimestampMs,
+        limits: &LoginLimits,
+    ) -> HostResult<LoginAdmission> {
+        self.write(|db| {
+            // Lock both counters, account first (one order everywhere, so two
+            // requests never wait on each other in a cycle); a missing
+            // counter is created at zero first so that it can be locked.
+            let mut counts = [LoginCount::default(); 2];
+            for (i, (scope, key)) in [("account", account), ("address", address)]
+                .into_iter()
+                .enumerate()
+            {
+                db.execute(
+                    "INSERT INTO login_failures (scope, key, count, last_at) VALUES ($1, $2, 0, 0) \
+                     ON CONFLICT (scope, key) DO NOTHING",
+                    &[&scope, &key],
+                )?;
+                let r = db
+                    .query_opt(
+                        "SELECT count, last_at FROM login_failures WHERE scope = $1 AND key = $2 FOR UPDATE",
+                        &[&scope, &key],
+                    )?
+                    .ok_or(Error::Corrupt("a login counter vanished under its lock"))?;
+                counts[i] = LoginCount {
+                    count: r.get::<_, i32>(0) as u32,
+                    last_at: r.get::<_, i64>(1) as u64,
+                };
+            }
+            let (acc, adr) = match admit_login(counts[0], counts[1], at, limits) {
+                Ok(next) => next,
+                Err(refused) => return Ok(refused),
+            };
+            for (scope, key, c) in [("account", account, acc), ("address", address, adr)] {
+                db.execute(
+                    "UPDATE login_failures SET count = $3, last_at = $4 WHERE scope = $1 AND key = $2",
+                    &[&scope, &key, &(c.count as i32), &ts(c.last_at)],
+                )?;
+            }
+            Ok(LoginAdmission::Admitted)
+        })
+    }
+
+    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()> {
+        self.write(|db| {
+            db.execute(
+                "DELETE FROM login_failures WHERE scope = 'account' AND key = $1",
+                &[&account],
+            )?;
+            db.execute(
+                "UPDATE login_failures SET count = GREATEST(count - 1, 0) WHERE scope = 'address' AND key = $1",
+                &[&address],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome> {
+        self.single(|db| {
+            let n = db.execute(
+                "DELETE FROM tokens WHERE user_id = $1 AND hashed_token = $2 AND kind = 'login'",
+                &[&user_id, &hashed_token],
+            )?;
+            Ok(if n == 1 {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::NotFound
+            })
+        })
+    }
+
+    fn store_email_code(&self, user_id: &str, c: &EmailCode) -> HostResult<()> {
+        // Under the user's lock: a reservation counting this code's attempts
+        // never interleaves with its replacement.
+        self.write(|db| {
+            if !db.lock_user(user_id)? {
+                return Err(Error::NoSuchUser(user_id.into()));
+            }
+            db.execute(
+                "INSERT INTO email_codes (user_id, code_hash, salt, expires_at, attempts) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (user_id) DO UPDATE SET code_hash = $2, salt = $3, expires_at = $4, attempts = $5",
+                &[&user_id, &c.code_hash, &c.salt, &ts(c.expires_at), &(c.attempts as i32)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn record_token_use(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+        stale_before: TimestampMs,
+    ) -> HostResult<()> {
+        self.single(|db| {
+            db.execute(
+                "UPDATE tokens SET last_used_at = $3 WHERE user_id = $1 AND hashed_token = $2 \
+                 AND kind = 'pat' AND (last_used_at IS NULL OR last_used_at < $4)",
+                &[&user_id, &hashed_token, &ts(at), &ts(stale_before)],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+impl Admin for PostgresStorage {
+    fn create_user(&self, n: &NewUser) -> Result<()> {
+        self.write(|db| {
+            db.execute(
+                "INSERT INTO users (id, username, email, email_verified, password_bcrypt, created_at, name) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &n.id,
+                    &n.username,
+                    &n.email,
+                    &n.email_verified,
+                    &n.password_bcrypt,
+                    &ts(n.created_at),
+                    &n.name,
+                ],
+            )?;
+            for role in &n.roles {
+                db.execute(
+                    "INSERT INTO user_roles VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&n.id, role],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn find_user_id(&self, username: &str) -> Result<Option<String>> {
+        self.single(|db| {
+            Ok(db
+                .query_opt("SELECT id FROM users WHERE username = $1", &[&username])?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn list_users(&self) -> Result<Vec<UserSummary>> {
+        self.single(|db| {
+            Ok(db
+                .query(
+                    "SELECT u.id, u.username, u.email, u.email_two_factor, \
+                     EXISTS(SELECT 1 FROM totp t WHERE t.user_id = u.id), \
+                     ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role) \
+                     FROM users u ORDER BY u.username",
+                    &[],
+                )?
+                .iter()
+                .map(|r| UserSummary {
+                    id: r.get(0),
+                    username: r.get(1),
+                    email: r.get(2),
+                    email_two_factor: r.get(3),
+                    totp: r.get(4),
+                    roles: r.get(5),
+                })
+                .collect())
+        })
+    }
+
+    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()> {
+        let sealed = totp.map(|t| self.keys.seal_text(user_id, &t.secret));
+        self.write(|db| {
+            if !db.lock_user(user_id)? {
+                return Err(Error::NoSuchUser(user_id.into()));
+            }
+            db.execute("DELETE FROM totp WHERE user_id = $1", &[&user_id])?;
+            db.execute("DELETE FROM backup_codes WHERE user_id = $1", &[&user_id])?;
+            if let (Some(t), Some((secret, key_id))) = (totp, &sealed) {
+                db.execute(
+                    "INSERT INTO totp (user_id, secret, secret_key_id, algorithm, digits, period, last_used_step) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &user_id,
+                        secret,
+                        &(*key_id as i32),
+                        &alg_str(t.algorithm),
+                        &i32::from(t.digits),
+                        &(t.period as i32),
+                        &ts(t.last_used_step),
+                    ],
+                )?;
+                for (codes, spent) in [(&t.hashed_backup_codes, false), (&t.spent_backup_codes, true)] {
+                    for h in codes {
+                        db.execute(
+                            "INSERT INTO backup_codes (user_id, code_hash, spent) VALUES ($1, $2, $3) \
+                             ON CONFLICT DO NOTHING",
+                            &[&user_id, h, &spent],
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> Result<()> {
+        let n = self.single::<_, Error>(|db| {
+            Ok(db.execute(
+                "UPDATE users SET email_two_factor = $2 WHERE id = $1",
+                &[&user_id, &enabled],
+            )?)
+        })?;
+        if n == 0 {
+            return Err(Error::NoSuchUser(user_id.into()));
+        }
+        Ok(())
+    }
+
+    fn set_permission_roles(&self, permission: &str, roles: &[String]) -> Result<()> {
+        self.write(|db| {
+            db.execute(
+                "DELETE FROM permission_roles WHERE permission = $1",
+                &[&permission],
+            )?;
+            for role in roles {
+                db.execute(
+                    "INSERT INTO permission_roles VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&permission, role],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_user_roles(&self, user_id: &str, roles: &[String]) -> Result<()> {
+        self.write(|db| {
+            db.execute("DELETE FROM user_roles WHERE user_id = $1", &[&user_id])?;
+            for role in roles {
+                db.execute(
+                    "INSERT INTO user_roles VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&user_id, role],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_user_permission(
+        &self,
+        user_id: &str,
+        permission: &str,
+        grant: Option<bool>,
+    ) -> Result<()> {
+        self.single(|db| {
+            match grant {
+                Some(g) => db.execute(
+                    "INSERT INTO user_permissions VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, permission) DO UPDATE SET granted = $3",
+                    &[&user_id, &permission, &g],
+                )?,
+                None => db.execute(
+                    "DELETE FROM user_permissions WHERE user_id = $1 AND permission = $2",
+                    &[&user_id, &permission],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()> {
+        self.single(|db| insert_token(db, user_id, token).map(drop))
+    }
+
+    fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {
+        self.single(|db| {
+            Ok(db
+                .query(
+                    "SELECT hashed_token FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
+                    &[&user_id, &name],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+    }
+
+    fn reencrypt_secrets(&self) -> Result<usize> {
+        let current = self.keys.current_id() as i32;
+        self.write(|db| {
+            let rows = db.query(
+                "SELECT user_id, secret, secret_key_id FROM totp WHERE secret_key_id <> $1 FOR UPDATE",
+                &[&current],
+            )?;
+            for r in &rows {
+                let user_id: &str = r.get(0);
+                let secret = self
+                    .keys
+                    .open_text(r.get::<_, i32>(2) as u32, user_id, r.get(1))?;
+                let (sealed, id) = self.keys.seal_text(user_id, &secret);
+                db.execute(
+                    "UPDATE totp SET secret = $2, secret_key_id = $3 WHERE user_id = $1",
+                    &[&user_id, &sealed, &(id as i32)],
+                )?;
+            }
+            Ok(rows.len())
+        })
+    }
+}

@@ -1,0 +1,671 @@
+//! The storage contract (`wit/world.wit`, `rcpat::storage::Storage`), call
+//! by call, on every backend alike: memory, SQLite and PostgreSQL. Each
+//! function, and each outcome of every conditional write.
+
+use crate::common::*;
+use host_example::storage::{Backend, NewUser, PAT_PERMISSION, TokenRecord};
+use rcpat::model::*;
+
+const ALICE: &str = "UserAlice00000001";
+
+fn new_user(b: &dyn Backend, id: &str, username: &str, email: &str, roles: &[&str]) {
+    b.create_user(&NewUser {
+        id: id.into(),
+        username: username.into(),
+        name: username.into(),
+        email: Some(email.into()),
+        email_verified: true,
+        password_bcrypt: Some("$2b$04$hash".into()),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        created_at: T0,
+    })
+    .unwrap();
+}
+
+fn pat(name: &str, hash: &str) -> PersonalAccessToken {
+    PersonalAccessToken {
+        name: name.into(),
+        hashed_token: hash.into(),
+        last_token_part: "abcdef".into(),
+        created_at: T0,
+        bypass_two_factor: false,
+        last_used_at: None,
+    }
+}
+
+fn proof(session: Option<&str>, used: FactorUse) -> FactorProof {
+    FactorProof {
+        session: session.map(String::from),
+        used,
+        remember: None,
+    }
+}
+
+fn totp(backup: &[&str]) -> TotpEnrolment {
+    TotpEnrolment {
+        secret: "JBSWY3DPEHPK3PXP".into(),
+        algorithm: TotpAlgorithm::Sha256,
+        digits: 8,
+        period: 30,
+        last_used_step: 100,
+        hashed_backup_codes: backup.iter().map(|c| c.to_string()).collect(),
+        spent_backup_codes: vec!["old".into()],
+    }
+}
+
+/// Alice (roles user, zed), a session token "s1" and a PAT "ci" = "p1".
+fn alice(b: &dyn Backend) {
+    new_user(b, ALICE, "alice", "Alice@Example.org", &["zed", "user"]);
+    b.add_token(ALICE, &TokenRecord::login("s1", T0)).unwrap();
+    b.add_token(ALICE, &TokenRecord::personal_access_token(&pat("ci", "p1")))
+        .unwrap();
+}
+
+fn each(test: impl Fn(&str, &dyn Backend)) {
+    for (name, b) in backends() {
+        test(name, &*b);
+    }
+}
+
+#[test]
+fn authenticate_returns_the_user_and_the_presented_token() {
+    each(|name, b| {
+        alice(b);
+        b.set_totp(ALICE, Some(&totp(&["b1", "b2"]))).unwrap();
+        assert_eq!(b.authenticate(ALICE, "nope").unwrap(), None, "{name}");
+        assert_eq!(b.authenticate("nobody", "s1").unwrap(), None, "{name}");
+        let s = b.authenticate(ALICE, "s1").unwrap().expect("a session");
+        assert_eq!(s.token.kind, TokenKind::Login, "{name}");
+        assert_eq!(s.token.name, None, "{name}");
+        assert_eq!(s.user.username, "alice");
+        assert_eq!(s.user.roles, ["user", "zed"], "{name}: sorted roles");
+        assert_eq!(s.user.verified_emails, ["Alice@Example.org"]);
+        assert_eq!(s.user.password_bcrypt.as_deref(), Some("$2b$04$hash"));
+        assert_eq!(
+            s.user.totp,
+            Some(totp(&["b1", "b2"])),
+            "{name}: TOTP round trip"
+        );
+        let p = b.authenticate(ALICE, "p1").unwrap().unwrap();
+        assert_eq!(
+            (p.token.kind, p.token.name.as_deref()),
+            (TokenKind::PersonalAccessToken, Some("ci")),
+            "{name}"
+        );
+    });
+}
+
+#[test]
+fn find_user_for_login_by_username_or_email_any_case() {
+    each(|name, b| {
+        alice(b);
+        let by = |id: LoginIdentifier| b.find_user_for_login(&id).unwrap().map(|u| u.id);
+        assert_eq!(
+            by(LoginIdentifier::Username("alice".into())).as_deref(),
+            Some(ALICE),
+            "{name}"
+        );
+        assert_eq!(
+            by(LoginIdentifier::Username("Alice".into())),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            by(LoginIdentifier::Email("alice@EXAMPLE.org".into())).as_deref(),
+            Some(ALICE),
+            "{name}"
+        );
+        assert_eq!(
+            by(LoginIdentifier::Email("bob@example.org".into())),
+            None,
+            "{name}"
+        );
+    });
+}
+
+#[test]
+fn permissions_by_role_then_per_user_override() {
+    each(|name, b| {
+        alice(b);
+        let can = || b.has_permission(ALICE, PAT_PERMISSION).unwrap();
+        assert!(can(), "{name}: the user role grants it by default");
+        b.set_permission_roles(PAT_PERMISSION, &["admin".into()])
+            .unwrap();
+        assert!(!can(), "{name}");
+        b.set_user_permission(ALICE, PAT_PERMISSION, Some(true))
+            .unwrap();
+        assert!(can(), "{name}: a per-user grant");
+        b.set_permission_roles(PAT_PERMISSION, &["zed".into()])
+            .unwrap();
+        b.set_user_permission(ALICE, PAT_PERMISSION, Some(false))
+            .unwrap();
+        assert!(!can(), "{name}: a per-user revocation beats the role");
+        b.set_user_permission(ALICE, PAT_PERMISSION, None).unwrap();
+        assert!(can(), "{name}: back to the roles");
+        assert!(!b.has_permission("nobody", PAT_PERMISSION).unwrap());
+    });
+}
+
+#[test]
+fn personal_access_tokens_list_in_creation_order_and_find_exactly() {
+    each(|name, b| {
+        alice(b);
+        let mut second = pat("a-second", "p2");
+        second.created_at = T0 + 1;
+        assert_eq!(
+            b.insert_personal_access_token(ALICE, &second, &FactorProof::none())
+                .unwrap(),
+            WriteOutcome::Done
+        );
+        let names: Vec<_> = b
+            .list_personal_access_tokens(ALICE)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["ci", "a-second"], "{name}");
+        assert_eq!(
+            b.find_personal_access_token(ALICE, "ci").unwrap(),
+            Some(pat("ci", "p1"))
+        );
+        assert_eq!(
+            b.find_personal_access_token(ALICE, "CI").unwrap(),
+            None,
+            "{name}"
+        );
+        assert!(b.list_personal_access_tokens("nobody").unwrap().is_empty());
+    });
+}
+
+#[test]
+fn insert_outcomes() {
+    each(|name, b| {
+        alice(b);
+        let none = FactorProof::none();
+        let ins = |t: &PersonalAccessToken, p: &FactorProof| {
+            b.insert_personal_access_token(ALICE, t, p).unwrap()
+        };
+        assert_eq!(
+            ins(&pat("ci", "x1"), &none),
+            WriteOutcome::NameTaken,
+            "{name}"
+        );
+        assert_eq!(
+            b.insert_personal_access_token("nobody", &pat("n", "x2"), &none)
+                .unwrap(),
+            WriteOutcome::NotFound,
+            "{name}"
+        );
+        assert_eq!(
+            ins(&pat("n", "x3"), &proof(Some("gone"), FactorUse::None)),
+            WriteOutcome::CredentialsRevoked,
+            "{name}"
+        );
+        assert_eq!(
+            ins(&pat("n", "x4"), &proof(Some("s1"), FactorUse::Password)),
+            WriteOutcome::Done
+        );
+        assert_eq!(b.token_hashes_named(ALICE, "n").unwrap(), ["x4"], "{name}");
+        // Session tokens: inserted with a proof, removed by logout only.
+        assert_eq!(
+            b.insert_login_token(ALICE, "s2", T0, &none).unwrap(),
+            WriteOutcome::Done
+        );
+        assert_eq!(
+            b.insert_login_token("nobody", "s3", T0, &none).unwrap(),
+            WriteOutcome::NotFound,
+            "{name}"
+        );
+        assert!(b.authenticate(ALICE, "s2").unwrap().is_some(), "{name}");
+        assert_eq!(
+            b.remove_login_token(ALICE, "p1").unwrap(),
+            WriteOutcome::NotFound,
+            "{name}: not a PAT"
+        );
+        assert_eq!(
+            b.remove_login_token(ALICE, "s2").unwrap(),
+            WriteOutcome::Done
+        );
+        assert_eq!(
+            b.remove_login_token(ALICE, "s2").unwrap(),
+            WriteOutcome::NotFound,
+            "{name}"
+        );
+        assert!(b.authenticate(ALICE, "s2").unwrap().is_none(), "{name}");
+    });
+}
+
+#[test]
+fn replace_is_a_compare_and_swap() {
+    each(|name, b| {
+        alice(b);
+        let s1 = proof(Some("s1"), FactorUse::None);
+        let rep = |expected: &str, t: &PersonalAccessToken| {
+            b.replace_personal_access_token(ALICE, expected, t, &s1)
+                .unwrap()
+        };
+        b.record_token_use(ALICE, "p1", T0, T0).unwrap();
+        assert_eq!(
+            rep("stale", &pat("ci", "p2")),
+            WriteOutcome::NotFound,
+            "{name}: compare"
+        );
+        assert_eq!(
+            rep("p1", &pat("other", "p2")),
+            WriteOutcome::NotFound,
+            "{name}: name"
+        );
+        assert_eq!(rep("p1", &pat("ci", "p2")), WriteOutcome::Done, "{name}");
+        assert_eq!(b.token_hashes_named(ALICE, "ci").unwrap(), ["p2"], "{name}");
+        assert!(
+            b.authenticate(ALICE, "p1").unwrap().is_none(),
+            "{name}: old value gone"
+        );
+        let new = b.find_personal_access_token(ALICE, "ci").unwrap().unwrap();
+        assert_eq!(new.last_used_at, None, "{name}: a new value starts unused");
+        assert_eq!(
+            rep("p1", &pat("ci", "p3")),
+            WriteOutcome::NotFound,
+            "{name}: lost race"
+        );
+        assert_eq!(
+            b.replace_personal_access_token(
+                ALICE,
+                "p2",
+                &pat("ci", "p3"),
+                &proof(Some("p1"), FactorUse::None)
+            )
+            .unwrap(),
+            WriteOutcome::CredentialsRevoked,
+            "{name}: authenticated with the replaced value"
+        );
+        assert_eq!(b.token_hashes_named(ALICE, "ci").unwrap(), ["p2"], "{name}");
+    });
+}
+
+#[test]
+fn remove_outcomes() {
+    each(|name, b| {
+        alice(b);
+        let none = FactorProof::none();
+        assert_eq!(
+            b.remove_personal_access_token(ALICE, "nope", &none)
+                .unwrap(),
+            WriteOutcome::NotFound
+        );
+        assert_eq!(
+            b.remove_personal_access_token(ALICE, "ci", &proof(Some("gone"), FactorUse::None))
+                .unwrap(),
+            WriteOutcome::CredentialsRevoked,
+            "{name}"
+        );
+        assert_eq!(
+            b.remove_personal_access_token(ALICE, "ci", &none).unwrap(),
+            WriteOutcome::Done
+        );
+        assert!(
+            b.token_hashes_named(ALICE, "ci").unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            b.remove_personal_access_token(ALICE, "ci", &none).unwrap(),
+            WriteOutcome::NotFound
+        );
+    });
+}
+
+#[test]
+fn every_factor_is_spent_exactly_once_with_the_write() {
+    each(|name, b| {
+        alice(b);
+        b.set_totp(ALICE, Some(&totp(&["b1"]))).unwrap();
+        b.store_email_code(
+            ALICE,
+            &EmailCode {
+                code_hash: "e1".into(),
+                salt: "s".into(),
+                expires_at: T0 + 1000,
+                attempts: 0,
+            },
+        )
+        .unwrap();
+        let mut n = 0;
+        let mut ins = |used: FactorUse| {
+            n += 1;
+            b.insert_personal_access_token(
+                ALICE,
+                &pat(&format!("t{n}"), &format!("h{n}")),
+                &proof(None, used),
+            )
+            .unwrap()
+        };
+        // TOTP: only a step after the last used one.
+        assert_eq!(
+            ins(FactorUse::TotpStep(100)),
+            WriteOutcome::FactorAlreadyUsed,
+            "{name}"
+        );
+        assert_eq!(ins(FactorUse::TotpStep(101)), WriteOutcome::Done, "{name}");
+        assert_eq!(
+            ins(FactorUse::TotpStep(101)),
+            WriteOutcome::FactorAlreadyUsed,
+            "{name}"
+        );
+        // Backup codes: once, and kept as spent.
+        assert_eq!(
+            ins(FactorUse::BackupCode("b1".into())),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        assert_eq!(
+            ins(FactorUse::BackupCode("b1".into())),
+            WriteOutcome::FactorAlreadyUsed
+        );
+        assert_eq!(
+            ins(FactorUse::BackupCode("zz".into())),
+            WriteOutcome::FactorAlreadyUsed
+        );
+        // The emailed code: once.
+        assert_eq!(
+            ins(FactorUse::EmailCode("e2".into())),
+            WriteOutcome::FactorAlreadyUsed
+        );
+        assert_eq!(
+            ins(FactorUse::EmailCode("e1".into())),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        assert_eq!(
+            ins(FactorUse::EmailCode("e1".into())),
+            WriteOutcome::FactorAlreadyUsed
+        );
+        let user = b.authenticate(ALICE, "s1").unwrap().unwrap().user;
+        let t = user.totp.unwrap();
+        assert_eq!(t.last_used_step, 101, "{name}");
+        assert!(t.hashed_backup_codes.is_empty(), "{name}");
+        let mut spent = t.spent_backup_codes.clone();
+        spent.sort();
+        assert_eq!(spent, ["b1", "old"], "{name}");
+        assert_eq!(user.email_code, None, "{name}");
+        // A refused write changed nothing: only the three spends wrote tokens.
+        assert_eq!(
+            b.list_personal_access_tokens(ALICE).unwrap().len(),
+            4,
+            "{name}"
+        );
+    });
+}
+
+#[test]
+fn a_spent_factor_resets_failures_and_remember_marks_the_session() {
+    each(|name, b| {
+        alice(b);
+        let r = b
+            .reserve_two_factor_attempt(ALICE, T0, 0, 10, None)
+            .unwrap();
+        assert!(r.granted && r.failures.count == 1, "{name}");
+        let mut p = proof(Some("s1"), FactorUse::Password);
+        p.remember = Some(RememberGrant {
+            hashed_login_token: "s1".into(),
+            fingerprint: "fp".into(),
+            until: T0 + 5,
+        });
+        assert_eq!(
+            b.insert_personal_access_token(ALICE, &pat("n", "h"), &p)
+                .unwrap(),
+            WriteOutcome::Done
+        );
+        let s = b.authenticate(ALICE, "s1").unwrap().unwrap();
+        assert_eq!(s.user.failures.count, 0, "{name}");
+        assert_eq!(
+            s.token.two_factor_authorized_hash.as_deref(),
+            Some("fp"),
+            "{name}"
+        );
+        assert_eq!(s.token.two_factor_authorized_until, Some(T0 + 5), "{name}");
+    });
+}
+
+#[test]
+fn two_factor_attempts_are_reserved_and_released() {
+    each(|name, b| {
+        alice(b);
+        let reserve = |at, email| {
+            b.reserve_two_factor_attempt(ALICE, at, T0, 3, email)
+                .unwrap()
+        };
+        for i in 1..=3 {
+            let r = reserve(T0 + i, None);
+            assert!(r.granted, "{name}");
+            assert_eq!(
+                r.failures,
+                FailureCount {
+                    count: i as u32,
+                    last_failed_at: T0 + i
+                }
+            );
+        }
+        let refused = reserve(T0 + 9, None);
+        assert!(!refused.granted, "{name}: at the limit");
+        assert_eq!(
+            refused.failures.count, 3,
+            "{name}: a refusal counts nothing"
+        );
+        b.release_two_factor_attempt(ALICE, false).unwrap();
+        assert!(
+            reserve(T0 + 10, None).granted,
+            "{name}: a released attempt is free again"
+        );
+        // Failures from before the window do not count.
+        assert!(
+            b.reserve_two_factor_attempt(ALICE, T0 + 20, T0 + 15, 3, None)
+                .unwrap()
+                .granted
+        );
+        // Emailed code attempts: counted with the code, capped by their own limit.
+        b.store_email_code(
+            ALICE,
+            &EmailCode {
+                code_hash: "e".into(),
+                salt: "s".into(),
+                expires_at: T0 + 99,
+                attempts: 1,
+            },
+        )
+        .unwrap();
+        let r = b
+            .reserve_two_factor_attempt(ALICE, T0 + 30, T0 + 25, 10, Some(2))
+            .unwrap();
+        assert!(r.granted && r.email_code_attempts == 2, "{name}: {r:?}");
+        let r = b
+            .reserve_two_factor_attempt(ALICE, T0 + 31, T0 + 25, 10, Some(2))
+            .unwrap();
+        assert!(!r.granted && r.email_code_attempts == 2, "{name}: {r:?}");
+        b.release_two_factor_attempt(ALICE, true).unwrap();
+        let code = b
+            .authenticate(ALICE, "s1")
+            .unwrap()
+            .unwrap()
+            .user
+            .email_code
+            .unwrap();
+        assert_eq!(code.attempts, 1, "{name}");
+        // Never below zero.
+        for _ in 0..10 {
+            b.release_two_factor_attempt(ALICE, true).unwrap();
+        }
+        let user = b.authenticate(ALICE, "s1").unwrap().unwrap().user;
+        assert_eq!(
+            (user.failures.count, user.email_code.unwrap().attempts),
+            (0, 0),
+            "{name}"
+        );
+        assert!(
+            b.release_two_factor_attempt("nobody", false).is_err(),
+            "{name}"
+        );
+    });
+}
+
+#[test]
+fn login_attempts_block_accounts_and_addresses() {
+    each(|name, b| {
+        let limits = LoginLimits {
+            max_per_account: 2,
+            account_block_ms: 1000,
+            max_per_address: 3,
+            address_block_ms: 5000,
+        };
+        let try_at =
+            |acc: &str, adr: &str, at| b.reserve_login_attempt(acc, adr, at, &limits).unwrap();
+        assert_eq!(
+            try_at("ann", "10.0.0.1", T0),
+            LoginAdmission::Admitted,
+            "{name}"
+        );
+        assert_eq!(try_at("ann", "10.0.0.2", T0), LoginAdmission::Admitted);
+        assert_eq!(
+            try_at("ann", "10.0.0.3", T0),
+            LoginAdmission::AccountBlocked,
+            "{name}"
+        );
+        assert_eq!(
+            try_at("ann", "10.0.0.3", T0 + 1000),
+            LoginAdmission::Admitted,
+            "{name}: expired"
+        );
+        assert_eq!(try_at("bob", "10.0.0.9", T0), LoginAdmission::Admitted);
+        assert_eq!(try_at("cid", "10.0.0.9", T0), LoginAdmission::Admitted);
+        assert_eq!(try_at("dan", "10.0.0.9", T0), LoginAdmission::Admitted);
+        assert_eq!(
+            try_at("eve", "10.0.0.9", T0),
+            LoginAdmission::AddressBlocked,
+            "{name}"
+        );
+        // A success forgets the account and takes one off the address.
+        b.login_succeeded("dan", "10.0.0.9").unwrap();
+        assert_eq!(
+            try_at("eve", "10.0.0.9", T0),
+            LoginAdmission::Admitted,
+            "{name}"
+        );
+        b.login_succeeded("ann", "10.0.0.3").unwrap();
+        assert_eq!(
+            try_at("ann", "10.0.0.4", T0 + 1000),
+            LoginAdmission::Admitted,
+            "{name}"
+        );
+        assert_eq!(
+            try_at("ann", "10.0.0.4", T0 + 1000),
+            LoginAdmission::Admitted,
+            "{name}"
+        );
+        assert_eq!(
+            try_at("ann", "10.0.0.4", T0 + 1000),
+            LoginAdmission::AccountBlocked
+        );
+    });
+}
+
+#[test]
+fn email_codes_replace_each_other() {
+    each(|name, b| {
+        alice(b);
+        let code = |h: &str| EmailCode {
+            code_hash: h.into(),
+            salt: "s".into(),
+            expires_at: T0,
+            attempts: 0,
+        };
+        b.store_email_code(ALICE, &code("e1")).unwrap();
+        b.store_email_code(ALICE, &code("e2")).unwrap();
+        let user = b.authenticate(ALICE, "s1").unwrap().unwrap().user;
+        assert_eq!(user.email_code, Some(code("e2")), "{name}");
+    });
+}
+
+#[test]
+fn token_use_is_recorded_when_stale() {
+    each(|name, b| {
+        alice(b);
+        let used = || {
+            b.authenticate(ALICE, "p1")
+                .unwrap()
+                .unwrap()
+                .token
+                .last_used_at
+        };
+        assert_eq!(used(), None, "{name}");
+        b.record_token_use(ALICE, "p1", T0, T0 - 3600).unwrap();
+        assert_eq!(used(), Some(T0), "{name}");
+        b.record_token_use(ALICE, "p1", T0 + 10, T0 - 3600).unwrap();
+        assert_eq!(used(), Some(T0), "{name}: fresh enough, kept");
+        b.record_token_use(ALICE, "p1", T0 + 20, T0 + 1).unwrap();
+        assert_eq!(used(), Some(T0 + 20), "{name}: stale, rewritten");
+        assert_eq!(
+            b.list_personal_access_tokens(ALICE).unwrap()[0].last_used_at,
+            Some(T0 + 20),
+            "{name}"
+        );
+        b.record_token_use(ALICE, "s1", T0, T0).unwrap();
+        assert_eq!(
+            b.authenticate(ALICE, "s1")
+                .unwrap()
+                .unwrap()
+                .token
+                .last_used_at,
+            None,
+            "{name}"
+        );
+        b.record_token_use(ALICE, "nope", T0, T0).unwrap();
+        b.record_token_use("nobody", "p1", T0, T0).unwrap();
+    });
+}
+
+#[test]
+fn admin_calls() {
+    each(|name, b| {
+        alice(b);
+        assert_eq!(
+            b.find_user_id("alice").unwrap().as_deref(),
+            Some(ALICE),
+            "{name}"
+        );
+        assert_eq!(b.find_user_id("bob").unwrap(), None);
+        assert!(
+            b.create_user(&NewUser {
+                id: "other".into(),
+                username: "alice".into(),
+                name: "x".into(),
+                email: None,
+                email_verified: false,
+                password_bcrypt: None,
+                roles: vec![],
+                created_at: T0,
+            })
+            .is_err(),
+            "{name}: usernames are unique"
+        );
+        b.set_user_roles(ALICE, &["admin".into()]).unwrap();
+        b.set_email_two_factor(ALICE, true).unwrap();
+        assert!(b.set_email_two_factor("nobody", true).is_err(), "{name}");
+        b.set_totp(ALICE, Some(&totp(&[]))).unwrap();
+        let users = b.list_users().unwrap();
+        assert_eq!(users.len(), 1, "{name}");
+        assert_eq!(
+            (
+                users[0].roles.clone(),
+                users[0].totp,
+                users[0].email_two_factor
+            ),
+            (vec!["admin".to_string()], true, true),
+            "{name}"
+        );
+        b.set_totp(ALICE, None).unwrap();
+        assert_eq!(
+            b.authenticate(ALICE, "s1").unwrap().unwrap().user.totp,
+            None,
+            "{name}"
+        );
+    });
+}
