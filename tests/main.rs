@@ -12,5 +12,6 @@ mod documentation_examples;
 mod fault_injection;
 mod http_server;
 mod last_use;
+mod multi_host;
 mod storage_conformance;
 mod two_factor;

@@ -21,6 +21,9 @@ use crate::services::Services;
 pub struct LoadConfig {
     /// Base URL of the server, e.g. `http://127.0.0.1:3000`.
     pub url: String,
+    /// More hosts on the same database: worker `i` uses host `i % hosts`,
+    /// and the final check asks every host.
+    pub more_urls: Vec<String>,
     pub users: usize,
     pub connections: usize,
     pub duration: Duration,
@@ -34,6 +37,10 @@ struct Rotor {
     user_id: String,
     current: String,
     previous: Option<String>,
+    /// A request after the last success failed without a reply (5xx or
+    /// transport): it may have committed, so `current` may be replaced by a
+    /// token this client never received (in doubt, not acknowledged data).
+    in_doubt: bool,
 }
 
 #[derive(Default)]
@@ -49,9 +56,32 @@ pub struct Report {
     /// Per second of the run: (second, requests, p50 µs, p99 µs, max µs).
     pub timeline: Vec<(u64, u64, u64, u64, u64)>,
     pub users_checked: usize,
+    /// Acknowledged data lost: the last token returned does not work (with
+    /// no unanswered request after it), or a replaced one still does.
     pub lost: Vec<String>,
+    /// Users whose last token stopped working after a request that got no
+    /// reply (the commit happened, the reply did not arrive).
+    pub in_doubt: Vec<String>,
     /// CPU time this process used (server and load generator together).
     pub cpu: Option<Duration>,
+    /// CPU time the whole machine used (every process: hosts, database,
+    /// load generator), for runs whose servers are other processes.
+    pub machine_cpu: Option<Duration>,
+}
+
+/// Busy CPU time of the whole machine so far, all cores (Linux `/proc/stat`).
+pub fn machine_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    Some(Duration::from_millis(busy * 10)) // USER_HZ is 100 on Linux
 }
 
 /// User + system CPU time of this process so far (Linux `/proc/self/stat`).
@@ -120,23 +150,30 @@ fn token_of(body: &str) -> Option<String> {
 }
 
 pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
-    let url = format!("{}/api/v1/users.regeneratePersonalAccessToken", config.url);
+    let hosts: Vec<String> = std::iter::once(&config.url)
+        .chain(&config.more_urls)
+        .map(|u| format!("{u}/api/v1/users.regeneratePersonalAccessToken"))
+        .collect();
     let mut rotors: Vec<Vec<Rotor>> = (0..config.connections).map(|_| Vec::new()).collect();
     for (i, (user_id, current)) in seeded.into_iter().enumerate() {
         rotors[i % config.connections].push(Rotor {
             user_id,
             current,
             previous: None,
+            in_doubt: false,
         });
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let cpu_before = process_cpu();
+    let machine_before = machine_cpu();
     let start = Instant::now();
     let workers: Vec<_> = rotors
         .into_iter()
-        .map(|mut mine| {
-            let (stop, done, url) = (stop.clone(), done.clone(), url.clone());
+        .enumerate()
+        .map(|(w, mut mine)| {
+            let (stop, done) = (stop.clone(), done.clone());
+            let url = hosts[w % hosts.len()].clone();
             std::thread::spawn(move || {
                 let agent = agent();
                 let mut samples: Vec<(u64, u64)> = Vec::with_capacity(1 << 16); // (µs since start, latency µs)
@@ -155,14 +192,19 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
                         Ok((200, body)) => match token_of(&body) {
                             Some(next) => {
                                 r.previous = Some(std::mem::replace(&mut r.current, next));
+                                r.in_doubt = false;
                                 ok += 1;
                             }
                             None => *errors.entry("200 without a token".into()).or_default() += 1,
                         },
                         Ok((status, _)) => {
+                            r.in_doubt |= status >= 500;
                             *errors.entry(format!("HTTP {status}")).or_default() += 1
                         }
-                        Err(e) => *errors.entry(format!("transport: {e}")).or_default() += 1,
+                        Err(e) => {
+                            r.in_doubt = true;
+                            *errors.entry(format!("transport: {e}")).or_default() += 1
+                        }
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -237,6 +279,9 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
     report.cpu = process_cpu()
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
+    report.machine_cpu = machine_cpu()
+        .zip(machine_before)
+        .map(|(after, before)| after.saturating_sub(before));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -274,34 +319,42 @@ fn timeline(samples: &[(u64, u64)]) -> Vec<(u64, u64, u64, u64, u64)> {
         .collect()
 }
 
-/// Every user: the last token works and the one before it does not.
+/// Every user, on every host: the last token works and the one before it
+/// does not.
 fn verify(config: &LoadConfig, rotors: &[Rotor], report: &mut Report) {
     let agent = agent();
-    let me = format!("{}/api/v1/me", config.url);
-    let status = |user: &str, token: &str| {
-        agent
-            .get(&me)
-            .header("X-User-Id", user)
-            .header("X-Auth-Token", token)
-            .call()
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
-    for r in rotors {
-        report.users_checked += 1;
-        if status(&r.user_id, &r.current) != 200 {
-            report.lost.push(format!(
-                "user {}: the last token returned does not authenticate",
-                r.user_id
-            ));
-        }
-        if let Some(prev) = &r.previous
-            && status(&r.user_id, prev) != 401
-        {
-            report.lost.push(format!(
-                "user {}: a replaced token still authenticates",
-                r.user_id
-            ));
+    for base in std::iter::once(&config.url).chain(&config.more_urls) {
+        let me = format!("{base}/api/v1/me");
+        let status = |user: &str, token: &str| {
+            agent
+                .get(&me)
+                .header("X-User-Id", user)
+                .header("X-Auth-Token", token)
+                .call()
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        };
+        for r in rotors {
+            report.users_checked += 1;
+            if status(&r.user_id, &r.current) != 200 {
+                let what = format!(
+                    "user {} on {base}: the last token returned does not authenticate",
+                    r.user_id
+                );
+                if r.in_doubt {
+                    report.in_doubt.push(what);
+                } else {
+                    report.lost.push(what);
+                }
+            }
+            if let Some(prev) = &r.previous
+                && status(&r.user_id, prev) != 401
+            {
+                report.lost.push(format!(
+                    "user {} on {base}: a replaced token still authenticates",
+                    r.user_id
+                ));
+            }
         }
     }
 }
@@ -328,8 +381,12 @@ impl Report {
             h.map_or(0.0, |h| h.max() as f64 / 1000.0)
         );
         if let Some(us) = self.cpu_per_request_us() {
+            println!("  CPU             {us:.1} µs per request in this process (both cores)");
+        }
+        if let Some(m) = self.machine_cpu.filter(|_| self.requests > 0) {
             println!(
-                "  CPU             {us:.1} µs per request (server and load generator, both cores)"
+                "  machine CPU     {:.1} µs per request (every process: hosts, database, load generator)",
+                m.as_secs_f64() * 1e6 / self.requests as f64
             );
         }
         if self.flood_checked + self.flood_shed > 0 {
@@ -354,6 +411,12 @@ impl Report {
         );
         for l in self.lost.iter().take(10) {
             println!("    {l}");
+        }
+        if !self.in_doubt.is_empty() {
+            println!(
+                "  in doubt        {} (a request got no reply and its commit may have happened)",
+                self.in_doubt.len()
+            );
         }
     }
 

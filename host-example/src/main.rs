@@ -57,10 +57,11 @@ enum Command {
     Demo,
     /// Load test: self-rotating regenerations against a server (see BENCHMARKS.md).
     Bench {
-        /// A running server to drive (seeding writes to its --db); default: start one
-        /// in this process on a fresh database in the temp dir
+        /// A running server to drive (seeding writes to its storage: the same --db, or
+        /// --storage postgres --database-url); repeat for several hosts on one
+        /// database. Default: start one in this process on a fresh database in the temp dir
         #[arg(long)]
-        url: Option<String>,
+        url: Vec<String>,
         /// Users to seed, each with one token rotated again and again
         #[arg(long, default_value_t = 256)]
         users: usize,
@@ -488,10 +489,10 @@ fn read_password(file: Option<PathBuf>, stdin: bool, prompt: bool) -> Result<Opt
     Ok(None)
 }
 
-/// One load-test run: seeds users, then drives `url` (or an in-process server).
+/// One load-test run: seeds users, then drives `urls` (or an in-process server).
 fn bench_once(
     opts: &Options,
-    url: Option<String>,
+    urls: Vec<String>,
     users: usize,
     connections: usize,
     seconds: u64,
@@ -503,7 +504,7 @@ fn bench_once(
         admin::random_id(6)
     ));
     let mut opts = opts.clone();
-    if url.is_none() {
+    if urls.is_empty() {
         std::fs::create_dir_all(&dir)?;
         opts.listen = Some("127.0.0.1:0".parse().unwrap());
         opts.db = opts.db.clone().or_else(|| Some(dir.join("bench.sqlite")));
@@ -513,13 +514,17 @@ fn bench_once(
         let services = host_example::server::services_from(&opts)?;
         host_example::loadgen::seed(&services, users.max(connections))?
     };
-    let server = match &url {
-        Some(_) => None,
-        None => Some(host_example::server::RunningServer::start(&opts)?),
+    let server = match urls.is_empty() {
+        false => None,
+        true => Some(host_example::server::RunningServer::start(&opts)?),
     };
-    let url = url.unwrap_or_else(|| server.as_ref().unwrap().url(""));
+    let mut urls = urls;
+    if let Some(s) = &server {
+        urls.push(s.url(""));
+    }
     let config = host_example::loadgen::LoadConfig {
-        url,
+        url: urls[0].clone(),
+        more_urls: urls[1..].to_vec(),
         users,
         connections,
         duration: std::time::Duration::from_secs(seconds),

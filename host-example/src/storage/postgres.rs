@@ -255,7 +255,11 @@ impl PostgresStorage {
         let mut conn = self.pool.get()?;
         let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS rcpat_schema (version INTEGER NOT NULL)")?;
+        // (Quietly: the notice that it exists would reach the host's log.)
+        tx.batch_execute(
+            "SET LOCAL client_min_messages = warning; \
+             CREATE TABLE IF NOT EXISTS rcpat_schema (version INTEGER NOT NULL)",
+        )?;
         let version = match tx.query_opt("SELECT version FROM rcpat_schema", &[])? {
             Some(row) => row.get::<_, i32>(0) as usize,
             None => {
