@@ -528,3 +528,52 @@ fn json_logs_are_one_object_per_line() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The admin commands take the same flags on PostgreSQL.
+#[test]
+fn admin_commands_work_on_postgres() {
+    let dir = temp_dir("cli-pg");
+    let url = crate::common::postgres_url();
+    let pg = |args: &[&str]| {
+        bin()
+            .args(["--storage", "postgres", "--database-url", &url])
+            .arg("--secret-key-file")
+            .arg(dir.join("rcpat.key"))
+            .args(args)
+            .env_remove("RCPAT_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "open sesame\n").unwrap();
+    let o = pg(&[
+        "users",
+        "add",
+        "--username",
+        "pat",
+        "--email",
+        "pat@example.org",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = pg(&["users", "enable-totp", "pat"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("otpauth://totp/Rocket.Chat:pat?secret="));
+    let list = stdout(&pg(&["users", "list"]));
+    assert!(list.contains("pat") && list.contains("totp=true"), "{list}");
+    assert_eq!(
+        stdout(&pg(&["tokens", "list", "pat"])),
+        "pat has no personal access tokens\n"
+    );
+    let o = pg(&["keys", "rotate"]);
+    assert!(
+        stdout(&o).contains("re-encrypted 1 TOTP secrets"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = pg(&["users", "add", "--username", "pat"]);
+    assert_eq!(stderr(&o), "error: a user named pat already exists\n");
+    let _ = std::fs::remove_dir_all(dir);
+}

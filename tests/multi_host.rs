@@ -397,3 +397,66 @@ fn database_and_host_restarts_under_load_lose_nothing_acknowledged() {
     drop(hosts);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Hosts starting together on a new database migrate it once (an advisory
+/// lock): every one opens, and the schema is at the latest version.
+#[test]
+fn hosts_starting_together_migrate_once() {
+    let url = postgres_url();
+    let barrier = Arc::new(Barrier::new(6));
+    let opened: Vec<bool> = (0..6)
+        .map(|_| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                PostgresStorage::open(&PostgresConfig::new(&url), Arc::new(Keys::random())).is_ok()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(opened.iter().all(|ok| *ok), "{opened:?}");
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> = c
+        .query("SELECT version FROM rcpat_schema", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [6], "one row, the latest version");
+}
+
+/// A database that is not there fails at once, with a clear error; a URL
+/// that asks for TLS from a server without it is refused, not downgraded.
+#[test]
+fn unreachable_database_and_tls_fail_fast_and_clearly() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = PostgresStorage::open(
+        &PostgresConfig::new(format!(
+            "postgres://rcpat@127.0.0.1:{closed}/x?sslmode=disable"
+        )),
+        Arc::new(Keys::random()),
+    )
+    .err()
+    .expect("no database there");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().starts_with("postgres"), "{err}");
+    let tls = postgres_url().replace("sslmode=disable", "sslmode=require");
+    let err = PostgresStorage::open(&PostgresConfig::new(tls), Arc::new(Keys::random()))
+        .err()
+        .expect("the test cluster has no TLS");
+    assert!(
+        err.to_string().contains("TLS") || err.to_string().contains("tls"),
+        "{err}"
+    );
+}
