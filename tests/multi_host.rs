@@ -424,7 +424,11 @@ fn hosts_starting_together_migrate_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [6], "one row, the latest version");
+    assert_eq!(
+        versions,
+        [host_example::storage::SCHEMA_VERSION as i32],
+        "one row, the latest version"
+    );
 }
 
 /// A database that is not there fails at once, with a clear error; a URL

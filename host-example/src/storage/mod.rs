@@ -18,6 +18,10 @@ pub use memory::MemoryStorage;
 pub use postgres::{PostgresConfig, PostgresStorage};
 pub use sqlite::SqliteStorage;
 
+/// The schema version every durable backend migrates to: migration N holds
+/// the same change in each (checked at compile time beside each list).
+pub const SCHEMA_VERSION: usize = 7;
+
 /// The permission the endpoints check (the component's name for it).
 pub use rcpat::endpoints::PAT_PERMISSION;
 /// Rocket.Chat's default roles for it.

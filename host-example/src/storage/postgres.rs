@@ -36,6 +36,9 @@ use super::{
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 
+// The backends' schemas move together.
+const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSION);
+
 /// Schema migrations, in step with SQLite's (`sqlite.rs`): version N here
 /// holds what version N there holds, so both report the same version.
 const MIGRATIONS: &[&str] = &[
@@ -124,6 +127,96 @@ const MIGRATIONS: &[&str] = &[
 "#,
     // 6: when each personal access token last authenticated a request.
     "ALTER TABLE tokens ADD COLUMN last_used_at BIGINT;",
+    // 7: the conditional writes as functions, each one statement (one round
+    // trip, its own transaction): lock the user's row, check, spend the
+    // factor, write. `rcpat_spend` is `spend` of `sqlite.rs` in PL/pgSQL;
+    // it refuses before it changes anything. Factor kinds: none, password,
+    // totp (a step), backup and email (a code hash).
+    r#"
+    CREATE FUNCTION rcpat_spend(p_u TEXT, p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
+                                p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT) RETURNS TEXT AS $$
+    DECLARE n BIGINT;
+    BEGIN
+        IF p_session IS NOT NULL AND NOT EXISTS
+            (SELECT 1 FROM tokens WHERE hashed_token = p_session AND user_id = p_u) THEN
+            RETURN 'credentials-revoked';
+        END IF;
+        IF p_factor = 'totp' THEN
+            UPDATE totp SET last_used_step = p_step WHERE user_id = p_u AND last_used_step < p_step;
+        ELSIF p_factor = 'backup' THEN
+            UPDATE backup_codes SET spent = TRUE WHERE user_id = p_u AND code_hash = p_code AND NOT spent;
+        ELSIF p_factor = 'email' THEN
+            DELETE FROM email_codes WHERE user_id = p_u AND code_hash = p_code;
+        END IF;
+        IF p_factor IN ('totp', 'backup', 'email') THEN
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 0 THEN RETURN 'factor-already-used'; END IF;
+        END IF;
+        IF p_factor <> 'none' THEN
+            UPDATE users SET failed_count = 0 WHERE id = p_u;
+        END IF;
+        IF p_rem_token IS NOT NULL THEN
+            UPDATE tokens SET authorized_hash = p_rem_fp, authorized_until = p_rem_until
+                WHERE user_id = p_u AND hashed_token = p_rem_token;
+        END IF;
+        RETURN NULL;
+    END $$ LANGUAGE plpgsql;
+
+    CREATE FUNCTION rcpat_insert_token(p_u TEXT, p_hash TEXT, p_tkind TEXT, p_tname TEXT, p_last_part TEXT,
+                                       p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
+                                       p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
+                                       p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT) RETURNS TEXT AS $$
+    DECLARE refused TEXT;
+    BEGIN
+        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        IF p_tkind = 'pat' AND EXISTS
+            (SELECT 1 FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname) THEN
+            RETURN 'name-taken';
+        END IF;
+        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
+        IF refused IS NOT NULL THEN RETURN refused; END IF;
+        INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at,
+                            bypass_two_factor, last_used_at)
+            VALUES (p_hash, p_u, p_tkind, p_tname, p_last_part, p_created, p_bypass, p_last_used);
+        RETURN 'done';
+    END $$ LANGUAGE plpgsql;
+
+    CREATE FUNCTION rcpat_replace_pat(p_u TEXT, p_expected TEXT, p_tname TEXT, p_hash TEXT, p_last_part TEXT,
+                                      p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
+                                      p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
+                                      p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT) RETURNS TEXT AS $$
+    DECLARE refused TEXT;
+    BEGIN
+        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        PERFORM 1 FROM tokens
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
+        IF refused IS NOT NULL THEN RETURN refused; END IF;
+        UPDATE tokens SET hashed_token = p_hash, last_token_part = p_last_part, created_at = p_created,
+                          bypass_two_factor = p_bypass, authorized_hash = NULL,
+                          authorized_until = NULL, last_used_at = p_last_used
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
+        RETURN 'done';
+    END $$ LANGUAGE plpgsql;
+
+    CREATE FUNCTION rcpat_remove_pat(p_u TEXT, p_tname TEXT,
+                                     p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
+                                     p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT) RETURNS TEXT AS $$
+    DECLARE refused TEXT;
+    BEGIN
+        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        PERFORM 1 FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
+        IF refused IS NOT NULL THEN RETURN refused; END IF;
+        DELETE FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname;
+        RETURN 'done';
+    END $$ LANGUAGE plpgsql;
+"#,
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.
@@ -386,6 +479,18 @@ impl Db<'_> {
         }
     }
 
+    fn query_one(
+        &mut self,
+        sql: &'static str,
+        p: Params,
+    ) -> std::result::Result<Row, postgres::Error> {
+        let st = self.statement(sql)?;
+        match &mut self.client {
+            Handle::Plain(c) => c.query_one(&st, p),
+            Handle::Tx(t) => t.query_one(&st, p),
+        }
+    }
+
     fn execute(
         &mut self,
         sql: &'static str,
@@ -509,52 +614,80 @@ fn pat_from_row(r: &Row) -> PersonalAccessToken {
     }
 }
 
-/// Checks and spends `proof` inside the caller's transaction (which holds
-/// the user's lock); `Some` (and no change) when the request's token is gone
-/// or the factor was already spent. The same rules as `sqlite.rs`.
-fn spend(db: &mut Db, user_id: &str, proof: &FactorProof) -> Result<Option<WriteOutcome>> {
-    if let Some(session) = &proof.session {
-        let alive = db
-            .query_opt(
-                "SELECT 1 FROM tokens WHERE hashed_token = $1 AND user_id = $2",
-                &[session, &user_id],
-            )?
-            .is_some();
-        if !alive {
-            return Ok(Some(WriteOutcome::CredentialsRevoked));
+/// A proof as the write functions take it (the last seven arguments).
+struct ProofArgs<'a> {
+    session: Option<&'a str>,
+    kind: &'static str,
+    step: Option<i64>,
+    code: Option<&'a str>,
+    rem_token: Option<&'a str>,
+    rem_fp: Option<&'a str>,
+    rem_until: Option<i64>,
+}
+
+impl<'a> ProofArgs<'a> {
+    fn of(p: &'a FactorProof) -> Self {
+        let (kind, step, code) = match &p.used {
+            FactorUse::None => ("none", None, None),
+            FactorUse::Password => ("password", None, None),
+            FactorUse::TotpStep(s) => ("totp", Some(ts(*s)), None),
+            FactorUse::BackupCode(h) => ("backup", None, Some(h.as_str())),
+            FactorUse::EmailCode(h) => ("email", None, Some(h.as_str())),
+        };
+        ProofArgs {
+            session: p.session.as_deref(),
+            kind,
+            step,
+            code,
+            rem_token: p.remember.as_ref().map(|r| r.hashed_login_token.as_str()),
+            rem_fp: p.remember.as_ref().map(|r| r.fingerprint.as_str()),
+            rem_until: p.remember.as_ref().map(|r| ts(r.until)),
         }
     }
-    let spent = match &proof.used {
-        FactorUse::None | FactorUse::Password => 1,
-        FactorUse::TotpStep(step) => db.execute(
-            "UPDATE totp SET last_used_step = $2 WHERE user_id = $1 AND last_used_step < $2",
-            &[&user_id, &ts(*step)],
-        )?,
-        FactorUse::BackupCode(h) => db.execute(
-            "UPDATE backup_codes SET spent = TRUE WHERE user_id = $1 AND code_hash = $2 AND NOT spent",
-            &[&user_id, h],
-        )?,
-        FactorUse::EmailCode(h) => db.execute(
-            "DELETE FROM email_codes WHERE user_id = $1 AND code_hash = $2",
-            &[&user_id, h],
-        )?,
-    };
-    if spent == 0 {
-        return Ok(Some(WriteOutcome::FactorAlreadyUsed));
-    }
-    if proof.used != FactorUse::None {
-        db.execute(
-            "UPDATE users SET failed_count = 0 WHERE id = $1",
-            &[&user_id],
-        )?;
-    }
-    if let Some(g) = &proof.remember {
-        db.execute(
-            "UPDATE tokens SET authorized_hash = $3, authorized_until = $4 WHERE user_id = $1 AND hashed_token = $2",
-            &[&user_id, &g.hashed_login_token, &g.fingerprint, &ts(g.until)],
-        )?;
-    }
-    Ok(None)
+}
+
+/// A write function's answer.
+fn outcome(row: Row) -> Result<WriteOutcome> {
+    Ok(match row.get::<_, &str>(0) {
+        "done" => WriteOutcome::Done,
+        "not-found" => WriteOutcome::NotFound,
+        "name-taken" => WriteOutcome::NameTaken,
+        "factor-already-used" => WriteOutcome::FactorAlreadyUsed,
+        "credentials-revoked" => WriteOutcome::CredentialsRevoked,
+        _ => return Err(Error::Corrupt("a write function gave an unknown outcome")),
+    })
+}
+
+/// Inserts a token (session or PAT) through `rcpat_insert_token`.
+fn insert_with_proof(
+    db: &mut Db,
+    user_id: &str,
+    t: &TokenRecord,
+    last_used_at: Option<TimestampMs>,
+    proof: &FactorProof,
+) -> Result<WriteOutcome> {
+    let a = ProofArgs::of(proof);
+    let row = db.query_one(
+        "SELECT rcpat_insert_token($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            &user_id,
+            &t.hashed_token,
+            &kind_str(t.kind),
+            &t.name,
+            &t.last_token_part,
+            &ts(t.created_at),
+            &t.bypass_two_factor,
+            &last_used_at.map(ts),
+            &a.session,
+            &a.kind,
+            &a.step,
+            &a.code,
+            &a.rem_token,
+            &a.rem_fp,
+            &a.rem_until,
+        ],
+    )?;
+    outcome(row)
 }
 
 fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
@@ -571,15 +704,6 @@ fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
             &t.bypass_two_factor,
         ],
     )?)
-}
-
-fn pat_exists(db: &mut Db, user_id: &str, name: &str) -> Result<bool> {
-    Ok(db
-        .query_opt(
-            "SELECT 1 FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
-            &[&user_id, &name],
-        )?
-        .is_some())
 }
 
 impl Storage for PostgresStorage {
@@ -650,15 +774,14 @@ impl Storage for PostgresStorage {
         created_at: TimestampMs,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.write(|db| {
-            if !db.lock_user(user_id)? {
-                return Ok(WriteOutcome::NotFound);
-            }
-            if let Some(refused) = spend(db, user_id, proof)? {
-                return Ok(refused);
-            }
-            insert_token(db, user_id, &TokenRecord::login(hashed_token, created_at))?;
-            Ok(WriteOutcome::Done)
+        self.single(|db| {
+            insert_with_proof(
+                db,
+                user_id,
+                &TokenRecord::login(hashed_token, created_at),
+                None,
+                proof,
+            )
         })
     }
 
@@ -712,24 +835,9 @@ impl Storage for PostgresStorage {
         token: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.write(|db| {
-            if !db.lock_user(user_id)? {
-                return Ok(WriteOutcome::NotFound);
-            }
-            if pat_exists(db, user_id, &token.name)? {
-                return Ok(WriteOutcome::NameTaken);
-            }
-            if let Some(refused) = spend(db, user_id, proof)? {
-                return Ok(refused);
-            }
-            insert_token(db, user_id, &TokenRecord::personal_access_token(token))?;
-            if let Some(at) = token.last_used_at {
-                db.execute(
-                    "UPDATE tokens SET last_used_at = $2 WHERE hashed_token = $1",
-                    &[&token.hashed_token, &ts(at)],
-                )?;
-            }
-            Ok(WriteOutcome::Done)
+        self.single(|db| {
+            let record = TokenRecord::personal_access_token(token);
+            insert_with_proof(db, user_id, &record, token.last_used_at, proof)
         })
     }
 
@@ -740,40 +848,29 @@ impl Storage for PostgresStorage {
         r: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.write(|db| {
-            if !db.lock_user(user_id)? {
-                return Ok(WriteOutcome::NotFound);
-            }
-            // The compare: the named token must still hold the expected value.
-            let current = db
-                .query_opt(
-                    "SELECT 1 FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3",
-                    &[&user_id, &r.name, &expected_hashed_token],
-                )?
-                .is_some();
-            if !current {
-                return Ok(WriteOutcome::NotFound);
-            }
-            if let Some(refused) = spend(db, user_id, proof)? {
-                return Ok(refused);
-            }
-            // The swap: one row rewritten in place, never neither token nor both.
-            db.execute(
-                "UPDATE tokens SET hashed_token = $4, last_token_part = $5, created_at = $6, \
-                 bypass_two_factor = $7, authorized_hash = NULL, authorized_until = NULL, last_used_at = $8 \
-                 WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3",
+        let a = ProofArgs::of(proof);
+        self.single(|db| {
+            let row = db.query_one(
+                "SELECT rcpat_replace_pat($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 &[
                     &user_id,
-                    &r.name,
                     &expected_hashed_token,
+                    &r.name,
                     &r.hashed_token,
                     &r.last_token_part,
                     &ts(r.created_at),
                     &r.bypass_two_factor,
                     &r.last_used_at.map(ts),
+                    &a.session,
+                    &a.kind,
+                    &a.step,
+                    &a.code,
+                    &a.rem_token,
+                    &a.rem_fp,
+                    &a.rem_until,
                 ],
             )?;
-            Ok(WriteOutcome::Done)
+            outcome(row)
         })
     }
 
@@ -783,18 +880,23 @@ impl Storage for PostgresStorage {
         name: &str,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.write(|db| {
-            if !db.lock_user(user_id)? || !pat_exists(db, user_id, name)? {
-                return Ok(WriteOutcome::NotFound);
-            }
-            if let Some(refused) = spend(db, user_id, proof)? {
-                return Ok(refused);
-            }
-            db.execute(
-                "DELETE FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
-                &[&user_id, &name],
+        let a = ProofArgs::of(proof);
+        self.single(|db| {
+            let row = db.query_one(
+                "SELECT rcpat_remove_pat($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &user_id,
+                    &name,
+                    &a.session,
+                    &a.kind,
+                    &a.step,
+                    &a.code,
+                    &a.rem_token,
+                    &a.rem_fp,
+                    &a.rem_until,
+                ],
             )?;
-            Ok(WriteOutcome::Done)
+            outcome(row)
         })
     }
 

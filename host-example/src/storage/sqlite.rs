@@ -31,6 +31,9 @@ use super::{
     UserSummary,
 };
 
+// The backends' schemas move together.
+const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSION);
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -121,6 +124,9 @@ const MIGRATIONS: &[&str] = &[
 "#,
     // 6: when each personal access token last authenticated a request.
     "ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;",
+    // 7: PostgreSQL's conditional writes as server-side functions (one round
+    // trip each); nothing for SQLite, which runs them in-process.
+    "",
 ];
 
 pub struct SqliteStorage {
