@@ -23,7 +23,19 @@ pub(crate) struct Authenticated {
 
 /// The presented credentials: 401 unless they name a stored token of the
 /// user, and, for a session token, one younger than `login-expiration-days`.
+/// A PAT's use is recorded (see `record_use`).
 pub(crate) fn authenticate(
+    env: &mut dyn Env,
+    settings: &Settings,
+    req: &Request,
+) -> Result<Authenticated, ApiError> {
+    let authenticated = authenticate_unmarked(env, settings, req)?;
+    let session = &authenticated.session;
+    record_use(env, &session.user.id, &session.token);
+    Ok(authenticated)
+}
+
+fn authenticate_unmarked(
     env: &mut dyn Env,
     settings: &Settings,
     req: &Request,
@@ -47,7 +59,6 @@ pub(crate) fn authenticate(
             return Err(ApiError::NotLoggedIn);
         }
     }
-    record_use(env, user_id, &session.token);
     Ok(Authenticated { headers, session })
 }
 
@@ -74,11 +85,16 @@ fn record_use(env: &mut dyn Env, user_id: &str, token: &LoginToken) {
 /// Authentication, then the body, then the second factor: the prologue of the
 /// three 2FA-protected POST endpoints. `sensitive` says, from the body and the
 /// presented token, whether a bypass token must still pass a real factor.
+/// `retires_presented`: the route replaces or removes the token its body
+/// names, so when that is the presented token its use is not recorded (the
+/// value is retired by this very request; a self-rotating client would
+/// otherwise pay a write for every rotation).
 fn authenticate_with_second_factor(
     env: &mut dyn Env,
     settings: &Settings,
     req: &Request,
     sensitive: fn(&Body, &LoginToken) -> bool,
+    retires_presented: bool,
 ) -> Result<(Session, Body, twofactor::Passed), ApiError> {
     // Body syntax (and size) is checked before authentication, as Express'
     // JSON parser runs before Rocket.Chat's routes; its fields only after 2FA.
@@ -86,7 +102,10 @@ fn authenticate_with_second_factor(
     let Authenticated {
         headers,
         mut session,
-    } = authenticate(env, settings, req)?;
+    } = authenticate_unmarked(env, settings, req)?;
+    if !(retires_presented && names_the_presented_token(&body, &session.token)) {
+        record_use(env, &session.user.id, &session.token);
+    }
     let sensitive = sensitive(&body, &session.token);
     let attempt =
         twofactor::Attempt::of_request(&headers, &session.token, &req.client_address, sensitive);
@@ -117,6 +136,11 @@ fn mint(env: &mut dyn Env, name: String, bypass_two_factor: bool) -> (String, Pe
     (plaintext, record)
 }
 
+/// The body names the presented PAT (a valid `tokenName` equal to its name).
+fn names_the_presented_token(body: &Body, presented: &LoginToken) -> bool {
+    request::token_name(body).is_ok_and(|name| presented.name.as_deref() == Some(name.as_str()))
+}
+
 /// Regenerating or removing a token other than the presented one.
 fn targets_another_token(body: &Body, presented: &LoginToken) -> bool {
     match request::token_name(body) {
@@ -139,7 +163,7 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
 pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
         let (session, body, passed) =
-            authenticate_with_second_factor(env, settings, req, targets_another_token)?;
+            authenticate_with_second_factor(env, settings, req, targets_another_token, true)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         // The documentation's example names generateToken here; the documentation wins.
@@ -170,7 +194,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
 pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
         let (session, body, passed) =
-            authenticate_with_second_factor(env, settings, req, mints_bypass_token)?;
+            authenticate_with_second_factor(env, settings, req, mints_bypass_token, false)?;
         let name = request::token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
         let user_id = session.user.id.as_str();
@@ -194,7 +218,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
 pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
         let (session, body, passed) =
-            authenticate_with_second_factor(env, settings, req, targets_another_token)?;
+            authenticate_with_second_factor(env, settings, req, targets_another_token, true)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Remove))?;
