@@ -3,7 +3,8 @@
 #   1. PostgreSQL's own ceiling: pgbench -b simple-update -c 16 -j 2 (three
 #      statements and a durable commit per transaction);
 #   2. host-example bench (self-rotation through the component, loss check)
-#      against one, then two `serve` processes on one database.
+#      against one, then two `serve` processes on one database, and against
+#      one `serve` on SQLite with the same load, for comparison.
 # A throw-away cluster with the defaults that matter (fsync=on,
 # synchronous_commit=on), stopped on exit. Needs a release build:
 #   cargo build --release -p host-example && bench/postgres.sh
@@ -46,6 +47,7 @@ echo "== pgbench -b simple-update -c 16 -j 2 -T 8 (the database's ceiling)"
     | grep -E "^(tps|latency average)"
 
 url="postgres://rcpat@127.0.0.1:$port/rcpat?sslmode=disable"
+mkdir -p "$dir/sqlite"
 common=(--storage postgres --database-url "$url" --secret-key-file "$dir/rcpat.key")
 run_hosts() {
     local n=$1 label=$2 p
@@ -67,6 +69,18 @@ run_hosts() {
     for pid in "${hosts[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
     hosts=()
 }
+# The same load against one host on SQLite (its own group commit), as a
+# separate process like the PostgreSQL hosts.
+p=$(free_port)
+"$BIN" serve --db "$dir/sqlite/rcpat.sqlite" --listen "127.0.0.1:$p" --outbox "$dir/outbox" \
+    >"$dir/sqlite.log" 2>&1 &
+hosts=($!)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/api/v1/me" && break; sleep 0.1; done
+echo "== host-example bench: 1 host on SQLite, $USERS users, $CONNECTIONS connections, $SECS s"
+"$BIN" bench --db "$dir/sqlite/rcpat.sqlite" --url "http://127.0.0.1:$p" --users "$USERS" \
+    --connections "$CONNECTIONS" --seconds "$SECS"
+kill "${hosts[0]}"; wait "${hosts[0]}" 2>/dev/null || true
+hosts=()
 run_hosts 1 "synchronous_commit=on"
 run_hosts 2 "synchronous_commit=on"
 # What durability costs: the same with commits acknowledged before the WAL
