@@ -15,7 +15,7 @@ use host_example::admin::{self, UserSpec};
 use host_example::keys::Keys;
 use host_example::mail::MemoryMailer;
 use host_example::services::Services;
-use host_example::storage::{PostgresConfig, PostgresStorage};
+use host_example::storage::{Admin, PostgresConfig, PostgresStorage};
 use rcpat::model::TotpAlgorithm;
 
 /// One `host-example serve` process.
@@ -455,12 +455,32 @@ fn unreachable_database_and_tls_fail_fast_and_clearly() {
         started.elapsed()
     );
     assert!(err.to_string().starts_with("postgres"), "{err}");
-    let tls = postgres_url().replace("sslmode=disable", "sslmode=require");
-    let err = PostgresStorage::open(&PostgresConfig::new(tls), Arc::new(Keys::random()))
+    // The restartable cluster speaks no TLS: a URL that requires it fails.
+    let plain = restart_cluster()
+        .0
+        .replace("sslmode=disable", "sslmode=require");
+    let err = PostgresStorage::open(&PostgresConfig::new(plain), Arc::new(Keys::random()))
         .err()
-        .expect("the test cluster has no TLS");
-    assert!(
-        err.to_string().contains("TLS") || err.to_string().contains("tls"),
-        "{err}"
-    );
+        .expect("that cluster has no TLS");
+    assert!(err.to_string().to_lowercase().contains("tls"), "{err}");
+}
+
+/// TLS to the database: verified against `sslrootcert` (the test cluster's
+/// own CA), and refused, not downgraded, when the certificate is not trusted.
+#[test]
+fn tls_to_the_database_verifies_the_server() {
+    let ca = std::env::var("RCPAT_TEST_CA")
+        .expect("RCPAT_TEST_CA is not set: run the tests with ./dev test");
+    let url = postgres_url();
+    let with = |mode: &str| url.replace("sslmode=disable", mode);
+    let open =
+        |url: String| PostgresStorage::open(&PostgresConfig::new(url), Arc::new(Keys::random()));
+    let storage = open(with(&format!("sslmode=require&sslrootcert={ca}"))).expect("verified TLS");
+    assert!(storage.find_user_id("nobody").unwrap().is_none());
+    let err = open(with("sslmode=require")).err().expect("an unknown CA");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let err = open(with("sslmode=prefer"))
+        .err()
+        .expect("prefer verifies too");
+    assert!(err.to_string().contains("certificate"), "{err}");
 }

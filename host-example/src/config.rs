@@ -45,7 +45,7 @@ pub struct Options {
     /// SQLite database file [default: rcpat.sqlite]
     #[arg(long, global = true, env = "RCPAT_DB")]
     pub db: Option<PathBuf>,
-    /// PostgreSQL URL for --storage postgres (postgres://user:password@host:port/db?sslmode=require; sslmode=disable, prefer or require)
+    /// PostgreSQL URL for --storage postgres (postgres://user:password@host:port/db?sslmode=require&sslrootcert=/path/ca.pem; TLS verifies the server against sslrootcert or the system's roots)
     #[arg(long, global = true, env = "RCPAT_DATABASE_URL")]
     pub database_url: Option<String>,
     /// PostgreSQL connections this host keeps at most [default: 16]

@@ -20,6 +20,7 @@
 //! disk). TLS per the URL's `sslmode` (rustls, the system's roots).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -265,11 +266,37 @@ struct Manager {
     statement_timeout: Duration,
 }
 
+/// Why a connection could not be made, with every cause (the pool keeps
+/// only the text of the last failure, so it must say everything).
+#[derive(Debug)]
+pub struct ConnectError(String);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl From<postgres::Error> for ConnectError {
+    fn from(e: postgres::Error) -> Self {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ConnectError(text)
+    }
+}
+
 impl r2d2::ManageConnection for Manager {
     type Connection = Conn;
-    type Error = postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> std::result::Result<Conn, postgres::Error> {
+    fn connect(&self) -> std::result::Result<Conn, ConnectError> {
         let mut client = match &self.tls {
             Some(tls) => self.config.connect(tls.clone())?,
             None => self.config.connect(postgres::NoTls)?,
@@ -285,8 +312,8 @@ impl r2d2::ManageConnection for Manager {
         })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), postgres::Error> {
-        conn.client.simple_query("").map(drop)
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), ConnectError> {
+        Ok(conn.client.simple_query("").map(drop)?)
     }
 
     /// A connection the server closed (a restart) is dropped, not reused.
@@ -295,11 +322,30 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
-/// rustls with the system's trusted roots (and `SSL_CERT_FILE`).
-fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+/// rustls trusting `root_cert` (libpq's `sslrootcert`: a PEM file of CA
+/// certificates) if given, else the system's roots (and `SSL_CERT_FILE`).
+/// The server's certificate is always verified, name included (stricter
+/// than libpq's `prefer` and `require`, which accept any certificate).
+fn tls_connector(root_cert: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+    match root_cert {
+        Some(path) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| Error::invalid(format!("sslrootcert {}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert
+                    .map_err(|e| Error::invalid(format!("sslrootcert {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::invalid(format!("sslrootcert {}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -310,19 +356,64 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// Takes libpq's `sslrootcert` out of a URL (`?sslrootcert=/path`) or a
+/// key=value string, which the driver does not know: (the rest, the path).
+fn split_root_cert(url: &str) -> (String, Option<PathBuf>) {
+    let decode = |v: &str| {
+        PathBuf::from(
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    };
+    if let Some((base, query)) = url.split_once('?') {
+        let mut root = None;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|kv| match kv.strip_prefix("sslrootcert=") {
+                Some(v) => {
+                    root = Some(decode(v));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (rest, root);
+    }
+    if url.contains("://") {
+        return (url.to_string(), None);
+    }
+    let mut root = None;
+    let kept: Vec<&str> = url
+        .split_whitespace()
+        .filter(|kv| match kv.strip_prefix("sslrootcert=") {
+            Some(v) => {
+                root = Some(PathBuf::from(v));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept.join(" "), root)
+}
+
 impl PostgresStorage {
     /// Connects (failing at once if the database is unreachable), applies
     /// pending migrations (one host at a time), and keeps a pool.
     pub fn open(config: &PostgresConfig, keys: Arc<Keys>) -> Result<Self> {
-        let parsed: postgres::Config = config
-            .url
+        let (url, root_cert) = split_root_cert(&config.url);
+        let mut parsed: postgres::Config = url
             .parse()
             .map_err(|e| Error::invalid(format!("the database URL: {e}")))?;
-        let mut parsed = parsed;
         parsed.connect_timeout(config.timeout);
         let tls = match parsed.get_ssl_mode() {
             postgres::config::SslMode::Disable => None,
-            _ => Some(tls_connector()?),
+            _ => Some(tls_connector(root_cert.as_deref())?),
         };
         let manager = Manager {
             config: parsed,
@@ -1278,5 +1369,36 @@ impl Admin for PostgresStorage {
             }
             Ok(rows.len())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_urls_and_key_values() {
+        assert_eq!(
+            split_root_cert("postgres://u@h/db?sslmode=require&sslrootcert=%2Fetc%2Fca.pem"),
+            (
+                "postgres://u@h/db?sslmode=require".into(),
+                Some("/etc/ca.pem".into())
+            )
+        );
+        assert_eq!(
+            split_root_cert("postgres://u@h/db?sslrootcert=/ca.pem"),
+            ("postgres://u@h/db".into(), Some("/ca.pem".into()))
+        );
+        assert_eq!(
+            split_root_cert("host=h sslmode=require sslrootcert=/ca.pem user=u"),
+            (
+                "host=h sslmode=require user=u".into(),
+                Some("/ca.pem".into())
+            )
+        );
+        assert_eq!(
+            split_root_cert("postgres://u@h/db"),
+            ("postgres://u@h/db".into(), None)
+        );
     }
 }
