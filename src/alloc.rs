@@ -1,8 +1,16 @@
 //! The component's allocator: a bump allocator over the memory after
-//! `__heap_base`, never freeing.
+//! `__heap_base` that counts live allocations and starts over when none is
+//! left.
 //!
-//! An instance lives for one request and its memory is reclaimed whole when
-//! the host drops it, so freeing is wasted work. The point is what it avoids:
+//! In `host-example` an instance lives for one request and its memory is
+//! reclaimed whole when the host drops it, so freeing block by block is
+//! wasted work. Hosts that keep one instance for many calls (jco, most
+//! plugin systems) need the memory back, though: after each call's
+//! post-return every allocation of that call (arguments, locals, the reply)
+//! has been freed, the count is zero, and the next allocation starts again
+//! at `__heap_base`. Nothing is freed early: the pointer goes back only when
+//! no allocation is live (a static holding heap memory would simply keep it
+//! from going back). The point of bumping is what it avoids:
 //! Rust's default allocator always asks for new pages with `memory.grow`,
 //! even when the initial memory has room, and in a pooling host every grow is
 //! an `mprotect` (and a TLB shootdown on every core) on instantiation and
@@ -23,13 +31,18 @@ unsafe extern "C" {
 
 struct Bump {
     next: Cell<usize>,
+    /// Allocations not yet freed.
+    live: Cell<usize>,
 }
 
 // SAFETY: the component is single-threaded (wasm32 without threads).
 unsafe impl Sync for Bump {}
 
 #[global_allocator]
-static ALLOCATOR: Bump = Bump { next: Cell::new(0) };
+static ALLOCATOR: Bump = Bump {
+    next: Cell::new(0),
+    live: Cell::new(0),
+};
 
 unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -52,13 +65,19 @@ unsafe impl GlobalAlloc for Bump {
             }
         }
         self.next.set(end);
+        self.live.set(self.live.get() + 1);
         start as *mut u8
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // Only the most recent allocation can be given back (cheap, and it
-        // is the common case of a temporary buffer).
-        if ptr as usize + layout.size() == self.next.get() {
+        let live = self.live.get() - 1;
+        self.live.set(live);
+        if live == 0 {
+            // Nothing is allocated any more: start over (0 means the heap base).
+            self.next.set(0);
+        } else if ptr as usize + layout.size() == self.next.get() {
+            // Only the most recent allocation can be given back (cheap, and
+            // it is the common case of a temporary buffer).
             self.next.set(ptr as usize);
         }
     }
@@ -81,7 +100,11 @@ unsafe impl GlobalAlloc for Bump {
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         let new = unsafe { self.alloc(new_layout) };
         if !new.is_null() {
-            unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                // The old block is free now (never the last one: `new` is).
+                self.dealloc(ptr, layout);
+            }
         }
         new
     }

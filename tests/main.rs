@@ -13,5 +13,6 @@ mod fault_injection;
 mod http_server;
 mod last_use;
 mod multi_host;
+mod reuse;
 mod storage_conformance;
 mod two_factor;

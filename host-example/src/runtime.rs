@@ -240,9 +240,26 @@ impl Runtime {
             },
         );
         store.limiter(|s| &mut s.limits);
-        let ticks = (self.config.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(self.deadline_ticks());
         store
+    }
+
+    /// The per-call time limit in epoch ticks.
+    fn deadline_ticks(&self) -> u64 {
+        (self.config.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
+    /// One instance kept for many calls, as hosts that instantiate once do
+    /// (jco, most plugin systems); `host-example` itself uses a fresh
+    /// instance per request. For measuring the guest under reuse.
+    pub fn reused_instance(&self, services: &Services) -> wasmtime::Result<ReusedInstance<'_>> {
+        let mut store = self.store(services);
+        let instance = self.pre.instantiate(&mut store)?;
+        Ok(ReusedInstance {
+            runtime: self,
+            store,
+            instance,
+        })
     }
 
     /// Instantiates a fresh instance and drops it (what each request pays).
@@ -288,21 +305,8 @@ impl Runtime {
         settings: &Settings,
         req: &Request,
     ) -> wasmtime::Result<ep::Response> {
-        let services = &store.data().services;
-        let settings = settings_to_wit(settings, services.code_key());
         let instance = self.pre.instantiate(&mut *store)?;
-        let api = instance.rcpat_tokens_endpoints();
-        let req = ep::Request::from(req);
-        let (s, r) = (&settings, &req);
-        match endpoint {
-            Endpoint::Login => api.call_login(store, s, r),
-            Endpoint::Logout => api.call_logout(store, s, r),
-            Endpoint::Me => api.call_me(store, s, r),
-            Endpoint::Regenerate => api.call_regenerate_personal_access_token(store, s, r),
-            Endpoint::Generate => api.call_generate_personal_access_token(store, s, r),
-            Endpoint::List => api.call_get_personal_access_tokens(store, s, r),
-            Endpoint::Remove => api.call_remove_personal_access_token(store, s, r),
-        }
+        dispatch(&instance, store, endpoint, settings, req)
     }
 
     /// The component's default settings (Rocket.Chat's defaults).
@@ -314,6 +318,59 @@ impl Runtime {
             .rcpat_tokens_endpoints()
             .call_default_settings(&mut store)?;
         Ok(s.into())
+    }
+}
+
+/// Calls the export for `endpoint` on `instance` (the one place that maps
+/// endpoints to exports).
+fn dispatch(
+    instance: &PatService,
+    store: &mut Store<HostState>,
+    endpoint: Endpoint,
+    settings: &Settings,
+    req: &Request,
+) -> wasmtime::Result<ep::Response> {
+    let settings = settings_to_wit(settings, store.data().services.code_key());
+    let req = ep::Request::from(req);
+    let (s, r) = (&settings, &req);
+    let api = instance.rcpat_tokens_endpoints();
+    match endpoint {
+        Endpoint::Login => api.call_login(store, s, r),
+        Endpoint::Logout => api.call_logout(store, s, r),
+        Endpoint::Me => api.call_me(store, s, r),
+        Endpoint::Regenerate => api.call_regenerate_personal_access_token(store, s, r),
+        Endpoint::Generate => api.call_generate_personal_access_token(store, s, r),
+        Endpoint::List => api.call_get_personal_access_tokens(store, s, r),
+        Endpoint::Remove => api.call_remove_personal_access_token(store, s, r),
+    }
+}
+
+/// See [`Runtime::reused_instance`].
+pub struct ReusedInstance<'a> {
+    runtime: &'a Runtime,
+    store: Store<HostState>,
+    instance: PatService,
+}
+
+impl ReusedInstance<'_> {
+    /// Calls `endpoint` on the kept instance, with a fresh time limit.
+    pub fn call(
+        &mut self,
+        endpoint: Endpoint,
+        settings: &Settings,
+        req: &Request,
+    ) -> Result<Response, CallError> {
+        self.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        let result = dispatch(&self.instance, &mut self.store, endpoint, settings, req);
+        let refused = self.store.data().limits.memory_refused;
+        result
+            .map(Into::into)
+            .map_err(|e| CallError::classify(e, refused))
+    }
+
+    /// The guest's linear memory now, in bytes.
+    pub fn memory_size(&mut self) -> usize {
+        self.store.data().limits.peak_memory
     }
 }
 
