@@ -669,3 +669,144 @@ fn admin_calls() {
         );
     });
 }
+
+#[test]
+fn tokens_list_by_the_current_values_creation() {
+    each(|name, b| {
+        alice(b);
+        let mut second = pat("second", "p2");
+        second.created_at = T0 + 1;
+        b.insert_personal_access_token(ALICE, &second, &FactorProof::none())
+            .unwrap();
+        let mut third = pat("third", "p3");
+        third.created_at = T0 + 1;
+        b.insert_personal_access_token(ALICE, &third, &FactorProof::none())
+            .unwrap();
+        let names = || -> Vec<String> {
+            b.list_personal_access_tokens(ALICE)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.name)
+                .collect()
+        };
+        assert_eq!(
+            names(),
+            ["ci", "second", "third"],
+            "{name}: equal times by creation"
+        );
+        let mut ci = pat("ci", "p9");
+        ci.created_at = T0 + 5;
+        b.replace_personal_access_token(ALICE, "p1", &ci, &FactorProof::none())
+            .unwrap();
+        assert_eq!(
+            names(),
+            ["second", "third", "ci"],
+            "{name}: a regenerated token moves to the end"
+        );
+    });
+}
+
+#[test]
+fn conditional_writes_answer_the_first_outcome_that_applies() {
+    each(|name, b| {
+        alice(b);
+        b.set_totp(ALICE, Some(&totp(&[]))).unwrap();
+        // A revoked session and a spent factor together.
+        let bad = proof(Some("gone"), FactorUse::TotpStep(1));
+        let spent = proof(None, FactorUse::TotpStep(1));
+        let ins = |user: &str, t: &str, p: &FactorProof| {
+            b.insert_personal_access_token(user, &pat(t, "n1"), p)
+                .unwrap()
+        };
+        assert_eq!(ins("nobody", "ci", &bad), WriteOutcome::NotFound, "{name}");
+        assert_eq!(ins(ALICE, "ci", &bad), WriteOutcome::NameTaken, "{name}");
+        assert_eq!(
+            ins(ALICE, "new", &bad),
+            WriteOutcome::CredentialsRevoked,
+            "{name}"
+        );
+        assert_eq!(
+            ins(ALICE, "new", &spent),
+            WriteOutcome::FactorAlreadyUsed,
+            "{name}"
+        );
+        let rep = |expected: &str, p: &FactorProof| {
+            b.replace_personal_access_token(ALICE, expected, &pat("ci", "n2"), p)
+                .unwrap()
+        };
+        assert_eq!(rep("stale", &bad), WriteOutcome::NotFound, "{name}");
+        assert_eq!(rep("p1", &bad), WriteOutcome::CredentialsRevoked, "{name}");
+        assert_eq!(rep("p1", &spent), WriteOutcome::FactorAlreadyUsed, "{name}");
+        let rm = |n: &str, p: &FactorProof| b.remove_personal_access_token(ALICE, n, p).unwrap();
+        assert_eq!(rm("nope", &bad), WriteOutcome::NotFound, "{name}");
+        assert_eq!(rm("ci", &bad), WriteOutcome::CredentialsRevoked, "{name}");
+        assert_eq!(rm("ci", &spent), WriteOutcome::FactorAlreadyUsed, "{name}");
+        assert_eq!(
+            b.insert_login_token(ALICE, "s9", T0, &bad).unwrap(),
+            WriteOutcome::CredentialsRevoked,
+            "{name}"
+        );
+        // Nothing of all that changed anything.
+        assert_eq!(b.token_hashes_named(ALICE, "ci").unwrap(), ["p1"], "{name}");
+        assert_eq!(
+            b.list_personal_access_tokens(ALICE).unwrap().len(),
+            1,
+            "{name}"
+        );
+        assert!(b.authenticate(ALICE, "s9").unwrap().is_none(), "{name}");
+    });
+}
+
+#[test]
+fn unknown_users_in_the_other_writes() {
+    each(|name, b| {
+        let code = EmailCode {
+            code_hash: "e".into(),
+            salt: "s".into(),
+            expires_at: T0,
+            attempts: 0,
+        };
+        assert!(b.store_email_code("nobody", &code).is_err(), "{name}");
+        assert!(
+            b.reserve_two_factor_attempt("nobody", T0, 0, 10, None)
+                .is_err(),
+            "{name}"
+        );
+        assert!(
+            b.release_two_factor_attempt("nobody", true).is_err(),
+            "{name}"
+        );
+        b.record_token_use("nobody", "h", T0, T0).unwrap();
+        b.login_succeeded("nobody", "10.0.0.1").unwrap();
+    });
+}
+
+#[test]
+fn email_logins_match_any_stored_address_oldest_user_first() {
+    each(|name, b| {
+        let add = |id: &str, username: &str, created_at: u64| {
+            b.create_user(&NewUser {
+                id: id.into(),
+                username: username.into(),
+                name: username.into(),
+                email: Some("Shared@Example.org".into()),
+                email_verified: false,
+                password_bcrypt: None,
+                roles: vec![],
+                created_at,
+            })
+            .unwrap();
+        };
+        add("UserYounger000001", "younger", T0 + 10);
+        add("UserOlder00000001", "older", T0);
+        let found = b
+            .find_user_for_login(&LoginIdentifier::Email("shared@example.ORG".into()))
+            .unwrap()
+            .expect("an unverified address matches");
+        assert_eq!(found.username, "older", "{name}");
+        assert!(
+            found.verified_emails.is_empty(),
+            "{name}: still not verified"
+        );
+    });
+}

@@ -195,12 +195,16 @@ impl Storage for MemoryStorage {
         self.with(|s| {
             Ok(s.users
                 .values()
-                .find(|u| match identifier {
+                .filter(|u| match identifier {
                     LoginIdentifier::Username(n) => &u.user.username == n,
                     LoginIdentifier::Email(e) => u
                         .email
                         .as_deref()
                         .is_some_and(|m| m.eq_ignore_ascii_case(e)),
+                })
+                // The oldest, as the other backends (users are in a map).
+                .min_by(|a, b| {
+                    (a.user.created_at, &a.user.id).cmp(&(b.user.created_at, &b.user.id))
                 })
                 .map(|u| u.user.clone()))
         })
@@ -246,13 +250,18 @@ impl Storage for MemoryStorage {
 
     fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>> {
         self.with(|s| {
-            Ok(s.users.get(user_id).map_or_else(Vec::new, |u| {
-                u.tokens
-                    .iter()
-                    .filter(|e| e.record.kind == TokenKind::PersonalAccessToken)
-                    .map(pat)
-                    .collect()
-            }))
+            let mut tokens: Vec<PersonalAccessToken> =
+                s.users.get(user_id).map_or_else(Vec::new, |u| {
+                    u.tokens
+                        .iter()
+                        .filter(|e| e.record.kind == TokenKind::PersonalAccessToken)
+                        .map(pat)
+                        .collect()
+                });
+            // By the current value's creation; a stable sort keeps first
+            // creation order for equal times (tokens keep their slot).
+            tokens.sort_by_key(|t| t.created_at);
+            Ok(tokens)
         })
     }
 

@@ -659,7 +659,7 @@ impl Storage for SqliteStorage {
                     .query_row([n], |r| r.get(0))
                     .optional()?,
                 LoginIdentifier::Email(e) => tx
-                    .prepare_cached("SELECT id FROM users WHERE email = ?1 COLLATE NOCASE")?
+                    .prepare_cached("SELECT id FROM users WHERE email = ?1 COLLATE NOCASE ORDER BY created_at, id LIMIT 1")?
                     .query_row([e], |r| r.get(0))
                     .optional()?,
             };
