@@ -80,6 +80,10 @@ enum Command {
         /// Measure start-up to the first served request instead (compiling, then cached)
         #[arg(long)]
         startup: bool,
+        /// Measure this many regenerations on one kept instance instead (as hosts that
+        /// instantiate once do): time per call and the guest's memory
+        #[arg(long, default_value_t = 0)]
+        reuse: usize,
         /// Run twice, quiet and then with this many extra connections sending
         /// wrong passwords (login blocks off, as from many addresses), and print
         /// the throughput kept
@@ -247,9 +251,13 @@ fn run(command: Command, opts: Options) -> Result<()> {
             compare,
             startup,
             login_flood,
+            reuse,
         } => {
             if startup {
                 return bench_startup();
+            }
+            if reuse > 0 {
+                return bench_reuse(reuse);
             }
             if login_flood > 0 {
                 let mut opts = opts.clone();
@@ -535,6 +543,56 @@ fn bench_once(
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
+}
+
+/// `calls` self-rotations on one instance kept for all of them, on in-memory
+/// storage: time per call, and the guest's memory after 1,000 calls and at
+/// the end.
+fn bench_reuse(calls: usize) -> Result<()> {
+    use host_example::runtime::{Endpoint, Runtime, RuntimeConfig};
+    let services = Services::new(
+        Arc::new(host_example::storage::MemoryStorage::new()),
+        Arc::new(host_example::mail::MemoryMailer::default()),
+    );
+    let spec = UserSpec {
+        username: "reuse",
+        email: None,
+        password: None,
+        roles: &["user"],
+    };
+    let id = admin::create_user(&services, &spec, 4)?;
+    let mut token = admin::issue_personal_access_token(&services, &id, "bot", true)?;
+    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let settings = runtime.default_settings(&services)?;
+    let mut instance = runtime.reused_instance(&services)?;
+    let (mut after_1000, started) = (0, std::time::Instant::now());
+    for i in 1..=calls {
+        let req = rcpat::model::Request::new(
+            &[("X-User-Id", &id), ("X-Auth-Token", &token)],
+            br#"{"tokenName":"bot"}"#,
+        );
+        let r = instance.call(Endpoint::Regenerate, &settings, &req)?;
+        if r.status != 200 {
+            bail!("call {i}: {} {}", r.status, r.body);
+        }
+        let json: serde_json::Value = serde_json::from_str(&r.body)?;
+        token = json["token"].as_str().context("a token")?.to_string();
+        if i == 1000 {
+            after_1000 = instance.memory_size();
+        }
+    }
+    let elapsed = started.elapsed();
+    println!("one instance, {calls} regenerations (in-memory storage)");
+    println!(
+        "  per call        {:.2} µs",
+        elapsed.as_secs_f64() * 1e6 / calls as f64
+    );
+    println!(
+        "  guest memory    {} bytes after 1,000 calls, {} bytes after {calls}",
+        after_1000,
+        instance.memory_size()
+    );
+    Ok(())
 }
 
 /// Start-up to the first served request, as a separate `serve` process:
