@@ -228,6 +228,37 @@ pub struct Settings {
     pub show_token_last_use: bool,
 }
 
+/// Builds a `$to` from every setting of `$from`, plus `$extra` fields: the
+/// one list of the settings' fields, for the WIT conversions on both sides
+/// (the generated `settings` records use the same field names; the WIT one
+/// adds the host's `code_key`).
+#[macro_export]
+macro_rules! copy_settings {
+    ($from:expr => $to:path { $($extra:tt)* }) => {{
+        let s = $from;
+        $to {
+            two_factor_enabled: s.two_factor_enabled,
+            totp_enabled: s.totp_enabled,
+            email_enabled: s.email_enabled,
+            totp_max_delta: s.totp_max_delta,
+            email_code_expiration_seconds: s.email_code_expiration_seconds,
+            email_code_max_attempts: s.email_code_max_attempts,
+            enforce_password_fallback: s.enforce_password_fallback,
+            remember_for_seconds: s.remember_for_seconds,
+            max_failed_attempts: s.max_failed_attempts,
+            failed_attempts_window_seconds: s.failed_attempts_window_seconds,
+            login_expiration_days: s.login_expiration_days,
+            max_failed_logins_per_user: s.max_failed_logins_per_user,
+            user_login_block_minutes: s.user_login_block_minutes,
+            max_failed_logins_per_address: s.max_failed_logins_per_address,
+            address_login_block_minutes: s.address_login_block_minutes,
+            bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
+            show_token_last_use: s.show_token_last_use,
+            $($extra)*
+        }
+    }};
+}
+
 impl Settings {
     /// The login limits as storage applies them.
     pub fn login_limits(&self) -> LoginLimits {

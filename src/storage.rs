@@ -218,4 +218,45 @@ pub mod rules {
             email_code_attempts: email_attempts.map_or(0, |a| a + 1),
         }
     }
+
+    /// Whether the factor `used` can still be spent on `user` (for stores
+    /// that hold the user as a model value: memory, the fuzz store; the SQL
+    /// backends say the same in their conditional updates).
+    pub fn factor_available(user: &User, used: &FactorUse) -> bool {
+        match used {
+            FactorUse::None | FactorUse::Password => true,
+            FactorUse::TotpStep(step) => {
+                user.totp.as_ref().is_some_and(|t| *step > t.last_used_step)
+            }
+            FactorUse::BackupCode(h) => user
+                .totp
+                .as_ref()
+                .is_some_and(|t| t.hashed_backup_codes.contains(h)),
+            FactorUse::EmailCode(h) => user.email_code.as_ref().is_some_and(|c| &c.code_hash == h),
+        }
+    }
+
+    /// Spends a factor that `factor_available` accepted: the TOTP step is
+    /// used, the backup code marked spent, the email code gone, and any real
+    /// factor resets the failure count.
+    pub fn spend_factor(user: &mut User, used: &FactorUse) {
+        match used {
+            FactorUse::None | FactorUse::Password => {}
+            FactorUse::TotpStep(step) => {
+                if let Some(t) = user.totp.as_mut() {
+                    t.last_used_step = *step;
+                }
+            }
+            FactorUse::BackupCode(h) => {
+                if let Some(t) = user.totp.as_mut() {
+                    t.hashed_backup_codes.retain(|c| c != h);
+                    t.spent_backup_codes.push(h.clone());
+                }
+            }
+            FactorUse::EmailCode(_) => user.email_code = None,
+        }
+        if *used != FactorUse::None {
+            user.failures = FailureCount::default();
+        }
+    }
 }

@@ -8,7 +8,9 @@ use std::sync::{Mutex, OnceLock};
 
 use rcpat::env::Env;
 use rcpat::model::*;
-use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
+use rcpat::storage::rules::{
+    LoginCount, admit_login, factor_available, reserve_attempt, spend_factor,
+};
 use rcpat::storage::{HostResult, Storage};
 
 pub const USER_ID: &str = "FuzzUser000000001";
@@ -137,41 +139,11 @@ impl State {
         {
             return Some(WriteOutcome::CredentialsRevoked);
         }
-        let ok = match &proof.used {
-            FactorUse::None | FactorUse::Password => true,
-            FactorUse::TotpStep(step) => self
-                .user
-                .totp
-                .as_ref()
-                .is_some_and(|t| *step > t.last_used_step),
-            FactorUse::BackupCode(h) => self
-                .user
-                .totp
-                .as_ref()
-                .is_some_and(|t| t.hashed_backup_codes.contains(h)),
-            FactorUse::EmailCode(h) => self
-                .user
-                .email_code
-                .as_ref()
-                .is_some_and(|c| &c.code_hash == h),
-        };
-        (!ok).then_some(WriteOutcome::FactorAlreadyUsed)
+        (!factor_available(&self.user, &proof.used)).then_some(WriteOutcome::FactorAlreadyUsed)
     }
 
     fn spend(&mut self, proof: &FactorProof) {
-        match &proof.used {
-            FactorUse::TotpStep(step) => self.user.totp.as_mut().unwrap().last_used_step = *step,
-            FactorUse::BackupCode(h) => {
-                let t = self.user.totp.as_mut().unwrap();
-                t.hashed_backup_codes.retain(|c| c != h);
-                t.spent_backup_codes.push(h.clone());
-            }
-            FactorUse::EmailCode(_) => self.user.email_code = None,
-            FactorUse::None | FactorUse::Password => {}
-        }
-        if proof.used != FactorUse::None {
-            self.user.failures = FailureCount::default();
-        }
+        spend_factor(&mut self.user, &proof.used);
     }
 
     fn pat_index(&self, name: &str) -> Option<usize> {

@@ -9,50 +9,13 @@ use crate::bindings::rcpat::tokens::{mail, storage as st};
 
 /// The settings as the component takes them, with the host's code key.
 pub fn settings_to_wit(s: &m::Settings, code_key: &[u8]) -> ep::Settings {
-    ep::Settings {
-        two_factor_enabled: s.two_factor_enabled,
-        totp_enabled: s.totp_enabled,
-        email_enabled: s.email_enabled,
-        totp_max_delta: s.totp_max_delta,
-        email_code_expiration_seconds: s.email_code_expiration_seconds,
-        email_code_max_attempts: s.email_code_max_attempts,
-        enforce_password_fallback: s.enforce_password_fallback,
-        remember_for_seconds: s.remember_for_seconds,
-        max_failed_attempts: s.max_failed_attempts,
-        failed_attempts_window_seconds: s.failed_attempts_window_seconds,
-        login_expiration_days: s.login_expiration_days,
-        max_failed_logins_per_user: s.max_failed_logins_per_user,
-        user_login_block_minutes: s.user_login_block_minutes,
-        max_failed_logins_per_address: s.max_failed_logins_per_address,
-        address_login_block_minutes: s.address_login_block_minutes,
-        bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
-        show_token_last_use: s.show_token_last_use,
-        code_key: code_key.to_vec(),
-    }
+    rcpat::copy_settings!(s => ep::Settings { code_key: code_key.to_vec() })
 }
 
 /// The component's defaults (its `code-key` is empty and dropped).
 impl From<ep::Settings> for m::Settings {
     fn from(s: ep::Settings) -> Self {
-        m::Settings {
-            two_factor_enabled: s.two_factor_enabled,
-            totp_enabled: s.totp_enabled,
-            email_enabled: s.email_enabled,
-            totp_max_delta: s.totp_max_delta,
-            email_code_expiration_seconds: s.email_code_expiration_seconds,
-            email_code_max_attempts: s.email_code_max_attempts,
-            enforce_password_fallback: s.enforce_password_fallback,
-            remember_for_seconds: s.remember_for_seconds,
-            max_failed_attempts: s.max_failed_attempts,
-            failed_attempts_window_seconds: s.failed_attempts_window_seconds,
-            login_expiration_days: s.login_expiration_days,
-            max_failed_logins_per_user: s.max_failed_logins_per_user,
-            user_login_block_minutes: s.user_login_block_minutes,
-            max_failed_logins_per_address: s.max_failed_logins_per_address,
-            address_login_block_minutes: s.address_login_block_minutes,
-            bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
-            show_token_last_use: s.show_token_last_use,
-        }
+        rcpat::copy_settings!(s => m::Settings {})
     }
 }
 

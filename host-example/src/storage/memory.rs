@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rcpat::model::*;
-use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
+use rcpat::storage::rules::{
+    LoginCount, admit_login, factor_available, reserve_attempt, spend_factor,
+};
 
 use super::{
     Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
@@ -118,43 +120,12 @@ fn refusal(u: &MemUser, proof: &FactorProof) -> Option<WriteOutcome> {
     {
         return Some(WriteOutcome::CredentialsRevoked);
     }
-    let available = match &proof.used {
-        FactorUse::None | FactorUse::Password => true,
-        FactorUse::TotpStep(step) => u
-            .user
-            .totp
-            .as_ref()
-            .is_some_and(|t| *step > t.last_used_step),
-        FactorUse::BackupCode(h) => u
-            .user
-            .totp
-            .as_ref()
-            .is_some_and(|t| t.hashed_backup_codes.contains(h)),
-        FactorUse::EmailCode(h) => u
-            .user
-            .email_code
-            .as_ref()
-            .is_some_and(|c| &c.code_hash == h),
-    };
-    (!available).then_some(WriteOutcome::FactorAlreadyUsed)
+    (!factor_available(&u.user, &proof.used)).then_some(WriteOutcome::FactorAlreadyUsed)
 }
 
 /// Spends a proof that `refusal` accepted.
 fn spend(u: &mut MemUser, proof: &FactorProof) {
-    match &proof.used {
-        FactorUse::None => {}
-        FactorUse::Password => {}
-        FactorUse::TotpStep(step) => u.user.totp.as_mut().unwrap().last_used_step = *step,
-        FactorUse::BackupCode(h) => {
-            let totp = u.user.totp.as_mut().unwrap();
-            totp.hashed_backup_codes.retain(|c| c != h);
-            totp.spent_backup_codes.push(h.clone());
-        }
-        FactorUse::EmailCode(_) => u.user.email_code = None,
-    }
-    if proof.used != FactorUse::None {
-        u.user.failures = FailureCount::default();
-    }
+    spend_factor(&mut u.user, &proof.used);
     if let Some(grant) = &proof.remember
         && let Some(e) = u
             .tokens

@@ -27,6 +27,32 @@ pub use rcpat::endpoints::PAT_PERMISSION;
 /// Rocket.Chat's default roles for it.
 pub const PAT_PERMISSION_DEFAULT_ROLES: &[&str] = &["admin", "user"];
 
+/// The stored text of a token kind, the same in every SQL backend.
+pub(crate) fn kind_str(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Login => "login",
+        TokenKind::PersonalAccessToken => "pat",
+    }
+}
+
+/// The stored text of a TOTP algorithm, and back (unknown text is SHA-1,
+/// the enrolment default).
+pub(crate) fn alg_str(a: TotpAlgorithm) -> &'static str {
+    match a {
+        TotpAlgorithm::Sha1 => "sha1",
+        TotpAlgorithm::Sha256 => "sha256",
+        TotpAlgorithm::Sha512 => "sha512",
+    }
+}
+
+pub(crate) fn alg_from(s: &str) -> TotpAlgorithm {
+    match s {
+        "sha256" => TotpAlgorithm::Sha256,
+        "sha512" => TotpAlgorithm::Sha512,
+        _ => TotpAlgorithm::Sha1,
+    }
+}
+
 /// A user as an administrator creates it.
 #[derive(Clone, Debug)]
 pub struct NewUser {

@@ -32,7 +32,7 @@ use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
 
 use super::{
     Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary,
+    UserSummary, alg_from, alg_str, kind_str,
 };
 use crate::error::{Error, Result};
 use crate::keys::Keys;
@@ -533,15 +533,23 @@ struct Db<'a> {
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
+/// Runs the same call on whichever the session holds (both are
+/// `GenericClient`s, a trait with generic methods, so not a `dyn`).
+macro_rules! on_handle {
+    ($db:expr, $c:ident => $call:expr) => {
+        match &mut $db.client {
+            Handle::Plain($c) => $call,
+            Handle::Tx($c) => $call,
+        }
+    };
+}
+
 impl Db<'_> {
     fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = match &mut self.client {
-            Handle::Plain(c) => c.prepare(sql)?,
-            Handle::Tx(t) => t.prepare(sql)?,
-        };
+        let s = on_handle!(self, c => c.prepare(sql))?;
         self.statements.insert(sql, s.clone());
         Ok(s)
     }
@@ -552,10 +560,7 @@ impl Db<'_> {
         p: Params,
     ) -> std::result::Result<Vec<Row>, postgres::Error> {
         let st = self.statement(sql)?;
-        match &mut self.client {
-            Handle::Plain(c) => c.query(&st, p),
-            Handle::Tx(t) => t.query(&st, p),
-        }
+        on_handle!(self, c => c.query(&st, p))
     }
 
     fn query_opt(
@@ -564,10 +569,7 @@ impl Db<'_> {
         p: Params,
     ) -> std::result::Result<Option<Row>, postgres::Error> {
         let st = self.statement(sql)?;
-        match &mut self.client {
-            Handle::Plain(c) => c.query_opt(&st, p),
-            Handle::Tx(t) => t.query_opt(&st, p),
-        }
+        on_handle!(self, c => c.query_opt(&st, p))
     }
 
     fn query_one(
@@ -576,10 +578,7 @@ impl Db<'_> {
         p: Params,
     ) -> std::result::Result<Row, postgres::Error> {
         let st = self.statement(sql)?;
-        match &mut self.client {
-            Handle::Plain(c) => c.query_one(&st, p),
-            Handle::Tx(t) => t.query_one(&st, p),
-        }
+        on_handle!(self, c => c.query_one(&st, p))
     }
 
     fn execute(
@@ -588,10 +587,7 @@ impl Db<'_> {
         p: Params,
     ) -> std::result::Result<u64, postgres::Error> {
         let st = self.statement(sql)?;
-        match &mut self.client {
-            Handle::Plain(c) => c.execute(&st, p),
-            Handle::Tx(t) => t.execute(&st, p),
-        }
+        on_handle!(self, c => c.execute(&st, p))
     }
 
     /// Locks the user's row for the rest of the transaction; false if there
@@ -621,29 +617,6 @@ macro_rules! user_select {
             $from_where
         )
     };
-}
-
-fn alg_str(a: TotpAlgorithm) -> &'static str {
-    match a {
-        TotpAlgorithm::Sha1 => "sha1",
-        TotpAlgorithm::Sha256 => "sha256",
-        TotpAlgorithm::Sha512 => "sha512",
-    }
-}
-
-fn alg_from(s: &str) -> TotpAlgorithm {
-    match s {
-        "sha256" => TotpAlgorithm::Sha256,
-        "sha512" => TotpAlgorithm::Sha512,
-        _ => TotpAlgorithm::Sha1,
-    }
-}
-
-fn kind_str(kind: TokenKind) -> &'static str {
-    match kind {
-        TokenKind::Login => "login",
-        TokenKind::PersonalAccessToken => "pat",
-    }
 }
 
 /// Timestamps and steps are BIGINT; counts INTEGER.

@@ -28,7 +28,7 @@ use crate::keys::Keys;
 
 use super::{
     Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary,
+    UserSummary, alg_from, alg_str, kind_str,
 };
 
 // The backends' schemas move together.
@@ -170,29 +170,6 @@ impl From<CommitFailure> for Error {
 
 /// Most writes folded into one commit.
 const MAX_BATCH: usize = 512;
-
-fn kind_str(kind: TokenKind) -> &'static str {
-    match kind {
-        TokenKind::Login => "login",
-        TokenKind::PersonalAccessToken => "pat",
-    }
-}
-
-fn alg_str(a: TotpAlgorithm) -> &'static str {
-    match a {
-        TotpAlgorithm::Sha1 => "sha1",
-        TotpAlgorithm::Sha256 => "sha256",
-        TotpAlgorithm::Sha512 => "sha512",
-    }
-}
-
-fn alg_from(s: &str) -> TotpAlgorithm {
-    match s {
-        "sha256" => TotpAlgorithm::Sha256,
-        "sha512" => TotpAlgorithm::Sha512,
-        _ => TotpAlgorithm::Sha1,
-    }
-}
 
 impl SqliteStorage {
     /// Opens (creating and migrating as needed) the database at `path`, with
