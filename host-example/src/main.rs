@@ -94,6 +94,12 @@ enum Command {
     Wit,
     /// Print the embedded component's size and the toolchain route that built it.
     Info,
+    /// Write the embedded component (a `.wasm` component) to FILE, for other
+    /// hosts: `host-node/` transpiles it with jco.
+    Export {
+        #[arg(value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +333,11 @@ fn run(command: Command, opts: Options) -> Result<()> {
         Command::Info => {
             println!("component size: {} bytes", host_example::COMPONENT.len());
             println!("built by the {} route", env!("RCPAT_WASM_ROUTE_USED"));
+            Ok(())
+        }
+        Command::Export { out } => {
+            std::fs::write(&out, host_example::COMPONENT)
+                .with_context(|| format!("writing the component to {}", out.display()))?;
             Ok(())
         }
     }

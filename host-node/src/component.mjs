@@ -1,0 +1,134 @@
+// The component in Node: gen/rcpat.js (jco's `--instantiation sync` output)
+// instantiated with this host's imports. Core modules are compiled once per
+// process; an instance is kept and reused for every call, as JS hosts do
+// (the component's allocator starts over at every export, so its memory
+// stays flat), and replaced by a fresh one after a trap, which leaves an
+// instance unusable.
+
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { instantiate } from '../gen/rcpat.js';
+import { storageImport } from './storage/rules.mjs';
+
+const GEN = new URL('../gen/', import.meta.url);
+const compiled = new Map();
+
+function getCoreModule(path) {
+  let m = compiled.get(path);
+  if (!m) {
+    m = new WebAssembly.Module(readFileSync(new URL(path, GEN)));
+    compiled.set(path, m);
+  }
+  return m;
+}
+
+/** The endpoints the component exports, by route. */
+export const ENDPOINTS = {
+  '/api/v1/login': ['POST', 'login'],
+  '/api/v1/logout': ['POST', 'logout'],
+  '/api/v1/me': ['GET', 'me'],
+  '/api/v1/users.regeneratePersonalAccessToken': ['POST', 'regeneratePersonalAccessToken'],
+  '/api/v1/users.generatePersonalAccessToken': ['POST', 'generatePersonalAccessToken'],
+  '/api/v1/users.getPersonalAccessTokens': ['GET', 'getPersonalAccessTokens'],
+  '/api/v1/users.removePersonalAccessToken': ['POST', 'removePersonalAccessToken'],
+};
+
+/** A wall clock in ms that tests may move forward. */
+export function systemClock() {
+  let offset = 0;
+  return {
+    nowMs: () => Date.now() + offset,
+    advance(ms) {
+      offset += ms;
+    },
+  };
+}
+
+const INTERNAL = JSON.stringify({
+  success: false,
+  error: 'The request failed and was stopped [error-internal]',
+  errorType: 'error-internal',
+});
+
+export class Component {
+  /**
+   * store: a document store (storage/memory.mjs, storage/sqlite.mjs);
+   * mail: {send({to, subject, text})}, throwing on failure;
+   * keys: {codeKey}; clock: {nowMs()}; log: (object) => void.
+   */
+  constructor({ store, mail, keys, clock = systemClock(), log = () => {}, settings = {} }) {
+    this.clock = clock;
+    this.log = log;
+    this.instantiations = 0;
+    this.instance = null;
+    const wrap = (name, fn) => (...args) => {
+      try {
+        return fn(...args);
+      } catch (e) {
+        log({ event: `${name}_failed`, error: e instanceof Error ? e.message : String(e) });
+        throw { payload: `${name} failed` };
+      }
+    };
+    const storage = storageImport(store, log);
+    const mailImport = { send: wrap('mail', (msg) => mail.send(msg)) };
+    const wallClock = {
+      now() {
+        const ms = clock.nowMs();
+        return { seconds: BigInt(Math.floor(ms / 1000)), nanoseconds: (ms % 1000) * 1_000_000 };
+      },
+      resolution: () => ({ seconds: 0n, nanoseconds: 1_000_000 }),
+    };
+    const random = {
+      getRandomBytes: (len) => new Uint8Array(randomBytes(Number(len))),
+      getRandomU64: () => randomBytes(8).readBigUInt64LE(),
+    };
+    // jco's generated code looks imports up without their version; the
+    // typings name them with it. Both, so either build reads them.
+    this.imports = {};
+    for (const [name, value] of [
+      ['rcpat:tokens/storage', storage],
+      ['rcpat:tokens/mail', mailImport],
+      ['wasi:clocks/wall-clock', wallClock],
+      ['wasi:random/random', random],
+    ]) {
+      this.imports[name] = value;
+      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.3.0'}`] = value;
+    }
+    this.settings = { ...this.endpoints().defaultSettings(), ...settings, codeKey: new Uint8Array(keys.codeKey) };
+  }
+
+  /** The kept instance's exports, instantiating when there is none. */
+  endpoints() {
+    if (!this.instance) {
+      // Keep the guest's linear memory in view (memoryBytes) as it is made.
+      const core = (module, imports) => {
+        const instance = new WebAssembly.Instance(module, imports);
+        if (instance.exports.memory instanceof WebAssembly.Memory) this.memory = instance.exports.memory;
+        return instance;
+      };
+      this.instance = instantiate(getCoreModule, this.imports, core).endpoints;
+      this.instantiations += 1;
+    }
+    return this.instance;
+  }
+
+  /** The kept instance's linear memory, in bytes. */
+  memoryBytes() {
+    return this.memory ? this.memory.buffer.byteLength : 0;
+  }
+
+  /**
+   * Calls export `name` with a WIT `request` ({headers: [{name, value}],
+   * clientAddress, body}); answers {status, body}. A trap is answered 500
+   * and the instance dropped.
+   */
+  call(name, request) {
+    try {
+      return this.endpoints()[name](this.settings, request);
+    } catch (e) {
+      this.instance = null;
+      this.log({ event: 'component_trapped', endpoint: name, error: e instanceof Error ? e.message : String(e) });
+      return { status: 500, body: INTERNAL };
+    }
+  }
+}

@@ -1,0 +1,322 @@
+// The storage contract of `wit/world.wit` (interface `storage`) over a
+// document store: each user is one JSON document (profile, 2FA state,
+// tokens, permission overrides), and failed-login counts are small records
+// by key. memory.mjs and sqlite.mjs supply the documents; every rule lives
+// here once, in the order the contract states, and mirrors the Rust
+// backends (`rcpat::storage::rules` for the counting arithmetic).
+//
+// A store provides:
+//   transaction(fn)            run fn atomically (SQLite: BEGIN IMMEDIATE)
+//   user(id)                   the user's document, or undefined
+//   save(doc)                  write a changed document back (memory: no-op)
+//   userForLogin(tag, value)   the oldest user by exact username, or by any
+//                              stored address compared ASCII-case-insensitively
+//   count(kind, key) / setCount(kind, key, c) / deleteCount(kind, key)
+//                              failed logins, kind 'account' or 'address'
+// and, for the admin side (admin.mjs), insertUser(doc) and users().
+//
+// Functions return the `ok` value; an `err` is thrown as {payload} (jco's
+// convention) by storageImport below, never as a bare Error, which would
+// unwind through the guest and poison the instance.
+
+import * as wit from '../wit.mjs';
+
+/** Which roles hold a permission unless a user has an override (Rocket.Chat's defaults). */
+export const PERMISSION_ROLES = {
+  'create-personal-access-tokens': ['admin', 'user'],
+};
+
+const isPatNamed = (t, name) => t.kind === 'personal-access-token' && t.name === name;
+
+function noSuchUser(id) {
+  return new StorageError(`no such user ${JSON.stringify(id)}`);
+}
+
+/** An `err` of the storage contract (the text is for the host's log only). */
+export class StorageError extends Error {}
+
+/** Whether `used` (a WIT factor-use) can still be spent on user document `u`. */
+function factorAvailable(u, used) {
+  switch (used.tag) {
+    case 'none':
+    case 'password':
+      return true;
+    case 'totp-step':
+      return !!u.totp && Number(used.val) > u.totp.lastUsedStep;
+    case 'backup-code':
+      return !!u.totp && u.totp.hashedBackupCodes.includes(used.val);
+    case 'email-code':
+      return !!u.emailCode && u.emailCode.codeHash === used.val;
+    default:
+      throw new StorageError(`unknown factor-use ${used.tag}`);
+  }
+}
+
+/** Why `proof` cannot be spent on `u` now, if it cannot (checked before any change). */
+function refusal(u, proof) {
+  if (proof.session !== undefined && proof.session !== null) {
+    if (!u.tokens.some((t) => t.hashedToken === proof.session)) return 'credentials-revoked';
+  }
+  return factorAvailable(u, proof.used) ? null : 'factor-already-used';
+}
+
+/** Spends a proof that `refusal` accepted. */
+function spend(u, proof) {
+  const used = proof.used;
+  switch (used.tag) {
+    case 'totp-step':
+      u.totp.lastUsedStep = Number(used.val);
+      break;
+    case 'backup-code':
+      u.totp.hashedBackupCodes = u.totp.hashedBackupCodes.filter((c) => c !== used.val);
+      u.totp.spentBackupCodes.push(used.val);
+      break;
+    case 'email-code':
+      u.emailCode = null;
+      break;
+  }
+  if (used.tag !== 'none') u.failures = { count: 0, lastFailedAt: 0 };
+  const grant = proof.remember;
+  if (grant) {
+    const t = u.tokens.find((t) => t.hashedToken === grant.hashedLoginToken);
+    if (t) {
+      t.authorizedHash = grant.fingerprint;
+      t.authorizedUntil = Number(grant.until);
+    }
+  }
+}
+
+/** One failed-login count as it stands at `at`: zero once its block has run out. */
+function currentCount(c, at, max, blockMs) {
+  return max > 0 && c.count >= max && at >= c.lastAt + blockMs ? 0 : c.count;
+}
+
+/**
+ * A conditional write on user `userId`: `find(u)` answers 'not-found' /
+ * 'name-taken' or null to go on; then the proof is checked and spent and
+ * `change(u)` applied, all in one transaction.
+ */
+function conditionalWrite(store, userId, proof, find, change) {
+  return store.transaction(() => {
+    const u = store.user(userId);
+    if (!u) return 'not-found';
+    const early = find(u);
+    if (early) return early;
+    const refused = refusal(u, proof);
+    if (refused) return refused;
+    spend(u, proof);
+    change(u);
+    store.save(u);
+    return 'done';
+  });
+}
+
+/** The 16 functions of the WIT `storage` interface, over `store`. */
+export function storageFunctions(store) {
+  return {
+    authenticate(userId, hashedToken) {
+      const u = store.user(userId);
+      const t = u?.tokens.find((t) => t.hashedToken === hashedToken);
+      return t ? { user: wit.user(u), token: wit.loginToken(t) } : undefined;
+    },
+
+    findUserForLogin(identifier) {
+      const u = store.userForLogin(identifier.tag, identifier.val);
+      return u ? wit.user(u) : undefined;
+    },
+
+    insertLoginToken(userId, hashedToken, createdAt, proof) {
+      return conditionalWrite(store, userId, proof, () => null, (u) => {
+        u.tokens.push(wit.loginEntry(hashedToken, createdAt));
+      });
+    },
+
+    reserveLoginAttempt(account, address, at, limits) {
+      at = Number(at);
+      const maxAcc = limits.maxPerAccount;
+      const maxAdr = limits.maxPerAddress;
+      const accMs = Number(limits.accountBlockMs);
+      const adrMs = Number(limits.addressBlockMs);
+      return store.transaction(() => {
+        const acc = store.count('account', account) ?? { count: 0, lastAt: 0 };
+        const adr = store.count('address', address) ?? { count: 0, lastAt: 0 };
+        const accNow = currentCount(acc, at, maxAcc, accMs);
+        const adrNow = currentCount(adr, at, maxAdr, adrMs);
+        if (maxAcc > 0 && accNow >= maxAcc) return 'account-blocked';
+        if (maxAdr > 0 && adrNow >= maxAdr) return 'address-blocked';
+        store.setCount('account', account, { count: accNow + 1, lastAt: at });
+        store.setCount('address', address, { count: adrNow + 1, lastAt: at });
+        return 'admitted';
+      });
+    },
+
+    loginSucceeded(account, address) {
+      store.transaction(() => {
+        store.deleteCount('account', account);
+        const adr = store.count('address', address);
+        if (adr) store.setCount('address', address, { ...adr, count: Math.max(0, adr.count - 1) });
+      });
+    },
+
+    removeLoginToken(userId, hashedToken) {
+      return store.transaction(() => {
+        const u = store.user(userId);
+        const i = u ? u.tokens.findIndex((t) => t.kind === 'login' && t.hashedToken === hashedToken) : -1;
+        if (i < 0) return 'not-found';
+        u.tokens.splice(i, 1);
+        store.save(u);
+        return 'done';
+      });
+    },
+
+    hasPermission(userId, permission) {
+      const u = store.user(userId);
+      if (!u) return false;
+      const override = u.overrides[permission];
+      if (override !== undefined) return override;
+      const roles = PERMISSION_ROLES[permission] ?? [];
+      return u.roles.some((r) => roles.includes(r));
+    },
+
+    listPersonalAccessTokens(userId) {
+      const u = store.user(userId);
+      if (!u) return [];
+      // By the current value's creation; Array.prototype.sort is stable, so
+      // equal times keep first-creation order (a replaced token keeps its slot).
+      return u.tokens
+        .filter((t) => t.kind === 'personal-access-token')
+        .sort((a, b) => a.createdAt - b.createdAt)
+        .map(wit.personalAccessToken);
+    },
+
+    findPersonalAccessToken(userId, name) {
+      const t = store.user(userId)?.tokens.find((t) => isPatNamed(t, name));
+      return t ? wit.personalAccessToken(t) : undefined;
+    },
+
+    insertPersonalAccessToken(userId, token, proof) {
+      return conditionalWrite(
+        store,
+        userId,
+        proof,
+        (u) => (u.tokens.some((t) => isPatNamed(t, token.name)) ? 'name-taken' : null),
+        (u) => u.tokens.push(wit.patEntry(token)),
+      );
+    },
+
+    replacePersonalAccessToken(userId, expectedHashedToken, replacement, proof) {
+      const matches = (t) => isPatNamed(t, replacement.name) && t.hashedToken === expectedHashedToken;
+      return conditionalWrite(
+        store,
+        userId,
+        proof,
+        (u) => (u.tokens.some(matches) ? null : 'not-found'),
+        (u) => {
+          u.tokens[u.tokens.findIndex(matches)] = wit.patEntry(replacement);
+        },
+      );
+    },
+
+    removePersonalAccessToken(userId, name, proof) {
+      return conditionalWrite(
+        store,
+        userId,
+        proof,
+        (u) => (u.tokens.some((t) => isPatNamed(t, name)) ? null : 'not-found'),
+        (u) => {
+          u.tokens = u.tokens.filter((t) => !isPatNamed(t, name));
+        },
+      );
+    },
+
+    reserveTwoFactorAttempt(userId, at, windowStart, maxFailed, maxEmailCodeAttempts) {
+      at = Number(at);
+      windowStart = Number(windowStart);
+      return store.transaction(() => {
+        const u = store.user(userId);
+        if (!u) throw noSuchUser(userId);
+        const stored = u.failures;
+        const count = stored.lastFailedAt <= windowStart ? 0 : stored.count;
+        const asked = maxEmailCodeAttempts !== undefined && maxEmailCodeAttempts !== null;
+        const code = asked ? u.emailCode : null;
+        const emailAttempts = code ? code.attempts : null;
+        const emailFull = emailAttempts !== null && emailAttempts >= maxEmailCodeAttempts;
+        if (count >= maxFailed || emailFull) {
+          return {
+            granted: false,
+            failures: wit.failures({ count, lastFailedAt: stored.lastFailedAt }),
+            emailCodeAttempts: emailAttempts ?? 0,
+          };
+        }
+        u.failures = { count: count + 1, lastFailedAt: at };
+        if (code) code.attempts = emailAttempts + 1;
+        store.save(u);
+        return {
+          granted: true,
+          failures: wit.failures(u.failures),
+          emailCodeAttempts: code ? code.attempts : 0,
+        };
+      });
+    },
+
+    releaseTwoFactorAttempt(userId, emailCodeAttempt) {
+      store.transaction(() => {
+        const u = store.user(userId);
+        if (!u) throw noSuchUser(userId);
+        u.failures.count = Math.max(0, u.failures.count - 1);
+        if (emailCodeAttempt && u.emailCode) {
+          u.emailCode.attempts = Math.max(0, u.emailCode.attempts - 1);
+        }
+        store.save(u);
+      });
+    },
+
+    storeEmailCode(userId, code) {
+      store.transaction(() => {
+        const u = store.user(userId);
+        if (!u) throw noSuchUser(userId);
+        u.emailCode = {
+          codeHash: code.codeHash,
+          salt: code.salt,
+          expiresAt: Number(code.expiresAt),
+          attempts: code.attempts,
+        };
+        store.save(u);
+      });
+    },
+
+    recordTokenUse(userId, hashedToken, at, staleBefore) {
+      store.transaction(() => {
+        const u = store.user(userId);
+        const t = u?.tokens.find((t) => t.kind === 'personal-access-token' && t.hashedToken === hashedToken);
+        if (t && (t.lastUsedAt === null || t.lastUsedAt < Number(staleBefore))) {
+          t.lastUsedAt = Number(at);
+          store.save(u);
+        }
+      });
+    },
+  };
+}
+
+/**
+ * The WIT import object for `storage`: every function of `storageFunctions`,
+ * with any failure (a StorageError, a SQLite error, a bug) turned into the
+ * contract's `err` as jco expects it: a thrown value with a `payload`. The
+ * text goes to `log`, and the component never shows it to a client.
+ */
+export function storageImport(store, log = () => {}) {
+  const fns = storageFunctions(store);
+  const wrapped = {};
+  for (const [name, fn] of Object.entries(fns)) {
+    wrapped[name] = (...args) => {
+      try {
+        return fn(...args);
+      } catch (e) {
+        const text = e instanceof Error ? e.message : String(e);
+        log({ event: 'storage_failed', call: name, error: text });
+        throw { payload: `${name} failed` };
+      }
+    };
+  }
+  return wrapped;
+}
