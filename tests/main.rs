@@ -14,5 +14,6 @@ mod http_server;
 mod last_use;
 mod multi_host;
 mod reuse;
+mod shutdown;
 mod storage_conformance;
 mod two_factor;

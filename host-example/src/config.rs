@@ -102,6 +102,9 @@ pub struct Options {
     /// Open connections at most; more are answered 503 and closed [default: 4096, within the descriptor limit]
     #[arg(long, global = true, env = "RCPAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for the requests in flight before cutting them [default: 30]
+    #[arg(long, global = true, env = "RCPAT_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
     /// Log format: text (coloured only on a terminal) or json [default: text]
     #[arg(long, global = true, env = "RCPAT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -194,7 +197,7 @@ impl Options {
         let (a, b) = (self, file);
         merge_fields!(a, b; listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
-            request_timeout_secs, max_connections, log_format, two_factor, totp, email_2fa, totp_max_delta,
+            request_timeout_secs, max_connections, shutdown_timeout_secs, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
@@ -264,6 +267,10 @@ impl Options {
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(d.request_timeout),
             max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
+            shutdown_timeout: self
+                .shutdown_timeout_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.shutdown_timeout),
         }
     }
 

@@ -368,12 +368,28 @@ fn serve(opts: Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
-    tracing::info!("shutting down");
-    drop(server);
-    Ok(())
+    let signal = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Ok::<_, std::io::Error>("SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    })?;
+    let timeout = opts.limits().shutdown_timeout;
+    tracing::info!(
+        signal,
+        timeout_secs = timeout.as_secs(),
+        "shutting down: refusing new connections, finishing requests in flight"
+    );
+    match server.shutdown() {
+        host_example::server::Stopped::Drained => {
+            tracing::info!("stopped: every request in flight answered, storage closed");
+            Ok(())
+        }
+        host_example::server::Stopped::TimedOut => {
+            bail!("stopped after {timeout:?} with requests still in flight (--shutdown-timeout)")
+        }
+    }
 }
 
 fn admin_services(opts: &Options) -> Result<Services> {

@@ -42,6 +42,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Open connections at most; more are answered 503 and closed.
     pub max_connections: usize,
+    /// How long a shutdown waits for the requests in flight.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +55,7 @@ impl Default for Limits {
             password_wait: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -126,12 +129,24 @@ pub fn router(app: Arc<App>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(app)
 }
 
-/// Serves until `shutdown` completes, then lets requests in flight finish.
+/// How a server stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every request in flight was answered.
+    Drained,
+    /// `shutdown_timeout` passed with connections still busy; they were cut.
+    TimedOut,
+}
+
+/// Serves until `shutdown` completes; then stops accepting (the listener is
+/// closed, so new connections are refused), answers every request already
+/// read, closes idle keep-alive connections, and returns once all are done
+/// or `limits.shutdown_timeout` has passed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Stopped {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::Service;
 
@@ -175,8 +190,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    match tokio::time::timeout(app.limits.shutdown_timeout, graceful.shutdown()).await {
+        Ok(()) => Stopped::Drained,
+        Err(_) => Stopped::TimedOut,
+    }
 }
 
 /// Answers a connection over the cap with a 503 and closes it.
@@ -479,7 +496,7 @@ pub struct RunningServer {
     pub cache: Option<crate::cache::CacheOutcome>,
     pub startup: Duration,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Stopped>>,
 }
 
 impl RunningServer {
@@ -498,13 +515,18 @@ impl RunningServer {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            rt.block_on(async move {
+            let stopped = rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = serve(listener, app, async move {
+                serve(listener, app, async move {
                     let _ = rx.await;
                 })
-                .await;
+                .await
             });
+            // Requests cut by the timeout may still run on blocking threads;
+            // they finish their storage call (each is atomic) or are abandoned
+            // here. Storage closes when the last of them drops the app.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            stopped
         });
         Ok(RunningServer {
             addr,
@@ -518,15 +540,26 @@ impl RunningServer {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// Stops gracefully (see `serve`) and closes storage; answers how.
+    pub fn shutdown(mut self) -> Stopped {
+        self.stop_now()
+    }
+
+    fn stop_now(&mut self) -> Stopped {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(stopped)) => stopped,
+            Some(Err(_)) => Stopped::TimedOut,
+            None => Stopped::Drained,
+        }
+    }
 }
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop_now();
     }
 }

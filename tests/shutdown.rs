@@ -1,0 +1,182 @@
+//! Graceful shutdown: SIGTERM in the middle of a load run. The server stops
+//! accepting, answers every request it had read, closes storage and exits 0;
+//! so no regeneration commits without its reply reaching the client (the
+//! client would be left holding a dead token): every client's last
+//! acknowledged token still authenticates afterwards.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use host_example::admin::{self, UserSpec};
+use host_example::config::Options;
+use host_example::server::services_from;
+
+const CLIENTS: usize = 16;
+
+#[test]
+fn sigterm_under_load_answers_every_request_in_flight() {
+    let dir = temp_dir("shutdown");
+    let db = dir.join("rcpat.sqlite");
+    let opts = Options {
+        db: Some(db.clone()),
+        ..Options::default()
+    };
+    let mut clients = Vec::new();
+    {
+        let services = services_from(&opts).unwrap();
+        for i in 0..CLIENTS {
+            let spec = UserSpec {
+                username: &format!("u{i}"),
+                email: None,
+                password: None,
+                roles: &["user"],
+            };
+            let id = admin::create_user(&services, &spec, 4).unwrap();
+            let token = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
+            clients.push((id, token));
+        }
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host-example"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-timeout-secs",
+            "30",
+        ])
+        .arg("--db")
+        .arg(&db)
+        .arg("--cache-dir")
+        .arg(shared_cache_dir())
+        .arg("--outbox")
+        .arg(dir.join("outbox"))
+        .env("RUST_LOG", "info")
+        .env_remove("RCPAT_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"))
+        .expect("the server starts");
+    let addr = listening
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+
+    // Self-rotation on every client until its connection is refused or cut.
+    let signalled = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = clients
+        .into_iter()
+        .map(|(id, mut token)| {
+            let (url, signalled) = (
+                format!("http://{addr}/api/v1/users.regeneratePersonalAccessToken"),
+                signalled.clone(),
+            );
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(40)))
+                    .build()
+                    .into();
+                let (mut acked, mut after_signal, mut unexpected) = (0u32, 0u32, Vec::new());
+                loop {
+                    let sent = agent
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .header("X-User-Id", &id)
+                        .header("X-Auth-Token", &token)
+                        .send(r#"{"tokenName":"ci"}"#);
+                    let Ok(mut reply) = sent else { break };
+                    let status = reply.status().as_u16();
+                    let body = reply.body_mut().read_to_string().unwrap_or_default();
+                    if status != 200 {
+                        unexpected.push(format!("{status} {body}"));
+                        break;
+                    }
+                    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    token = json["token"].as_str().unwrap().to_string();
+                    acked += 1;
+                    if signalled.load(Ordering::SeqCst) {
+                        after_signal += 1;
+                    }
+                }
+                (id, token, acked, after_signal, unexpected)
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    signalled.store(true, Ordering::SeqCst);
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let signalled_at = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            signalled_at.elapsed() < Duration::from_secs(35),
+            "the server did not stop within its shutdown timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped_in = signalled_at.elapsed();
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    reader.join().unwrap();
+    let log = log.lock().unwrap().join("\n");
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        log.contains("stopped: every request in flight answered"),
+        "{log}"
+    );
+
+    // Every reply was a success, and each client's last acknowledged token
+    // works: nothing was committed without its reply.
+    let services = services_from(&opts).unwrap();
+    let (mut total, mut after) = (0, 0);
+    for (id, token, acked, after_signal, unexpected) in &results {
+        assert!(unexpected.is_empty(), "{id}: {unexpected:?}");
+        assert!(*acked > 0, "{id} was never served");
+        let hashed = rcpat::token::hash_token(token);
+        assert!(
+            services
+                .storage
+                .authenticate(id, &hashed)
+                .unwrap()
+                .is_some(),
+            "{id}: its last acknowledged token was lost (a regeneration committed without its reply)"
+        );
+        total += acked;
+        after += after_signal;
+    }
+    eprintln!(
+        "shutdown: {total} regenerations acknowledged, {after} of them answered after SIGTERM; \
+         stopped {stopped_in:?} after the signal; every client's last token authenticates"
+    );
+}
