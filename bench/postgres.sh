@@ -55,7 +55,7 @@ run_hosts() {
     local urls=()
     for _ in $(seq "$n"); do
         p=$(free_port)
-        "$BIN" serve "${common[@]}" --listen "127.0.0.1:$p" --outbox "$dir/outbox" \
+        "$BIN" serve "${common[@]}" --admin-listen off --listen "127.0.0.1:$p" --outbox "$dir/outbox" \
             >"$dir/host-$p.log" 2>&1 &
         hosts+=($!)
         urls+=(--url "http://127.0.0.1:$p")
@@ -72,7 +72,7 @@ run_hosts() {
 # The same load against one host on SQLite (its own group commit), as a
 # separate process like the PostgreSQL hosts.
 p=$(free_port)
-"$BIN" serve --db "$dir/sqlite/rcpat.sqlite" --listen "127.0.0.1:$p" --outbox "$dir/outbox" \
+"$BIN" serve --admin-listen off --db "$dir/sqlite/rcpat.sqlite" --listen "127.0.0.1:$p" --outbox "$dir/outbox" \
     >"$dir/sqlite.log" 2>&1 &
 hosts=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/api/v1/me" && break; sleep 0.1; done

@@ -192,7 +192,14 @@ fn server_logs_one_line_per_request_without_secrets() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let mut child = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--db",
+        ])
         .arg(&db)
         .arg("--cache-dir")
         .arg(dir.join("cache"))
@@ -480,6 +487,8 @@ fn json_logs_are_one_object_per_line() {
             "127.0.0.1:0",
             "--log-format",
             "json",
+            "--admin-listen",
+            "off",
             "--db",
         ])
         .arg(&db)

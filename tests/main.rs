@@ -13,6 +13,7 @@ mod fault_injection;
 mod http_server;
 mod last_use;
 mod multi_host;
+mod operations;
 mod reuse;
 mod shutdown;
 mod storage_conformance;

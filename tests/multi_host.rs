@@ -32,6 +32,7 @@ impl Host {
     fn start_on(listen: &str, url: &str, key_file: &Path, dir: &Path) -> Host {
         let mut child = Command::new(env!("CARGO_BIN_EXE_host-example"))
             .args(["serve", "--listen", listen, "--storage", "postgres"])
+            .args(["--admin-listen", "off"])
             .args(["--database-url", url])
             .arg("--secret-key-file")
             .arg(key_file)

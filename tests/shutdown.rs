@@ -48,6 +48,8 @@ fn sigterm_under_load_answers_every_request_in_flight() {
             "127.0.0.1:0",
             "--shutdown-timeout-secs",
             "30",
+            "--admin-listen",
+            "off",
         ])
         .arg("--db")
         .arg(&db)

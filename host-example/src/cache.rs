@@ -43,6 +43,18 @@ pub enum CacheOutcome {
     Untrusted,
 }
 
+impl CacheOutcome {
+    /// A short name for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Compiled => "compiled",
+            CacheOutcome::Disabled => "disabled",
+            CacheOutcome::Untrusted => "untrusted",
+        }
+    }
+}
+
 const TAG_LEN: usize = 32;
 const KEY_FILE: &str = "cache.key";
 

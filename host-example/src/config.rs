@@ -39,6 +39,9 @@ pub struct Options {
     /// Address to listen on [default: 127.0.0.1:3000]
     #[arg(long, global = true, env = "RCPAT_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address for /metrics, /health and /ready (Prometheus, probes), or "off" [default: 127.0.0.1:9464]
+    #[arg(long, global = true, env = "RCPAT_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Storage backend [default: sqlite]
     #[arg(long, global = true, env = "RCPAT_STORAGE", value_enum)]
     pub storage: Option<StorageKind>,
@@ -103,7 +106,12 @@ pub struct Options {
     #[arg(long, global = true, env = "RCPAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Seconds a shutdown (SIGTERM, SIGINT) waits for the requests in flight before cutting them [default: 30]
-    #[arg(long, global = true, env = "RCPAT_SHUTDOWN_TIMEOUT_SECS")]
+    #[arg(
+        long,
+        global = true,
+        env = "RCPAT_SHUTDOWN_TIMEOUT_SECS",
+        alias = "shutdown-timeout"
+    )]
     pub shutdown_timeout_secs: Option<u64>,
     /// Log format: text (coloured only on a terminal) or json [default: text]
     #[arg(long, global = true, env = "RCPAT_LOG_FORMAT", value_enum)]
@@ -195,7 +203,7 @@ impl Options {
     /// `self` (flags and environment) over `file`.
     pub fn over(self, file: Options) -> Options {
         let (a, b) = (self, file);
-        merge_fields!(a, b; listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
+        merge_fields!(a, b; listen, admin_listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
             request_timeout_secs, max_connections, shutdown_timeout_secs, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
@@ -207,6 +215,17 @@ impl Options {
     pub fn listen(&self) -> SocketAddr {
         self.listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)))
+    }
+    /// Where to serve metrics and probes; `None` when turned off.
+    pub fn admin_listen(&self) -> Result<Option<SocketAddr>, String> {
+        match self.admin_listen.as_deref().map(str::trim) {
+            None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9464)))),
+            Some("off") => Ok(None),
+            Some(a) => a
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("--admin-listen must be HOST:PORT or off, not {a:?}")),
+        }
     }
     pub fn storage(&self) -> StorageKind {
         self.storage.unwrap_or(StorageKind::Sqlite)

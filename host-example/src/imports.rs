@@ -109,7 +109,10 @@ impl HostState {
         call: &'static str,
         f: impl FnOnce(&dyn Storage) -> HostResult<T>,
     ) -> Result<W, String> {
-        f(&*self.services.storage).map(W::from).map_err(|e| {
+        let started = std::time::Instant::now();
+        let answer = f(&*self.services.storage);
+        crate::telemetry::storage_call(call, started, answer.is_err());
+        answer.map(W::from).map_err(|e| {
             tracing::error!(event = "storage_failed", call, error = %e, "storage call failed");
             IMPORT_FAILED.to_string()
         })
@@ -118,7 +121,9 @@ impl HostState {
 
 impl mail::Host for HostState {
     fn send(&mut self, msg: mail::Message) -> Result<(), String> {
-        self.services.mailer.send(&msg.into()).map_err(|e| {
+        let sent = self.services.mailer.send(&msg.into());
+        crate::telemetry::mail(if sent.is_ok() { "sent" } else { "failed" });
+        sent.map_err(|e| {
             tracing::error!(event = "mail_failed", error = %e, "sending mail failed");
             IMPORT_FAILED.to_string()
         })

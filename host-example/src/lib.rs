@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod storage;
+pub mod telemetry;
 
 /// The component, built from the root package by `build.rs`.
 pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcpat.wasm"));

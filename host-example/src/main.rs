@@ -356,9 +356,22 @@ fn serve(opts: Options) -> Result<()> {
         host_example::config::LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     let descriptors = host_example::server::raise_descriptor_limit();
-    let server = host_example::server::RunningServer::start(&opts)?;
+    let admin = match opts.admin_listen().map_err(wasmtime::Error::msg)? {
+        None => None,
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| {
+                format!("bind the admin listener {addr} (--admin-listen; off turns it off)")
+            })?;
+            let handle =
+                host_example::telemetry::install().context("installing the metrics recorder")?;
+            Some((listener, handle))
+        }
+    };
+    let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    let server = host_example::server::RunningServer::start_with_admin(&opts, admin)?;
     tracing::info!(
         addr = %server.addr,
+        admin = %admin_addr.map_or("off".to_string(), |a| a.to_string()),
         backend = if opts.native() { "native" } else { "wasm" },
         cache = ?server.cache,
         startup_ms = server.startup.as_secs_f64() * 1000.0,
@@ -634,7 +647,14 @@ fn bench_startup() -> Result<()> {
             .port();
         let started = std::time::Instant::now();
         let mut child = std::process::Command::new(&exe)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                "off",
+                "--db",
+            ])
             .arg(dir.join("startup.sqlite"))
             .arg("--cache-dir")
             .arg(cache)

@@ -101,9 +101,16 @@ impl App {
         match &self.backend {
             Backend::Native => endpoint.call_native(&self.services, &self.settings, req),
             Backend::Wasm(runtime) => {
+                let _in_use = crate::telemetry::InstanceInUse::enter();
                 match runtime.call(&self.services, endpoint, &self.settings, req) {
                     Ok(r) => r,
                     Err(e) => {
+                        crate::telemetry::component_failure(match e {
+                            CallError::Timeout => "timeout",
+                            CallError::MemoryLimit => "memory_limit",
+                            CallError::Trap(_) => "trap",
+                            CallError::Other(_) => "other",
+                        });
                         let reason = describe_failure(&e);
                         tracing::warn!(route = endpoint.path(), error = %e, "component call failed");
                         ApiError::Internal(reason).to_response()
@@ -169,6 +176,7 @@ pub async fn serve(
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
             tracing::warn!(event = "connection_refused", client = %peer.ip(), "too many open connections");
+            crate::telemetry::connection_refused();
             tokio::spawn(refuse(stream));
             continue;
         };
@@ -230,6 +238,15 @@ async fn handle(
         .to_string();
     let path = req.uri().path().to_string();
     let endpoint = Endpoint::ALL.into_iter().find(|e| e.path() == path);
+    // Whether a second-factor code came, and by which method (for metrics).
+    let code_method = req.headers().contains_key("x-2fa-code").then(|| {
+        crate::telemetry::method_label(
+            req.headers()
+                .get("x-2fa-method")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("totp"),
+        )
+    });
     let reply = match endpoint {
         None => ApiError::NotFound.to_response(),
         Some(ep) => dispatch(&app, ep, peer, req).await,
@@ -246,6 +263,8 @@ async fn handle(
         "request"
     );
     log_security_event(peer, route, &user_id, &reply);
+    crate::telemetry::request(route, reply.status, started.elapsed());
+    record_two_factor(code_method, &reply);
     let mut resp = (
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         reply.body,
@@ -334,6 +353,37 @@ async fn dispatch(
             ApiError::Internal("The request failed and was stopped").to_response()
         }
     }
+}
+
+/// The second-factor outcome a reply shows, as a metric: a challenge, a
+/// wrong code, a lockout (from the error and its `details.method`), or a
+/// success of a request that carried a code.
+fn record_two_factor(code_method: Option<&'static str>, reply: &Response) {
+    use crate::telemetry::{method_label, two_factor};
+    if reply.status == 200 {
+        if let Some(method) = code_method {
+            two_factor(method, "accepted");
+        }
+        return;
+    }
+    if !reply.body.contains("totp-") {
+        return;
+    }
+    let Ok(body) = serde_json::from_str::<serde_json::Value>(&reply.body) else {
+        return;
+    };
+    // The PAT routes say `errorType`; the login route says `error`.
+    let kind = body["errorType"].as_str().or(body["error"].as_str());
+    let outcome = match kind {
+        Some("totp-required") => "challenged",
+        Some("totp-invalid") => "rejected",
+        Some("totp-max-attempts") => "locked_out",
+        _ => return,
+    };
+    two_factor(
+        method_label(body["details"]["method"].as_str().unwrap_or("")),
+        outcome,
+    );
 }
 
 /// Security events as their own log lines, from the reply (the component
@@ -502,8 +552,27 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts a server for `opts` (listening where they say; port 0 picks one).
     pub fn start(opts: &crate::config::Options) -> wasmtime::Result<Self> {
+        Self::start_with_admin(opts, None)
+    }
+
+    /// The same, also serving `/metrics`, `/health` and `/ready` on `admin`
+    /// (stopped with the server, after its requests have drained).
+    pub fn start_with_admin(
+        opts: &crate::config::Options,
+        admin: Option<(
+            std::net::TcpListener,
+            metrics_exporter_prometheus::PrometheusHandle,
+        )>,
+    ) -> wasmtime::Result<Self> {
         let started = Instant::now();
         let (app, cache) = app_from(opts)?;
+        crate::telemetry::instance_pool(app.limits.concurrency);
+        if let Some(outcome) = cache {
+            crate::telemetry::cache(outcome.label());
+        }
+        if let Some((listener, _)) = &admin {
+            listener.set_nonblocking(true)?;
+        }
         let listener = std::net::TcpListener::bind(opts.listen())
             .with_context(|| format!("bind {}", opts.listen()))?;
         listener.set_nonblocking(true)?;
@@ -517,10 +586,29 @@ impl RunningServer {
                 .expect("tokio runtime");
             let stopped = rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                serve(listener, app, async move {
+                let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+                let admin_task = admin.map(|(admin_listener, handle)| {
+                    let router = crate::telemetry::router(app.clone(), handle);
+                    let admin_listener =
+                        tokio::net::TcpListener::from_std(admin_listener).expect("admin listener");
+                    tokio::spawn(crate::telemetry::serve(
+                        admin_listener,
+                        router,
+                        async move {
+                            let _ = admin_stopped.await;
+                        },
+                    ))
+                });
+                let stopped = serve(listener, app, async move {
                     let _ = rx.await;
                 })
-                .await
+                .await;
+                // Probes answer until the requests have drained.
+                let _ = admin_stop.send(());
+                if let Some(task) = admin_task {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+                }
+                stopped
             });
             // Requests cut by the timeout may still run on blocking threads;
             // they finish their storage call (each is atomic) or are abandoned
