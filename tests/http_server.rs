@@ -617,6 +617,8 @@ fn email_codes_are_delivered_over_smtp() {
     let (smtp, receiver) = smtp_receiver();
     let mut opts = options(&dir);
     opts.smtp = Some(smtp);
+    // This receiver speaks plain SMTP only (tests/tls.rs has STARTTLS and AUTH).
+    opts.smtp_tls = Some(host_example::mail::SmtpTls::None);
     let (id, _) = add_user(&opts, "sam", false, true);
     let services = services_from(&opts).unwrap();
     let pat = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();

@@ -17,4 +17,5 @@ mod operations;
 mod reuse;
 mod shutdown;
 mod storage_conformance;
+mod tls;
 mod two_factor;

@@ -60,9 +60,21 @@ pub struct Options {
     /// Directory where mail is written as .eml files when no SMTP server is set [default: outbox]
     #[arg(long, global = true, env = "RCPAT_OUTBOX")]
     pub outbox: Option<PathBuf>,
-    /// SMTP server (host:port, plain SMTP to a relay) for real mail delivery
+    /// SMTP server (host or host:port) for real mail delivery; secured as --smtp-tls says
     #[arg(long, global = true, env = "RCPAT_SMTP")]
     pub smtp: Option<String>,
+    /// How to secure SMTP: starttls (port 587 by default), tls (implicit, 465) or none (plain text, 25; only for a relay on the same machine) [default: starttls]
+    #[arg(long, global = true, env = "RCPAT_SMTP_TLS", value_enum)]
+    pub smtp_tls: Option<crate::mail::SmtpTls>,
+    /// Trust only the CA certificates in this PEM file for SMTP, instead of the system's roots
+    #[arg(long, global = true, env = "RCPAT_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+    /// User name for SMTP AUTH; the password comes from --smtp-password-file or RCPAT_SMTP_PASSWORD, never a flag
+    #[arg(long, global = true, env = "RCPAT_SMTP_USER")]
+    pub smtp_user: Option<String>,
+    /// File whose first line is the SMTP password (yours, unreadable by others)
+    #[arg(long, global = true, env = "RCPAT_SMTP_PASSWORD_FILE")]
+    pub smtp_password_file: Option<PathBuf>,
     /// Sender address of mailed codes [default: Rocket.Chat's no-reply sender at localhost]
     #[arg(long, global = true, env = "RCPAT_MAIL_FROM")]
     pub mail_from: Option<String>,
@@ -203,7 +215,7 @@ impl Options {
     /// `self` (flags and environment) over `file`.
     pub fn over(self, file: Options) -> Options {
         let (a, b) = (self, file);
-        merge_fields!(a, b; listen, admin_listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, mail_from, secret_key_file, cache_dir, no_cache, component, native,
+        merge_fields!(a, b; listen, admin_listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, smtp_tls, smtp_ca_file, smtp_user, smtp_password_file, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
             request_timeout_secs, max_connections, shutdown_timeout_secs, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
@@ -253,6 +265,44 @@ impl Options {
         self.mail_from
             .clone()
             .unwrap_or_else(|| crate::mail::DEFAULT_FROM.into())
+    }
+    /// The SMTP settings, if a server is given. The password is read here,
+    /// from the file or `RCPAT_SMTP_PASSWORD`.
+    pub fn smtp(&self) -> crate::error::Result<Option<crate::mail::SmtpConfig>> {
+        use crate::error::Error;
+        let Some(server) = &self.smtp else {
+            return Ok(None);
+        };
+        let password = match (
+            &self.smtp_password_file,
+            std::env::var("RCPAT_SMTP_PASSWORD"),
+        ) {
+            (Some(path), _) => {
+                let bytes = crate::files::read_trusted(path, crate::files::Exposure::Private)?
+                    .ok_or_else(|| Error::invalid(format!("{}: no such file", path.display())))?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    Error::invalid(format!("{}: the password is not UTF-8", path.display()))
+                })?;
+                Some(text.lines().next().unwrap_or("").to_string())
+            }
+            (None, Ok(p)) => Some(p),
+            (None, Err(_)) => None,
+        };
+        let credentials = match (&self.smtp_user, password) {
+            (Some(user), Some(password)) => Some((user.clone(), password)),
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "--smtp-user needs a password: --smtp-password-file or RCPAT_SMTP_PASSWORD",
+                ));
+            }
+            (None, _) => None,
+        };
+        Ok(Some(crate::mail::SmtpConfig {
+            server: server.clone(),
+            tls: self.smtp_tls.unwrap_or(crate::mail::SmtpTls::Starttls),
+            ca_file: self.smtp_ca_file.clone(),
+            credentials,
+        }))
     }
     pub fn outbox(&self) -> PathBuf {
         self.outbox.clone().unwrap_or_else(|| "outbox".into())

@@ -164,28 +164,99 @@ pub fn code_in(text: &str) -> Option<String> {
 }
 
 /// Real delivery through an SMTP server (plain SMTP, for a local relay).
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer
+    /// (no fallback to plain text); port 587 by default.
+    Starttls,
+    /// TLS from the first byte (implicit TLS, "SMTPS"); port 465 by default.
+    Tls,
+    /// Plain text, for a relay on the same machine; port 25 by default.
+    None,
+}
+
+/// Where and how to deliver over SMTP.
+#[derive(Clone)]
+pub struct SmtpConfig {
+    /// `host` or `host:port`.
+    pub server: String,
+    pub tls: SmtpTls,
+    /// Trust only the CA certificates (PEM) in this file instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// User name and password for AUTH (PLAIN or LOGIN, only over TLS
+    /// unless `tls` is `none`).
+    pub credentials: Option<(String, String)>,
+}
+
+// The password stays out of any debug output (and so out of every log).
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("server", &self.server)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
 pub struct SmtpMailer {
     transport: lettre::SmtpTransport,
     from: lettre::message::Mailbox,
 }
 
 impl SmtpMailer {
-    /// `server` is `host:port` (port 25 when omitted).
-    pub fn new(server: &str, from: &str) -> Result<Self> {
+    pub fn new(config: &SmtpConfig, from: &str) -> Result<Self> {
+        use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+        let default_port = match config.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        };
+        let server = config.server.as_str();
         let (host, port) = match server.rsplit_once(':') {
             Some((h, p)) => (
                 h,
                 p.parse::<u16>()
                     .map_err(|_| Error::invalid(format!("bad SMTP port in {server}")))?,
             ),
-            None => (server, 25),
+            None => (server, default_port),
         };
-        let transport = lettre::SmtpTransport::builder_dangerous(host)
+        let tls = if config.tls == SmtpTls::None {
+            Tls::None
+        } else {
+            let mut params = TlsParameters::builder(host.to_string());
+            if let Some(path) = &config.ca_file {
+                let pem = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+                let ca = Certificate::from_pem(&pem).map_err(|e| {
+                    Error::invalid(format!("{}: not a PEM certificate ({e})", path.display()))
+                })?;
+                params = params
+                    .certificate_store(CertificateStore::None)
+                    .add_root_certificate(ca);
+            }
+            let params = params.build_rustls().map_err(Error::from)?;
+            match config.tls {
+                SmtpTls::Starttls => Tls::Required(params),
+                _ => Tls::Wrapper(params),
+            }
+        };
+        let mut builder = lettre::SmtpTransport::builder_dangerous(host)
             .port(port)
-            .timeout(Some(std::time::Duration::from_secs(10)))
-            .build();
+            .tls(tls)
+            .timeout(Some(std::time::Duration::from_secs(10)));
+        if let Some((user, password)) = &config.credentials {
+            builder =
+                builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
+                    user.clone(),
+                    password.clone(),
+                ));
+        }
         Ok(SmtpMailer {
-            transport,
+            transport: builder.build(),
             from: parse_sender(from)?,
         })
     }

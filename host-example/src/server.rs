@@ -442,8 +442,8 @@ pub fn services_from(opts: &crate::config::Options) -> crate::error::Result<Serv
     });
     let storage = open_backend(opts, keys.clone())?;
     let from = opts.mail_from();
-    let mailer: Arc<dyn crate::mail::Mailer> = match &opts.smtp {
-        Some(server) => Arc::new(crate::mail::SmtpMailer::new(server, &from)?),
+    let mailer: Arc<dyn crate::mail::Mailer> = match opts.smtp()? {
+        Some(smtp) => Arc::new(crate::mail::SmtpMailer::new(&smtp, &from)?),
         None => Arc::new(crate::mail::Outbox::with_sender(opts.outbox(), &from)?),
     };
     Ok(Services::new(storage, mailer).with_keys(keys))
