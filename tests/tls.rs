@@ -6,6 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -26,17 +27,23 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new(dir: &Path) -> TestPki {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: a leaf named like its issuer looks self-signed to OpenSSL.
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "rcpat test CA");
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let cert = params.signed_by(&key, &issuer).unwrap();
         let ca_pem = dir.join("ca.pem");
         std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
         TestPki {
@@ -365,4 +372,98 @@ fn no_delivery_without_a_verified_certificate_the_upgrade_or_the_password() {
             .unwrap();
         assert!(user.email_code.is_none(), "{name}: a code was stored");
     }
+}
+
+/// `serve` over HTTPS: HTTP/2 and HTTP/1.1 chosen by ALPN, checked with curl
+/// (an independent client) trusting only the test CA; plain HTTP refused.
+#[test]
+fn serves_https_with_http2_and_http1_by_alpn() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("https");
+    let pki = TestPki::new(&dir);
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, pem("CERTIFICATE", &pki.cert)).unwrap();
+    std::fs::write(&key, pem("PRIVATE KEY", &pki.key)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut opts = options(&dir, "unused:25");
+    opts.smtp = None;
+    opts.outbox = Some(dir.join("outbox"));
+    opts.tls_cert = Some(cert.clone());
+    opts.tls_key = Some(key.clone());
+    let services = services_from(&opts).unwrap();
+    let spec = UserSpec {
+        username: "alice",
+        email: None,
+        password: None,
+        roles: &["user"],
+    };
+    let id = admin::create_user(&services, &spec, 4).unwrap();
+    let mut token = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
+    drop(services);
+    let server = RunningServer::start(&opts).unwrap();
+    assert!(server.https);
+    let url = server.url("/api/v1/users.regeneratePersonalAccessToken");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = Command::new("curl")
+            .args(["-sS", flag, "--cacert"])
+            .arg(&pki.ca_pem)
+            .args([
+                "-w",
+                "\n%{http_version} %{http_code}",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args([
+                "-H",
+                &format!("X-User-Id: {id}"),
+                "-H",
+                &format!("X-Auth-Token: {token}"),
+            ])
+            .args(["--data", r#"{"tokenName":"ci"}"#, &url])
+            .output()
+            .expect("curl is on the test machine");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, last) = text.rsplit_once('\n').unwrap();
+        assert_eq!(
+            last,
+            format!("{version} 200"),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        token = json(body)["token"].as_str().unwrap().to_string();
+    }
+    // Without the CA, curl refuses the certificate; plain HTTP gets no reply.
+    let untrusted = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", &url])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let plain = Command::new("curl")
+        .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(url.replace("https://", "http://"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "000");
+    drop(server);
+    // A key file others can read is refused at start.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = RunningServer::start(&opts)
+        .err()
+        .expect("an exposed key is refused");
+    assert!(format!("{err:#}").contains("key.pem"), "{err:#}");
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = data_encoding::BASE64.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }

@@ -39,6 +39,12 @@ pub struct Options {
     /// Address to listen on [default: 127.0.0.1:3000]
     #[arg(long, global = true, env = "RCPAT_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this PEM certificate chain; needs --tls-key
+    #[arg(long, global = true, env = "RCPAT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (yours, unreadable by others)
+    #[arg(long, global = true, env = "RCPAT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Address for /metrics, /health and /ready (Prometheus, probes), or "off" [default: 127.0.0.1:9464]
     #[arg(long, global = true, env = "RCPAT_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
@@ -215,7 +221,7 @@ impl Options {
     /// `self` (flags and environment) over `file`.
     pub fn over(self, file: Options) -> Options {
         let (a, b) = (self, file);
-        merge_fields!(a, b; listen, admin_listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, smtp_tls, smtp_ca_file, smtp_user, smtp_password_file, mail_from, secret_key_file, cache_dir, no_cache, component, native,
+        merge_fields!(a, b; listen, tls_cert, tls_key, admin_listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, smtp_tls, smtp_ca_file, smtp_user, smtp_password_file, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
             request_timeout_secs, max_connections, shutdown_timeout_secs, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
@@ -227,6 +233,40 @@ impl Options {
     pub fn listen(&self) -> SocketAddr {
         self.listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)))
+    }
+    /// The TLS server settings, when --tls-cert and --tls-key are given.
+    pub fn tls(&self) -> crate::error::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+        use crate::error::Error;
+        use crate::files::{Exposure, read_trusted};
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => return Ok(None),
+            (Some(c), Some(k)) => (c, k),
+            _ => return Err(Error::invalid("--tls-cert and --tls-key go together")),
+        };
+        let read = |path: &PathBuf, exposure| {
+            read_trusted(path, exposure)?
+                .ok_or_else(|| Error::invalid(format!("{}: no such file", path.display())))
+        };
+        let chain = CertificateDer::pem_slice_iter(&read(cert, Exposure::NotWritable)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid(format!("{}: {e}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(Error::invalid(format!(
+                "{}: no certificate",
+                cert.display()
+            )));
+        }
+        let private = PrivateKeyDer::from_pem_slice(&read(key, Exposure::Private)?)
+            .map_err(|e| Error::invalid(format!("{}: {e}", key.display())))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
+            .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Some(std::sync::Arc::new(config)))
     }
     /// Where to serve metrics and probes; `None` when turned off.
     pub fn admin_listen(&self) -> Result<Option<SocketAddr>, String> {

@@ -371,6 +371,7 @@ fn serve(opts: Options) -> Result<()> {
     let server = host_example::server::RunningServer::start_with_admin(&opts, admin)?;
     tracing::info!(
         addr = %server.addr,
+        https = server.https,
         admin = %admin_addr.map_or("off".to_string(), |a| a.to_string()),
         backend = if opts.native() { "native" } else { "wasm" },
         cache = ?server.cache,

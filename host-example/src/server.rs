@@ -70,6 +70,8 @@ pub enum Backend {
 
 pub struct App {
     pub backend: Backend,
+    /// HTTPS, when configured (`--tls-cert`, `--tls-key`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub services: Services,
     pub settings: Settings,
     pub limits: Limits,
@@ -87,6 +89,7 @@ impl App {
     ) -> wasmtime::Result<Self> {
         Ok(App {
             backend,
+            tls: None,
             services,
             settings,
             permits: Semaphore::new(limits.concurrency.max(1)),
@@ -154,7 +157,7 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Stopped {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::Service;
 
     let router = router(app.clone());
@@ -187,14 +190,43 @@ pub async fn serve(
                 let mut router = router.clone();
                 async move { router.call(req.map(Body::new)).await }
             });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(app.limits.request_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let timeout = app.limits.request_timeout;
+        let http1 = move || {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(timeout);
+            b
+        };
+        // Watched from before the handshake, so a shutdown waits for it too.
+        let watcher = graceful.watcher();
+        let Some(acceptor) = app.tls.clone() else {
+            let conn = http1().serve_connection(TokioIo::new(stream), service);
+            let conn = watcher.watch(conn);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = conn.await;
+            });
+            continue;
+        };
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = conn.await;
+            // The handshake is bounded like a request's headers.
+            let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await else {
+                return;
+            };
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                b.timer(TokioTimer::new())
+                    .keep_alive_interval(Some(timeout))
+                    .keep_alive_timeout(timeout)
+                    .max_concurrent_streams(64);
+                let _ = watcher
+                    .watch(b.serve_connection(TokioIo::new(tls), service))
+                    .await;
+            } else {
+                let _ = watcher
+                    .watch(http1().serve_connection(TokioIo::new(tls), service))
+                    .await;
+            }
         });
     }
     drop(listener);
@@ -506,10 +538,9 @@ pub fn app_from(
         let room = soft.saturating_sub(256).max(16) as usize;
         limits.max_connections = limits.max_connections.min(room);
     }
-    Ok((
-        App::new(backend, services, opts.settings(), limits)?,
-        outcome,
-    ))
+    let mut app = App::new(backend, services, opts.settings(), limits)?;
+    app.tls = opts.tls()?.map(tokio_rustls::TlsAcceptor::from);
+    Ok((app, outcome))
 }
 
 /// The soft limit on open descriptors.
@@ -543,6 +574,8 @@ pub fn raise_descriptor_limit() -> Option<u64> {
 /// A server running on its own thread and tokio runtime (tests, benches).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub https: bool,
     pub cache: Option<crate::cache::CacheOutcome>,
     pub startup: Duration,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -566,6 +599,7 @@ impl RunningServer {
     ) -> wasmtime::Result<Self> {
         let started = Instant::now();
         let (app, cache) = app_from(opts)?;
+        let https = app.tls.is_some();
         crate::telemetry::instance_pool(app.limits.concurrency);
         if let Some(outcome) = cache {
             crate::telemetry::cache(outcome.label());
@@ -618,6 +652,7 @@ impl RunningServer {
         });
         Ok(RunningServer {
             addr,
+            https,
             cache,
             startup: started.elapsed(),
             stop: Some(tx),
@@ -626,7 +661,8 @@ impl RunningServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// Stops gracefully (see `serve`) and closes storage; answers how.
