@@ -110,8 +110,22 @@ fn main() {
             .module(&module)
             .and_then(|e| e.validate(true).encode())
             .unwrap_or_else(|e| panic!("encoding the {core} component failed: {e:?}"));
+        if core == "rcpat" {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(&encoded);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            println!("cargo:rustc-env=RCPAT_COMPONENT_SHA256={hex}");
+        }
         std::fs::write(out.join(component), encoded).unwrap();
     }
+    // `--version` names the wasmtime the host links (from the lock file).
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let wasmtime = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map_or("unknown".to_string(), |v| v.trim_matches('"').to_string());
+    println!("cargo:rustc-env=RCPAT_WASMTIME_VERSION={wasmtime}");
     println!("cargo:rustc-env=RCPAT_WASM_ROUTE_USED={route}");
 }
 

@@ -13,9 +13,9 @@ fn bin() -> Command {
 
 fn run(db: &Path, args: &[&str]) -> Output {
     bin()
+        .args(args)
         .arg("--db")
         .arg(db)
-        .args(args)
         .env_remove("RCPAT_CONFIG")
         .output()
         .unwrap()
@@ -25,9 +25,9 @@ fn run(db: &Path, args: &[&str]) -> Output {
 fn run_with_stdin(db: &Path, args: &[&str], input: &str) -> Output {
     use std::io::Write;
     let mut child = bin()
+        .args(args)
         .arg("--db")
         .arg(db)
-        .args(args)
         .env_remove("RCPAT_CONFIG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -139,6 +139,66 @@ fn admin_commands() {
         assert!(help.contains(option), "--help lacks {option}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Each command shows and takes its own options; `--version` names the
+/// wasmtime and the component inside.
+#[test]
+fn each_command_has_its_own_options_and_version_names_the_component() {
+    let help = |args: &[&str]| stdout(&bin().args(args).arg("--help").output().unwrap());
+    let add = help(&["users", "add"]);
+    for option in [
+        "--username",
+        "--password-stdin",
+        "--db",
+        "--database-url",
+        "--config",
+    ] {
+        assert!(add.contains(option), "users add --help lacks {option}");
+    }
+    for option in [
+        "--listen",
+        "--smtp",
+        "--totp-max-delta",
+        "--max-instances",
+        "--tls-cert",
+    ] {
+        assert!(!add.contains(option), "users add --help shows {option}");
+    }
+    let serve = help(&["serve"]);
+    for option in [
+        "--listen",
+        "--tls-key",
+        "--admin-listen",
+        "--smtp-tls",
+        "--db",
+        "--remember-for",
+    ] {
+        assert!(serve.contains(option), "serve --help lacks {option}");
+    }
+    assert!(!help(&["wit"]).contains("--db"));
+    let o = bin()
+        .args(["users", "add", "--username", "x", "--listen", "127.0.0.1:1"])
+        .env_remove("RCPAT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--listen is not an option of `users add`"),
+        "{}",
+        stderr(&o)
+    );
+    let version = stdout(&bin().arg("--version").output().unwrap());
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(host_example::COMPONENT);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        version.trim(),
+        format!(
+            "host-example {} (wasmtime 48.0.8; component sha256 {hex})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
 }
 
 #[test]
@@ -545,10 +605,10 @@ fn admin_commands_work_on_postgres() {
     let url = crate::common::postgres_url();
     let pg = |args: &[&str]| {
         bin()
+            .args(args)
             .args(["--storage", "postgres", "--database-url", &url])
             .arg("--secret-key-file")
             .arg(dir.join("rcpat.key"))
-            .args(args)
             .env_remove("RCPAT_CONFIG")
             .output()
             .unwrap()

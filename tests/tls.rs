@@ -147,10 +147,7 @@ fn relay(mode: Relay, pki: &TestPki, login: Option<(&str, &str)>) -> (String, Jo
             let _ = conn.flush();
         };
         say(&mut conn, "220 relay.test ESMTP\r\n");
-        loop {
-            let Some(line) = read_line(&mut conn) else {
-                break;
-            };
+        while let Some(line) = read_line(&mut conn) {
             let upper = line.to_ascii_uppercase();
             if upper.starts_with("EHLO") {
                 let mut reply = String::from("250-relay.test\r\n");

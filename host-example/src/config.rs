@@ -37,170 +37,214 @@ pub enum LogFormat {
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Options {
     /// Address to listen on [default: 127.0.0.1:3000]
-    #[arg(long, global = true, env = "RCPAT_LISTEN")]
+    #[arg(long, env = "RCPAT_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this PEM certificate chain; needs --tls-key
-    #[arg(long, global = true, env = "RCPAT_TLS_CERT")]
+    #[arg(long, env = "RCPAT_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert (yours, unreadable by others)
-    #[arg(long, global = true, env = "RCPAT_TLS_KEY")]
+    #[arg(long, env = "RCPAT_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Address for /metrics, /health and /ready (Prometheus, probes), or "off" [default: 127.0.0.1:9464]
-    #[arg(long, global = true, env = "RCPAT_ADMIN_LISTEN")]
+    #[arg(long, env = "RCPAT_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// Storage backend [default: sqlite]
-    #[arg(long, global = true, env = "RCPAT_STORAGE", value_enum)]
+    #[arg(long, env = "RCPAT_STORAGE", value_enum)]
     pub storage: Option<StorageKind>,
     /// SQLite database file [default: rcpat.sqlite]
-    #[arg(long, global = true, env = "RCPAT_DB")]
+    #[arg(long, env = "RCPAT_DB")]
     pub db: Option<PathBuf>,
     /// PostgreSQL URL for --storage postgres (postgres://user:password@host:port/db?sslmode=require&sslrootcert=/path/ca.pem; TLS verifies the server against sslrootcert or the system's roots)
-    #[arg(long, global = true, env = "RCPAT_DATABASE_URL")]
+    #[arg(long, env = "RCPAT_DATABASE_URL")]
     pub database_url: Option<String>,
     /// PostgreSQL connections this host keeps at most [default: 16]
-    #[arg(long, global = true, env = "RCPAT_DATABASE_POOL_SIZE")]
+    #[arg(long, env = "RCPAT_DATABASE_POOL_SIZE")]
     pub database_pool_size: Option<u32>,
     /// Longest wait for a PostgreSQL connection, in milliseconds; past it a request gets the storage-failure reply [default: 1000]
-    #[arg(long, global = true, env = "RCPAT_DATABASE_TIMEOUT_MS")]
+    #[arg(long, env = "RCPAT_DATABASE_TIMEOUT_MS")]
     pub database_timeout_ms: Option<u64>,
     /// Directory where mail is written as .eml files when no SMTP server is set [default: outbox]
-    #[arg(long, global = true, env = "RCPAT_OUTBOX")]
+    #[arg(long, env = "RCPAT_OUTBOX")]
     pub outbox: Option<PathBuf>,
     /// SMTP server (host or host:port) for real mail delivery; secured as --smtp-tls says
-    #[arg(long, global = true, env = "RCPAT_SMTP")]
+    #[arg(long, env = "RCPAT_SMTP")]
     pub smtp: Option<String>,
     /// How to secure SMTP: starttls (port 587 by default), tls (implicit, 465) or none (plain text, 25; only for a relay on the same machine) [default: starttls]
-    #[arg(long, global = true, env = "RCPAT_SMTP_TLS", value_enum)]
+    #[arg(long, env = "RCPAT_SMTP_TLS", value_enum)]
     pub smtp_tls: Option<crate::mail::SmtpTls>,
     /// Trust only the CA certificates in this PEM file for SMTP, instead of the system's roots
-    #[arg(long, global = true, env = "RCPAT_SMTP_CA_FILE")]
+    #[arg(long, env = "RCPAT_SMTP_CA_FILE")]
     pub smtp_ca_file: Option<PathBuf>,
     /// User name for SMTP AUTH; the password comes from --smtp-password-file or RCPAT_SMTP_PASSWORD, never a flag
-    #[arg(long, global = true, env = "RCPAT_SMTP_USER")]
+    #[arg(long, env = "RCPAT_SMTP_USER")]
     pub smtp_user: Option<String>,
     /// File whose first line is the SMTP password (yours, unreadable by others)
-    #[arg(long, global = true, env = "RCPAT_SMTP_PASSWORD_FILE")]
+    #[arg(long, env = "RCPAT_SMTP_PASSWORD_FILE")]
     pub smtp_password_file: Option<PathBuf>,
     /// Sender address of mailed codes [default: Rocket.Chat's no-reply sender at localhost]
-    #[arg(long, global = true, env = "RCPAT_MAIL_FROM")]
+    #[arg(long, env = "RCPAT_MAIL_FROM")]
     pub mail_from: Option<String>,
     /// File holding the secret key that hashes second-factor codes (created owner-only if absent; RCPAT_SECRET_KEY, 64 hex digits, overrides it) [default: the database path with extension .key]
-    #[arg(long, global = true, env = "RCPAT_SECRET_KEY_FILE")]
+    #[arg(long, env = "RCPAT_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
     /// Directory for the precompiled component, which must be yours and writable by no one else [default: $XDG_CACHE_HOME/rcpat, else ~/.cache/rcpat]
-    #[arg(long, global = true, env = "RCPAT_CACHE_DIR")]
+    #[arg(long, env = "RCPAT_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Compile the component at every start instead of caching it
-    #[arg(long, global = true, env = "RCPAT_NO_CACHE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "RCPAT_NO_CACHE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub no_cache: Option<bool>,
     /// Run this component file instead of the embedded one
-    #[arg(long, global = true, env = "RCPAT_COMPONENT")]
+    #[arg(long, env = "RCPAT_COMPONENT")]
     pub component: Option<PathBuf>,
     /// Run the logic linked natively instead of in the component (baseline)
-    #[arg(long, global = true, env = "RCPAT_NATIVE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "RCPAT_NATIVE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub native: Option<bool>,
     /// Component instances at once (the pool size) [default: 64]
-    #[arg(long, global = true, env = "RCPAT_MAX_INSTANCES")]
+    #[arg(long, env = "RCPAT_MAX_INSTANCES")]
     pub max_instances: Option<u32>,
     /// Linear memory cap per instance, in MiB [default: 16]
-    #[arg(long, global = true, env = "RCPAT_MEMORY_LIMIT_MB")]
+    #[arg(long, env = "RCPAT_MEMORY_LIMIT_MB")]
     pub memory_limit_mb: Option<usize>,
     /// Time limit per request inside the component, in milliseconds [default: 5000]
-    #[arg(long, global = true, env = "RCPAT_TIMEOUT_MS")]
+    #[arg(long, env = "RCPAT_TIMEOUT_MS")]
     pub timeout_ms: Option<u64>,
     /// Largest accepted request body, in bytes [default: 65536]
-    #[arg(long, global = true, env = "RCPAT_MAX_BODY_BYTES")]
+    #[arg(long, env = "RCPAT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Threads that check passwords (bcrypt), at a lower priority [default: 1]
-    #[arg(long, global = true, env = "RCPAT_PASSWORD_WORKERS")]
+    #[arg(long, env = "RCPAT_PASSWORD_WORKERS")]
     pub password_workers: Option<usize>,
     /// How long a login waits for a password worker before a 429, in milliseconds [default: 100]
-    #[arg(long, global = true, env = "RCPAT_PASSWORD_WAIT_MS")]
+    #[arg(long, env = "RCPAT_PASSWORD_WAIT_MS")]
     pub password_wait_ms: Option<u64>,
     /// Seconds a client has to send a request's headers (also the idle keep-alive limit), then its body [default: 10]
-    #[arg(long, global = true, env = "RCPAT_REQUEST_TIMEOUT_SECS")]
+    #[arg(long, env = "RCPAT_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
     /// Open connections at most; more are answered 503 and closed [default: 4096, within the descriptor limit]
-    #[arg(long, global = true, env = "RCPAT_MAX_CONNECTIONS")]
+    #[arg(long, env = "RCPAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Seconds a shutdown (SIGTERM, SIGINT) waits for the requests in flight before cutting them [default: 30]
-    #[arg(
-        long,
-        global = true,
-        env = "RCPAT_SHUTDOWN_TIMEOUT_SECS",
-        alias = "shutdown-timeout"
-    )]
+    #[arg(long, env = "RCPAT_SHUTDOWN_TIMEOUT_SECS", alias = "shutdown-timeout")]
     pub shutdown_timeout_secs: Option<u64>,
     /// Log format: text (coloured only on a terminal) or json [default: text]
-    #[arg(long, global = true, env = "RCPAT_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "RCPAT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
     /// Two-factor checks on or off (Accounts_TwoFactorAuthentication_Enabled) [default: true]
-    #[arg(long, global = true, env = "RCPAT_TWO_FACTOR", value_name = "BOOL")]
+    #[arg(long, env = "RCPAT_TWO_FACTOR", value_name = "BOOL")]
     pub two_factor: Option<bool>,
     /// TOTP as a method (..._By_TOTP_Enabled) [default: true]
-    #[arg(long, global = true, env = "RCPAT_TOTP", value_name = "BOOL")]
+    #[arg(long, env = "RCPAT_TOTP", value_name = "BOOL")]
     pub totp: Option<bool>,
     /// Emailed codes as a method (..._By_Email_Enabled) [default: true]
-    #[arg(long, global = true, env = "RCPAT_EMAIL_2FA", value_name = "BOOL")]
+    #[arg(long, env = "RCPAT_EMAIL_2FA", value_name = "BOOL")]
     pub email_2fa: Option<bool>,
     /// TOTP steps accepted either side of now (..._MaxDelta) [default: 1]
-    #[arg(long, global = true, env = "RCPAT_TOTP_MAX_DELTA")]
+    #[arg(long, env = "RCPAT_TOTP_MAX_DELTA")]
     pub totp_max_delta: Option<u32>,
     /// Emailed code lifetime in seconds (..._Email_Code_Expiration) [default: 3600]
-    #[arg(long, global = true, env = "RCPAT_EMAIL_CODE_EXPIRATION")]
+    #[arg(long, env = "RCPAT_EMAIL_CODE_EXPIRATION")]
     pub email_code_expiration: Option<u32>,
     /// Wrong tries per emailed code (..._Max_Invalid_Email_Code_Attempts) [default: 5]
-    #[arg(long, global = true, env = "RCPAT_EMAIL_CODE_MAX_ATTEMPTS")]
+    #[arg(long, env = "RCPAT_EMAIL_CODE_MAX_ATTEMPTS")]
     pub email_code_max_attempts: Option<u32>,
     /// Password as the second factor for users without TOTP/email (..._Enforce_Password_Fallback) [default: true]
-    #[arg(
-        long,
-        global = true,
-        env = "RCPAT_PASSWORD_FALLBACK",
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "RCPAT_PASSWORD_FALLBACK", value_name = "BOOL")]
     pub password_fallback: Option<bool>,
     /// Remember a client that passed 2FA for this many seconds; 0 = off (..._RememberFor) [default: 0]
-    #[arg(long, global = true, env = "RCPAT_REMEMBER_FOR")]
+    #[arg(long, env = "RCPAT_REMEMBER_FOR")]
     pub remember_for: Option<u32>,
     /// Wrong codes (any method) per user within the window before lockout [default: 10]
-    #[arg(long, global = true, env = "RCPAT_MAX_FAILED_ATTEMPTS")]
+    #[arg(long, env = "RCPAT_MAX_FAILED_ATTEMPTS")]
     pub max_failed_attempts: Option<u32>,
     /// The lockout window in seconds, from the last wrong code [default: 900]
-    #[arg(long, global = true, env = "RCPAT_FAILED_ATTEMPTS_WINDOW")]
+    #[arg(long, env = "RCPAT_FAILED_ATTEMPTS_WINDOW")]
     pub failed_attempts_window: Option<u32>,
     /// Session (login) token lifetime in days; 0 = never expire (Accounts_LoginExpiration) [default: 90]
-    #[arg(long, global = true, env = "RCPAT_LOGIN_EXPIRATION_DAYS")]
+    #[arg(long, env = "RCPAT_LOGIN_EXPIRATION_DAYS")]
     pub login_expiration_days: Option<u32>,
     /// Failed logins for one account before its logins are blocked; 0 = off (Block_Multiple_Failed_Logins_By_User) [default: 10]
-    #[arg(long, global = true, env = "RCPAT_MAX_FAILED_LOGINS_PER_USER")]
+    #[arg(long, env = "RCPAT_MAX_FAILED_LOGINS_PER_USER")]
     pub max_failed_logins_per_user: Option<u32>,
     /// Minutes an account stays blocked (..._Time_To_Unblock_By_User_In_Minutes) [default: 5]
-    #[arg(long, global = true, env = "RCPAT_USER_LOGIN_BLOCK_MINUTES")]
+    #[arg(long, env = "RCPAT_USER_LOGIN_BLOCK_MINUTES")]
     pub user_login_block_minutes: Option<u32>,
     /// Failed logins from one client address before its logins are blocked; 0 = off (Block_Multiple_Failed_Logins_By_Ip) [default: 50]
-    #[arg(long, global = true, env = "RCPAT_MAX_FAILED_LOGINS_PER_ADDRESS")]
+    #[arg(long, env = "RCPAT_MAX_FAILED_LOGINS_PER_ADDRESS")]
     pub max_failed_logins_per_address: Option<u32>,
     /// Minutes an address stays blocked (..._Time_To_Unblock_By_Ip_In_Minutes) [default: 5]
-    #[arg(long, global = true, env = "RCPAT_ADDRESS_LOGIN_BLOCK_MINUTES")]
+    #[arg(long, env = "RCPAT_ADDRESS_LOGIN_BLOCK_MINUTES")]
     pub address_login_block_minutes: Option<u32>,
     /// Let bypassTwoFactor tokens mint bypass tokens and regenerate or remove other tokens without a second factor, as Rocket.Chat does [default: false]
-    #[arg(
-        long,
-        global = true,
-        env = "RCPAT_BYPASS_TOKENS_UNRESTRICTED",
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "RCPAT_BYPASS_TOKENS_UNRESTRICTED", value_name = "BOOL")]
     pub bypass_tokens_unrestricted: Option<bool>,
     /// Add lastUsedAt to each used token in users.getPersonalAccessTokens (not a Rocket.Chat field; the last use is recorded either way) [default: false]
-    #[arg(
-        long,
-        global = true,
-        env = "RCPAT_SHOW_TOKEN_LAST_USE",
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "RCPAT_SHOW_TOKEN_LAST_USE", value_name = "BOOL")]
     pub show_token_last_use: Option<bool>,
+}
+
+/// Which commands an option belongs to: each command shows (in `--help`)
+/// and accepts (on its command line) only the groups it uses; `RCPAT_*`
+/// variables and the TOML file may set any option for every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Where data lives: wherever storage is opened.
+    Storage,
+    /// How mail goes out: where mail is sent.
+    Mail,
+    /// The HTTP server: `serve`, `bench`.
+    Server,
+    /// Loading and bounding the component.
+    Component,
+    /// The component's settings (Rocket.Chat's).
+    Settings,
+}
+
+impl Group {
+    /// The group of the option whose clap id (its field name) is `id`.
+    pub fn of(id: &str) -> Option<Group> {
+        Some(match id {
+            "storage"
+            | "db"
+            | "database_url"
+            | "database_pool_size"
+            | "database_timeout_ms"
+            | "secret_key_file" => Group::Storage,
+            "outbox" | "smtp" | "smtp_tls" | "smtp_ca_file" | "smtp_user"
+            | "smtp_password_file" | "mail_from" => Group::Mail,
+            "listen"
+            | "tls_cert"
+            | "tls_key"
+            | "admin_listen"
+            | "max_body_bytes"
+            | "password_workers"
+            | "password_wait_ms"
+            | "request_timeout_secs"
+            | "max_connections"
+            | "shutdown_timeout_secs"
+            | "log_format" => Group::Server,
+            "cache_dir" | "no_cache" | "component" | "native" | "max_instances"
+            | "memory_limit_mb" | "timeout_ms" => Group::Component,
+            "two_factor"
+            | "totp"
+            | "email_2fa"
+            | "totp_max_delta"
+            | "email_code_expiration"
+            | "email_code_max_attempts"
+            | "password_fallback"
+            | "remember_for"
+            | "max_failed_attempts"
+            | "failed_attempts_window"
+            | "login_expiration_days"
+            | "max_failed_logins_per_user"
+            | "user_login_block_minutes"
+            | "max_failed_logins_per_address"
+            | "address_login_block_minutes"
+            | "bypass_tokens_unrestricted"
+            | "show_token_last_use" => Group::Settings,
+            _ => return None,
+        })
+    }
 }
 
 macro_rules! merge_fields {
@@ -439,6 +483,25 @@ impl Options {
                 .bypass_tokens_unrestricted
                 .unwrap_or(d.bypass_tokens_unrestricted),
             show_token_last_use: self.show_token_last_use.unwrap_or(d.show_token_last_use),
+        }
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    /// A new option must say which commands it belongs to.
+    #[test]
+    fn every_option_has_a_group() {
+        let cmd = Options::augment_args(clap::Command::new("t"));
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert_eq!(ids.len(), 48);
+        for id in ids {
+            assert!(Group::of(&id).is_some(), "{id} has no group");
         }
     }
 }

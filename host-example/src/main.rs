@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use host_example::admin::{self, UserSpec};
-use host_example::config::{Options, StorageKind};
+use host_example::config::{Group, Options, StorageKind};
 use host_example::error::Error;
 use host_example::services::Services;
 use host_example::storage::{Backend, PAT_PERMISSION};
@@ -19,15 +19,20 @@ use wasmtime::{Result, bail};
 #[derive(Parser)]
 #[command(
     name = "host-example",
-    version,
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (wasmtime ",
+        env!("RCPAT_WASMTIME_VERSION"),
+        "; component sha256 ",
+        env!("RCPAT_COMPONENT_SHA256"),
+        ")"
+    ),
     about = "A wasmtime host for the rcpat personal-access-token component"
 )]
 struct Cli {
-    /// TOML file with any of the options below (kebab-case keys); flags and RCPAT_* variables win over it
+    /// TOML file with any option (kebab-case keys), for every command; flags and RCPAT_* variables win over it
     #[arg(long, global = true, env = "RCPAT_CONFIG")]
     config: Option<PathBuf>,
-    #[command(flatten)]
-    options: Options,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,7 +40,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve Rocket.Chat's REST API for personal access tokens over HTTP.
-    Serve,
+    Serve {
+        #[command(flatten)]
+        opts: Options,
+    },
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -54,7 +62,10 @@ enum Command {
     /// Walk through generate / challenge / regenerate on a fresh SQLite database
     /// (`--db` must not exist; default: a new file under the temp dir; mail goes
     /// to `--outbox`, default next to the database).
-    Demo,
+    Demo {
+        #[command(flatten)]
+        opts: Options,
+    },
     /// Load test: self-rotating regenerations against a server (see BENCHMARKS.md).
     Bench {
         /// A running server to drive (seeding writes to its storage: the same --db, or
@@ -89,6 +100,8 @@ enum Command {
         /// the throughput kept
         #[arg(long, default_value_t = 0)]
         login_flood: usize,
+        #[command(flatten)]
+        opts: Options,
     },
     /// Print the embedded component's world (its imports and exports) as WIT.
     Wit,
@@ -124,13 +137,26 @@ enum UsersCommand {
         /// Comma-separated roles
         #[arg(long, value_delimiter = ',', default_value = "user")]
         roles: Vec<String>,
+        #[command(flatten)]
+        opts: Options,
     },
     /// List users.
-    List,
+    List {
+        #[command(flatten)]
+        opts: Options,
+    },
     /// Grant the create-personal-access-tokens permission to a user.
-    Grant { username: String },
+    Grant {
+        username: String,
+        #[command(flatten)]
+        opts: Options,
+    },
     /// Revoke the create-personal-access-tokens permission from a user.
-    Revoke { username: String },
+    Revoke {
+        username: String,
+        #[command(flatten)]
+        opts: Options,
+    },
     /// Enrol TOTP: prints the otpauth:// URI, a QR code and the backup codes.
     EnableTotp {
         username: String,
@@ -138,21 +164,66 @@ enum UsersCommand {
         algorithm: Algorithm,
         #[arg(long, default_value_t = 6)]
         digits: u8,
+        #[command(flatten)]
+        opts: Options,
     },
     /// Turn on emailed codes for a user.
-    EnableEmail2fa { username: String },
+    EnableEmail2fa {
+        username: String,
+        #[command(flatten)]
+        opts: Options,
+    },
+}
+
+impl UsersCommand {
+    fn take_options(&mut self) -> Options {
+        match self {
+            UsersCommand::Add { opts, .. }
+            | UsersCommand::List { opts }
+            | UsersCommand::Grant { opts, .. }
+            | UsersCommand::Revoke { opts, .. }
+            | UsersCommand::EnableTotp { opts, .. }
+            | UsersCommand::EnableEmail2fa { opts, .. } => std::mem::take(opts),
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum TokensCommand {
     /// List a user's personal access tokens.
-    List { username: String },
+    List {
+        username: String,
+        #[command(flatten)]
+        opts: Options,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Add a new key to the key file and re-encrypt every TOTP secret under it.
-    Rotate,
+    Rotate {
+        #[command(flatten)]
+        opts: Options,
+    },
+}
+
+impl Command {
+    /// The command's own options (moved out; defaults for commands without).
+    fn take_options(&mut self) -> Options {
+        match self {
+            Command::Serve { opts }
+            | Command::Demo { opts }
+            | Command::Bench { opts, .. }
+            | Command::Keys {
+                command: KeysCommand::Rotate { opts },
+            }
+            | Command::Tokens {
+                command: TokensCommand::List { opts, .. },
+            } => std::mem::take(opts),
+            Command::Users { command } => command.take_options(),
+            Command::Wit | Command::Info | Command::Export { .. } => Options::default(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -167,14 +238,15 @@ fn main() -> ExitCode {
     // owner-only, even where a library picks the mode.
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o077) };
-    let cli = Cli::parse();
+    let mut cli = parse_cli();
+    let options = cli.command.take_options();
     let result = cli
         .config
         .as_deref()
         .map(Options::from_file)
         .transpose()
         .map_err(wasmtime::Error::from)
-        .map(|file| cli.options.clone().over(file.unwrap_or_default()))
+        .map(|file| options.over(file.unwrap_or_default()))
         .and_then(|opts| run(cli.command, opts));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,12 +258,86 @@ fn main() -> ExitCode {
     }
 }
 
+/// The option groups a command takes, by its path of subcommand names.
+fn groups(path: &[&str]) -> &'static [Group] {
+    use Group::*;
+    match path {
+        ["serve"] | ["bench"] => &[Storage, Mail, Server, Component, Settings],
+        ["demo"] => &[Storage, Mail],
+        ["users", ..] | ["tokens", ..] | ["keys", ..] => &[Storage],
+        _ => &[],
+    }
+}
+
+/// The command line as clap sees it: every command that uses options
+/// carries them all (one `Options` for flags, `RCPAT_*` and the TOML file),
+/// and its `--help` shows only the groups it takes.
+fn cli_command() -> clap::Command {
+    fn restrict(cmd: clap::Command, path: &mut Vec<String>) -> clap::Command {
+        let names: Vec<&str> = path.iter().map(String::as_str).collect();
+        let allowed = groups(&names);
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| Group::of(a.get_id().as_str()).is_some_and(|g| !allowed.contains(&g)))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let mut cmd = ids
+            .into_iter()
+            .fold(cmd, |cmd, id| cmd.mut_arg(id, |a| a.hide(true)));
+        let subs: Vec<String> = cmd
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for name in subs {
+            path.push(name.clone());
+            cmd = cmd.mut_subcommand(&name, |sub| restrict(sub, path));
+            path.pop();
+        }
+        cmd
+    }
+    restrict(<Cli as clap::CommandFactory>::command(), &mut Vec::new())
+}
+
+/// Parses the command line; an option given to a command that does not
+/// take it (`users add --listen ...`) is an error, not silently ignored.
+fn parse_cli() -> Cli {
+    use clap::FromArgMatches;
+    use clap::parser::ValueSource;
+    let mut cmd = cli_command();
+    let matches = cmd.get_matches_mut();
+    let mut path = Vec::new();
+    let mut leaf = &matches;
+    while let Some((name, sub)) = leaf.subcommand() {
+        path.push(name);
+        leaf = sub;
+    }
+    let allowed = groups(&path);
+    for id in leaf.ids() {
+        let id = id.as_str();
+        if Group::of(id).is_some_and(|g| !allowed.contains(&g))
+            && leaf.value_source(id) == Some(ValueSource::CommandLine)
+        {
+            cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--{} is not an option of `{}` (see `host-example {} --help`)",
+                    id.replace('_', "-"),
+                    path.join(" "),
+                    path.join(" ")
+                ),
+            )
+            .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn run(command: Command, opts: Options) -> Result<()> {
     match command {
-        Command::Serve => serve(opts),
+        Command::Serve { .. } => serve(opts),
         Command::Users { command } => users(command, &admin_services(&opts)?),
         Command::Tokens {
-            command: TokensCommand::List { username },
+            command: TokensCommand::List { username, .. },
         } => {
             let services = admin_services(&opts)?;
             let id = admin::user_id(&*services.storage, &username)?;
@@ -216,7 +362,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
             Ok(())
         }
         Command::Keys {
-            command: KeysCommand::Rotate,
+            command: KeysCommand::Rotate { .. },
         } => {
             if opts.storage() == StorageKind::Memory {
                 bail!("keys rotate needs a durable storage (sqlite or postgres)");
@@ -232,7 +378,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
             );
             Ok(())
         }
-        Command::Demo => {
+        Command::Demo { .. } => {
             let dir = std::env::temp_dir().join(format!(
                 "rcpat-demo-{}-{}",
                 std::process::id(),
@@ -258,6 +404,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
             startup,
             login_flood,
             reuse,
+            ..
         } => {
             if startup {
                 return bench_startup();
@@ -425,6 +572,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<()> {
             password_stdin,
             password_prompt,
             roles,
+            ..
         } => {
             let password = read_password(password_file, password_stdin, password_prompt)?;
             let roles: Vec<&str> = roles
@@ -441,7 +589,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<()> {
             let id = admin::create_user(services, &spec, admin::BCRYPT_COST)?;
             println!("created {username} with id {id}");
         }
-        UsersCommand::List => {
+        UsersCommand::List { .. } => {
             let users = storage.list_users()?;
             if users.is_empty() {
                 println!("no users");
@@ -462,7 +610,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<()> {
                 );
             }
         }
-        UsersCommand::Grant { username } => {
+        UsersCommand::Grant { username, .. } => {
             storage.set_user_permission(
                 &admin::user_id(&**storage, &username)?,
                 PAT_PERMISSION,
@@ -470,7 +618,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<()> {
             )?;
             println!("{username} may create personal access tokens");
         }
-        UsersCommand::Revoke { username } => {
+        UsersCommand::Revoke { username, .. } => {
             storage.set_user_permission(
                 &admin::user_id(&**storage, &username)?,
                 PAT_PERMISSION,
@@ -482,6 +630,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<()> {
             username,
             algorithm,
             digits,
+            ..
         } => {
             let id = admin::user_id(&**storage, &username)?;
             let algorithm = match algorithm {
@@ -497,7 +646,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<()> {
                 println!("  {}", pair.join("   "));
             }
         }
-        UsersCommand::EnableEmail2fa { username } => {
+        UsersCommand::EnableEmail2fa { username, .. } => {
             let id = admin::user_id(&**storage, &username)?;
             storage.set_email_two_factor(&id, true)?;
             println!("{username} now receives emailed codes");
