@@ -8,6 +8,7 @@ mod cache_trust;
 mod cli;
 mod common;
 mod concurrency;
+mod deployment;
 mod documentation_examples;
 mod fault_injection;
 mod http_server;
