@@ -306,6 +306,12 @@ fn a_code_goes_out_through_a_starttls_relay_that_demands_auth() {
     let data = session.data.expect("a message");
     assert!(data.contains("Subject: Authentication code"), "{data}");
     assert!(host_example::mail::code_in(&data).is_some(), "{data}");
+    eprintln!(
+        "relay: STARTTLS {}, AUTH as {:?}, {} bytes of DATA with a code",
+        session.tls,
+        session.user.as_deref().unwrap_or(""),
+        data.len()
+    );
 }
 
 #[test]
