@@ -48,6 +48,14 @@ fn authenticate_unmarked(
     if user_id.is_empty() || token.is_empty() {
         return Err(ApiError::NotLoggedIn);
     }
+    // Noise that looks like one of our tokens costs no lookup.
+    let prefix = settings.token_prefix;
+    if !prefix.as_str().is_empty()
+        && token.starts_with(prefix.as_str())
+        && !token::prefixed_token_is_well_formed(&prefix, token)
+    {
+        return Err(ApiError::NotLoggedIn);
+    }
     let session = env
         .storage()
         .authenticate(user_id, &token::hash_token(token))
@@ -122,9 +130,22 @@ fn require_permission(env: &mut dyn Env, user_id: &str, denied: ApiError) -> Res
     }
 }
 
-/// A new token value and its stored record.
-fn mint(env: &mut dyn Env, name: String, bypass_two_factor: bool) -> (String, PersonalAccessToken) {
-    let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
+/// A new token value (under the host's `token-prefix`) and its stored record.
+fn mint(
+    env: &mut dyn Env,
+    settings: &Settings,
+    name: String,
+    bypass_two_factor: bool,
+) -> Result<(String, PersonalAccessToken), ApiError> {
+    if !settings.token_prefix.is_valid() {
+        return Err(ApiError::Internal(
+            "The host's token-prefix setting is invalid",
+        ));
+    }
+    let plaintext = token::with_prefix(
+        &settings.token_prefix,
+        &token::new_token(&env.random_bytes(token::TOKEN_LEN)),
+    );
     let record = PersonalAccessToken {
         hashed_token: token::hash_token(&plaintext),
         last_token_part: token::last_part(&plaintext).to_string(),
@@ -133,7 +154,7 @@ fn mint(env: &mut dyn Env, name: String, bypass_two_factor: bool) -> (String, Pe
         bypass_two_factor,
         last_used_at: None,
     };
-    (plaintext, record)
+    Ok((plaintext, record))
 }
 
 /// The body names the presented PAT (a valid `tokenName` equal to its name).
@@ -174,7 +195,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
             .map_err(|_| ApiError::StorageFailure)?
             .ok_or(ApiError::TokenDoesNotExist(PatMethod::Regenerate))?;
         // The flag is carried over from the old token (as Rocket.Chat does).
-        let (plaintext, replacement) = mint(env, name, old.bypass_two_factor);
+        let (plaintext, replacement) = mint(env, settings, name, old.bypass_two_factor)?;
         // One compare-and-swap: the old value is replaced by the new one at once.
         match env
             .storage()
@@ -199,7 +220,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
         let bypass = request::bypass_two_factor(&body)?;
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
-        let (plaintext, record) = mint(env, name, bypass);
+        let (plaintext, record) = mint(env, settings, name, bypass)?;
         match env
             .storage()
             .insert_personal_access_token(user_id, &record, &passed.proof)

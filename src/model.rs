@@ -226,6 +226,8 @@ pub struct Settings {
     pub address_login_block_minutes: u32,
     pub bypass_tokens_unrestricted: bool,
     pub show_token_last_use: bool,
+    /// `token-prefix`: empty for Rocket.Chat's plain tokens.
+    pub token_prefix: crate::token::TokenPrefix,
 }
 
 /// Builds a `$to` from every setting of `$from`, plus `$extra` fields: the
@@ -254,6 +256,8 @@ macro_rules! copy_settings {
             address_login_block_minutes: s.address_login_block_minutes,
             bypass_tokens_unrestricted: s.bypass_tokens_unrestricted,
             show_token_last_use: s.show_token_last_use,
+            // A string in WIT, a checked value in the model.
+            token_prefix: ::core::convert::Into::into(::core::clone::Clone::clone(&s.token_prefix)),
             $($extra)*
         }
     }};
@@ -295,6 +299,7 @@ impl Default for Settings {
             address_login_block_minutes: 5,
             bypass_tokens_unrestricted: false,
             show_token_last_use: false,
+            token_prefix: crate::token::TokenPrefix::default(),
         }
     }
 }

@@ -26,6 +26,112 @@ pub fn new_token(random: &[u8]) -> String {
         .collect()
 }
 
+/// Longest `token-prefix`.
+pub const MAX_PREFIX_LEN: usize = 16;
+/// Length of the checksum a prefixed token ends with.
+pub const CHECKSUM_LEN: usize = 6;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The host's `token-prefix` setting: empty (Rocket.Chat's plain tokens), up
+/// to 16 characters of `[A-Za-z0-9_]`, or invalid (the host passed something
+/// else; minting then fails rather than issue an unscannable token). Copy,
+/// like the rest of the settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenPrefix {
+    bytes: [u8; MAX_PREFIX_LEN],
+    /// The length, or `u8::MAX` for an invalid setting.
+    len: u8,
+}
+
+impl TokenPrefix {
+    pub const INVALID: TokenPrefix = TokenPrefix {
+        bytes: [0; MAX_PREFIX_LEN],
+        len: u8::MAX,
+    };
+
+    /// Parses the setting; `None` when it is not one of the accepted forms.
+    pub fn parse(text: &str) -> Option<TokenPrefix> {
+        let ok = text.len() <= MAX_PREFIX_LEN
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        ok.then(|| {
+            let mut bytes = [0; MAX_PREFIX_LEN];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            TokenPrefix {
+                bytes,
+                len: text.len() as u8,
+            }
+        })
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.len != u8::MAX
+    }
+
+    /// The prefix ("" when none or invalid).
+    pub fn as_str(&self) -> &str {
+        if !self.is_valid() {
+            return "";
+        }
+        // Only ASCII is ever stored.
+        core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+/// The WIT setting (a string) to the model's, invalid kept as invalid.
+impl From<String> for TokenPrefix {
+    fn from(text: String) -> Self {
+        TokenPrefix::parse(&text).unwrap_or(TokenPrefix::INVALID)
+    }
+}
+
+impl From<TokenPrefix> for String {
+    fn from(p: TokenPrefix) -> Self {
+        if p.is_valid() {
+            p.as_str().into()
+        } else {
+            // Never a valid prefix, so it converts back to invalid.
+            "(invalid)".into()
+        }
+    }
+}
+
+/// CRC32 (IEEE) of `text` in 6 base62 digits (62^6 > 2^32), most
+/// significant first, as GitHub's token checksums.
+pub fn checksum(text: &str) -> String {
+    // Bitwise, without tables: a token is about 60 bytes, and a 1-16 KiB
+    // table would grow the component for nothing.
+    const CRC32: crc::Crc<u32, crc::NoTable> =
+        crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);
+    let mut n = CRC32.checksum(text.as_bytes());
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for d in digits.iter_mut().rev() {
+        *d = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    digits.iter().map(|&b| b as char).collect()
+}
+
+/// A new token as issued under `prefix`: the plain token, or the prefix, the
+/// 43 random characters and the checksum of both.
+pub fn with_prefix(prefix: &TokenPrefix, token: &str) -> String {
+    if prefix.as_str().is_empty() {
+        return token.into();
+    }
+    let body = format!("{}{token}", prefix.as_str());
+    let sum = checksum(&body);
+    body + &sum
+}
+
+/// Whether a token that carries `prefix` is well formed (its length and
+/// checksum): a scanner's test, and the server's, before any lookup.
+pub fn prefixed_token_is_well_formed(prefix: &TokenPrefix, token: &str) -> bool {
+    let p = prefix.as_str();
+    token.len() == p.len() + TOKEN_LEN + CHECKSUM_LEN && token.starts_with(p) && {
+        let (body, sum) = token.split_at(token.len() - CHECKSUM_LEN);
+        secret_eq(checksum(body).as_bytes(), sum.as_bytes())
+    }
+}
+
 /// Meteor's `Accounts._hashLoginToken`: base64(SHA-256(utf8 token)).
 pub fn hash_token(token: &str) -> String {
     BASE64.encode(Sha256::digest(token.as_bytes()))
@@ -58,6 +164,38 @@ pub fn secret_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_is_crc32_in_six_base62_digits() {
+        // CRC32("123456789") = 0xCBF43926, the standard check value.
+        assert_eq!(checksum("123456789"), "3jZRME");
+        assert_eq!(checksum(""), "000000");
+    }
+
+    #[test]
+    fn prefixes_are_checked_and_tokens_carry_a_verifiable_checksum() {
+        assert_eq!(TokenPrefix::parse(""), Some(TokenPrefix::default()));
+        for bad in ["rcpat-", "r p", "é", "abcdefghijklmnopq"] {
+            assert_eq!(TokenPrefix::parse(bad), None, "{bad}");
+        }
+        let p = TokenPrefix::parse("rcpat_").unwrap();
+        assert_eq!(String::from(p), "rcpat_");
+        assert!(!TokenPrefix::from(String::from("bad-prefix")).is_valid());
+        let plain = new_token(&[7u8; TOKEN_LEN]);
+        assert_eq!(with_prefix(&TokenPrefix::default(), &plain), plain);
+        let t = with_prefix(&p, &plain);
+        assert_eq!(t.len(), 6 + TOKEN_LEN + CHECKSUM_LEN);
+        assert!(t.starts_with("rcpat_") && t[6..49] == plain);
+        assert!(prefixed_token_is_well_formed(&p, &t));
+        // Any one character changed, or one missing, fails the check.
+        for i in 0..t.len() {
+            let mut b = t.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(b).unwrap();
+            assert!(!prefixed_token_is_well_formed(&p, &changed), "{changed}");
+        }
+        assert!(!prefixed_token_is_well_formed(&p, &t[..t.len() - 1]));
+    }
 
     #[test]
     fn token_has_rocket_chat_shape() {

@@ -19,4 +19,5 @@ mod reuse;
 mod shutdown;
 mod storage_conformance;
 mod tls;
+mod token_prefix;
 mod two_factor;

@@ -38,6 +38,12 @@ fuzz_target!(|input: Input| {
         user_login_block_minutes: 5,
         max_failed_logins_per_address: 50,
         address_login_block_minutes: 5,
+        // Now and then a prefix, so prefixed minting and checks are fuzzed too.
+        token_prefix: if s[0] & 64 != 0 {
+            rcpat::token::TokenPrefix::parse("rcpat_").unwrap_or_default()
+        } else {
+            rcpat::token::TokenPrefix::default()
+        },
     };
     let mut headers: Vec<Header> = input
         .headers

@@ -181,6 +181,9 @@ pub struct Options {
     /// Add lastUsedAt to each used token in users.getPersonalAccessTokens (not a Rocket.Chat field; the last use is recorded either way) [default: false]
     #[arg(long, env = "RCPAT_SHOW_TOKEN_LAST_USE", value_name = "BOOL")]
     pub show_token_last_use: Option<bool>,
+    /// Prefix of new personal access tokens for secret scanners (1-16 of [A-Za-z0-9_], e.g. rcpat_); such tokens end with a CRC32 checksum in base62. Empty: Rocket.Chat's plain tokens [default: empty]
+    #[arg(long, env = "RCPAT_TOKEN_PREFIX")]
+    pub token_prefix: Option<String>,
 }
 
 /// Which commands an option belongs to: each command shows (in `--help`)
@@ -241,7 +244,8 @@ impl Group {
             | "max_failed_logins_per_address"
             | "address_login_block_minutes"
             | "bypass_tokens_unrestricted"
-            | "show_token_last_use" => Group::Settings,
+            | "show_token_last_use"
+            | "token_prefix" => Group::Settings,
             _ => return None,
         })
     }
@@ -271,7 +275,7 @@ impl Options {
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
-            show_token_last_use)
+            show_token_last_use, token_prefix)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -483,6 +487,10 @@ impl Options {
                 .bypass_tokens_unrestricted
                 .unwrap_or(d.bypass_tokens_unrestricted),
             show_token_last_use: self.show_token_last_use.unwrap_or(d.show_token_last_use),
+            token_prefix: self
+                .token_prefix
+                .clone()
+                .map_or(d.token_prefix, rcpat::token::TokenPrefix::from),
         }
     }
 }
@@ -499,7 +507,7 @@ mod group_tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 48);
+        assert_eq!(ids.len(), 49);
         for id in ids {
             assert!(Group::of(&id).is_some(), "{id} has no group");
         }

@@ -509,6 +509,12 @@ pub fn open_backend(
 pub fn app_from(
     opts: &crate::config::Options,
 ) -> wasmtime::Result<(App, Option<crate::cache::CacheOutcome>)> {
+    if !opts.settings().token_prefix.is_valid() {
+        wasmtime::bail!(
+            "--token-prefix must be at most {} characters of A-Z, a-z, 0-9 and _",
+            rcpat::token::MAX_PREFIX_LEN
+        );
+    }
     let services = services_from(opts)?;
     let runtime_config = opts.runtime();
     let concurrency = runtime_config.max_instances as usize;

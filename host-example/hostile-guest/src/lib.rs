@@ -51,6 +51,7 @@ impl Guest for Hostile {
             address_login_block_minutes: 5,
             bypass_tokens_unrestricted: false,
             show_token_last_use: false,
+            token_prefix: String::new(),
             code_key: Vec::new(),
         }
     }
