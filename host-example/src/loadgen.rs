@@ -64,6 +64,8 @@ pub struct Report {
     pub in_doubt: Vec<String>,
     /// CPU time this process used (server and load generator together).
     pub cpu: Option<Duration>,
+    /// Of which the load generator's own threads (workers and flood).
+    pub generator_cpu: Option<Duration>,
     /// CPU time the whole machine used (every process: hosts, database,
     /// load generator), for runs whose servers are other processes.
     pub machine_cpu: Option<Duration>,
@@ -86,7 +88,16 @@ pub fn machine_cpu() -> Option<Duration> {
 
 /// User + system CPU time of this process so far (Linux `/proc/self/stat`).
 pub fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_of("/proc/self/stat")
+}
+
+/// User + system CPU time of the calling thread so far.
+fn thread_cpu() -> Option<Duration> {
+    cpu_of("/proc/thread-self/stat")
+}
+
+fn cpu_of(stat_file: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(stat_file).ok()?;
     // Fields after the command name (which may contain spaces) start at ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
@@ -208,7 +219,7 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                (mine, samples, errors, ok)
+                (mine, samples, errors, ok, thread_cpu())
             })
         })
         .collect();
@@ -233,7 +244,7 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
                 }
-                (checked, shed)
+                (checked, shed, thread_cpu())
             })
         })
         .collect();
@@ -261,8 +272,13 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
     let mut report = Report::default();
     let mut all_rotors = Vec::new();
     let mut samples = Vec::new();
+    let mut generator_cpu = Some(Duration::ZERO);
+    let mut add_cpu = |c: Option<Duration>| {
+        generator_cpu = generator_cpu.zip(c).map(|(a, b)| a + b);
+    };
     for w in workers {
-        let (mine, s, errors, ok) = w.join().expect("worker");
+        let (mine, s, errors, ok, cpu) = w.join().expect("worker");
+        add_cpu(cpu);
         all_rotors.extend(mine);
         samples.extend(s);
         for (k, v) in errors {
@@ -272,13 +288,15 @@ pub fn run(config: &LoadConfig, seeded: Vec<(String, String)>) -> Report {
     }
     report.elapsed = start.elapsed();
     for f in flood {
-        let (checked, shed) = f.join().expect("flood worker");
+        let (checked, shed, cpu) = f.join().expect("flood worker");
+        add_cpu(cpu);
         report.flood_checked += checked;
         report.flood_shed += shed;
     }
     report.cpu = process_cpu()
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
+    report.generator_cpu = generator_cpu;
     report.machine_cpu = machine_cpu()
         .zip(machine_before)
         .map(|(after, before)| after.saturating_sub(before));
@@ -383,6 +401,14 @@ impl Report {
         if let Some(us) = self.cpu_per_request_us() {
             println!("  CPU             {us:.1} µs per request in this process (both cores)");
         }
+        if let (Some(gen_us), Some(server_us)) = (
+            self.generator_cpu_per_request_us(),
+            self.server_cpu_per_request_us(),
+        ) {
+            println!(
+                "    of which      {gen_us:.1} µs in the load generator's threads, {server_us:.1} µs in the rest"
+            );
+        }
         if let Some(m) = self.machine_cpu.filter(|_| self.requests > 0) {
             println!(
                 "  machine CPU     {:.1} µs per request (every process: hosts, database, load generator)",
@@ -423,6 +449,19 @@ impl Report {
     /// Process CPU time per request, in microseconds.
     pub fn cpu_per_request_us(&self) -> Option<f64> {
         self.cpu
+            .filter(|_| self.requests > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / self.requests as f64)
+    }
+
+    /// This process's CPU per request without the load generator's threads
+    /// (the in-process server's own cost), in microseconds.
+    pub fn server_cpu_per_request_us(&self) -> Option<f64> {
+        Some((self.cpu_per_request_us()? - self.generator_cpu_per_request_us()?).max(0.0))
+    }
+
+    /// The load generator's own CPU time per request, in microseconds.
+    pub fn generator_cpu_per_request_us(&self) -> Option<f64> {
+        self.generator_cpu
             .filter(|_| self.requests > 0)
             .map(|c| c.as_secs_f64() * 1e6 / self.requests as f64)
     }

@@ -448,7 +448,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
                     "{label}: {users} users, {connections} connections, {seconds} s"
                 ));
                 throughput.push(report.ok as f64 / report.elapsed.as_secs_f64());
-                cpu.push(report.cpu_per_request_us());
+                cpu.push(report.server_cpu_per_request_us());
                 if let Some(path) = &chart {
                     let path = if compare {
                         path.with_extension(if native { "native.svg" } else { "wasm.svg" })
@@ -469,7 +469,10 @@ fn run(command: Command, opts: Options) -> Result<()> {
                 println!("component / native throughput: {:.2}", wasm / native);
             }
             if let [Some(wasm), Some(native)] = cpu[..] {
-                println!("native / component CPU per request: {:.2}", native / wasm);
+                println!(
+                    "native / component server CPU per request (load generator excluded): {:.2}",
+                    native / wasm
+                );
             }
             Ok(())
         }

@@ -8,16 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{
+    Component, ComponentExportIndex, Func, HasSelf, Instance, InstancePre, Linker, TypedFunc,
+};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder,
 };
 
 use rcpat::model::{Request, Response, Settings};
 
 use crate::bindings::exports::rcpat::tokens::endpoints as ep;
 use crate::bindings::{PatService, PatServicePre};
+
 use crate::conversions::settings_to_wit;
 use crate::imports::HostState;
 use crate::services::{NativeEnv, Services};
@@ -55,6 +58,19 @@ impl Endpoint {
             Endpoint::Generate => "/api/v1/users.generatePersonalAccessToken",
             Endpoint::List => "/api/v1/users.getPersonalAccessTokens",
             Endpoint::Remove => "/api/v1/users.removePersonalAccessToken",
+        }
+    }
+
+    /// The name of its export in `wit/world.wit`.
+    pub fn export_name(self) -> &'static str {
+        match self {
+            Endpoint::Login => "login",
+            Endpoint::Logout => "logout",
+            Endpoint::Me => "me",
+            Endpoint::Regenerate => "regenerate-personal-access-token",
+            Endpoint::Generate => "generate-personal-access-token",
+            Endpoint::List => "get-personal-access-tokens",
+            Endpoint::Remove => "remove-personal-access-token",
         }
     }
 
@@ -139,6 +155,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Runtime {
     engine: Engine,
     pre: PatServicePre<HostState>,
+    exports: Exports,
     config: RuntimeConfig,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
@@ -157,7 +174,11 @@ impl Runtime {
             // Reset a slot's first pages by zeroing rather than decommitting,
             // so the next instance does not page-fault them back in.
             .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // Where Linux has PAGEMAP_SCAN (6.7+), reset only the pages an
+            // instance dirtied instead of memsetting all that is kept
+            // resident; elsewhere this falls back to the memset.
+            .pagemap_scan(Enabled::Auto);
         let mut c = Config::new();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         c.epoch_interruption(true);
@@ -194,7 +215,9 @@ impl Runtime {
     ) -> wasmtime::Result<Self> {
         let mut linker = Linker::<HostState>::new(&engine);
         PatService::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        // `PatServicePre::new` type-checks every export once, here.
         let pre = PatServicePre::new(linker.instantiate_pre(&component)?)?;
+        let exports = Exports::find(&component)?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -211,6 +234,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             pre,
+            exports,
             config,
             ticker: Some((stop, ticker)),
         })
@@ -254,7 +278,7 @@ impl Runtime {
     /// instance per request. For measuring the guest under reuse.
     pub fn reused_instance(&self, services: &Services) -> wasmtime::Result<ReusedInstance<'_>> {
         let mut store = self.store(services);
-        let instance = self.pre.instantiate(&mut store)?;
+        let instance = self.instance_pre().instantiate(&mut store)?;
         Ok(ReusedInstance {
             runtime: self,
             store,
@@ -265,7 +289,11 @@ impl Runtime {
     /// Instantiates a fresh instance and drops it (what each request pays).
     pub fn instantiate_only(&self, services: &Services) -> wasmtime::Result<()> {
         let mut store = self.store(services);
-        self.pre.instantiate(&mut store).map(drop)
+        self.instance_pre().instantiate(&mut store).map(drop)
+    }
+
+    fn instance_pre(&self) -> &InstancePre<HostState> {
+        self.pre.instance_pre()
     }
 
     /// Runs `endpoint` in a fresh instance. An `Err` is a trap or host
@@ -305,8 +333,13 @@ impl Runtime {
         settings: &Settings,
         req: &Request,
     ) -> wasmtime::Result<ep::Response> {
-        let instance = self.pre.instantiate(&mut *store)?;
-        dispatch(&instance, store, endpoint, settings, req)
+        let instance = self.instance_pre().instantiate(&mut *store)?;
+        dispatch(
+            self.exports.func(&instance, store, endpoint),
+            store,
+            settings,
+            req,
+        )
     }
 
     /// The component's default settings (Rocket.Chat's defaults).
@@ -321,35 +354,73 @@ impl Runtime {
     }
 }
 
-/// Calls the export for `endpoint` on `instance` (the one place that maps
-/// endpoints to exports).
+/// Where each endpoint's export sits in the component, found once by name.
+///
+/// bindgen's `PatServicePre::instantiate` looks up and type-checks all
+/// nine exports again on every instance (a tenth of an instantiation in
+/// `perf`); a request needs one, and its type was checked at start.
+struct Exports {
+    endpoints: [ComponentExportIndex; Endpoint::ALL.len()],
+}
+
+impl Exports {
+    fn find(component: &Component) -> wasmtime::Result<Self> {
+        let interface = component
+            .component_type()
+            .exports(component.engine())
+            .map(|(name, _)| name.to_string())
+            .find(|name| name.starts_with("rcpat:tokens/endpoints@"))
+            .ok_or_else(|| wasmtime::format_err!("the component exports no endpoints"))?;
+        let (_, interface) = component
+            .get_export(None, &interface)
+            .ok_or_else(|| wasmtime::format_err!("no export {interface}"))?;
+        let endpoints = Endpoint::ALL.map(|e| {
+            component
+                .get_export(Some(&interface), e.export_name())
+                .map(|(_, index)| index)
+        });
+        if let Some(missing) = Endpoint::ALL
+            .iter()
+            .zip(&endpoints)
+            .find(|(_, i)| i.is_none())
+        {
+            wasmtime::bail!("the component does not export {}", missing.0.export_name());
+        }
+        Ok(Exports {
+            endpoints: endpoints.map(Option::unwrap),
+        })
+    }
+
+    fn func(&self, instance: &Instance, store: &mut Store<HostState>, e: Endpoint) -> Func {
+        let index = self.endpoints[Endpoint::ALL.iter().position(|x| *x == e).unwrap()];
+        instance
+            .get_func(store, index)
+            .expect("an export of this component is a function")
+    }
+}
+
+/// Calls one endpoint's export (every endpoint has the same signature).
 fn dispatch(
-    instance: &PatService,
+    func: Func,
     store: &mut Store<HostState>,
-    endpoint: Endpoint,
     settings: &Settings,
     req: &Request,
 ) -> wasmtime::Result<ep::Response> {
     let settings = settings_to_wit(settings, store.data().services.code_key());
     let req = ep::Request::from(req);
-    let (s, r) = (&settings, &req);
-    let api = instance.rcpat_tokens_endpoints();
-    match endpoint {
-        Endpoint::Login => api.call_login(store, s, r),
-        Endpoint::Logout => api.call_logout(store, s, r),
-        Endpoint::Me => api.call_me(store, s, r),
-        Endpoint::Regenerate => api.call_regenerate_personal_access_token(store, s, r),
-        Endpoint::Generate => api.call_generate_personal_access_token(store, s, r),
-        Endpoint::List => api.call_get_personal_access_tokens(store, s, r),
-        Endpoint::Remove => api.call_remove_personal_access_token(store, s, r),
-    }
+    // SAFETY: `PatServicePre::new` checked every endpoint export against
+    // this signature when the runtime was built, and `func` is one of them.
+    let typed =
+        unsafe { TypedFunc::<(&ep::Settings, &ep::Request), (ep::Response,)>::new_unchecked(func) };
+    let (reply,) = typed.call(store, (&settings, &req))?;
+    Ok(reply)
 }
 
 /// See [`Runtime::reused_instance`].
 pub struct ReusedInstance<'a> {
     runtime: &'a Runtime,
     store: Store<HostState>,
-    instance: PatService,
+    instance: Instance,
 }
 
 impl ReusedInstance<'_> {
@@ -361,7 +432,11 @@ impl ReusedInstance<'_> {
         req: &Request,
     ) -> Result<Response, CallError> {
         self.store.set_epoch_deadline(self.runtime.deadline_ticks());
-        let result = dispatch(&self.instance, &mut self.store, endpoint, settings, req);
+        let func = self
+            .runtime
+            .exports
+            .func(&self.instance, &mut self.store, endpoint);
+        let result = dispatch(func, &mut self.store, settings, req);
         let refused = self.store.data().limits.memory_refused;
         result
             .map(Into::into)
