@@ -67,6 +67,10 @@ fn authenticate_unmarked(
             return Err(ApiError::NotLoggedIn);
         }
     }
+    // An expired PAT is refused as an unknown one is.
+    if crate::expiry::is_expired(session.token.expires_at, env.now_ms()) {
+        return Err(ApiError::NotLoggedIn);
+    }
     Ok(Authenticated { headers, session })
 }
 
@@ -136,6 +140,7 @@ fn mint(
     settings: &Settings,
     name: String,
     bypass_two_factor: bool,
+    expires_at: Option<TimestampMs>,
 ) -> Result<(String, PersonalAccessToken), ApiError> {
     if !settings.token_prefix.is_valid() {
         return Err(ApiError::Internal(
@@ -153,6 +158,7 @@ fn mint(
         created_at: env.now_ms(),
         bypass_two_factor,
         last_used_at: None,
+        expires_at,
     };
     Ok((plaintext, record))
 }
@@ -194,8 +200,12 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
             .find_personal_access_token(user_id, &name)
             .map_err(|_| ApiError::StorageFailure)?
             .ok_or(ApiError::TokenDoesNotExist(PatMethod::Regenerate))?;
-        // The flag is carried over from the old token (as Rocket.Chat does).
-        let (plaintext, replacement) = mint(env, settings, name, old.bypass_two_factor)?;
+        // The flag is carried over from the old token (as Rocket.Chat does),
+        // and its lifetime is renewed.
+        let expires_at =
+            crate::expiry::for_replacement(env.now_ms(), &old, settings.max_token_lifetime_days);
+        let (plaintext, replacement) =
+            mint(env, settings, name, old.bypass_two_factor, expires_at)?;
         // One compare-and-swap: the old value is replaced by the new one at once.
         match env
             .storage()
@@ -218,9 +228,14 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
             authenticate_with_second_factor(env, settings, req, mints_bypass_token, false)?;
         let name = request::token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
+        let expires_at = crate::expiry::for_new_token(
+            env.now_ms(),
+            request::expires_at(&body)?,
+            settings.max_token_lifetime_days,
+        )?;
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
-        let (plaintext, record) = mint(env, settings, name, bypass)?;
+        let (plaintext, record) = mint(env, settings, name, bypass, expires_at)?;
         match env
             .storage()
             .insert_personal_access_token(user_id, &record, &passed.proof)
@@ -271,6 +286,9 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
         /// Not a Rocket.Chat field: present only once the token was used.
         #[serde(skip_serializing_if = "Option::is_none")]
         last_used_at: Option<String>,
+        /// Not a Rocket.Chat field: present only for a token that expires.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
     }
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -296,6 +314,7 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
                     .last_used_at
                     .filter(|_| settings.show_token_last_use)
                     .map(iso8601),
+                expires_at: t.expires_at.map(iso8601),
             })
             .collect();
         Ok(Response {

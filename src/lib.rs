@@ -13,6 +13,7 @@ pub mod account;
 pub mod codes;
 pub mod endpoints;
 pub mod env;
+pub mod expiry;
 pub mod model;
 pub mod reply;
 pub mod request;

@@ -59,6 +59,8 @@ pub struct LoginToken {
     pub two_factor_authorized_until: Option<TimestampMs>,
     /// When a PAT last authenticated a request (throttled; see `storage`).
     pub last_used_at: Option<TimestampMs>,
+    /// When a PAT stops authenticating (`None`: never; always `None` for a session).
+    pub expires_at: Option<TimestampMs>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +98,8 @@ pub struct PersonalAccessToken {
     pub created_at: TimestampMs,
     pub bypass_two_factor: bool,
     pub last_used_at: Option<TimestampMs>,
+    /// From then on it answers 401 (`None`: never expires).
+    pub expires_at: Option<TimestampMs>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,6 +232,8 @@ pub struct Settings {
     pub show_token_last_use: bool,
     /// `token-prefix`: empty for Rocket.Chat's plain tokens.
     pub token_prefix: crate::token::TokenPrefix,
+    /// Longest PAT lifetime in days; 0: none (Rocket.Chat's tokens never expire).
+    pub max_token_lifetime_days: u32,
 }
 
 /// Builds a `$to` from every setting of `$from`, plus `$extra` fields: the
@@ -258,6 +264,7 @@ macro_rules! copy_settings {
             show_token_last_use: s.show_token_last_use,
             // A string in WIT, a checked value in the model.
             token_prefix: ::core::convert::Into::into(::core::clone::Clone::clone(&s.token_prefix)),
+            max_token_lifetime_days: s.max_token_lifetime_days,
             $($extra)*
         }
     }};
@@ -300,6 +307,7 @@ impl Default for Settings {
             bypass_tokens_unrestricted: false,
             show_token_last_use: false,
             token_prefix: crate::token::TokenPrefix::default(),
+            max_token_lifetime_days: 0,
         }
     }
 }

@@ -162,6 +162,23 @@ pub fn bypass_two_factor(body: &Body) -> Result<bool, ApiError> {
     }
 }
 
+/// `expiresAt` on generate: optional; a string in ISO 8601 (see
+/// `time::parse_iso8601`) when present.
+pub fn expires_at(body: &Body) -> Result<Option<crate::model::TimestampMs>, ApiError> {
+    match body.get("expiresAt") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => crate::time::parse_iso8601(s).map(Some).ok_or_else(|| {
+            ApiError::InvalidParam(
+                "The 'expiresAt' param must be a date: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS.sssZ"
+                    .into(),
+            )
+        }),
+        Some(_) => Err(ApiError::InvalidParam(
+            "The 'expiresAt' param must be a string".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,6 +153,7 @@ fn a_write_from_a_replaced_session_is_refused() {
             created_at: T0,
             bypass_two_factor: true,
             last_used_at: None,
+            expires_at: None,
         };
         let proof = FactorProof {
             session: Some(h0.clone()),

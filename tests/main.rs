@@ -10,6 +10,7 @@ mod common;
 mod concurrency;
 mod deployment;
 mod documentation_examples;
+mod expiry;
 mod fault_injection;
 mod http_server;
 mod last_use;

@@ -30,6 +30,7 @@ fn pat(name: &str, hash: &str) -> PersonalAccessToken {
         created_at: T0,
         bypass_two_factor: false,
         last_used_at: None,
+        expires_at: None,
     }
 }
 

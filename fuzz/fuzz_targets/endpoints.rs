@@ -44,6 +44,12 @@ fuzz_target!(|input: Input| {
         } else {
             rcpat::token::TokenPrefix::default()
         },
+        // Half the time a maximum lifetime, so expiry rules are fuzzed too.
+        max_token_lifetime_days: if s[0] & 128 != 0 {
+            u32::from(s[6] % 8)
+        } else {
+            0
+        },
     };
     let mut headers: Vec<Header> = input
         .headers

@@ -90,6 +90,7 @@ impl FuzzEnv {
                     two_factor_authorized_hash: None,
                     two_factor_authorized_until: None,
                     last_used_at: None,
+                    expires_at: None,
                 },
                 pat: name.map(|n| PersonalAccessToken {
                     name: n.into(),
@@ -98,6 +99,7 @@ impl FuzzEnv {
                     created_at: T0,
                     bypass_two_factor: bypass,
                     last_used_at: None,
+                    expires_at: None,
                 }),
             }
         };
@@ -223,6 +225,7 @@ impl Storage for FuzzStore {
                 two_factor_authorized_hash: None,
                 two_factor_authorized_until: None,
                 last_used_at: None,
+                expires_at: None,
             },
             pat: None,
         });
@@ -267,6 +270,7 @@ impl Storage for FuzzStore {
                 two_factor_authorized_hash: None,
                 two_factor_authorized_until: None,
                 last_used_at: t.last_used_at,
+                expires_at: t.expires_at,
             },
             pat: Some(t.clone()),
         });
@@ -292,6 +296,7 @@ impl Storage for FuzzStore {
         s.spend(proof);
         s.tokens[i].token.hashed_token = r.hashed_token.clone();
         s.tokens[i].token.last_used_at = r.last_used_at;
+        s.tokens[i].token.expires_at = r.expires_at;
         s.tokens[i].pat = Some(r.clone());
         Ok(WriteOutcome::Done)
     }

@@ -211,6 +211,7 @@ fn issue(
             last_token_part: token::last_part(&plaintext).to_string(),
             created_at: services.clock.now_ms(),
             bypass_two_factor: bypass,
+            expires_at: None,
         },
     )?;
     Ok(plaintext)
@@ -245,4 +246,60 @@ mod tests {
             "{uri}"
         );
     }
+}
+
+/// What `tokens notify-expiring` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ExpiryNotices {
+    /// (username, token name) of each notice mailed.
+    pub sent: Vec<(String, String)>,
+    /// Owners without a verified address (nobody to tell; retried next run).
+    pub no_address: Vec<(String, String)>,
+    /// Mails that failed (their claim is released, so the next run retries).
+    pub failed: Vec<(String, String)>,
+}
+
+/// Mails the owner of every personal access token that expires within
+/// `within_days`, once per token value: the notice is claimed in storage
+/// before the mail goes out, so two runs at once send it once, and released
+/// if the mail fails. A regenerated token is a new value with its own notice.
+pub fn notify_expiring(services: &Services, within_days: u32) -> Result<ExpiryNotices> {
+    let now = services.clock.now_ms();
+    let until = now.saturating_add(u64::from(within_days) * rcpat::expiry::DAY_MS);
+    let mut report = ExpiryNotices::default();
+    for t in services.storage.expiring_tokens(now, until)? {
+        let who = (t.username.clone(), t.name.clone());
+        let Some(email) = t.email else {
+            report.no_address.push(who);
+            continue;
+        };
+        if !services
+            .storage
+            .claim_expiry_notice(&t.user_id, &t.hashed_token, now)?
+        {
+            continue;
+        }
+        let when = rcpat::time::iso8601(t.expires_at);
+        let message = rcpat::model::MailMessage {
+            to: vec![email],
+            subject: format!("Your personal access token \"{}\" expires soon", t.name),
+            text: format!(
+                "Hello {},\n\nyour personal access token \"{}\" expires at {when}. \
+                 From then on it is refused.\nTo keep using it, regenerate it before then \
+                 (users.regeneratePersonalAccessToken); the new token gets a fresh lifetime.\n",
+                t.username, t.name
+            ),
+        };
+        match services.mailer.send(&message) {
+            Ok(()) => report.sent.push(who),
+            Err(e) => {
+                tracing::warn!(event = "expiry_notice_failed", user = %t.user_id, error = %e, "expiry notice not sent");
+                services
+                    .storage
+                    .release_expiry_notice(&t.user_id, &t.hashed_token)?;
+                report.failed.push(who);
+            }
+        }
+    }
+    Ok(report)
 }

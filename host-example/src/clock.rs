@@ -31,7 +31,10 @@ impl ManualClock {
         self.0.store(now_ms, Ordering::SeqCst);
     }
     pub fn advance_secs(&self, secs: u64) {
-        self.0.fetch_add(secs * 1000, Ordering::SeqCst);
+        self.advance_ms(secs * 1000);
+    }
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
     }
 }
 

@@ -184,6 +184,9 @@ pub struct Options {
     /// Prefix of new personal access tokens for secret scanners (1-16 of [A-Za-z0-9_], e.g. rcpat_); such tokens end with a CRC32 checksum in base62. Empty: Rocket.Chat's plain tokens [default: empty]
     #[arg(long, env = "RCPAT_TOKEN_PREFIX")]
     pub token_prefix: Option<String>,
+    /// Longest lifetime of a personal access token, in days: generate without expiresAt gives this, a later expiresAt is refused, regenerate renews within it. 0: tokens never expire unless asked, as in Rocket.Chat [default: 0]
+    #[arg(long, env = "RCPAT_MAX_TOKEN_LIFETIME_DAYS", value_name = "DAYS")]
+    pub max_token_lifetime_days: Option<u32>,
 }
 
 /// Which commands an option belongs to: each command shows (in `--help`)
@@ -245,7 +248,8 @@ impl Group {
             | "address_login_block_minutes"
             | "bypass_tokens_unrestricted"
             | "show_token_last_use"
-            | "token_prefix" => Group::Settings,
+            | "token_prefix"
+            | "max_token_lifetime_days" => Group::Settings,
             _ => return None,
         })
     }
@@ -275,7 +279,7 @@ impl Options {
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
-            show_token_last_use, token_prefix)
+            show_token_last_use, token_prefix, max_token_lifetime_days)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -491,6 +495,9 @@ impl Options {
                 .token_prefix
                 .clone()
                 .map_or(d.token_prefix, rcpat::token::TokenPrefix::from),
+            max_token_lifetime_days: self
+                .max_token_lifetime_days
+                .unwrap_or(d.max_token_lifetime_days),
         }
     }
 }
@@ -507,7 +514,7 @@ mod group_tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 49);
+        assert_eq!(ids.len(), 50);
         for id in ids {
             assert!(Group::of(&id).is_some(), "{id} has no group");
         }

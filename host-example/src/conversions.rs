@@ -80,6 +80,7 @@ impl From<m::Session> for st::Session {
                 two_factor_authorized_hash: s.token.two_factor_authorized_hash,
                 two_factor_authorized_until: s.token.two_factor_authorized_until,
                 last_used_at: s.token.last_used_at,
+                expires_at: s.token.expires_at,
             },
         }
     }
@@ -138,6 +139,7 @@ impl From<m::PersonalAccessToken> for st::PersonalAccessToken {
             created_at: t.created_at,
             bypass_two_factor: t.bypass_two_factor,
             last_used_at: t.last_used_at,
+            expires_at: t.expires_at,
         }
     }
 }
@@ -151,6 +153,7 @@ impl From<st::PersonalAccessToken> for m::PersonalAccessToken {
             created_at: t.created_at,
             bypass_two_factor: t.bypass_two_factor,
             last_used_at: t.last_used_at,
+            expires_at: t.expires_at,
         }
     }
 }

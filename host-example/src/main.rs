@@ -196,6 +196,15 @@ enum TokensCommand {
         #[command(flatten)]
         opts: Options,
     },
+    /// Mail each owner of a personal access token that expires within the
+    /// given days, once per token (run it daily from cron or a systemd timer).
+    NotifyExpiring {
+        /// Tokens that expire within this many days.
+        #[arg(long, default_value_t = 7, value_name = "DAYS")]
+        within_days: u32,
+        #[command(flatten)]
+        opts: Options,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,7 +227,8 @@ impl Command {
                 command: KeysCommand::Rotate { opts },
             }
             | Command::Tokens {
-                command: TokensCommand::List { opts, .. },
+                command:
+                    TokensCommand::List { opts, .. } | TokensCommand::NotifyExpiring { opts, .. },
             } => std::mem::take(opts),
             Command::Users { command } => command.take_options(),
             Command::Wit | Command::Info | Command::Export { .. } => Options::default(),
@@ -264,6 +274,7 @@ fn groups(path: &[&str]) -> &'static [Group] {
     match path {
         ["serve"] | ["bench"] => &[Storage, Mail, Server, Component, Settings],
         ["demo"] => &[Storage, Mail],
+        ["tokens", "notify-expiring"] => &[Storage, Mail],
         ["users", ..] | ["tokens", ..] | ["keys", ..] => &[Storage],
         _ => &[],
     }
@@ -358,8 +369,36 @@ fn run(command: Command, opts: Options) -> Result<()> {
                     t.last_used_at
                         .map_or_else(|| "never".into(), rcpat::time::iso8601)
                 );
+                if let Some(at) = t.expires_at {
+                    println!("{:<24} expires {}", "", rcpat::time::iso8601(at));
+                }
             }
             Ok(())
+        }
+        Command::Tokens {
+            command: TokensCommand::NotifyExpiring { within_days, .. },
+        } => {
+            let notices = admin::notify_expiring(&admin_services(&opts)?, within_days)?;
+            for (user, name) in &notices.sent {
+                println!("notified {user}: \"{name}\" expires within {within_days} days");
+            }
+            for (user, name) in &notices.no_address {
+                println!("not notified {user} (no verified address): \"{name}\"");
+            }
+            for (user, name) in &notices.failed {
+                println!("mail failed for {user}: \"{name}\" (retried next run)");
+            }
+            println!(
+                "{} notices sent, {} owners without an address, {} failed",
+                notices.sent.len(),
+                notices.no_address.len(),
+                notices.failed.len()
+            );
+            if notices.failed.is_empty() {
+                Ok(())
+            } else {
+                bail!("{} expiry notices could not be sent", notices.failed.len())
+            }
         }
         Command::Keys {
             command: KeysCommand::Rotate { .. },

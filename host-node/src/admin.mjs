@@ -162,6 +162,7 @@ export class Admin {
         authorizedHash: null,
         authorizedUntil: null,
         lastUsedAt: null,
+        expiresAt: null,
       });
     });
     return token;

@@ -59,6 +59,7 @@ export function loginToken(t) {
     twoFactorAuthorizedHash: opt(t.authorizedHash),
     twoFactorAuthorizedUntil: optBig(t.authorizedUntil),
     lastUsedAt: optBig(t.lastUsedAt),
+    expiresAt: optBig(t.expiresAt),
   };
 }
 
@@ -71,6 +72,7 @@ export function personalAccessToken(t) {
     createdAt: big(t.createdAt),
     bypassTwoFactor: t.bypassTwoFactor,
     lastUsedAt: optBig(t.lastUsedAt),
+    expiresAt: optBig(t.expiresAt),
   };
 }
 
@@ -86,6 +88,7 @@ export function patEntry(p) {
     authorizedHash: null,
     authorizedUntil: null,
     lastUsedAt: p.lastUsedAt === undefined || p.lastUsedAt === null ? null : Number(p.lastUsedAt),
+    expiresAt: p.expiresAt === undefined || p.expiresAt === null ? null : Number(p.expiresAt),
   };
 }
 
@@ -101,5 +104,6 @@ export function loginEntry(hashedToken, createdAt) {
     authorizedHash: null,
     authorizedUntil: null,
     lastUsedAt: null,
+    expiresAt: null,
   };
 }

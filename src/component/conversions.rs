@@ -61,6 +61,7 @@ impl From<st::Session> for m::Session {
                 two_factor_authorized_hash: s.token.two_factor_authorized_hash,
                 two_factor_authorized_until: s.token.two_factor_authorized_until,
                 last_used_at: s.token.last_used_at,
+                expires_at: s.token.expires_at,
             },
         }
     }
@@ -128,6 +129,7 @@ impl From<st::PersonalAccessToken> for m::PersonalAccessToken {
             created_at: t.created_at,
             bypass_two_factor: t.bypass_two_factor,
             last_used_at: t.last_used_at,
+            expires_at: t.expires_at,
         }
     }
 }
@@ -141,6 +143,7 @@ impl From<&m::PersonalAccessToken> for st::PersonalAccessToken {
             created_at: t.created_at,
             bypass_two_factor: t.bypass_two_factor,
             last_used_at: t.last_used_at,
+            expires_at: t.expires_at,
         }
     }
 }

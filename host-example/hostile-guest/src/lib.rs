@@ -52,6 +52,7 @@ impl Guest for Hostile {
             bypass_tokens_unrestricted: false,
             show_token_last_use: false,
             token_prefix: String::new(),
+            max_token_lifetime_days: 0,
             code_key: Vec::new(),
         }
     }

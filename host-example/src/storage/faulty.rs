@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcpat::model::*;
 
-use super::{Admin, Backend, HostResult, NewUser, Storage, TokenRecord, UserSummary};
+use super::{
+    Admin, Backend, ExpiringToken, HostResult, NewUser, Storage, TokenRecord, UserSummary,
+};
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,5 +184,14 @@ impl Admin for FaultyStorage {
     }
     fn reencrypt_secrets(&self) -> Result<usize> {
         self.inner.reencrypt_secrets()
+    }
+    fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>> {
+        self.inner.expiring_tokens(now, until)
+    }
+    fn claim_expiry_notice(&self, u: &str, h: &str, at: TimestampMs) -> Result<bool> {
+        self.inner.claim_expiry_notice(u, h, at)
+    }
+    fn release_expiry_notice(&self, u: &str, h: &str) -> Result<()> {
+        self.inner.release_expiry_notice(u, h)
     }
 }

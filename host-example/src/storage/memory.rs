@@ -9,8 +9,8 @@ use rcpat::storage::rules::{
 };
 
 use super::{
-    Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary,
+    Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
+    Storage, TokenRecord, UserSummary,
 };
 use crate::error::{Error, Result};
 
@@ -20,6 +20,8 @@ struct Entry {
     authorized_hash: Option<String>,
     authorized_until: Option<TimestampMs>,
     last_used_at: Option<TimestampMs>,
+    /// When the owner was told this value expires soon (`tokens notify-expiring`).
+    expiry_notified_at: Option<TimestampMs>,
 }
 
 impl Entry {
@@ -30,6 +32,7 @@ impl Entry {
             authorized_hash: None,
             authorized_until: None,
             last_used_at: None,
+            expiry_notified_at: None,
         }
     }
 }
@@ -106,6 +109,7 @@ fn pat(e: &Entry) -> PersonalAccessToken {
         created_at: e.record.created_at,
         bypass_two_factor: e.record.bypass_two_factor,
         last_used_at: e.last_used_at,
+        expires_at: e.record.expires_at,
     }
 }
 
@@ -157,6 +161,7 @@ impl Storage for MemoryStorage {
                         two_factor_authorized_hash: e.authorized_hash.clone(),
                         two_factor_authorized_until: e.authorized_until,
                         last_used_at: e.last_used_at,
+                        expires_at: e.record.expires_at,
                     },
                 }))
         })
@@ -575,6 +580,71 @@ impl Admin for MemoryStorage {
                     .map(|e| e.record.hashed_token.clone())
                     .collect()
             }))
+        })
+    }
+
+    fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>> {
+        self.with(|s| {
+            let mut found: Vec<ExpiringToken> = s
+                .users
+                .values()
+                .flat_map(|u| {
+                    u.tokens.iter().filter_map(move |e| {
+                        let at = e.record.expires_at?;
+                        (e.record.kind == TokenKind::PersonalAccessToken
+                            && at > now
+                            && at <= until
+                            && e.expiry_notified_at.is_none())
+                        .then(|| ExpiringToken {
+                            user_id: u.user.id.clone(),
+                            username: u.user.username.clone(),
+                            email: u.user.verified_emails.first().cloned(),
+                            name: e.record.name.clone().unwrap_or_default(),
+                            hashed_token: e.record.hashed_token.clone(),
+                            expires_at: at,
+                        })
+                    })
+                })
+                .collect();
+            found.sort_by(|a, b| {
+                (a.expires_at, &a.user_id, &a.name).cmp(&(b.expires_at, &b.user_id, &b.name))
+            });
+            Ok(found)
+        })
+    }
+
+    fn claim_expiry_notice(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+    ) -> Result<bool> {
+        self.with(|s| {
+            let entry = s.users.get_mut(user_id).and_then(|u| {
+                u.tokens
+                    .iter_mut()
+                    .find(|e| e.record.hashed_token == hashed_token)
+            });
+            Ok(match entry {
+                Some(e) if e.expiry_notified_at.is_none() => {
+                    e.expiry_notified_at = Some(at);
+                    true
+                }
+                _ => false,
+            })
+        })
+    }
+
+    fn release_expiry_notice(&self, user_id: &str, hashed_token: &str) -> Result<()> {
+        self.with(|s| {
+            if let Some(e) = s.users.get_mut(user_id).and_then(|u| {
+                u.tokens
+                    .iter_mut()
+                    .find(|e| e.record.hashed_token == hashed_token)
+            }) {
+                e.expiry_notified_at = None;
+            }
+            Ok(())
         })
     }
 }

@@ -20,7 +20,7 @@ pub use sqlite::SqliteStorage;
 
 /// The schema version every durable backend migrates to: migration N holds
 /// the same change in each (checked at compile time beside each list).
-pub const SCHEMA_VERSION: usize = 7;
+pub const SCHEMA_VERSION: usize = 8;
 
 /// The permission the endpoints check (the component's name for it).
 pub use rcpat::endpoints::PAT_PERMISSION;
@@ -76,6 +76,8 @@ pub struct TokenRecord {
     pub last_token_part: String,
     pub created_at: TimestampMs,
     pub bypass_two_factor: bool,
+    /// When a PAT stops authenticating (always `None` for a login token).
+    pub expires_at: Option<TimestampMs>,
 }
 
 impl TokenRecord {
@@ -88,6 +90,7 @@ impl TokenRecord {
             last_token_part: t.last_token_part.clone(),
             created_at: t.created_at,
             bypass_two_factor: t.bypass_two_factor,
+            expires_at: t.expires_at,
         }
     }
 
@@ -100,8 +103,21 @@ impl TokenRecord {
             last_token_part: String::new(),
             created_at,
             bypass_two_factor: false,
+            expires_at: None,
         }
     }
+}
+
+/// A personal access token about to expire, with what its owner's notice needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiringToken {
+    pub user_id: String,
+    pub username: String,
+    /// The owner's verified address (`None`: nobody to tell).
+    pub email: Option<String>,
+    pub name: String,
+    pub hashed_token: String,
+    pub expires_at: TimestampMs,
 }
 
 /// A user as listed by the admin CLI.
@@ -140,6 +156,20 @@ pub trait Admin: Send + Sync {
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()>;
     /// All stored token hashes of the user with that PAT name (for checks).
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>>;
+    /// PATs still valid at `now` that expire by `until` and whose owner has
+    /// not been sent a notice for that token value, by expiry.
+    fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>>;
+    /// Records, if no notice was recorded yet for this token value, that one
+    /// is being sent at `at`; false when another run got there first (so
+    /// two runs at once mail once).
+    fn claim_expiry_notice(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+    ) -> Result<bool>;
+    /// Forgets a claimed notice whose mail could not be sent (the next run retries).
+    fn release_expiry_notice(&self, user_id: &str, hashed_token: &str) -> Result<()>;
     /// Re-encrypts every stored secret under the newest key (after `keys
     /// rotate`); returns how many were re-encrypted. Nothing to do for stores
     /// that keep no secrets at rest.

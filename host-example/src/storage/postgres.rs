@@ -31,8 +31,8 @@ use rcpat::model::*;
 use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
 
 use super::{
-    Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary, alg_from, alg_str, kind_str,
+    Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
+    Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
 };
 use crate::error::{Error, Result};
 use crate::keys::Keys;
@@ -215,6 +215,61 @@ const MIGRATIONS: &[&str] = &[
         refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
         IF refused IS NOT NULL THEN RETURN refused; END IF;
         DELETE FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname;
+        RETURN 'done';
+    END $$ LANGUAGE plpgsql;
+"#,
+    // 8: PAT expiry, and when the owner was told a value expires soon. The
+    // two token writes take the expiry as a sixteenth argument; a
+    // replacement clears the notice sent for the value it replaces.
+    r#"
+    ALTER TABLE tokens ADD COLUMN expires_at BIGINT;
+    ALTER TABLE tokens ADD COLUMN expiry_notified_at BIGINT;
+    CREATE INDEX tokens_by_expiry ON tokens (expires_at) WHERE expires_at IS NOT NULL;
+    DROP FUNCTION rcpat_insert_token(TEXT, TEXT, TEXT, TEXT, TEXT, BIGINT, BOOLEAN, BIGINT,
+                                     TEXT, TEXT, BIGINT, TEXT, TEXT, TEXT, BIGINT);
+    DROP FUNCTION rcpat_replace_pat(TEXT, TEXT, TEXT, TEXT, TEXT, BIGINT, BOOLEAN, BIGINT,
+                                    TEXT, TEXT, BIGINT, TEXT, TEXT, TEXT, BIGINT);
+
+    CREATE FUNCTION rcpat_insert_token(p_u TEXT, p_hash TEXT, p_tkind TEXT, p_tname TEXT, p_last_part TEXT,
+                                       p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
+                                       p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
+                                       p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT,
+                                       p_expires BIGINT) RETURNS TEXT AS $$
+    DECLARE refused TEXT;
+    BEGIN
+        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        IF p_tkind = 'pat' AND EXISTS
+            (SELECT 1 FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname) THEN
+            RETURN 'name-taken';
+        END IF;
+        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
+        IF refused IS NOT NULL THEN RETURN refused; END IF;
+        INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at,
+                            bypass_two_factor, last_used_at, expires_at)
+            VALUES (p_hash, p_u, p_tkind, p_tname, p_last_part, p_created, p_bypass, p_last_used, p_expires);
+        RETURN 'done';
+    END $$ LANGUAGE plpgsql;
+
+    CREATE FUNCTION rcpat_replace_pat(p_u TEXT, p_expected TEXT, p_tname TEXT, p_hash TEXT, p_last_part TEXT,
+                                      p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
+                                      p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
+                                      p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT,
+                                      p_expires BIGINT) RETURNS TEXT AS $$
+    DECLARE refused TEXT;
+    BEGIN
+        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        PERFORM 1 FROM tokens
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
+        IF refused IS NOT NULL THEN RETURN refused; END IF;
+        UPDATE tokens SET hashed_token = p_hash, last_token_part = p_last_part, created_at = p_created,
+                          bypass_two_factor = p_bypass, authorized_hash = NULL,
+                          authorized_until = NULL, last_used_at = p_last_used,
+                          expires_at = p_expires, expiry_notified_at = NULL
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
         RETURN 'done';
     END $$ LANGUAGE plpgsql;
 "#,
@@ -675,6 +730,7 @@ fn pat_from_row(r: &Row) -> PersonalAccessToken {
         created_at: r.get::<_, i64>(3) as u64,
         bypass_two_factor: r.get(4),
         last_used_at: r.get::<_, Option<i64>>(5).map(|v| v as u64),
+        expires_at: r.get::<_, Option<i64>>(6).map(|v| v as u64),
     }
 }
 
@@ -732,7 +788,7 @@ fn insert_with_proof(
 ) -> Result<WriteOutcome> {
     let a = ProofArgs::of(proof);
     let row = db.query_one(
-        "SELECT rcpat_insert_token($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        "SELECT rcpat_insert_token($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         &[
             &user_id,
             &t.hashed_token,
@@ -749,6 +805,7 @@ fn insert_with_proof(
             &a.rem_token,
             &a.rem_fp,
             &a.rem_until,
+            &t.expires_at.map(ts),
         ],
     )?;
     outcome(row)
@@ -756,8 +813,8 @@ fn insert_with_proof(
 
 fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
     Ok(db.execute(
-        "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor, \
+         expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &t.hashed_token,
             &user_id,
@@ -766,6 +823,7 @@ fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
             &t.last_token_part,
             &ts(t.created_at),
             &t.bypass_two_factor,
+            &t.expires_at.map(ts),
         ],
     )?)
 }
@@ -776,7 +834,7 @@ impl Storage for PostgresStorage {
             let row = db.query_opt(
                 user_select!(
                     ", k.kind, k.bypass_two_factor, k.authorized_hash, k.authorized_until, k.name, \
-                     k.created_at, k.last_used_at",
+                     k.created_at, k.last_used_at, k.expires_at",
                     "FROM tokens k JOIN users u ON u.id = k.user_id \
                      LEFT JOIN totp t ON t.user_id = u.id LEFT JOIN email_codes e ON e.user_id = u.id \
                      WHERE k.hashed_token = $1 AND k.user_id = $2"
@@ -797,6 +855,7 @@ impl Storage for PostgresStorage {
                 name: r.get(27),
                 created_at: r.get::<_, i64>(28) as u64,
                 last_used_at: r.get::<_, Option<i64>>(29).map(|v| v as u64),
+                expires_at: r.get::<_, Option<i64>>(30).map(|v| v as u64),
             };
             Ok(Some(Session {
                 user: user_from_row(&self.keys, &r)?,
@@ -866,8 +925,8 @@ impl Storage for PostgresStorage {
         self.single(|db| {
             Ok(db
                 .query(
-                    "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at \
-                     FROM tokens WHERE user_id = $1 AND kind = 'pat' ORDER BY created_at, seq",
+                    "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at, \
+                     expires_at FROM tokens WHERE user_id = $1 AND kind = 'pat' ORDER BY created_at, seq",
                     &[&user_id],
                 )?
                 .iter()
@@ -884,8 +943,8 @@ impl Storage for PostgresStorage {
         self.single(|db| {
             Ok(db
                 .query_opt(
-                    "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at \
-                     FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
+                    "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at, \
+                     expires_at FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
                     &[&user_id, &name],
                 )?
                 .as_ref()
@@ -915,7 +974,7 @@ impl Storage for PostgresStorage {
         let a = ProofArgs::of(proof);
         self.single(|db| {
             let row = db.query_one(
-                "SELECT rcpat_replace_pat($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                "SELECT rcpat_replace_pat($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 &[
                     &user_id,
                     &expected_hashed_token,
@@ -932,6 +991,7 @@ impl Storage for PostgresStorage {
                     &a.rem_token,
                     &a.rem_fp,
                     &a.rem_until,
+                    &r.expires_at.map(ts),
                 ],
             )?;
             outcome(row)
@@ -1307,6 +1367,55 @@ impl Admin for PostgresStorage {
 
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()> {
         self.single(|db| insert_token(db, user_id, token).map(drop))
+    }
+
+    fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>> {
+        self.single(|db| {
+            Ok(db
+                .query(
+                    "SELECT t.user_id, u.username, CASE WHEN u.email_verified THEN u.email END, t.name, \
+                     t.hashed_token, t.expires_at FROM tokens t JOIN users u ON u.id = t.user_id \
+                     WHERE t.kind = 'pat' AND t.expires_at > $1 AND t.expires_at <= $2 \
+                     AND t.expiry_notified_at IS NULL ORDER BY t.expires_at, t.user_id, t.name",
+                    &[&ts(now), &ts(until)],
+                )?
+                .iter()
+                .map(|r| ExpiringToken {
+                    user_id: r.get(0),
+                    username: r.get(1),
+                    email: r.get(2),
+                    name: r.get(3),
+                    hashed_token: r.get(4),
+                    expires_at: r.get::<_, i64>(5) as u64,
+                })
+                .collect())
+        })
+    }
+
+    fn claim_expiry_notice(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+    ) -> Result<bool> {
+        self.single(|db| {
+            Ok(db.execute(
+                "UPDATE tokens SET expiry_notified_at = $3 WHERE user_id = $1 AND hashed_token = $2 \
+                 AND expiry_notified_at IS NULL",
+                &[&user_id, &hashed_token, &ts(at)],
+            )? == 1)
+        })
+    }
+
+    fn release_expiry_notice(&self, user_id: &str, hashed_token: &str) -> Result<()> {
+        self.single(|db| {
+            db.execute(
+                "UPDATE tokens SET expiry_notified_at = NULL WHERE user_id = $1 AND hashed_token = $2",
+                &[&user_id, &hashed_token],
+            )
+            .map(drop)
+            .map_err(Into::into)
+        })
     }
 
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {

@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::keys::Keys;
 
 use super::{
-    Admin, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES, Storage, TokenRecord,
-    UserSummary, alg_from, alg_str, kind_str,
+    Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
+    Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
 };
 
 // The backends' schemas move together.
@@ -127,6 +127,12 @@ const MIGRATIONS: &[&str] = &[
     // 7: PostgreSQL's conditional writes as server-side functions (one round
     // trip each); nothing for SQLite, which runs them in-process.
     "",
+    // 8: PAT expiry, and when the owner was told a value expires soon.
+    r#"
+    ALTER TABLE tokens ADD COLUMN expires_at INTEGER;
+    ALTER TABLE tokens ADD COLUMN expiry_notified_at INTEGER;
+    CREATE INDEX tokens_by_expiry ON tokens(expires_at) WHERE expires_at IS NOT NULL;
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -522,11 +528,12 @@ fn pat_row(r: &rusqlite::Row) -> rusqlite::Result<PersonalAccessToken> {
         created_at: r.get::<_, i64>(3)? as u64,
         bypass_two_factor: r.get(4)?,
         last_used_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        expires_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
     })
 }
 
 const PAT_COLUMNS: &str =
-    "name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at";
+    "name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at, expires_at";
 
 /// Checks and spends `proof` inside the caller's transaction; `Some` (and no
 /// change) when the request's token is gone or the factor was already spent.
@@ -575,8 +582,8 @@ fn spend(
 
 fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::Result<usize> {
     tx.prepare_cached(
-        "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor, \
+         expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         t.hashed_token,
@@ -585,7 +592,8 @@ fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::R
         t.name,
         t.last_token_part,
         t.created_at as i64,
-        t.bypass_two_factor
+        t.bypass_two_factor,
+        t.expires_at.map(|v| v as i64)
     ])
 }
 
@@ -605,7 +613,7 @@ impl Storage for SqliteStorage {
             let token = tx
                 .prepare_cached(
                     "SELECT kind, bypass_two_factor, authorized_hash, authorized_until, name, created_at, \
-                     last_used_at FROM tokens WHERE hashed_token = ?1 AND user_id = ?2",
+                     last_used_at, expires_at FROM tokens WHERE hashed_token = ?1 AND user_id = ?2",
                 )?
                 .query_row(params![hashed_token, user_id], |r| {
                     Ok(LoginToken {
@@ -621,6 +629,7 @@ impl Storage for SqliteStorage {
                         two_factor_authorized_hash: r.get(2)?,
                         two_factor_authorized_until: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
                         last_used_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                        expires_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                     })
                 })
                 .optional()?;
@@ -764,7 +773,8 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             // with neither token or with both.
             tx.prepare_cached(
                 "UPDATE tokens SET hashed_token = ?4, last_token_part = ?5, created_at = ?6, bypass_two_factor = ?7, \
-                 authorized_hash = NULL, authorized_until = NULL, last_used_at = ?8 \
+                 authorized_hash = NULL, authorized_until = NULL, last_used_at = ?8, expires_at = ?9, \
+                 expiry_notified_at = NULL \
                  WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3",
             )?
             .execute(params![
@@ -775,7 +785,8 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 r.last_token_part,
                 r.created_at as i64,
                 r.bypass_two_factor,
-                r.last_used_at.map(|v| v as i64)
+                r.last_used_at.map(|v| v as i64),
+                r.expires_at.map(|v| v as i64)
             ])?;
             Ok(WriteOutcome::Done)
         })
@@ -1143,6 +1154,55 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
             )?;
             stmt.query_map(params![user_id, name], |r| r.get(0))?
                 .collect()
+        })
+    }
+
+    fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT t.user_id, u.username, CASE WHEN u.email_verified THEN u.email END, t.name, \
+                 t.hashed_token, t.expires_at FROM tokens t JOIN users u ON u.id = t.user_id \
+                 WHERE t.kind = 'pat' AND t.expires_at > ?1 AND t.expires_at <= ?2 \
+                 AND t.expiry_notified_at IS NULL ORDER BY t.expires_at, t.user_id, t.name",
+            )?;
+            stmt.query_map(params![now as i64, until as i64], |r| {
+                Ok(ExpiringToken {
+                    user_id: r.get(0)?,
+                    username: r.get(1)?,
+                    email: r.get(2)?,
+                    name: r.get(3)?,
+                    hashed_token: r.get(4)?,
+                    expires_at: r.get::<_, i64>(5)? as u64,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn claim_expiry_notice(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        at: TimestampMs,
+    ) -> Result<bool> {
+        let (user_id, hashed_token) = (user_id.to_owned(), hashed_token.to_owned());
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE tokens SET expiry_notified_at = ?3 WHERE user_id = ?1 AND hashed_token = ?2 \
+                 AND expiry_notified_at IS NULL",
+                params![user_id, hashed_token, at as i64],
+            )? == 1)
+        })
+    }
+
+    fn release_expiry_notice(&self, user_id: &str, hashed_token: &str) -> Result<()> {
+        let (user_id, hashed_token) = (user_id.to_owned(), hashed_token.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE tokens SET expiry_notified_at = NULL WHERE user_id = ?1 AND hashed_token = ?2",
+                params![user_id, hashed_token],
+            )
+            .map(drop)
         })
     }
 
