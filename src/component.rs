@@ -219,6 +219,17 @@ impl Storage for WitStorage {
     ) -> HostResult<()> {
         st::record_token_use(user_id, hashed_token, at, stale_before).map_err(HostError::msg)
     }
+    fn find_idempotent_reply(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        not_before: m::TimestampMs,
+    ) -> HostResult<Option<m::IdempotentReply>> {
+        st::find_idempotent_reply(user_id, presented_hashed_token, key, not_before)
+            .map(|r| r.map(Into::into))
+            .map_err(HostError::msg)
+    }
 }
 
 /// getrandom's entropy on wasm32-unknown-unknown (bcrypt pulls getrandom in;

@@ -182,6 +182,94 @@ fn mints_bypass_token(body: &Body, _presented: &LoginToken) -> bool {
     request::bypass_two_factor(body) == Ok(true)
 }
 
+/// A token-creating request that carried `Idempotency-Key` (and the host
+/// keeps replies): what binds its retries to it.
+struct Retry {
+    key: String,
+    body_hash: String,
+    user_id: String,
+    /// The presented token's plaintext: the kept reply is sealed under it.
+    presented: String,
+    presented_hash: String,
+}
+
+impl Retry {
+    /// `None` without the header, when the host keeps no replies, or
+    /// without credentials (authentication answers those).
+    fn of(settings: &Settings, req: &Request) -> Result<Option<Retry>, ApiError> {
+        // An oversized body gets its 413 from the usual flow, unhashed.
+        if settings.idempotency_key_hours == 0 || req.body.len() > MAX_PAT_BODY_BYTES {
+            return Ok(None);
+        }
+        let headers = request::headers(req)?;
+        let Some(key) = headers.idempotency_key.as_deref() else {
+            return Ok(None);
+        };
+        let key = crate::idempotency::parse_key(key)?;
+        let (Some(user_id), Some(presented)) = (headers.user_id, headers.auth_token) else {
+            return Ok(None);
+        };
+        Ok(Some(Retry {
+            key,
+            body_hash: crate::idempotency::body_hash(&req.body),
+            presented_hash: token::hash_token(&presented),
+            user_id,
+            presented,
+        }))
+    }
+
+    fn ttl_ms(settings: &Settings) -> u64 {
+        u64::from(settings.idempotency_key_hours) * 3_600_000
+    }
+
+    /// The reply kept by an earlier request with this key, credentials and
+    /// body; the key with another body is refused. Runs before
+    /// authentication: the presented token may be the one that request
+    /// replaced, and only its holder can open the reply.
+    fn replay(&self, env: &mut dyn Env, settings: &Settings) -> Result<Option<Response>, ApiError> {
+        let not_before = env.now_ms().saturating_sub(Self::ttl_ms(settings));
+        let Some(kept) = env
+            .storage()
+            .find_idempotent_reply(&self.user_id, &self.presented_hash, &self.key, not_before)
+            .map_err(|_| ApiError::StorageFailure)?
+        else {
+            return Ok(None);
+        };
+        if !token::secret_eq(kept.body_hash.as_bytes(), self.body_hash.as_bytes()) {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        Ok(crate::idempotency::open(
+            &self.presented,
+            &self.user_id,
+            &self.key,
+            &self.body_hash,
+            &kept.sealed_reply,
+        )
+        .map(|body| Response { status: 200, body }))
+    }
+
+    /// `reply`, sealed, for the write to keep.
+    fn keep(&self, env: &mut dyn Env, settings: &Settings, reply: &Response) -> IdempotentWrite {
+        let now = env.now_ms();
+        let nonce = env.random_bytes(crate::idempotency::NONCE_BYTES);
+        IdempotentWrite {
+            presented_hashed_token: self.presented_hash.clone(),
+            key: self.key.clone(),
+            body_hash: self.body_hash.clone(),
+            sealed_reply: crate::idempotency::seal(
+                &self.presented,
+                &self.user_id,
+                &self.key,
+                &self.body_hash,
+                &reply.body,
+                &nonce,
+            ),
+            created_at: now,
+            forget_before: now.saturating_sub(Self::ttl_ms(settings)),
+        }
+    }
+}
+
 pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|e| e.to_response())
 }
@@ -189,7 +277,16 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
 /// `POST users.regeneratePersonalAccessToken`.
 pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let (session, body, passed) =
+        let retry = Retry::of(settings, req)?;
+        if let Some(kept) = retry
+            .as_ref()
+            .map(|r| r.replay(env, settings))
+            .transpose()?
+            .flatten()
+        {
+            return Ok(kept);
+        }
+        let (session, body, mut passed) =
             authenticate_with_second_factor(env, settings, req, targets_another_token, true)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
@@ -206,13 +303,16 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
             crate::expiry::for_replacement(env.now_ms(), &old, settings.max_token_lifetime_days);
         let (plaintext, replacement) =
             mint(env, settings, name, old.bypass_two_factor, expires_at)?;
-        // One compare-and-swap: the old value is replaced by the new one at once.
+        let created = reply::token_created(&plaintext);
+        passed.proof.reply = retry.map(|r| r.keep(env, settings, &created));
+        // One compare-and-swap: the old value is replaced by the new one at
+        // once, and the reply kept for retries with it.
         match env
             .storage()
             .replace_personal_access_token(user_id, &old.hashed_token, &replacement, &passed.proof)
             .map_err(|_| ApiError::StorageFailure)?
         {
-            WriteOutcome::Done => Ok(reply::token_created(&plaintext)),
+            WriteOutcome::Done => Ok(created),
             WriteOutcome::NotFound => Err(ApiError::RegeneratedConcurrently),
             WriteOutcome::NameTaken => Err(ApiError::TokenAlreadyExists),
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
@@ -224,7 +324,16 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
 /// `POST users.generatePersonalAccessToken`.
 pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let (session, body, passed) =
+        let retry = Retry::of(settings, req)?;
+        if let Some(kept) = retry
+            .as_ref()
+            .map(|r| r.replay(env, settings))
+            .transpose()?
+            .flatten()
+        {
+            return Ok(kept);
+        }
+        let (session, body, mut passed) =
             authenticate_with_second_factor(env, settings, req, mints_bypass_token, false)?;
         let name = request::token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
@@ -236,12 +345,14 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
         let user_id = session.user.id.as_str();
         require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
         let (plaintext, record) = mint(env, settings, name, bypass, expires_at)?;
+        let created = reply::token_created(&plaintext);
+        passed.proof.reply = retry.map(|r| r.keep(env, settings, &created));
         match env
             .storage()
             .insert_personal_access_token(user_id, &record, &passed.proof)
             .map_err(|_| ApiError::StorageFailure)?
         {
-            WriteOutcome::Done => Ok(reply::token_created(&plaintext)),
+            WriteOutcome::Done => Ok(created),
             WriteOutcome::NameTaken => Err(ApiError::TokenAlreadyExists),
             WriteOutcome::NotFound => Err(ApiError::NotLoggedIn),
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),

@@ -14,6 +14,7 @@ pub mod codes;
 pub mod endpoints;
 pub mod env;
 pub mod expiry;
+pub mod idempotency;
 pub mod model;
 pub mod reply;
 pub mod request;

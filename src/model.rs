@@ -123,6 +123,26 @@ pub struct FactorProof {
     pub session: Option<String>,
     pub used: FactorUse,
     pub remember: Option<RememberGrant>,
+    /// The reply to keep for retries (the request carried `Idempotency-Key`).
+    pub reply: Option<IdempotentWrite>,
+}
+
+/// A reply kept for retries of a request, stored with its write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotentWrite {
+    pub presented_hashed_token: String,
+    pub key: String,
+    pub body_hash: String,
+    pub sealed_reply: Vec<u8>,
+    pub created_at: TimestampMs,
+    pub forget_before: TimestampMs,
+}
+
+/// A kept reply, as found for a retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotentReply {
+    pub body_hash: String,
+    pub sealed_reply: Vec<u8>,
 }
 
 impl FactorProof {
@@ -132,6 +152,7 @@ impl FactorProof {
             session: None,
             used: FactorUse::None,
             remember: None,
+            reply: None,
         }
     }
 }
@@ -234,6 +255,8 @@ pub struct Settings {
     pub token_prefix: crate::token::TokenPrefix,
     /// Longest PAT lifetime in days; 0: none (Rocket.Chat's tokens never expire).
     pub max_token_lifetime_days: u32,
+    /// Hours a reply is kept for `Idempotency-Key` retries; 0: the header is ignored.
+    pub idempotency_key_hours: u32,
 }
 
 /// Builds a `$to` from every setting of `$from`, plus `$extra` fields: the
@@ -265,6 +288,7 @@ macro_rules! copy_settings {
             // A string in WIT, a checked value in the model.
             token_prefix: ::core::convert::Into::into(::core::clone::Clone::clone(&s.token_prefix)),
             max_token_lifetime_days: s.max_token_lifetime_days,
+            idempotency_key_hours: s.idempotency_key_hours,
             $($extra)*
         }
     }};
@@ -308,6 +332,7 @@ impl Default for Settings {
             show_token_last_use: false,
             token_prefix: crate::token::TokenPrefix::default(),
             max_token_lifetime_days: 0,
+            idempotency_key_hours: 24,
         }
     }
 }

@@ -76,6 +76,8 @@ pub enum ApiError {
     TokenAlreadyExists,
     /// 409: another request regenerated the same token first.
     RegeneratedConcurrently,
+    /// 400 `error-idempotency-key-reused`: the key came with another body.
+    IdempotencyKeyReused,
     /// 400 `error-invalid-body`: not JSON, or not a JSON object.
     InvalidBody(&'static str),
     /// 413: body over the route's limit (in bytes).
@@ -253,6 +255,12 @@ impl ApiError {
                 Some(Details::Method {
                     method: PatMethod::Generate.name(),
                 }),
+            ),
+            IdempotencyKeyReused => (
+                400,
+                "This Idempotency-Key was used with another request".into(),
+                Some("error-idempotency-key-reused"),
+                None,
             ),
             RegeneratedConcurrently => (
                 409,

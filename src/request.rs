@@ -16,6 +16,7 @@ pub struct Headers {
     pub two_factor_code: Option<String>,
     pub two_factor_method: Option<String>,
     pub user_agent: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 /// Reads the headers that matter; a duplicate or non-UTF-8 one is a 400
@@ -30,6 +31,7 @@ pub fn headers(req: &Request) -> Result<Headers, ApiError> {
             "x-2fa-code" => &mut h.two_factor_code,
             "x-2fa-method" => &mut h.two_factor_method,
             "user-agent" => &mut h.user_agent,
+            "idempotency-key" => &mut h.idempotency_key,
             _ => continue,
         };
         if slot.is_some() {

@@ -117,6 +117,13 @@ pub trait Storage: Send + Sync {
         at: TimestampMs,
         stale_before: TimestampMs,
     ) -> HostResult<()>;
+    fn find_idempotent_reply(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<IdempotentReply>>;
 }
 
 pub mod rules {

@@ -217,6 +217,7 @@ fn check_code(
                     session: None,
                     used,
                     remember,
+                    reply: None,
                 },
                 details: Some(details),
             })

@@ -159,6 +159,7 @@ fn a_write_from_a_replaced_session_is_refused() {
             session: Some(h0.clone()),
             used: FactorUse::None,
             remember: None,
+            reply: None,
         };
         // Request A (authenticated with T0) replaces T0 by T1.
         assert_eq!(

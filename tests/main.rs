@@ -13,6 +13,7 @@ mod documentation_examples;
 mod expiry;
 mod fault_injection;
 mod http_server;
+mod idempotency;
 mod last_use;
 mod multi_host;
 mod operations;

@@ -39,6 +39,7 @@ fn proof(session: Option<&str>, used: FactorUse) -> FactorProof {
         session: session.map(String::from),
         used,
         remember: None,
+        reply: None,
     }
 }
 

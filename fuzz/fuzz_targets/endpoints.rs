@@ -50,6 +50,7 @@ fuzz_target!(|input: Input| {
         } else {
             0
         },
+        idempotency_key_hours: u32::from(s[7] % 3) * 24,
     };
     let mut headers: Vec<Header> = input
         .headers
@@ -64,6 +65,13 @@ fuzz_target!(|input: Input| {
         headers.push(Header {
             name: "X-Auth-Token".into(),
             value: token.into(),
+        });
+    }
+    // Now and then an idempotency key, so kept replies are fuzzed too.
+    if s[7] & 4 != 0 {
+        headers.push(Header {
+            name: "Idempotency-Key".into(),
+            value: format!("key-{}", s[7] >> 3).into_bytes(),
         });
     }
     let req = Request {

@@ -39,6 +39,8 @@ struct State {
     tokens: Vec<Stored>,
     /// Failed logins by account and by address.
     logins: HashMap<String, LoginCount>,
+    /// Replies kept for `Idempotency-Key` retries.
+    replies: Vec<IdempotentWrite>,
 }
 
 pub struct FuzzStore(Mutex<State>);
@@ -114,6 +116,7 @@ impl FuzzEnv {
                     token(2, TokenKind::PersonalAccessToken, Some("ci"), false),
                 ],
                 logins: HashMap::new(),
+                replies: Vec::new(),
             })),
             mails: 0,
         }
@@ -146,6 +149,13 @@ impl State {
 
     fn spend(&mut self, proof: &FactorProof) {
         spend_factor(&mut self.user, &proof.used);
+        if let Some(r) = &proof.reply {
+            self.replies.retain(|k| {
+                k.created_at >= r.forget_before
+                    && (&k.presented_hashed_token, &k.key) != (&r.presented_hashed_token, &r.key)
+            });
+            self.replies.push(r.clone());
+        }
     }
 
     fn pat_index(&self, name: &str) -> Option<usize> {
@@ -408,6 +418,27 @@ impl Storage for FuzzStore {
             }
         }
         Ok(())
+    }
+    fn find_idempotent_reply(
+        &self,
+        user_id: &str,
+        presented: &str,
+        key: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<IdempotentReply>> {
+        let s = &mut *self.lock();
+        Ok(s.replies
+            .iter()
+            .find(|r| {
+                user_id == USER_ID
+                    && r.presented_hashed_token == presented
+                    && r.key == key
+                    && r.created_at >= not_before
+            })
+            .map(|r| IdempotentReply {
+                body_hash: r.body_hash.clone(),
+                sealed_reply: r.sealed_reply.clone(),
+            }))
     }
 }
 

@@ -187,6 +187,9 @@ pub struct Options {
     /// Longest lifetime of a personal access token, in days: generate without expiresAt gives this, a later expiresAt is refused, regenerate renews within it. 0: tokens never expire unless asked, as in Rocket.Chat [default: 0]
     #[arg(long, env = "RCPAT_MAX_TOKEN_LIFETIME_DAYS", value_name = "DAYS")]
     pub max_token_lifetime_days: Option<u32>,
+    /// Hours a generate or regenerate reply is kept for retries with the same Idempotency-Key header (sealed for the presented token's holder); 0 ignores the header, as Rocket.Chat does [default: 24]
+    #[arg(long, env = "RCPAT_IDEMPOTENCY_KEY_HOURS", value_name = "HOURS")]
+    pub idempotency_key_hours: Option<u32>,
 }
 
 /// Which commands an option belongs to: each command shows (in `--help`)
@@ -249,7 +252,8 @@ impl Group {
             | "bypass_tokens_unrestricted"
             | "show_token_last_use"
             | "token_prefix"
-            | "max_token_lifetime_days" => Group::Settings,
+            | "max_token_lifetime_days"
+            | "idempotency_key_hours" => Group::Settings,
             _ => return None,
         })
     }
@@ -279,7 +283,7 @@ impl Options {
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
-            show_token_last_use, token_prefix, max_token_lifetime_days)
+            show_token_last_use, token_prefix, max_token_lifetime_days, idempotency_key_hours)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -498,6 +502,9 @@ impl Options {
             max_token_lifetime_days: self
                 .max_token_lifetime_days
                 .unwrap_or(d.max_token_lifetime_days),
+            idempotency_key_hours: self
+                .idempotency_key_hours
+                .unwrap_or(d.idempotency_key_hours),
         }
     }
 }
@@ -514,7 +521,7 @@ mod group_tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 50);
+        assert_eq!(ids.len(), 51);
         for id in ids {
             assert!(Group::of(&id).is_some(), "{id} has no group");
         }

@@ -185,6 +185,23 @@ impl From<st::FactorProof> for m::FactorProof {
                 fingerprint: r.fingerprint,
                 until: r.until,
             }),
+            reply: p.reply.map(|w| m::IdempotentWrite {
+                presented_hashed_token: w.presented_hashed_token,
+                key: w.key,
+                body_hash: w.body_hash,
+                sealed_reply: w.sealed_reply,
+                created_at: w.created_at,
+                forget_before: w.forget_before,
+            }),
+        }
+    }
+}
+
+impl From<m::IdempotentReply> for st::IdempotentReply {
+    fn from(r: m::IdempotentReply) -> Self {
+        st::IdempotentReply {
+            body_hash: r.body_hash,
+            sealed_reply: r.sealed_reply,
         }
     }
 }

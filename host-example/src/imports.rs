@@ -272,4 +272,16 @@ impl st::Host for HostState {
             s.record_token_use(&user, &hash, at, stale)
         })
     }
+    fn find_idempotent_reply(
+        &mut self,
+        user: String,
+        hash: String,
+        key: String,
+        not_before: u64,
+    ) -> Result<Option<st::IdempotentReply>, String> {
+        self.storage("find-idempotent-reply", |s| {
+            Ok(s.find_idempotent_reply(&user, &hash, &key, not_before)?
+                .map(Into::into))
+        })
+    }
 }

@@ -175,6 +175,23 @@ impl From<&m::FactorProof> for st::FactorProof {
                 fingerprint: r.fingerprint.clone(),
                 until: r.until,
             }),
+            reply: p.reply.as_ref().map(|w| st::IdempotentWrite {
+                presented_hashed_token: w.presented_hashed_token.clone(),
+                key: w.key.clone(),
+                body_hash: w.body_hash.clone(),
+                sealed_reply: w.sealed_reply.clone(),
+                created_at: w.created_at,
+                forget_before: w.forget_before,
+            }),
+        }
+    }
+}
+
+impl From<st::IdempotentReply> for m::IdempotentReply {
+    fn from(r: st::IdempotentReply) -> Self {
+        m::IdempotentReply {
+            body_hash: r.body_hash,
+            sealed_reply: r.sealed_reply,
         }
     }
 }

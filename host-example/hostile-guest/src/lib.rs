@@ -53,6 +53,7 @@ impl Guest for Hostile {
             show_token_last_use: false,
             token_prefix: String::new(),
             max_token_lifetime_days: 0,
+            idempotency_key_hours: 24,
             code_key: Vec::new(),
         }
     }

@@ -149,6 +149,15 @@ impl Storage for FaultyStorage {
     ) -> HostResult<()> {
         self.call(|| self.inner.record_token_use(u, h, at, stale))
     }
+    fn find_idempotent_reply(
+        &self,
+        u: &str,
+        h: &str,
+        key: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<IdempotentReply>> {
+        self.call(|| self.inner.find_idempotent_reply(u, h, key, not_before))
+    }
 }
 
 impl Admin for FaultyStorage {

@@ -43,6 +43,8 @@ struct MemUser {
     tokens: Vec<Entry>,
     /// Per-user permission grants (true) and revocations (false).
     overrides: HashMap<String, bool>,
+    /// Replies kept for `Idempotency-Key` retries.
+    replies: Vec<IdempotentWrite>,
 }
 
 #[derive(Default)]
@@ -138,6 +140,14 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
     {
         e.authorized_hash = Some(grant.fingerprint.clone());
         e.authorized_until = Some(grant.until);
+    }
+    if let Some(reply) = &proof.reply {
+        u.replies.retain(|r| {
+            r.created_at >= reply.forget_before
+                && (&r.presented_hashed_token, &r.key)
+                    != (&reply.presented_hashed_token, &reply.key)
+        });
+        u.replies.push(reply.clone());
     }
 }
 
@@ -447,6 +457,30 @@ impl Storage for MemoryStorage {
             Ok(())
         })
     }
+
+    fn find_idempotent_reply(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<IdempotentReply>> {
+        self.with(|s| {
+            Ok(s.users.get(user_id).and_then(|u| {
+                u.replies
+                    .iter()
+                    .find(|r| {
+                        r.presented_hashed_token == presented_hashed_token
+                            && r.key == key
+                            && r.created_at >= not_before
+                    })
+                    .map(|r| IdempotentReply {
+                        body_hash: r.body_hash.clone(),
+                        sealed_reply: r.sealed_reply.clone(),
+                    })
+            }))
+        })
+    }
 }
 
 impl Admin for MemoryStorage {
@@ -480,6 +514,7 @@ impl Admin for MemoryStorage {
                     email: n.email.clone(),
                     tokens: Vec::new(),
                     overrides: HashMap::new(),
+                    replies: Vec::new(),
                 },
             );
             Ok(())

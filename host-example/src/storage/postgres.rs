@@ -273,6 +273,19 @@ const MIGRATIONS: &[&str] = &[
         RETURN 'done';
     END $$ LANGUAGE plpgsql;
 "#,
+    // 9: replies kept for `Idempotency-Key` retries (written by `keep_reply`
+    // in the write's transaction).
+    r#"
+    CREATE TABLE idempotent_replies (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        presented_hashed_token TEXT NOT NULL,
+        key TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        sealed_reply BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (user_id, presented_hashed_token, key)
+    );
+"#,
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.
@@ -778,6 +791,43 @@ fn outcome(row: Row) -> Result<WriteOutcome> {
     })
 }
 
+/// Stores the reply a write's proof carries, after that write happened
+/// (`outcome` done), in the caller's transaction (`run(true, …)` whenever
+/// the proof carries one), forgetting the user's expired replies.
+fn keep_reply(
+    db: &mut Db,
+    user_id: &str,
+    proof: &FactorProof,
+    outcome: WriteOutcome,
+) -> Result<()> {
+    let Some(r) = proof
+        .reply
+        .as_ref()
+        .filter(|_| outcome == WriteOutcome::Done)
+    else {
+        return Ok(());
+    };
+    db.execute(
+        "DELETE FROM idempotent_replies WHERE user_id = $1 AND created_at < $2",
+        &[&user_id, &ts(r.forget_before)],
+    )?;
+    db.execute(
+        "INSERT INTO idempotent_replies \
+         (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, presented_hashed_token, key) \
+         DO UPDATE SET body_hash = $4, sealed_reply = $5, created_at = $6",
+        &[
+            &user_id,
+            &r.presented_hashed_token,
+            &r.key,
+            &r.body_hash,
+            &r.sealed_reply,
+            &ts(r.created_at),
+        ],
+    )?;
+    Ok(())
+}
+
 /// Inserts a token (session or PAT) through `rcpat_insert_token`.
 fn insert_with_proof(
     db: &mut Db,
@@ -958,9 +1008,11 @@ impl Storage for PostgresStorage {
         token: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.single(|db| {
+        self.run(proof.reply.is_some(), |db| {
             let record = TokenRecord::personal_access_token(token);
-            insert_with_proof(db, user_id, &record, token.last_used_at, proof)
+            let done = insert_with_proof(db, user_id, &record, token.last_used_at, proof)?;
+            keep_reply(db, user_id, proof, done)?;
+            Ok(done)
         })
     }
 
@@ -972,7 +1024,7 @@ impl Storage for PostgresStorage {
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
         let a = ProofArgs::of(proof);
-        self.single(|db| {
+        self.run(proof.reply.is_some(), |db| {
             let row = db.query_one(
                 "SELECT rcpat_replace_pat($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 &[
@@ -994,7 +1046,9 @@ impl Storage for PostgresStorage {
                     &r.expires_at.map(ts),
                 ],
             )?;
-            outcome(row)
+            let done = outcome(row)?;
+            keep_reply(db, user_id, proof, done)?;
+            Ok(done)
         })
     }
 
@@ -1204,6 +1258,27 @@ impl Storage for PostgresStorage {
                 &[&user_id, &hashed_token, &ts(at), &ts(stale_before)],
             )?;
             Ok(())
+        })
+    }
+
+    fn find_idempotent_reply(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<IdempotentReply>> {
+        self.single(|db| {
+            Ok(db
+                .query_opt(
+                    "SELECT body_hash, sealed_reply FROM idempotent_replies WHERE user_id = $1 \
+                     AND presented_hashed_token = $2 AND key = $3 AND created_at >= $4",
+                    &[&user_id, &presented_hashed_token, &key, &ts(not_before)],
+                )?
+                .map(|r| IdempotentReply {
+                    body_hash: r.get(0),
+                    sealed_reply: r.get(1),
+                }))
         })
     }
 }

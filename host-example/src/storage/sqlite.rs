@@ -133,6 +133,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN expiry_notified_at INTEGER;
     CREATE INDEX tokens_by_expiry ON tokens(expires_at) WHERE expires_at IS NOT NULL;
 "#,
+    // 9: replies kept for `Idempotency-Key` retries, sealed for the holder
+    // of the presented token.
+    r#"
+    CREATE TABLE idempotent_replies (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        presented_hashed_token TEXT NOT NULL,
+        key TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        sealed_reply BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (user_id, presented_hashed_token, key)
+    );
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -577,6 +590,23 @@ fn spend(
             params![user_id, g.hashed_login_token, g.fingerprint, g.until as i64],
         )?;
     }
+    if let Some(r) = &proof.reply {
+        tx.prepare_cached("DELETE FROM idempotent_replies WHERE user_id = ?1 AND created_at < ?2")?
+            .execute(params![user_id, r.forget_before as i64])?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO idempotent_replies \
+             (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            user_id,
+            r.presented_hashed_token,
+            r.key,
+            r.body_hash,
+            r.sealed_reply,
+            r.created_at as i64
+        ])?;
+    }
     Ok(None)
 }
 
@@ -984,6 +1014,31 @@ let (user_id, c) = (user_id.as_str(), &c);
                 stale_before as i64
             ])?;
             Ok(())
+        })
+    }
+
+    fn find_idempotent_reply(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<IdempotentReply>> {
+        self.read(|tx| {
+            tx.prepare_cached(
+                "SELECT body_hash, sealed_reply FROM idempotent_replies WHERE user_id = ?1 \
+                 AND presented_hashed_token = ?2 AND key = ?3 AND created_at >= ?4",
+            )?
+            .query_row(
+                params![user_id, presented_hashed_token, key, not_before as i64],
+                |r| {
+                    Ok(IdempotentReply {
+                        body_hash: r.get(0)?,
+                        sealed_reply: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
         })
     }
 }

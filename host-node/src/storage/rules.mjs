@@ -84,6 +84,21 @@ function spend(u, proof) {
       t.authorizedUntil = Number(grant.until);
     }
   }
+  const reply = proof.reply;
+  if (reply) {
+    // Kept in the user's document (JSON: the sealed bytes as base64).
+    u.replies = (u.replies ?? []).filter(
+      (r) => r.createdAt >= Number(reply.forgetBefore) &&
+        !(r.presentedHashedToken === reply.presentedHashedToken && r.key === reply.key),
+    );
+    u.replies.push({
+      presentedHashedToken: reply.presentedHashedToken,
+      key: reply.key,
+      bodyHash: reply.bodyHash,
+      sealedReply: Buffer.from(reply.sealedReply).toString('base64'),
+      createdAt: Number(reply.createdAt),
+    });
+  }
 }
 
 /** One failed-login count as it stands at `at`: zero once its block has run out. */
@@ -283,6 +298,13 @@ export function storageFunctions(store) {
         };
         store.save(u);
       });
+    },
+
+    findIdempotentReply(userId, presentedHashedToken, key, notBefore) {
+      const r = (store.user(userId)?.replies ?? []).find(
+        (r) => r.presentedHashedToken === presentedHashedToken && r.key === key && r.createdAt >= Number(notBefore),
+      );
+      return r ? { bodyHash: r.bodyHash, sealedReply: new Uint8Array(Buffer.from(r.sealedReply, 'base64')) } : undefined;
     },
 
     recordTokenUse(userId, hashedToken, at, staleBefore) {

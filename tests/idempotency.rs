@@ -1,0 +1,335 @@
+//! Safe retries (issue 12): `Idempotency-Key` on generate and regenerate.
+//! A retry of a request whose reply was lost gets the same reply, even
+//! though the token it presents was replaced by that request; the key with
+//! another body is refused; nobody else can replay it; records expire. On
+//! memory, SQLite and PostgreSQL, and over HTTP with the server killed
+//! (SIGKILL) under load.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use host_example::admin::{self, UserSpec};
+use host_example::clock::Clock;
+use host_example::config::Options;
+use host_example::runtime::Endpoint;
+use host_example::server::services_from;
+use host_example::storage::Backend;
+use rcpat::model::Request;
+
+const HOUR_MS: u64 = 3_600_000;
+
+fn with_key(ep: Endpoint, fx: &Fx, u: &User, token: &str, key: &str, body: &str) -> Reply {
+    let req = Request::new(
+        &[
+            ("X-User-Id", u.id.as_str()),
+            ("X-Auth-Token", token),
+            ("Idempotency-Key", key),
+        ],
+        body.as_bytes(),
+    );
+    fx.send(ep, &req)
+}
+
+fn retries(backend: Arc<dyn Backend>) {
+    let mut fx = Fx::with_storage(backend);
+    let u = fx.user("rotor", None);
+    let a = fx.pat(&u, "ci", true);
+    let body = r#"{"tokenName":"ci"}"#;
+
+    // The first request commits; its reply is "lost". The retry (same
+    // token, key and body) gets the same reply byte for byte, and nothing
+    // more is written: exactly one token of that name, the new one.
+    let first = with_key(Regenerate, &fx, &u, &a, "rot-1", body);
+    let b = first.token();
+    let retry = with_key(Regenerate, &fx, &u, &a, "rot-1", body);
+    assert_eq!((retry.status, &retry.body), (200, &first.body));
+    let again = with_key(Regenerate, &fx, &u, &a, "rot-1", body);
+    assert_eq!(again.body, first.body);
+    assert!(!fx.authenticates(&u, &a) && fx.authenticates(&u, &b));
+    assert_eq!(fx.storage.token_hashes_named(&u.id, "ci").unwrap().len(), 1);
+
+    // The same key with another body: refused, nothing changed.
+    let other = with_key(Regenerate, &fx, &u, &a, "rot-1", r#"{"tokenName":"other"}"#);
+    assert_eq!(
+        (other.status, other.error_type()),
+        (400, "error-idempotency-key-reused"),
+        "{}",
+        other.body
+    );
+    assert!(fx.authenticates(&u, &b));
+
+    // Not replayable by anyone else: another user's credentials with the
+    // same key run their own request; a wrong token for this user is a 401.
+    let v = fx.user("victim", None);
+    let v_pat = fx.pat(&v, "ci", true);
+    let theirs = with_key(Regenerate, &fx, &v, &v_pat, "rot-1", body);
+    assert_ne!(theirs.token(), b);
+    let forged = with_key(Regenerate, &fx, &u, "not-the-token", "rot-1", body);
+    assert_eq!(forged.status, 401);
+
+    // A key is a request, not a token: the next rotation uses a new one.
+    let c = with_key(Regenerate, &fx, &u, &b, "rot-2", body).token();
+    assert!(fx.authenticates(&u, &c) && !fx.authenticates(&u, &b));
+
+    // Generate: the retry returns the same token and creates nothing more.
+    let g_body = r#"{"tokenName":"deploy"}"#;
+    let g1 = with_key(Generate, &fx, &u, &u.login, "gen-1", g_body);
+    let g2 = with_key(Generate, &fx, &u, &u.login, "gen-1", g_body);
+    assert_eq!((g2.status, &g2.body), (200, &g1.body));
+    assert_eq!(
+        fx.storage
+            .token_hashes_named(&u.id, "deploy")
+            .unwrap()
+            .len(),
+        1
+    );
+    // Without the key the same request is Rocket.Chat's: the name exists.
+    let plain = fx.call(Generate, &u, &u.login, None, g_body);
+    assert_eq!(plain.error_type(), "error-token-already-exists");
+
+    // Records expire (24 hours by default): a retry after that is an
+    // ordinary request again, here with a token that no longer exists.
+    fx.clock.advance_ms(24 * HOUR_MS - 1);
+    assert_eq!(with_key(Regenerate, &fx, &u, &b, "rot-2", body).body, {
+        // still kept at the last millisecond
+        let kept = with_key(Regenerate, &fx, &u, &b, "rot-2", body);
+        assert_eq!(kept.status, 200);
+        kept.body
+    });
+    fx.clock.advance_ms(2);
+    assert_eq!(with_key(Regenerate, &fx, &u, &b, "rot-2", body).status, 401);
+
+    // Bad keys are refused before anything runs.
+    for bad in [" ", "a b", &"k".repeat(256)] {
+        let r = with_key(Regenerate, &fx, &u, &c, bad, body);
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.body);
+    }
+    assert!(fx.authenticates(&u, &c));
+
+    // Off (0 hours): the header is ignored, as Rocket.Chat ignores it.
+    fx.settings.idempotency_key_hours = 0;
+    let d = with_key(Regenerate, &fx, &u, &c, "rot-3", body).token();
+    let r = with_key(Regenerate, &fx, &u, &c, "rot-3", body);
+    assert_eq!(r.status, 401, "no kept reply when off");
+    assert!(fx.authenticates(&u, &d));
+}
+
+#[test]
+fn retries_on_every_backend() {
+    for (name, backend) in backends() {
+        eprintln!("backend: {name}");
+        retries(backend);
+    }
+}
+
+/// A lost reply on a write that failed after committing (the storage
+/// answered an error, so the client saw a 500): the retry gets the token.
+#[test]
+fn a_reply_lost_after_the_commit_is_recovered_by_the_retry() {
+    use host_example::storage::{FaultMode, FaultyStorage, MemoryStorage};
+    for (name, inner) in [
+        ("memory", Arc::new(MemoryStorage::new()) as Arc<dyn Backend>),
+        (
+            "sqlite",
+            Arc::new(host_example::storage::SqliteStorage::open_in_memory().unwrap()),
+        ),
+        ("postgres", postgres()),
+    ] {
+        let setup = Fx::with_storage(inner.clone());
+        let u = setup.user("lost", None);
+        let a = setup.pat(&u, "ci", true);
+        // Calls of a self-rotation with a key: find-idempotent-reply,
+        // authenticate, has-permission, find, replace (the 5th).
+        let faulty = Arc::new(FaultyStorage::new(inner, 5, FaultMode::After));
+        let mut fx = Fx::with_storage(faulty.clone());
+        fx.clock = setup.clock.clone();
+        fx.services = fx.services.clone().with_clock(fx.clock.clone());
+        let body = r#"{"tokenName":"ci"}"#;
+        let lost = with_key(Regenerate, &fx, &u, &a, "k", body);
+        assert_eq!(lost.status, 500, "{name}: {}", lost.body);
+        assert!(!setup.authenticates(&u, &a), "{name}: the write committed");
+        let retry = with_key(Regenerate, &fx, &u, &a, "k", body);
+        let b = retry.token();
+        assert!(
+            setup.authenticates(&u, &b),
+            "{name}: the retry returns the committed token"
+        );
+    }
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(db: &std::path::Path, dir: &std::path::Path, addr: &str) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host-example"))
+            .args(["serve", "--listen", addr, "--admin-listen", "off"])
+            .arg("--db")
+            .arg(db)
+            .arg("--cache-dir")
+            .arg(shared_cache_dir())
+            .arg("--outbox")
+            .arg(dir.join("outbox"))
+            .env("RUST_LOG", "info")
+            .env_remove("RCPAT_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening"))
+            .expect("the server starts");
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Server { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+/// Clients self-rotate while the server is killed with SIGKILL and
+/// restarted, again and again; a request without an answer is retried
+/// (with its key, when `keys`) until answered. Returns (rotations,
+/// clients left without a working token).
+fn kill_run(keys: bool) -> (u64, Vec<String>) {
+    const CLIENTS: usize = 16;
+    let dir = temp_dir(if keys { "kill-keys" } else { "kill-plain" });
+    let db = dir.join("rcpat.sqlite");
+    let opts = Options {
+        db: Some(db.clone()),
+        ..Options::default()
+    };
+    let mut clients = Vec::new();
+    {
+        let services = services_from(&opts).unwrap();
+        for i in 0..CLIENTS {
+            let spec = UserSpec {
+                username: &format!("k{i}"),
+                email: None,
+                password: None,
+                roles: &["user"],
+            };
+            let id = admin::create_user(&services, &spec, 4).unwrap();
+            let token = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
+            clients.push((id, token));
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Some(Server::start(&db, &dir, &addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = format!("http://{addr}/api/v1/users.regeneratePersonalAccessToken");
+    let workers: Vec<_> = clients
+        .into_iter()
+        .map(|(id, mut token)| {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .build()
+                    .into();
+                let mut rotations = 0u64;
+                'rotate: while !stop.load(Ordering::SeqCst) {
+                    let key = format!("{id}-{rotations}");
+                    // One logical request, retried until it is answered.
+                    loop {
+                        let mut req = agent
+                            .post(&url)
+                            .header("Content-Type", "application/json")
+                            .header("X-User-Id", &id)
+                            .header("X-Auth-Token", &token);
+                        if keys {
+                            req = req.header("Idempotency-Key", &key);
+                        }
+                        match req.send(r#"{"tokenName":"ci"}"#) {
+                            Ok(mut reply) if reply.status().as_u16() == 200 => {
+                                let body = reply.body_mut().read_to_string().unwrap();
+                                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                                token = json["token"].as_str().unwrap().to_string();
+                                rotations += 1;
+                                continue 'rotate;
+                            }
+                            // A definite refusal: this client's token is gone.
+                            Ok(reply) if reply.status().as_u16() < 500 => break 'rotate,
+                            // No answer (or a 500): retry the same request.
+                            _ => {
+                                if stop.load(Ordering::SeqCst) {
+                                    break 'rotate;
+                                }
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                    }
+                }
+                (id, token, rotations)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(400));
+        server.take().unwrap().kill();
+        server = Some(Server::start(&db, &dir, &addr));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    server.take().unwrap().kill();
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Which clients still hold a token that works?
+    let services = services_from(&opts).unwrap();
+    let mut stranded = Vec::new();
+    let mut total = 0;
+    for (id, token, rotations) in results {
+        total += rotations;
+        let works = services
+            .storage
+            .authenticate(&id, &rcpat::token::hash_token(&token))
+            .unwrap()
+            .is_some();
+        if !works {
+            stranded.push(id);
+        }
+    }
+    (total, stranded)
+}
+
+#[test]
+fn sigkill_under_load_with_retries_leaves_every_client_a_working_token() {
+    let (plain_rotations, plain_stranded) = kill_run(false);
+    let (rotations, stranded) = kill_run(true);
+    eprintln!(
+        "kill test, 6 SIGKILLs, 16 clients: without Idempotency-Key {plain_rotations} rotations, {} clients \
+         left without a working token; with it {rotations} rotations, {} left",
+        plain_stranded.len(),
+        stranded.len()
+    );
+    assert!(rotations > 0);
+    assert!(
+        stranded.is_empty(),
+        "clients left without a token: {stranded:?}"
+    );
+}
+
+// The settings the tests above rely on are the defaults.
+#[test]
+fn kept_for_24_hours_by_default() {
+    assert_eq!(rcpat::model::Settings::default().idempotency_key_hours, 24);
+    let fx = Fx::new();
+    assert_eq!(fx.clock.now_ms(), T0);
+}
