@@ -196,7 +196,7 @@ struct Retry {
 impl Retry {
     /// `None` without the header, when the host keeps no replies, or
     /// without credentials (authentication answers those).
-    fn of(settings: &Settings, req: &Request) -> Result<Option<Retry>, ApiError> {
+    fn of(settings: &Settings, req: &Request, route: PatMethod) -> Result<Option<Retry>, ApiError> {
         // An oversized body gets its 413 from the usual flow, unhashed.
         if settings.idempotency_key_hours == 0 || req.body.len() > MAX_PAT_BODY_BYTES {
             return Ok(None);
@@ -211,7 +211,7 @@ impl Retry {
         };
         Ok(Some(Retry {
             key,
-            body_hash: crate::idempotency::body_hash(&req.body),
+            body_hash: crate::idempotency::body_hash(route.name(), &req.body),
             presented_hash: token::hash_token(&presented),
             user_id,
             presented,
@@ -277,7 +277,7 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
 /// `POST users.regeneratePersonalAccessToken`.
 pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let retry = Retry::of(settings, req)?;
+        let retry = Retry::of(settings, req, PatMethod::Regenerate)?;
         if let Some(kept) = retry
             .as_ref()
             .map(|r| r.replay(env, settings))
@@ -324,7 +324,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
 /// `POST users.generatePersonalAccessToken`.
 pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let retry = Retry::of(settings, req)?;
+        let retry = Retry::of(settings, req, PatMethod::Generate)?;
         if let Some(kept) = retry
             .as_ref()
             .map(|r| r.replay(env, settings))

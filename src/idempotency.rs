@@ -31,9 +31,17 @@ pub fn parse_key(value: &str) -> Result<String, ApiError> {
     Ok(value.to_string())
 }
 
-/// What binds a retry to its first request: the body, hashed.
-pub fn body_hash(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
+/// What binds a retry to its first request: the route and the body,
+/// hashed (one key sent to generate and then to regenerate with the same
+/// body is two requests, not a retry).
+pub fn body_hash(route: &str, body: &[u8]) -> String {
+    hex::encode(
+        Sha256::new()
+            .chain_update(route)
+            .chain_update([0])
+            .chain_update(body)
+            .finalize(),
+    )
 }
 
 fn cipher(presented_token: &str, user_id: &str) -> XChaCha20Poly1305 {
@@ -115,7 +123,8 @@ mod tests {
     #[test]
     fn only_the_presented_token_opens_the_reply() {
         let nonce = [7u8; NONCE_LEN];
-        let h = body_hash(br#"{"tokenName":"a"}"#);
+        let h = body_hash("regenerate", br#"{"tokenName":"a"}"#);
+        assert_ne!(h, body_hash("generate", br#"{"tokenName":"a"}"#));
         let sealed = seal(
             "tok",
             "u1",

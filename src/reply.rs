@@ -26,7 +26,7 @@ pub enum PatMethod {
 }
 
 impl PatMethod {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             PatMethod::Generate => "personalAccessTokens:generateToken",
             PatMethod::Regenerate => "personalAccessTokens:regenerateToken",

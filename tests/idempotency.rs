@@ -61,6 +61,15 @@ fn retries(backend: Arc<dyn Backend>) {
         other.body
     );
     assert!(fx.authenticates(&u, &b));
+    // The key belongs to a route too: the same body sent to generate is
+    // another request, not a retry.
+    let elsewhere = with_key(Generate, &fx, &u, &a, "rot-1", body);
+    assert_eq!(
+        elsewhere.error_type(),
+        "error-idempotency-key-reused",
+        "{}",
+        elsewhere.body
+    );
 
     // Not replayable by anyone else: another user's credentials with the
     // same key run their own request; a wrong token for this user is a 401.
