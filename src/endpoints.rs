@@ -198,9 +198,14 @@ impl Retry {
     /// without credentials (authentication answers those).
     fn of(settings: &Settings, req: &Request, route: PatMethod) -> Result<Option<Retry>, ApiError> {
         // An oversized body gets its 413 from the usual flow, unhashed.
-        if settings.idempotency_key_hours == 0 || req.body.len() > MAX_PAT_BODY_BYTES {
+        let sent = |h: &Header| h.name.eq_ignore_ascii_case("idempotency-key");
+        if settings.idempotency_key_hours == 0
+            || req.body.len() > MAX_PAT_BODY_BYTES
+            || !req.headers.iter().any(sent)
+        {
             return Ok(None);
         }
+        // Strictly, as authentication will: a duplicated header is a 400.
         let headers = request::headers(req)?;
         let Some(key) = headers.idempotency_key.as_deref() else {
             return Ok(None);
@@ -216,6 +221,23 @@ impl Retry {
             user_id,
             presented,
         }))
+    }
+
+    /// The first step of a token-creating route: `Err` with the kept reply
+    /// when the request is a retry, else what its write keeps (if anything).
+    fn start(
+        env: &mut dyn Env,
+        settings: &Settings,
+        req: &Request,
+        route: PatMethod,
+    ) -> Result<Result<Option<Retry>, Response>, ApiError> {
+        let Some(retry) = Self::of(settings, req, route)? else {
+            return Ok(Ok(None));
+        };
+        Ok(match retry.replay(env, settings)? {
+            Some(kept) => Err(kept),
+            None => Ok(Some(retry)),
+        })
     }
 
     fn ttl_ms(settings: &Settings) -> u64 {
@@ -277,15 +299,10 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
 /// `POST users.regeneratePersonalAccessToken`.
 pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let retry = Retry::of(settings, req, PatMethod::Regenerate)?;
-        if let Some(kept) = retry
-            .as_ref()
-            .map(|r| r.replay(env, settings))
-            .transpose()?
-            .flatten()
-        {
-            return Ok(kept);
-        }
+        let retry = match Retry::start(env, settings, req, PatMethod::Regenerate)? {
+            Ok(retry) => retry,
+            Err(kept) => return Ok(kept),
+        };
         let (session, body, mut passed) =
             authenticate_with_second_factor(env, settings, req, targets_another_token, true)?;
         let name = request::token_name(&body)?;
@@ -324,15 +341,10 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
 /// `POST users.generatePersonalAccessToken`.
 pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let retry = Retry::of(settings, req, PatMethod::Generate)?;
-        if let Some(kept) = retry
-            .as_ref()
-            .map(|r| r.replay(env, settings))
-            .transpose()?
-            .flatten()
-        {
-            return Ok(kept);
-        }
+        let retry = match Retry::start(env, settings, req, PatMethod::Generate)? {
+            Ok(retry) => retry,
+            Err(kept) => return Ok(kept),
+        };
         let (session, body, mut passed) =
             authenticate_with_second_factor(env, settings, req, mints_bypass_token, false)?;
         let name = request::token_name(&body)?;

@@ -266,4 +266,37 @@ pub mod rules {
             user.failures = FailureCount::default();
         }
     }
+
+    /// Keeps `reply` among a user's kept replies (for stores that hold them
+    /// as a list: memory, the fuzz store; the SQL backends delete and insert
+    /// the same rows): replies older than its `forget-before` and an earlier
+    /// one for the same token and key go.
+    pub fn keep_reply(replies: &mut Vec<IdempotentWrite>, reply: &IdempotentWrite) {
+        replies.retain(|r| {
+            r.created_at >= reply.forget_before
+                && (&r.presented_hashed_token, &r.key)
+                    != (&reply.presented_hashed_token, &reply.key)
+        });
+        replies.push(reply.clone());
+    }
+
+    /// `find-idempotent-reply` over a user's kept replies.
+    pub fn kept_reply(
+        replies: &[IdempotentWrite],
+        presented_hashed_token: &str,
+        key: &str,
+        not_before: TimestampMs,
+    ) -> Option<IdempotentReply> {
+        replies
+            .iter()
+            .find(|r| {
+                r.presented_hashed_token == presented_hashed_token
+                    && r.key == key
+                    && r.created_at >= not_before
+            })
+            .map(|r| IdempotentReply {
+                body_hash: r.body_hash.clone(),
+                sealed_reply: r.sealed_reply.clone(),
+            })
+    }
 }

@@ -9,7 +9,8 @@ use std::sync::{Mutex, OnceLock};
 use rcpat::env::Env;
 use rcpat::model::*;
 use rcpat::storage::rules::{
-    LoginCount, admit_login, factor_available, reserve_attempt, spend_factor,
+    LoginCount, admit_login, factor_available, keep_reply, kept_reply, reserve_attempt,
+    spend_factor,
 };
 use rcpat::storage::{HostResult, Storage};
 
@@ -150,11 +151,7 @@ impl State {
     fn spend(&mut self, proof: &FactorProof) {
         spend_factor(&mut self.user, &proof.used);
         if let Some(r) = &proof.reply {
-            self.replies.retain(|k| {
-                k.created_at >= r.forget_before
-                    && (&k.presented_hashed_token, &k.key) != (&r.presented_hashed_token, &r.key)
-            });
-            self.replies.push(r.clone());
+            keep_reply(&mut self.replies, r);
         }
     }
 
@@ -427,18 +424,7 @@ impl Storage for FuzzStore {
         not_before: TimestampMs,
     ) -> HostResult<Option<IdempotentReply>> {
         let s = &mut *self.lock();
-        Ok(s.replies
-            .iter()
-            .find(|r| {
-                user_id == USER_ID
-                    && r.presented_hashed_token == presented
-                    && r.key == key
-                    && r.created_at >= not_before
-            })
-            .map(|r| IdempotentReply {
-                body_hash: r.body_hash.clone(),
-                sealed_reply: r.sealed_reply.clone(),
-            }))
+        Ok(kept_reply(&s.replies, presented, key, not_before).filter(|_| user_id == USER_ID))
     }
 }
 

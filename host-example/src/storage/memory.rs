@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 use rcpat::model::*;
 use rcpat::storage::rules::{
-    LoginCount, admit_login, factor_available, reserve_attempt, spend_factor,
+    LoginCount, admit_login, factor_available, keep_reply, kept_reply, reserve_attempt,
+    spend_factor,
 };
 
 use super::{
@@ -142,12 +143,7 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
         e.authorized_until = Some(grant.until);
     }
     if let Some(reply) = &proof.reply {
-        u.replies.retain(|r| {
-            r.created_at >= reply.forget_before
-                && (&r.presented_hashed_token, &r.key)
-                    != (&reply.presented_hashed_token, &reply.key)
-        });
-        u.replies.push(reply.clone());
+        keep_reply(&mut u.replies, reply);
     }
 }
 
@@ -466,19 +462,9 @@ impl Storage for MemoryStorage {
         not_before: TimestampMs,
     ) -> HostResult<Option<IdempotentReply>> {
         self.with(|s| {
-            Ok(s.users.get(user_id).and_then(|u| {
-                u.replies
-                    .iter()
-                    .find(|r| {
-                        r.presented_hashed_token == presented_hashed_token
-                            && r.key == key
-                            && r.created_at >= not_before
-                    })
-                    .map(|r| IdempotentReply {
-                        body_hash: r.body_hash.clone(),
-                        sealed_reply: r.sealed_reply.clone(),
-                    })
-            }))
+            Ok(s.users
+                .get(user_id)
+                .and_then(|u| kept_reply(&u.replies, presented_hashed_token, key, not_before)))
         })
     }
 }
