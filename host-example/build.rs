@@ -31,6 +31,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=RCPAT_WASM_ROUTE");
+    println!("cargo:rerun-if-env-changed=RCPAT_WASM_OPT");
 
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let route = std::env::var("RCPAT_WASM_ROUTE").unwrap_or_else(|_| {
@@ -104,8 +105,11 @@ fn main() {
     let artifacts = target_dir.join(TARGET).join("wasm");
     for (core, component) in [("rcpat", "rcpat.wasm"), ("hostile_guest", "hostile.wasm")] {
         emit_rerun_from_depinfo(&artifacts.join(format!("{core}.d")));
-        let module = std::fs::read(artifacts.join(format!("{core}.wasm")))
+        let mut module = std::fs::read(artifacts.join(format!("{core}.wasm")))
             .expect("the core module was not built");
+        if core == "rcpat" {
+            module = shrink(module, &out);
+        }
         let encoded = wit_component::ComponentEncoder::default()
             .module(&module)
             .and_then(|e| e.validate(true).encode())
@@ -127,6 +131,54 @@ fn main() {
         .map_or("unknown".to_string(), |v| v.trim_matches('"').to_string());
     println!("cargo:rustc-env=RCPAT_WASMTIME_VERSION={wasmtime}");
     println!("cargo:rustc-env=RCPAT_WASM_ROUTE_USED={route}");
+}
+
+/// binaryen's `wasm-opt -Oz` on the core module before it becomes a
+/// component (issue 10: a smaller module is also fewer functions to set up
+/// per instance). `./dev provision` installs binaryen; without it (or with
+/// `RCPAT_WASM_OPT=off`) the module is used as rustc left it, with a
+/// warning. `RCPAT_WASM_OPT` may also name the wasm-opt binary.
+fn shrink(module: Vec<u8>, out: &Path) -> Vec<u8> {
+    let tool = std::env::var("RCPAT_WASM_OPT").unwrap_or_else(|_| "wasm-opt".into());
+    if tool == "off" {
+        println!("cargo:rustc-env=RCPAT_WASM_OPT_USED=none (RCPAT_WASM_OPT=off)");
+        return module;
+    }
+    let (input, output) = (out.join("rcpat.core.wasm"), out.join("rcpat.opt.wasm"));
+    std::fs::write(&input, &module).unwrap();
+    // The features rustc's wasm32-unknown-unknown target enables by default;
+    // the custom section that carries the WIT world survives (only debug
+    // information and names are stripped).
+    let status = Command::new(&tool)
+        .args([
+            "-Oz",
+            "--enable-bulk-memory",
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+            "--enable-nontrapping-float-to-int",
+            "--enable-multivalue",
+            "--enable-reference-types",
+            "--strip-debug",
+            "--strip-producers",
+        ])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .status();
+    match status {
+        Ok(s) if s.success() => {
+            println!("cargo:rustc-env=RCPAT_WASM_OPT_USED=wasm-opt -Oz");
+            std::fs::read(&output).unwrap()
+        }
+        other => {
+            println!(
+                "cargo:warning=wasm-opt ({tool}) unavailable or failed ({other:?}): the component \
+                 is not size-optimised; run ./dev provision to install binaryen"
+            );
+            println!("cargo:rustc-env=RCPAT_WASM_OPT_USED=none");
+            module
+        }
+    }
 }
 
 /// rustup's standard library for the target is installed when its libdir holds libstd.

@@ -522,6 +522,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
         Command::Info => {
             println!("component size: {} bytes", host_example::COMPONENT.len());
             println!("built by the {} route", env!("RCPAT_WASM_ROUTE_USED"));
+            println!("core module optimised by: {}", env!("RCPAT_WASM_OPT_USED"));
             Ok(())
         }
         Command::Export { out } => {

@@ -183,6 +183,11 @@ impl Runtime {
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         c.epoch_interruption(true);
         c.memory_init_cow(true);
+        // `perf` can name the component's compiled functions only through a
+        // perf map (/tmp/perf-PID.map); BENCHMARKS.md's profiling recipe sets this.
+        if std::env::var_os("RCPAT_PERFMAP").is_some() {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         Engine::new(&c)
     }
 
