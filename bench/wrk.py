@@ -7,6 +7,7 @@ session. Reports each server's CPU per request and wrk's own, separately.
 
 Usage: bench/wrk.py [--runs 3] [--seconds 10] [--connections 16] [--users 64]
                     [--bin target/release/host-example] [--only wasm|native]
+                    [--serve-arg ARG]...
 Needs `wrk` (apt install wrk) and a release build:
     cargo build --release -p host-example && bench/wrk.py
 """
@@ -54,7 +55,7 @@ def cpu_seconds(pid):
 class Server:
     """A seeded `serve` in its own folder."""
 
-    def __init__(self, exe, mode, users):
+    def __init__(self, exe, mode, users, extra=()):
         self.dir = tempfile.mkdtemp(prefix=f"rcpat-wrk-{mode}-")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -69,6 +70,7 @@ class Server:
                 "--cache-dir", os.path.join(self.dir, "cache"), *common]
         if mode == "native":
             args.append("--native")
+        args.extend(extra)
         self.log = open(os.path.join(self.dir, "serve.log"), "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         for _ in range(600):
@@ -120,12 +122,14 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--users", type=int, default=64)
     ap.add_argument("--only", choices=["wasm", "native"])
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="an extra argument for both `serve` processes (repeatable)")
     a = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install -y wrk")
     modes = [a.only] if a.only else ["wasm", "native"]
     exe = os.path.abspath(a.bin)
-    servers = {m: Server(exe, m, a.users) for m in modes}
+    servers = {m: Server(exe, m, a.users, a.serve_arg) for m in modes}
     results = {m: [] for m in modes}
     try:
         for run in range(a.runs):
