@@ -69,7 +69,7 @@ pub fn me(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
         success: bool,
     }
     respond((|| {
-        let session = authenticate(env, settings, req)?.session;
+        let session = authenticate(env, settings, req, None)?.session;
         Ok(Response {
             status: 200,
             body: reply::to_json(&Body {
@@ -240,7 +240,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
 /// holds it remove it without the second factor its removal requires).
 pub fn logout(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let session = authenticate(env, settings, req)?.session;
+        let session = authenticate(env, settings, req, None)?.session;
         if session.token.kind != TokenKind::Login {
             return Err(ApiError::LogoutPersonalAccessToken);
         }

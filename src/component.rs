@@ -84,8 +84,13 @@ impl Env for Imports {
 struct WitStorage;
 
 impl Storage for WitStorage {
-    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<m::Session>> {
-        Ok(st::authenticate(user_id, hashed_token)
+    fn authenticate(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        permission: Option<&str>,
+    ) -> HostResult<Option<m::Session>> {
+        Ok(st::authenticate(user_id, hashed_token, permission)
             .map_err(HostError::msg)?
             .map(Into::into))
     }
@@ -104,9 +109,6 @@ impl Storage for WitStorage {
         st::insert_login_token(user_id, hashed_token, created_at, &proof.into())
             .map(Into::into)
             .map_err(HostError::msg)
-    }
-    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
-        st::has_permission(user_id, permission).map_err(HostError::msg)
     }
     fn list_personal_access_tokens(
         &self,

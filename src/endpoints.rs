@@ -23,13 +23,16 @@ pub(crate) struct Authenticated {
 
 /// The presented credentials: 401 unless they name a stored token of the
 /// user, and, for a session token, one younger than `login-expiration-days`.
-/// A PAT's use is recorded (see `record_use`).
+/// A PAT's use is recorded (see `record_use`). `permission`: the one the
+/// route checks later (`Session::permitted` answers it; read together with
+/// the session, which saves a storage call).
 pub(crate) fn authenticate(
     env: &mut dyn Env,
     settings: &Settings,
     req: &Request,
+    permission: Option<&str>,
 ) -> Result<Authenticated, ApiError> {
-    let authenticated = authenticate_unmarked(env, settings, req)?;
+    let authenticated = authenticate_unmarked(env, settings, req, permission)?;
     let session = &authenticated.session;
     record_use(env, &session.user.id, &session.token);
     Ok(authenticated)
@@ -39,6 +42,7 @@ fn authenticate_unmarked(
     env: &mut dyn Env,
     settings: &Settings,
     req: &Request,
+    permission: Option<&str>,
 ) -> Result<Authenticated, ApiError> {
     let headers = request::headers(req)?;
     let (Some(user_id), Some(token)) = (headers.user_id.as_deref(), headers.auth_token.as_deref())
@@ -58,7 +62,7 @@ fn authenticate_unmarked(
     }
     let session = env
         .storage()
-        .authenticate(user_id, &token::hash_token(token))
+        .authenticate(user_id, &token::hash_token(token), permission)
         .map_err(|_| ApiError::StorageFailure)?
         .ok_or(ApiError::NotLoggedIn)?;
     if session.token.kind == TokenKind::Login && settings.login_expiration_days > 0 {
@@ -114,7 +118,7 @@ fn authenticate_with_second_factor(
     let Authenticated {
         headers,
         mut session,
-    } = authenticate_unmarked(env, settings, req)?;
+    } = authenticate_unmarked(env, settings, req, Some(PAT_PERMISSION))?;
     if !(retires_presented && names_the_presented_token(&body, &session.token)) {
         record_use(env, &session.user.id, &session.token);
     }
@@ -125,12 +129,13 @@ fn authenticate_with_second_factor(
     Ok((session, body, passed))
 }
 
-/// `create-personal-access-tokens`, or `denied` (the error differs per route).
-fn require_permission(env: &mut dyn Env, user_id: &str, denied: ApiError) -> Result<(), ApiError> {
-    match env.storage().has_permission(user_id, PAT_PERMISSION) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(denied),
-        Err(_) => Err(ApiError::StorageFailure),
+/// `create-personal-access-tokens` (asked for when the session was read),
+/// or `denied` (the error differs per route).
+fn require_permission(session: &Session, denied: ApiError) -> Result<(), ApiError> {
+    if session.permitted {
+        Ok(())
+    } else {
+        Err(denied)
     }
 }
 
@@ -161,6 +166,41 @@ fn mint(
         expires_at,
     };
     Ok((plaintext, record))
+}
+
+/// What a regeneration needs of the value it replaces.
+struct Replaced {
+    hashed_token: String,
+    bypass_two_factor: bool,
+    created_at: TimestampMs,
+    expires_at: Option<TimestampMs>,
+}
+
+impl Replaced {
+    /// The presented token, when it is the PAT called `name`: the same
+    /// stored entry `find-personal-access-token` would read again. If another
+    /// request replaced it meanwhile, the compare-and-swap refuses.
+    fn presented(presented: &LoginToken, name: &str) -> Option<Self> {
+        (presented.kind == TokenKind::PersonalAccessToken
+            && presented.name.as_deref() == Some(name))
+        .then(|| Replaced {
+            hashed_token: presented.hashed_token.clone(),
+            bypass_two_factor: presented.bypass_two_factor,
+            created_at: presented.created_at,
+            expires_at: presented.expires_at,
+        })
+    }
+}
+
+impl From<PersonalAccessToken> for Replaced {
+    fn from(t: PersonalAccessToken) -> Self {
+        Replaced {
+            hashed_token: t.hashed_token,
+            bypass_two_factor: t.bypass_two_factor,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+        }
+    }
 }
 
 /// The body names the presented PAT (a valid `tokenName` equal to its name).
@@ -308,16 +348,25 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         // The documentation's example names generateToken here; the documentation wins.
-        require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
-        let old = env
-            .storage()
-            .find_personal_access_token(user_id, &name)
-            .map_err(|_| ApiError::StorageFailure)?
-            .ok_or(ApiError::TokenDoesNotExist(PatMethod::Regenerate))?;
+        require_permission(&session, ApiError::NotAuthorized(PatMethod::Generate))?;
+        let old = match Replaced::presented(&session.token, &name) {
+            // A token rotating itself: authentication just read it.
+            Some(old) => old,
+            None => env
+                .storage()
+                .find_personal_access_token(user_id, &name)
+                .map_err(|_| ApiError::StorageFailure)?
+                .map(Replaced::from)
+                .ok_or(ApiError::TokenDoesNotExist(PatMethod::Regenerate))?,
+        };
         // The flag is carried over from the old token (as Rocket.Chat does),
         // and its lifetime is renewed.
-        let expires_at =
-            crate::expiry::for_replacement(env.now_ms(), &old, settings.max_token_lifetime_days);
+        let expires_at = crate::expiry::for_replacement(
+            env.now_ms(),
+            old.created_at,
+            old.expires_at,
+            settings.max_token_lifetime_days,
+        );
         let (plaintext, replacement) =
             mint(env, settings, name, old.bypass_two_factor, expires_at)?;
         let created = reply::token_created(&plaintext);
@@ -355,7 +404,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
             settings.max_token_lifetime_days,
         )?;
         let user_id = session.user.id.as_str();
-        require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Generate))?;
+        require_permission(&session, ApiError::NotAuthorized(PatMethod::Generate))?;
         let (plaintext, record) = mint(env, settings, name, bypass, expires_at)?;
         let created = reply::token_created(&plaintext);
         passed.proof.reply = retry.map(|r| r.keep(env, settings, &created));
@@ -380,7 +429,7 @@ pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
             authenticate_with_second_factor(env, settings, req, targets_another_token, true)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
-        require_permission(env, user_id, ApiError::NotAuthorized(PatMethod::Remove))?;
+        require_permission(&session, ApiError::NotAuthorized(PatMethod::Remove))?;
         match env
             .storage()
             .remove_personal_access_token(user_id, &name, &passed.proof)
@@ -419,9 +468,9 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
         success: bool,
     }
     respond((|| {
-        let Authenticated { session, .. } = authenticate(env, settings, req)?;
+        let Authenticated { session, .. } = authenticate(env, settings, req, Some(PAT_PERMISSION))?;
         let user_id = session.user.id.as_str();
-        require_permission(env, user_id, ApiError::Forbidden)?;
+        require_permission(&session, ApiError::Forbidden)?;
         let tokens = env
             .storage()
             .list_personal_access_tokens(user_id)

@@ -3,7 +3,7 @@
 //! (`max-token-lifetime-days`), and a regenerated token renewed for the
 //! lifetime its predecessor was given.
 
-use crate::model::{PersonalAccessToken, TimestampMs};
+use crate::model::TimestampMs;
 use crate::reply::ApiError;
 
 pub const DAY_MS: u64 = 86_400_000;
@@ -38,17 +38,17 @@ pub fn for_new_token(
     }
 }
 
-/// The expiry of `old`'s replacement issued at `now`: the same lifetime
-/// again (GitLab's rotate), capped by the host's maximum; a token that
-/// never expired gets the maximum (or again none).
+/// The expiry of the replacement, issued at `now`, of a value issued at
+/// `created_at` that expires at `expires_at`: the same lifetime again
+/// (GitLab's rotate), capped by the host's maximum; a token that never
+/// expired gets the maximum (or again none).
 pub fn for_replacement(
     now: TimestampMs,
-    old: &PersonalAccessToken,
+    created_at: TimestampMs,
+    expires_at: Option<TimestampMs>,
     max_days: u32,
 ) -> Option<TimestampMs> {
-    let renewed = old
-        .expires_at
-        .map(|at| now.saturating_add(at.saturating_sub(old.created_at).max(1)));
+    let renewed = expires_at.map(|at| now.saturating_add(at.saturating_sub(created_at).max(1)));
     match (renewed, latest(now, max_days)) {
         (Some(r), Some(l)) => Some(r.min(l)),
         (r, l) => r.or(l),
@@ -58,18 +58,6 @@ pub fn for_replacement(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pat(created_at: u64, expires_at: Option<u64>) -> PersonalAccessToken {
-        PersonalAccessToken {
-            name: "t".into(),
-            hashed_token: "h".into(),
-            last_token_part: "p".into(),
-            created_at,
-            bypass_two_factor: false,
-            last_used_at: None,
-            expires_at,
-        }
-    }
 
     #[test]
     fn expiry_boundary_is_the_instant_itself() {
@@ -93,11 +81,11 @@ mod tests {
 
     #[test]
     fn replacements_renew_the_same_lifetime_within_the_maximum() {
-        assert_eq!(for_replacement(500, &pat(100, None), 0), None);
-        assert_eq!(for_replacement(500, &pat(100, Some(300)), 0), Some(700));
-        assert_eq!(for_replacement(500, &pat(100, None), 1), Some(500 + DAY_MS));
-        let long = pat(0, Some(30 * DAY_MS));
-        assert_eq!(for_replacement(5, &long, 7), Some(5 + 7 * DAY_MS));
-        assert_eq!(for_replacement(5, &long, 90), Some(5 + 30 * DAY_MS));
+        assert_eq!(for_replacement(500, 100, None, 0), None);
+        assert_eq!(for_replacement(500, 100, Some(300), 0), Some(700));
+        assert_eq!(for_replacement(500, 100, None, 1), Some(500 + DAY_MS));
+        let long = Some(30 * DAY_MS);
+        assert_eq!(for_replacement(5, 0, long, 7), Some(5 + 7 * DAY_MS));
+        assert_eq!(for_replacement(5, 0, long, 90), Some(5 + 30 * DAY_MS));
     }
 }

@@ -88,6 +88,8 @@ pub enum LoginIdentifier {
 pub struct Session {
     pub user: User,
     pub token: LoginToken,
+    /// Whether the user holds the permission `authenticate` was asked about.
+    pub permitted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

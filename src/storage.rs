@@ -55,7 +55,12 @@ pub type HostResult<T> = Result<T, HostError>;
 
 /// The component's `storage` import (`wit/world.wit`, interface `storage`).
 pub trait Storage: Send + Sync {
-    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>>;
+    fn authenticate(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        permission: Option<&str>,
+    ) -> HostResult<Option<Session>>;
     fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>>;
     fn insert_login_token(
         &self,
@@ -64,7 +69,6 @@ pub trait Storage: Send + Sync {
         created_at: TimestampMs,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome>;
-    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool>;
     fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
     fn find_personal_access_token(
         &self,

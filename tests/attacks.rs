@@ -28,7 +28,7 @@ fn login_request(user: &str, password: &str, two_fa: Option<(&str, &str)>) -> Re
 
 fn failures(fx: &Fx, u: &User) -> u32 {
     fx.storage
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
         .unwrap()
         .expect("the session exists")
         .user
@@ -336,7 +336,7 @@ fn codes_cannot_be_recovered_from_a_copied_database_without_the_key() {
     let mailed = host_example::mail::code_in(&fx.mailer.last().unwrap().text).unwrap();
     let stored = fx
         .storage
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
         .unwrap()
         .unwrap()
         .user
@@ -373,7 +373,7 @@ fn codes_cannot_be_recovered_from_a_copied_database_without_the_key() {
     let setup_v = fx.enable_totp(&v);
     let stored = fx
         .storage
-        .authenticate(&v.id, &rcpat::token::hash_token(&v.login))
+        .authenticate(&v.id, &rcpat::token::hash_token(&v.login), None)
         .unwrap()
         .unwrap()
         .user

@@ -232,7 +232,7 @@ impl Fx {
     /// Whether `token` authenticates as `user` (what every endpoint checks first).
     pub fn authenticates(&self, user: &User, token: &str) -> bool {
         self.storage
-            .authenticate(&user.id, &rcpat::token::hash_token(token))
+            .authenticate(&user.id, &rcpat::token::hash_token(token), None)
             .unwrap()
             .is_some()
     }

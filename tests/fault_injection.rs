@@ -70,9 +70,9 @@ fn regenerate_survives_a_failure_at_every_storage_call() {
                 }
                 n += 1;
             }
-            // authenticate, reserve-attempt, release-attempt, has-permission,
-            // find, replace: all six were faulted.
-            assert_eq!(n, 7, "{label} {mode:?}: the flow makes six storage calls");
+            // authenticate (with the permission), reserve-attempt,
+            // release-attempt, find, replace: all five were faulted.
+            assert_eq!(n, 6, "{label} {mode:?}: the flow makes five storage calls");
         }
     }
 }
@@ -97,7 +97,7 @@ fn email_challenge_survives_storage_failure() {
             "{label}"
         );
         let session = backend
-            .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+            .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
             .unwrap()
             .unwrap();
         assert!(session.user.email_code.is_none(), "{label}: no code stored");
@@ -124,7 +124,7 @@ fn failure_counter_write_failure_leaves_counts_alone() {
     );
     assert_eq!(r.status, 500);
     let session = backend
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
         .unwrap()
         .unwrap();
     assert_eq!(session.user.failures.count, 0);
@@ -139,7 +139,8 @@ fn host_error_text_never_reaches_the_client() {
     let u = setup_fx.user("quiet", Some(PASSWORD));
     setup_fx.pat(&u, "ci", false);
     let mut bodies = std::collections::BTreeSet::new();
-    for n in 1..=6 {
+    // authenticate, reserve-attempt, release-attempt, find, replace.
+    for n in 1..=5 {
         let fx = Fx::with_storage(Arc::new(FaultyStorage::new(
             backend.clone(),
             n,

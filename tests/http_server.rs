@@ -448,7 +448,7 @@ fn concurrent_burst_over_http_leaves_one_valid_token() {
         .filter(|t| {
             services
                 .storage
-                .authenticate(&id, &rcpat::token::hash_token(t))
+                .authenticate(&id, &rcpat::token::hash_token(t), None)
                 .unwrap()
                 .is_some()
         })

@@ -169,7 +169,7 @@ fn sigterm_under_load_answers_every_request_in_flight() {
         assert!(
             services
                 .storage
-                .authenticate(id, &hashed)
+                .authenticate(id, &hashed, None)
                 .unwrap()
                 .is_some(),
             "{id}: its last acknowledged token was lost (a regeneration committed without its reply)"

@@ -74,9 +74,16 @@ fn authenticate_returns_the_user_and_the_presented_token() {
     each(|name, b| {
         alice(b);
         b.set_totp(ALICE, Some(&totp(&["b1", "b2"]))).unwrap();
-        assert_eq!(b.authenticate(ALICE, "nope").unwrap(), None, "{name}");
-        assert_eq!(b.authenticate("nobody", "s1").unwrap(), None, "{name}");
-        let s = b.authenticate(ALICE, "s1").unwrap().expect("a session");
+        assert_eq!(b.authenticate(ALICE, "nope", None).unwrap(), None, "{name}");
+        assert_eq!(
+            b.authenticate("nobody", "s1", None).unwrap(),
+            None,
+            "{name}"
+        );
+        let s = b
+            .authenticate(ALICE, "s1", None)
+            .unwrap()
+            .expect("a session");
         assert_eq!(s.token.kind, TokenKind::Login, "{name}");
         assert_eq!(s.token.name, None, "{name}");
         assert_eq!(s.user.username, "alice");
@@ -88,7 +95,7 @@ fn authenticate_returns_the_user_and_the_presented_token() {
             Some(totp(&["b1", "b2"])),
             "{name}: TOTP round trip"
         );
-        let p = b.authenticate(ALICE, "p1").unwrap().unwrap();
+        let p = b.authenticate(ALICE, "p1", None).unwrap().unwrap();
         assert_eq!(
             (p.token.kind, p.token.name.as_deref()),
             (TokenKind::PersonalAccessToken, Some("ci")),
@@ -129,7 +136,18 @@ fn find_user_for_login_by_username_or_email_any_case() {
 fn permissions_by_role_then_per_user_override() {
     each(|name, b| {
         alice(b);
-        let can = || b.has_permission(ALICE, PAT_PERMISSION).unwrap();
+        // `authenticate` answers the permission it is asked about as
+        // `has_permission` does, with either token; never one not asked about.
+        let can = || {
+            let held = b.has_permission(ALICE, PAT_PERMISSION).unwrap();
+            for token in ["s1", "p1"] {
+                let asked = b.authenticate(ALICE, token, Some(PAT_PERMISSION)).unwrap();
+                assert_eq!(asked.unwrap().permitted, held, "{name}: {token}");
+                let unasked = b.authenticate(ALICE, token, None).unwrap();
+                assert!(!unasked.unwrap().permitted, "{name}: {token}");
+            }
+            held
+        };
         assert!(can(), "{name}: the user role grants it by default");
         b.set_permission_roles(PAT_PERMISSION, &["admin".into()])
             .unwrap();
@@ -145,6 +163,13 @@ fn permissions_by_role_then_per_user_override() {
         b.set_user_permission(ALICE, PAT_PERMISSION, None).unwrap();
         assert!(can(), "{name}: back to the roles");
         assert!(!b.has_permission("nobody", PAT_PERMISSION).unwrap());
+        assert!(
+            !b.authenticate(ALICE, "s1", Some("another-permission"))
+                .unwrap()
+                .unwrap()
+                .permitted,
+            "{name}: a permission no role grants"
+        );
     });
 }
 
@@ -218,7 +243,10 @@ fn insert_outcomes() {
             WriteOutcome::NotFound,
             "{name}"
         );
-        assert!(b.authenticate(ALICE, "s2").unwrap().is_some(), "{name}");
+        assert!(
+            b.authenticate(ALICE, "s2", None).unwrap().is_some(),
+            "{name}"
+        );
         assert_eq!(
             b.remove_login_token(ALICE, "p1").unwrap(),
             WriteOutcome::NotFound,
@@ -233,7 +261,10 @@ fn insert_outcomes() {
             WriteOutcome::NotFound,
             "{name}"
         );
-        assert!(b.authenticate(ALICE, "s2").unwrap().is_none(), "{name}");
+        assert!(
+            b.authenticate(ALICE, "s2", None).unwrap().is_none(),
+            "{name}"
+        );
     });
 }
 
@@ -260,7 +291,7 @@ fn replace_is_a_compare_and_swap() {
         assert_eq!(rep("p1", &pat("ci", "p2")), WriteOutcome::Done, "{name}");
         assert_eq!(b.token_hashes_named(ALICE, "ci").unwrap(), ["p2"], "{name}");
         assert!(
-            b.authenticate(ALICE, "p1").unwrap().is_none(),
+            b.authenticate(ALICE, "p1", None).unwrap().is_none(),
             "{name}: old value gone"
         );
         let new = b.find_personal_access_token(ALICE, "ci").unwrap().unwrap();
@@ -381,7 +412,7 @@ fn every_factor_is_spent_exactly_once_with_the_write() {
             ins(FactorUse::EmailCode("e1".into())),
             WriteOutcome::FactorAlreadyUsed
         );
-        let user = b.authenticate(ALICE, "s1").unwrap().unwrap().user;
+        let user = b.authenticate(ALICE, "s1", None).unwrap().unwrap().user;
         let t = user.totp.unwrap();
         assert_eq!(t.last_used_step, 101, "{name}");
         assert!(t.hashed_backup_codes.is_empty(), "{name}");
@@ -417,7 +448,7 @@ fn a_spent_factor_resets_failures_and_remember_marks_the_session() {
                 .unwrap(),
             WriteOutcome::Done
         );
-        let s = b.authenticate(ALICE, "s1").unwrap().unwrap();
+        let s = b.authenticate(ALICE, "s1", None).unwrap().unwrap();
         assert_eq!(s.user.failures.count, 0, "{name}");
         assert_eq!(
             s.token.two_factor_authorized_hash.as_deref(),
@@ -485,7 +516,7 @@ fn two_factor_attempts_are_reserved_and_released() {
         assert!(!r.granted && r.email_code_attempts == 2, "{name}: {r:?}");
         b.release_two_factor_attempt(ALICE, true).unwrap();
         let code = b
-            .authenticate(ALICE, "s1")
+            .authenticate(ALICE, "s1", None)
             .unwrap()
             .unwrap()
             .user
@@ -496,7 +527,7 @@ fn two_factor_attempts_are_reserved_and_released() {
         for _ in 0..10 {
             b.release_two_factor_attempt(ALICE, true).unwrap();
         }
-        let user = b.authenticate(ALICE, "s1").unwrap().unwrap().user;
+        let user = b.authenticate(ALICE, "s1", None).unwrap().unwrap().user;
         assert_eq!(
             (user.failures.count, user.email_code.unwrap().attempts),
             (0, 0),
@@ -581,7 +612,7 @@ fn email_codes_replace_each_other() {
         };
         b.store_email_code(ALICE, &code("e1")).unwrap();
         b.store_email_code(ALICE, &code("e2")).unwrap();
-        let user = b.authenticate(ALICE, "s1").unwrap().unwrap().user;
+        let user = b.authenticate(ALICE, "s1", None).unwrap().unwrap().user;
         assert_eq!(user.email_code, Some(code("e2")), "{name}");
     });
 }
@@ -591,7 +622,7 @@ fn token_use_is_recorded_when_stale() {
     each(|name, b| {
         alice(b);
         let used = || {
-            b.authenticate(ALICE, "p1")
+            b.authenticate(ALICE, "p1", None)
                 .unwrap()
                 .unwrap()
                 .token
@@ -611,7 +642,7 @@ fn token_use_is_recorded_when_stale() {
         );
         b.record_token_use(ALICE, "s1", T0, T0).unwrap();
         assert_eq!(
-            b.authenticate(ALICE, "s1")
+            b.authenticate(ALICE, "s1", None)
                 .unwrap()
                 .unwrap()
                 .token
@@ -665,7 +696,11 @@ fn admin_calls() {
         );
         b.set_totp(ALICE, None).unwrap();
         assert_eq!(
-            b.authenticate(ALICE, "s1").unwrap().unwrap().user.totp,
+            b.authenticate(ALICE, "s1", None)
+                .unwrap()
+                .unwrap()
+                .user
+                .totp,
             None,
             "{name}"
         );
@@ -755,7 +790,10 @@ fn conditional_writes_answer_the_first_outcome_that_applies() {
             1,
             "{name}"
         );
-        assert!(b.authenticate(ALICE, "s9").unwrap().is_none(), "{name}");
+        assert!(
+            b.authenticate(ALICE, "s9", None).unwrap().is_none(),
+            "{name}"
+        );
     });
 }
 

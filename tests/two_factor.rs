@@ -165,7 +165,7 @@ fn backup_codes_are_single_use() {
     );
     let stored = fx
         .storage
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
         .unwrap()
         .unwrap();
     assert_eq!(stored.user.totp.unwrap().hashed_backup_codes.len(), 10);
@@ -224,7 +224,7 @@ fn email_code_challenge_send_and_use() {
     // The stored code is hashed: the plaintext appears nowhere in storage.
     let session = fx
         .storage
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
         .unwrap()
         .unwrap();
     let stored = session.user.email_code.unwrap();
@@ -342,7 +342,7 @@ fn mail_failure_is_a_clear_error_and_stores_no_code() {
     );
     let session = fx
         .storage
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
         .unwrap()
         .unwrap();
     assert!(session.user.email_code.is_none());
@@ -533,7 +533,7 @@ fn wrong_codes_are_limited_per_user_for_every_method() {
     );
     let session = fx
         .storage
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login))
+        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
         .unwrap()
         .unwrap();
     assert_eq!(session.user.failures.count, 0);

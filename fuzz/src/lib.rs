@@ -189,7 +189,12 @@ impl Env for FuzzEnv {
 }
 
 impl Storage for FuzzStore {
-    fn authenticate(&self, user_id: &str, hashed: &str) -> HostResult<Option<Session>> {
+    fn authenticate(
+        &self,
+        user_id: &str,
+        hashed: &str,
+        permission: Option<&str>,
+    ) -> HostResult<Option<Session>> {
         let s = &mut *self.lock();
         Ok((user_id == USER_ID)
             .then(|| s.tokens.iter().find(|t| t.token.hashed_token == hashed))
@@ -197,6 +202,8 @@ impl Storage for FuzzStore {
             .map(|t| Session {
                 user: s.user.clone(),
                 token: t.token.clone(),
+                // The fuzzed user holds every permission.
+                permitted: permission.is_some(),
             }))
     }
     fn find_user_for_login(&self, id: &LoginIdentifier) -> HostResult<Option<User>> {
@@ -237,9 +244,6 @@ impl Storage for FuzzStore {
             pat: None,
         });
         Ok(WriteOutcome::Done)
-    }
-    fn has_permission(&self, user_id: &str, _: &str) -> HostResult<bool> {
-        Ok(user_id == USER_ID)
     }
     fn list_personal_access_tokens(&self, _: &str) -> HostResult<Vec<PersonalAccessToken>> {
         let s = &mut *self.lock();

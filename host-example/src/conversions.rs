@@ -82,6 +82,7 @@ impl From<m::Session> for st::Session {
                 last_used_at: s.token.last_used_at,
                 expires_at: s.token.expires_at,
             },
+            permitted: s.permitted,
         }
     }
 }

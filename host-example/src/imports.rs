@@ -140,9 +140,15 @@ impl<T, U: From<T>> From<Many<T>> for Vec<U> {
 }
 
 impl st::Host for HostState {
-    fn authenticate(&mut self, user: String, hash: String) -> Result<Option<st::Session>, String> {
+    fn authenticate(
+        &mut self,
+        user: String,
+        hash: String,
+        permission: Option<String>,
+    ) -> Result<Option<st::Session>, String> {
         self.storage("authenticate", |s| {
-            Ok(s.authenticate(&user, &hash)?.map(Into::into))
+            Ok(s.authenticate(&user, &hash, permission.as_deref())?
+                .map(Into::into))
         })
     }
     fn find_user_for_login(&mut self, id: st::LoginIdentifier) -> Result<Option<st::User>, String> {
@@ -160,9 +166,6 @@ impl st::Host for HostState {
         self.storage("insert-login-token", |s| {
             s.insert_login_token(&user, &hash, created_at, &proof.into())
         })
-    }
-    fn has_permission(&mut self, user: String, permission: String) -> Result<bool, String> {
-        self.storage("has-permission", |s| s.has_permission(&user, &permission))
     }
     fn list_personal_access_tokens(
         &mut self,

@@ -638,9 +638,7 @@ fn users(command: UsersCommand, services: &Services) -> Result<()> {
                 println!("no users");
             }
             for u in users {
-                let can = storage
-                    .has_permission(&u.id, PAT_PERMISSION)
-                    .map_err(Error::from)?;
+                let can = storage.has_permission(&u.id, PAT_PERMISSION)?;
                 println!(
                     "{:<20} {:<17} {:<28} roles={:<12} totp={} email-2fa={} tokens={}",
                     u.username,

@@ -92,7 +92,7 @@ export class Component {
       ['wasi:random/random', random],
     ]) {
       this.imports[name] = value;
-      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.5.0'}`] = value;
+      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.6.0'}`] = value;
     }
     this.settings = { ...this.endpoints().defaultSettings(), ...settings, codeKey: new Uint8Array(keys.codeKey) };
   }

@@ -63,6 +63,7 @@ impl From<st::Session> for m::Session {
                 last_used_at: s.token.last_used_at,
                 expires_at: s.token.expires_at,
             },
+            permitted: s.permitted,
         }
     }
 }

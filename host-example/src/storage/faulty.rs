@@ -56,8 +56,8 @@ impl FaultyStorage {
 }
 
 impl Storage for FaultyStorage {
-    fn authenticate(&self, u: &str, h: &str) -> HostResult<Option<Session>> {
-        self.call(|| self.inner.authenticate(u, h))
+    fn authenticate(&self, u: &str, h: &str, p: Option<&str>) -> HostResult<Option<Session>> {
+        self.call(|| self.inner.authenticate(u, h, p))
     }
     fn find_user_for_login(&self, id: &LoginIdentifier) -> HostResult<Option<User>> {
         self.call(|| self.inner.find_user_for_login(id))
@@ -70,9 +70,6 @@ impl Storage for FaultyStorage {
         p: &FactorProof,
     ) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.insert_login_token(u, h, at, p))
-    }
-    fn has_permission(&self, u: &str, p: &str) -> HostResult<bool> {
-        self.call(|| self.inner.has_permission(u, p))
     }
     fn list_personal_access_tokens(&self, u: &str) -> HostResult<Vec<PersonalAccessToken>> {
         self.call(|| self.inner.list_personal_access_tokens(u))
@@ -161,6 +158,9 @@ impl Storage for FaultyStorage {
 }
 
 impl Admin for FaultyStorage {
+    fn has_permission(&self, u: &str, p: &str) -> Result<bool> {
+        self.inner.has_permission(u, p)
+    }
     fn create_user(&self, n: &NewUser) -> Result<()> {
         self.inner.create_user(n)
     }

@@ -147,12 +147,33 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
     }
 }
 
+impl State {
+    /// A per-user grant or revocation first, otherwise through a role.
+    fn permitted(&self, u: &MemUser, permission: &str) -> bool {
+        if let Some(grant) = u.overrides.get(permission) {
+            return *grant;
+        }
+        let roles = self
+            .permissions
+            .get(permission)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        u.user.roles.iter().any(|r| roles.contains(r))
+    }
+}
+
 impl Storage for MemoryStorage {
-    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
+    fn authenticate(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        permission: Option<&str>,
+    ) -> HostResult<Option<Session>> {
         self.with(|s| {
             let Some(u) = s.users.get(user_id) else {
                 return Ok(None);
             };
+            let permitted = permission.is_some_and(|p| s.permitted(u, p));
             Ok(u.tokens
                 .iter()
                 .find(|e| e.record.hashed_token == hashed_token)
@@ -169,6 +190,7 @@ impl Storage for MemoryStorage {
                         last_used_at: e.last_used_at,
                         expires_at: e.record.expires_at,
                     },
+                    permitted,
                 }))
         })
     }
@@ -210,23 +232,6 @@ impl Storage for MemoryStorage {
             u.tokens
                 .push(Entry::new(TokenRecord::login(hashed_token, created_at)));
             Ok(WriteOutcome::Done)
-        })
-    }
-
-    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
-        self.with(|s| {
-            let Some(u) = s.users.get(user_id) else {
-                return Ok(false);
-            };
-            if let Some(grant) = u.overrides.get(permission) {
-                return Ok(*grant);
-            }
-            let roles = s
-                .permissions
-                .get(permission)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            Ok(u.user.roles.iter().any(|r| roles.contains(r)))
         })
     }
 
@@ -470,6 +475,14 @@ impl Storage for MemoryStorage {
 }
 
 impl Admin for MemoryStorage {
+    fn has_permission(&self, user_id: &str, permission: &str) -> Result<bool> {
+        self.with(|s| {
+            Ok(s.users
+                .get(user_id)
+                .is_some_and(|u| s.permitted(u, permission)))
+        })
+    }
+
     fn create_user(&self, n: &NewUser) -> Result<()> {
         self.with(|s| {
             if s.users.contains_key(&n.id)

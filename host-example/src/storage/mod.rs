@@ -138,6 +138,8 @@ pub trait Admin: Send + Sync {
     fn create_user(&self, user: &NewUser) -> Result<()>;
     fn find_user_id(&self, username: &str) -> Result<Option<String>>;
     fn list_users(&self) -> Result<Vec<UserSummary>>;
+    /// Whether the user holds `permission` (as `authenticate` answers it).
+    fn has_permission(&self, user_id: &str, permission: &str) -> Result<bool>;
     /// Enrols (Some) or removes (None) TOTP, replacing backup codes.
     fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()>;
     fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> Result<()>;

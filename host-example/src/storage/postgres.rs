@@ -671,7 +671,7 @@ impl Db<'_> {
 /// TOTP with backup codes, the outstanding emailed code (columns 0 to 22;
 /// `$extra` columns follow).
 macro_rules! user_select {
-    ($extra:literal, $from_where:literal) => {
+    ($extra:expr, $from_where:literal) => {
         concat!(
             "SELECT u.id, u.username, u.name, u.created_at, u.email, u.email_verified, \
              u.password_bcrypt, u.email_two_factor, u.failed_count, u.failed_last_at, \
@@ -683,6 +683,25 @@ macro_rules! user_select {
             $extra,
             " ",
             $from_where
+        )
+    };
+}
+
+/// Whether user `$user` holds permission `$permission` (SQL expressions): a
+/// per-user grant or revocation first, otherwise through one of the roles.
+macro_rules! permitted {
+    ($user:literal, $permission:literal) => {
+        concat!(
+            "COALESCE((SELECT granted FROM user_permissions WHERE user_id = ",
+            $user,
+            " AND permission = ",
+            $permission,
+            "), EXISTS(SELECT 1 FROM user_roles ur JOIN permission_roles pr ON pr.role = ur.role \
+             WHERE ur.user_id = ",
+            $user,
+            " AND pr.permission = ",
+            $permission,
+            "))"
         )
     };
 }
@@ -879,17 +898,26 @@ fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
 }
 
 impl Storage for PostgresStorage {
-    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
+    fn authenticate(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        permission: Option<&str>,
+    ) -> HostResult<Option<Session>> {
         self.single(|db| {
             let row = db.query_opt(
                 user_select!(
-                    ", k.kind, k.bypass_two_factor, k.authorized_hash, k.authorized_until, k.name, \
-                     k.created_at, k.last_used_at, k.expires_at",
+                    concat!(
+                        ", k.kind, k.bypass_two_factor, k.authorized_hash, k.authorized_until, \
+                         k.name, k.created_at, k.last_used_at, k.expires_at, \
+                         $3::TEXT IS NOT NULL AND ",
+                        permitted!("u.id", "$3")
+                    ),
                     "FROM tokens k JOIN users u ON u.id = k.user_id \
                      LEFT JOIN totp t ON t.user_id = u.id LEFT JOIN email_codes e ON e.user_id = u.id \
                      WHERE k.hashed_token = $1 AND k.user_id = $2"
                 ),
-                &[&hashed_token, &user_id],
+                &[&hashed_token, &user_id, &permission],
             )?;
             let Some(r) = row else { return Ok(None) };
             let token = LoginToken {
@@ -910,6 +938,7 @@ impl Storage for PostgresStorage {
             Ok(Some(Session {
                 user: user_from_row(&self.keys, &r)?,
                 token,
+                permitted: r.get(31),
             }))
         })
     }
@@ -955,19 +984,6 @@ impl Storage for PostgresStorage {
                 None,
                 proof,
             )
-        })
-    }
-
-    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
-        self.single(|db| {
-            let row = db.query_opt(
-                "SELECT COALESCE(\
-                   (SELECT granted FROM user_permissions WHERE user_id = $1 AND permission = $2), \
-                   EXISTS(SELECT 1 FROM user_roles u JOIN permission_roles p ON p.role = u.role \
-                          WHERE u.user_id = $1 AND p.permission = $2))",
-                &[&user_id, &permission],
-            )?;
-            Ok(row.is_some_and(|r| r.get(0)))
         })
     }
 
@@ -1306,6 +1322,17 @@ impl Admin for PostgresStorage {
                 )?;
             }
             Ok(())
+        })
+    }
+
+    fn has_permission(&self, user_id: &str, permission: &str) -> Result<bool> {
+        self.single(|db| {
+            Ok(db
+                .query_one(
+                    concat!("SELECT ", permitted!("$1", "$2")),
+                    &[&user_id, &permission],
+                )?
+                .get(0))
         })
     }
 

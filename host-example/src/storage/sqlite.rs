@@ -450,6 +450,25 @@ fn encrypt_plaintext_secrets(conn: &mut Connection, keys: &Keys) -> Result<()> {
     Ok(())
 }
 
+/// Whether the user holds `permission`: a per-user grant or revocation
+/// first, otherwise through one of the user's roles.
+fn permitted(tx: &Connection, user_id: &str, permission: &str) -> rusqlite::Result<bool> {
+    let grant: Option<bool> = tx
+        .prepare_cached(
+            "SELECT granted FROM user_permissions WHERE user_id = ?1 AND permission = ?2",
+        )?
+        .query_row(params![user_id, permission], |r| r.get(0))
+        .optional()?;
+    if let Some(grant) = grant {
+        return Ok(grant);
+    }
+    tx.prepare_cached(
+        "SELECT 1 FROM user_roles u JOIN permission_roles p ON p.role = u.role \
+         WHERE u.user_id = ?1 AND p.permission = ?2",
+    )?
+    .exists(params![user_id, permission])
+}
+
 fn load_user(tx: &Connection, keys: &Keys, user_id: &str) -> rusqlite::Result<Option<User>> {
     let row = tx
         .prepare_cached(
@@ -638,7 +657,12 @@ fn pat_exists(tx: &Connection, user_id: &str, name: &str) -> rusqlite::Result<bo
 }
 
 impl Storage for SqliteStorage {
-    fn authenticate(&self, user_id: &str, hashed_token: &str) -> HostResult<Option<Session>> {
+    fn authenticate(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        permission: Option<&str>,
+    ) -> HostResult<Option<Session>> {
         self.read(|tx| {
             let token = tx
                 .prepare_cached(
@@ -664,7 +688,18 @@ impl Storage for SqliteStorage {
                 })
                 .optional()?;
             let Some(token) = token else { return Ok(None) };
-            Ok(load_user(tx, &self.keys, user_id)?.map(|user| Session { user, token }))
+            let Some(user) = load_user(tx, &self.keys, user_id)? else {
+                return Ok(None);
+            };
+            let permitted = match permission {
+                Some(p) => permitted(tx, user_id, p)?,
+                None => false,
+            };
+            Ok(Some(Session {
+                user,
+                token,
+                permitted,
+            }))
         })
     }
 
@@ -706,25 +741,6 @@ impl Storage for SqliteStorage {
             }
             insert_token(tx, user_id, &TokenRecord::login(hashed_token, created_at))?;
             Ok(WriteOutcome::Done)
-        })
-    }
-
-    fn has_permission(&self, user_id: &str, permission: &str) -> HostResult<bool> {
-        self.read(|tx| {
-            let grant: Option<bool> = tx
-                .prepare_cached(
-                    "SELECT granted FROM user_permissions WHERE user_id = ?1 AND permission = ?2",
-                )?
-                .query_row(params![user_id, permission], |r| r.get(0))
-                .optional()?;
-            if let Some(grant) = grant {
-                return Ok(grant);
-            }
-            tx.prepare_cached(
-                "SELECT 1 FROM user_roles u JOIN permission_roles p ON p.role = u.role \
-                 WHERE u.user_id = ?1 AND p.permission = ?2",
-            )?
-            .exists(params![user_id, permission])
         })
     }
 
@@ -1044,6 +1060,10 @@ let (user_id, c) = (user_id.as_str(), &c);
 }
 
 impl Admin for SqliteStorage {
+    fn has_permission(&self, user_id: &str, permission: &str) -> Result<bool> {
+        self.read(|tx| permitted(tx, user_id, permission))
+    }
+
     fn create_user(&self, n: &NewUser) -> Result<()> {
         let n = n.clone();
         self.write(move |tx| {

@@ -126,13 +126,24 @@ function conditionalWrite(store, userId, proof, find, change) {
   });
 }
 
-/** The 16 functions of the WIT `storage` interface, over `store`. */
+/** Whether user `u` holds `permission`: a per-user grant or revocation
+ * first, otherwise through one of the user's roles. */
+function holds(u, permission) {
+  const override = u.overrides[permission];
+  if (override !== undefined) return override;
+  const roles = PERMISSION_ROLES[permission] ?? [];
+  return u.roles.some((r) => roles.includes(r));
+}
+
+/** The 15 functions of the WIT `storage` interface, over `store`. */
 export function storageFunctions(store) {
   return {
-    authenticate(userId, hashedToken) {
+    authenticate(userId, hashedToken, permission) {
       const u = store.user(userId);
       const t = u?.tokens.find((t) => t.hashedToken === hashedToken);
-      return t ? { user: wit.user(u), token: wit.loginToken(t) } : undefined;
+      if (!t) return undefined;
+      const permitted = permission != null && holds(u, permission);
+      return { user: wit.user(u), token: wit.loginToken(t), permitted };
     },
 
     findUserForLogin(identifier) {
@@ -182,15 +193,6 @@ export function storageFunctions(store) {
         store.save(u);
         return 'done';
       });
-    },
-
-    hasPermission(userId, permission) {
-      const u = store.user(userId);
-      if (!u) return false;
-      const override = u.overrides[permission];
-      if (override !== undefined) return override;
-      const roles = PERMISSION_ROLES[permission] ?? [];
-      return u.roles.some((r) => roles.includes(r));
     },
 
     listPersonalAccessTokens(userId) {
