@@ -110,6 +110,11 @@ impl Storage for WitStorage {
             .map(Into::into)
             .map_err(HostError::msg)
     }
+    fn find_backup_code(&self, user_id: &str, hashed_code: &str) -> HostResult<m::BackupCodeState> {
+        st::find_backup_code(user_id, hashed_code)
+            .map(Into::into)
+            .map_err(HostError::msg)
+    }
     fn list_personal_access_tokens(
         &self,
         user_id: &str,

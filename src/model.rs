@@ -21,10 +21,52 @@ pub struct TotpEnrolment {
     pub digits: u8,
     pub period: u32,
     pub last_used_step: u64,
-    pub hashed_backup_codes: Vec<String>,
-    /// Backup codes already used, in the same form (a replay is recognised
-    /// as such, not counted as a guess).
-    pub spent_backup_codes: Vec<String>,
+    /// Whether backup codes were issued (see `Storage::find_backup_code`).
+    pub has_backup_codes: bool,
+}
+
+/// Where one of a user's hashed backup codes stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupCodeState {
+    Unused,
+    /// Used already (a replay is recognised as such, not counted as a guess).
+    Spent,
+    Unknown,
+}
+
+/// A user's hashed backup codes, as they are enrolled and as stores that
+/// hold them as lists (memory, the fuzz store) keep them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupCodes {
+    pub unused: Vec<String>,
+    pub spent: Vec<String>,
+}
+
+impl BackupCodes {
+    pub fn state(&self, hashed: &str) -> BackupCodeState {
+        if self.unused.iter().any(|c| c == hashed) {
+            BackupCodeState::Unused
+        } else if self.spent.iter().any(|c| c == hashed) {
+            BackupCodeState::Spent
+        } else {
+            BackupCodeState::Unknown
+        }
+    }
+
+    /// Moves an unused code to the spent ones; false if it was not unused.
+    pub fn spend(&mut self, hashed: &str) -> bool {
+        let before = self.unused.len();
+        self.unused.retain(|c| c != hashed);
+        if self.unused.len() == before {
+            return false;
+        }
+        self.spent.push(hashed.to_string());
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.unused.is_empty() && self.spent.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -69,6 +69,7 @@ pub trait Storage: Send + Sync {
         created_at: TimestampMs,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome>;
+    fn find_backup_code(&self, user_id: &str, hashed_code: &str) -> HostResult<BackupCodeState>;
     fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
     fn find_personal_access_token(
         &self,
@@ -233,16 +234,15 @@ pub mod rules {
     /// Whether the factor `used` can still be spent on `user` (for stores
     /// that hold the user as a model value: memory, the fuzz store; the SQL
     /// backends say the same in their conditional updates).
-    pub fn factor_available(user: &User, used: &FactorUse) -> bool {
+    pub fn factor_available(user: &User, backup: &BackupCodes, used: &FactorUse) -> bool {
         match used {
             FactorUse::None | FactorUse::Password => true,
             FactorUse::TotpStep(step) => {
                 user.totp.as_ref().is_some_and(|t| *step > t.last_used_step)
             }
-            FactorUse::BackupCode(h) => user
-                .totp
-                .as_ref()
-                .is_some_and(|t| t.hashed_backup_codes.contains(h)),
+            FactorUse::BackupCode(h) => {
+                user.totp.is_some() && backup.state(h) == BackupCodeState::Unused
+            }
             FactorUse::EmailCode(h) => user.email_code.as_ref().is_some_and(|c| &c.code_hash == h),
         }
     }
@@ -250,7 +250,7 @@ pub mod rules {
     /// Spends a factor that `factor_available` accepted: the TOTP step is
     /// used, the backup code marked spent, the email code gone, and any real
     /// factor resets the failure count.
-    pub fn spend_factor(user: &mut User, used: &FactorUse) {
+    pub fn spend_factor(user: &mut User, backup: &mut BackupCodes, used: &FactorUse) {
         match used {
             FactorUse::None | FactorUse::Password => {}
             FactorUse::TotpStep(step) => {
@@ -259,10 +259,7 @@ pub mod rules {
                 }
             }
             FactorUse::BackupCode(h) => {
-                if let Some(t) = user.totp.as_mut() {
-                    t.hashed_backup_codes.retain(|c| c != h);
-                    t.spent_backup_codes.push(h.clone());
-                }
+                backup.spend(h);
             }
             FactorUse::EmailCode(_) => user.email_code = None,
         }

@@ -187,7 +187,7 @@ fn check_code(
         return Err(ApiError::TwoFactor(TwoFactorFailure::MaxAttempts, details));
     }
 
-    match verify(env.code_key(), settings, user, method, code, now) {
+    match verify(&*env, settings, user, method, code, now)? {
         Verdict::Spent => {
             // Not a guess: give the attempt back.
             let _ = env
@@ -253,17 +253,19 @@ impl From<Option<FactorUse>> for Verdict {
     }
 }
 
+/// The verdict on `code`; only a backup code's lookup can fail (storage).
 fn verify(
-    key: &[u8],
+    env: &dyn Env,
     settings: &Settings,
     user: &User,
     method: Method,
     code: &str,
     now: TimestampMs,
-) -> Verdict {
-    match method {
+) -> Result<Verdict, ApiError> {
+    let key = env.code_key();
+    Ok(match method {
         Method::Totp => match user.totp.as_ref() {
-            Some(totp) => verify_totp(key, &user.id, settings, totp, code, now),
+            Some(totp) => verify_totp(env, &user.id, settings, totp, code, now)?,
             None => Verdict::Wrong,
         },
         Method::Email => user
@@ -276,44 +278,46 @@ fn verify(
             .as_deref()
             .and_then(|hash| verify_password(hash, code))
             .into(),
-    }
-}
-
-/// Whether `hashed` is one of `stored` (constant time over the list).
-fn listed(stored: &[String], hashed: &str) -> bool {
-    let mut hit = false;
-    for s in stored {
-        hit |= secret_eq(s.as_bytes(), hashed.as_bytes());
-    }
-    hit
+    })
 }
 
 fn verify_totp(
-    key: &[u8],
+    env: &dyn Env,
     user_id: &str,
     settings: &Settings,
     totp: &TotpEnrolment,
     code: &str,
     now: TimestampMs,
-) -> Verdict {
+) -> Result<Verdict, ApiError> {
     // An 8-character code is a backup code whenever the user has any
-    // (Rocket.Chat's rule); an 8-digit TOTP enrolment may still use it as TOTP.
-    let has_backup_codes =
-        !totp.hashed_backup_codes.is_empty() || !totp.spent_backup_codes.is_empty();
-    if code.len() == BACKUP_CODE_LEN && has_backup_codes {
+    // (Rocket.Chat's rule); an 8-digit TOTP enrolment may still use it as
+    // TOTP. The stored codes are keyed hashes, looked up by the hash: its
+    // timing tells nothing about a code without the host's code key.
+    if code.len() == BACKUP_CODE_LEN && totp.has_backup_codes {
         if code.bytes().all(|c| BACKUP_ALPHABET.contains(&c)) {
-            let hashed = codes::backup_code_hash(key, user_id, code);
-            if listed(&totp.hashed_backup_codes, &hashed) {
-                return Verdict::Right(FactorUse::BackupCode(hashed));
-            }
-            if listed(&totp.spent_backup_codes, &hashed) {
-                return Verdict::Spent;
+            let hashed = codes::backup_code_hash(env.code_key(), user_id, code);
+            match env.storage().find_backup_code(user_id, &hashed) {
+                Ok(BackupCodeState::Unused) => {
+                    return Ok(Verdict::Right(FactorUse::BackupCode(hashed)));
+                }
+                Ok(BackupCodeState::Spent) => return Ok(Verdict::Spent),
+                Ok(BackupCodeState::Unknown) => {}
+                Err(_) => return Err(ApiError::StorageFailure),
             }
         }
         if totp.digits as usize != BACKUP_CODE_LEN {
-            return Verdict::Wrong;
+            return Ok(Verdict::Wrong);
         }
     }
+    Ok(verify_totp_code(settings, totp, code, now))
+}
+
+fn verify_totp_code(
+    settings: &Settings,
+    totp: &TotpEnrolment,
+    code: &str,
+    now: TimestampMs,
+) -> Verdict {
     if code.len() != usize::from(totp.digits) || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Verdict::Wrong;
     }

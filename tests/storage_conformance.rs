@@ -43,16 +43,24 @@ fn proof(session: Option<&str>, used: FactorUse) -> FactorProof {
     }
 }
 
-fn totp(backup: &[&str]) -> TotpEnrolment {
+fn totp() -> TotpEnrolment {
     TotpEnrolment {
         secret: "JBSWY3DPEHPK3PXP".into(),
         algorithm: TotpAlgorithm::Sha256,
         digits: 8,
         period: 30,
         last_used_step: 100,
-        hashed_backup_codes: backup.iter().map(|c| c.to_string()).collect(),
-        spent_backup_codes: vec!["old".into()],
+        has_backup_codes: true,
     }
+}
+
+/// Enrols `totp()` with these unused backup codes and a spent one, "old".
+fn enrol(b: &dyn Backend, unused: &[&str]) {
+    let codes = BackupCodes {
+        unused: unused.iter().map(|c| c.to_string()).collect(),
+        spent: vec!["old".into()],
+    };
+    b.set_totp(ALICE, Some((&totp(), &codes))).unwrap();
 }
 
 /// Alice (roles user, zed), a session token "s1" and a PAT "ci" = "p1".
@@ -73,7 +81,7 @@ fn each(test: impl Fn(&str, &dyn Backend)) {
 fn authenticate_returns_the_user_and_the_presented_token() {
     each(|name, b| {
         alice(b);
-        b.set_totp(ALICE, Some(&totp(&["b1", "b2"]))).unwrap();
+        enrol(b, &["b1", "b2"]);
         assert_eq!(b.authenticate(ALICE, "nope", None).unwrap(), None, "{name}");
         assert_eq!(
             b.authenticate("nobody", "s1", None).unwrap(),
@@ -90,11 +98,7 @@ fn authenticate_returns_the_user_and_the_presented_token() {
         assert_eq!(s.user.roles, ["user", "zed"], "{name}: sorted roles");
         assert_eq!(s.user.verified_emails, ["Alice@Example.org"]);
         assert_eq!(s.user.password_bcrypt.as_deref(), Some("$2b$04$hash"));
-        assert_eq!(
-            s.user.totp,
-            Some(totp(&["b1", "b2"])),
-            "{name}: TOTP round trip"
-        );
+        assert_eq!(s.user.totp, Some(totp()), "{name}: TOTP round trip");
         let p = b.authenticate(ALICE, "p1", None).unwrap().unwrap();
         assert_eq!(
             (p.token.kind, p.token.name.as_deref()),
@@ -348,10 +352,45 @@ fn remove_outcomes() {
 }
 
 #[test]
+fn backup_codes_are_looked_up_one_at_a_time() {
+    each(|name, b| {
+        alice(b);
+        new_user(b, "u-bob", "bob", "bob@example.org", &["user"]);
+        enrol(b, &["b1", "b2"]);
+        let state = |user: &str, code: &str| b.find_backup_code(user, code).unwrap();
+        assert_eq!(state(ALICE, "b1"), BackupCodeState::Unused, "{name}");
+        assert_eq!(state(ALICE, "b2"), BackupCodeState::Unused, "{name}");
+        assert_eq!(state(ALICE, "old"), BackupCodeState::Spent, "{name}");
+        assert_eq!(state(ALICE, "zz"), BackupCodeState::Unknown, "{name}");
+        assert_eq!(
+            state("u-bob", "b1"),
+            BackupCodeState::Unknown,
+            "{name}: another user's code"
+        );
+        assert_eq!(state("nobody", "b1"), BackupCodeState::Unknown, "{name}");
+        // Enrolled without any code: an 8-character code is no backup code.
+        b.set_totp(ALICE, Some((&totp(), &BackupCodes::default())))
+            .unwrap();
+        let t = b
+            .authenticate(ALICE, "s1", None)
+            .unwrap()
+            .unwrap()
+            .user
+            .totp;
+        assert!(!t.unwrap().has_backup_codes, "{name}");
+        assert_eq!(state(ALICE, "b1"), BackupCodeState::Unknown, "{name}");
+        // Removing TOTP removes the codes.
+        enrol(b, &["b1"]);
+        b.set_totp(ALICE, None).unwrap();
+        assert_eq!(state(ALICE, "b1"), BackupCodeState::Unknown, "{name}");
+    });
+}
+
+#[test]
 fn every_factor_is_spent_exactly_once_with_the_write() {
     each(|name, b| {
         alice(b);
-        b.set_totp(ALICE, Some(&totp(&["b1"]))).unwrap();
+        enrol(b, &["b1"]);
         b.store_email_code(
             ALICE,
             &EmailCode {
@@ -415,10 +454,14 @@ fn every_factor_is_spent_exactly_once_with_the_write() {
         let user = b.authenticate(ALICE, "s1", None).unwrap().unwrap().user;
         let t = user.totp.unwrap();
         assert_eq!(t.last_used_step, 101, "{name}");
-        assert!(t.hashed_backup_codes.is_empty(), "{name}");
-        let mut spent = t.spent_backup_codes.clone();
-        spent.sort();
-        assert_eq!(spent, ["b1", "old"], "{name}");
+        assert!(t.has_backup_codes, "{name}: spent codes are still codes");
+        for code in ["b1", "old"] {
+            assert_eq!(
+                b.find_backup_code(ALICE, code).unwrap(),
+                BackupCodeState::Spent,
+                "{name}: {code}"
+            );
+        }
         assert_eq!(user.email_code, None, "{name}");
         // A refused write changed nothing: only the three spends wrote tokens.
         assert_eq!(
@@ -682,7 +725,7 @@ fn admin_calls() {
         b.set_user_roles(ALICE, &["admin".into()]).unwrap();
         b.set_email_two_factor(ALICE, true).unwrap();
         assert!(b.set_email_two_factor("nobody", true).is_err(), "{name}");
-        b.set_totp(ALICE, Some(&totp(&[]))).unwrap();
+        enrol(b, &[]);
         let users = b.list_users().unwrap();
         assert_eq!(users.len(), 1, "{name}");
         assert_eq!(
@@ -747,7 +790,7 @@ fn tokens_list_by_the_current_values_creation() {
 fn conditional_writes_answer_the_first_outcome_that_applies() {
     each(|name, b| {
         alice(b);
-        b.set_totp(ALICE, Some(&totp(&[]))).unwrap();
+        enrol(b, &[]);
         // A revoked session and a spent factor together.
         let bad = proof(Some("gone"), FactorUse::TotpStep(1));
         let spent = proof(None, FactorUse::TotpStep(1));

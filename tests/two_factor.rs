@@ -3,7 +3,7 @@
 //! selection, the per-user failure limit, remember-me.
 
 use crate::common::*;
-use rcpat::model::TotpAlgorithm;
+use rcpat::model::{BackupCodeState, TotpAlgorithm};
 
 fn totp_user(fx: &Fx) -> (User, host_example::admin::TotpSetup) {
     let u = fx.user("tina", Some(PASSWORD));
@@ -163,12 +163,21 @@ fn backup_codes_are_single_use() {
             .status,
         200
     );
-    let stored = fx
-        .storage
-        .authenticate(&u.id, &rcpat::token::hash_token(&u.login), None)
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.user.totp.unwrap().hashed_backup_codes.len(), 10);
+    let key = fx.services.code_key();
+    let state = |code: &str| {
+        let hashed = rcpat::codes::backup_code_hash(key, &u.id, code);
+        fx.storage.find_backup_code(&u.id, &hashed).unwrap()
+    };
+    let states: Vec<_> = setup.backup_codes.iter().map(|c| state(c)).collect();
+    let spent = states
+        .iter()
+        .filter(|s| **s == BackupCodeState::Spent)
+        .count();
+    let unused = states
+        .iter()
+        .filter(|s| **s == BackupCodeState::Unused)
+        .count();
+    assert_eq!((spent, unused), (2, 10));
     // Backup codes compare exactly (case matters).
     let swapped: String = setup.backup_codes[5]
         .chars()

@@ -42,6 +42,7 @@ struct State {
     logins: HashMap<String, LoginCount>,
     /// Replies kept for `Idempotency-Key` retries.
     replies: Vec<IdempotentWrite>,
+    backup: BackupCodes,
 }
 
 pub struct FuzzStore(Mutex<State>);
@@ -61,10 +62,13 @@ impl FuzzEnv {
             digits: 6,
             period: 30,
             last_used_step: 0,
-            hashed_backup_codes: vec![rcpat::codes::backup_code_hash(
+            has_backup_codes: true,
+        };
+        let backup = BackupCodes {
+            unused: vec![rcpat::codes::backup_code_hash(
                 CODE_KEY, USER_ID, "ABCDEFGH",
             )],
-            spent_backup_codes: vec![rcpat::codes::backup_code_hash(
+            spent: vec![rcpat::codes::backup_code_hash(
                 CODE_KEY, USER_ID, "HGFEDCBA",
             )],
         };
@@ -118,6 +122,7 @@ impl FuzzEnv {
                 ],
                 logins: HashMap::new(),
                 replies: Vec::new(),
+                backup,
             })),
             mails: 0,
         }
@@ -145,11 +150,12 @@ impl State {
         {
             return Some(WriteOutcome::CredentialsRevoked);
         }
-        (!factor_available(&self.user, &proof.used)).then_some(WriteOutcome::FactorAlreadyUsed)
+        (!factor_available(&self.user, &self.backup, &proof.used))
+            .then_some(WriteOutcome::FactorAlreadyUsed)
     }
 
     fn spend(&mut self, proof: &FactorProof) {
-        spend_factor(&mut self.user, &proof.used);
+        spend_factor(&mut self.user, &mut self.backup, &proof.used);
         if let Some(r) = &proof.reply {
             keep_reply(&mut self.replies, r);
         }
@@ -244,6 +250,14 @@ impl Storage for FuzzStore {
             pat: None,
         });
         Ok(WriteOutcome::Done)
+    }
+    fn find_backup_code(&self, user_id: &str, hashed: &str) -> HostResult<BackupCodeState> {
+        let s = &mut *self.lock();
+        Ok(if user_id == USER_ID {
+            s.backup.state(hashed)
+        } else {
+            BackupCodeState::Unknown
+        })
     }
     fn list_personal_access_tokens(&self, _: &str) -> HostResult<Vec<PersonalAccessToken>> {
         let s = &mut *self.lock();

@@ -6,7 +6,7 @@ use data_encoding::BASE32_NOPAD;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rcpat::codes::{self, BACKUP_CODE_LEN};
-use rcpat::model::{TokenKind, TotpAlgorithm, TotpEnrolment};
+use rcpat::model::{BackupCodes, TokenKind, TotpAlgorithm, TotpEnrolment};
 use rcpat::token;
 
 use crate::error::{Error, Result};
@@ -137,21 +137,24 @@ pub fn enable_totp(
     }
     let secret = BASE32_NOPAD.encode(&random_bytes(20));
     let backup_codes: Vec<String> = (0..12).map(|_| random_id(BACKUP_CODE_LEN)).collect();
-    services.storage.set_totp(
-        user_id,
-        Some(&TotpEnrolment {
-            secret: secret.clone(),
-            algorithm,
-            digits,
-            period: TOTP_PERIOD,
-            last_used_step: 0,
-            hashed_backup_codes: backup_codes
-                .iter()
-                .map(|c| codes::backup_code_hash(services.code_key(), user_id, c))
-                .collect(),
-            spent_backup_codes: Vec::new(),
-        }),
-    )?;
+    let enrolment = TotpEnrolment {
+        secret: secret.clone(),
+        algorithm,
+        digits,
+        period: TOTP_PERIOD,
+        last_used_step: 0,
+        has_backup_codes: true,
+    };
+    let hashed = BackupCodes {
+        unused: backup_codes
+            .iter()
+            .map(|c| codes::backup_code_hash(services.code_key(), user_id, c))
+            .collect(),
+        spent: Vec::new(),
+    };
+    services
+        .storage
+        .set_totp(user_id, Some((&enrolment, &hashed)))?;
     let uri = otpauth_uri(account, &secret, algorithm, digits);
     Ok(TotpSetup {
         secret,

@@ -107,8 +107,7 @@ impl From<m::User> for st::User {
                 digits: t.digits,
                 period: t.period,
                 last_used_step: t.last_used_step,
-                hashed_backup_codes: t.hashed_backup_codes,
-                spent_backup_codes: t.spent_backup_codes,
+                has_backup_codes: t.has_backup_codes,
             }),
             email_two_factor: u.email_two_factor,
             email_code: u.email_code.map(|c| st::EmailCode {
@@ -246,6 +245,16 @@ impl From<m::LoginAdmission> for st::LoginAdmission {
             m::LoginAdmission::Admitted => st::LoginAdmission::Admitted,
             m::LoginAdmission::AccountBlocked => st::LoginAdmission::AccountBlocked,
             m::LoginAdmission::AddressBlocked => st::LoginAdmission::AddressBlocked,
+        }
+    }
+}
+
+impl From<m::BackupCodeState> for st::BackupCodeState {
+    fn from(s: m::BackupCodeState) -> Self {
+        match s {
+            m::BackupCodeState::Unused => st::BackupCodeState::Unused,
+            m::BackupCodeState::Spent => st::BackupCodeState::Spent,
+            m::BackupCodeState::Unknown => st::BackupCodeState::Unknown,
         }
     }
 }

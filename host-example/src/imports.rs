@@ -167,6 +167,15 @@ impl st::Host for HostState {
             s.insert_login_token(&user, &hash, created_at, &proof.into())
         })
     }
+    fn find_backup_code(
+        &mut self,
+        user: String,
+        hashed_code: String,
+    ) -> Result<st::BackupCodeState, String> {
+        self.storage("find-backup-code", |s| {
+            s.find_backup_code(&user, &hashed_code)
+        })
+    }
     fn list_personal_access_tokens(
         &mut self,
         user: String,

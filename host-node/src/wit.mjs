@@ -39,8 +39,8 @@ function totp(t) {
     digits: t.digits,
     period: t.period,
     lastUsedStep: big(t.lastUsedStep),
-    hashedBackupCodes: t.hashedBackupCodes,
-    spentBackupCodes: t.spentBackupCodes,
+    // The codes themselves stay here: `find-backup-code` answers for one.
+    hasBackupCodes: t.hashedBackupCodes.length + t.spentBackupCodes.length > 0,
   };
 }
 

@@ -99,8 +99,12 @@ for (const kind of ['memory', 'sqlite']) {
         const user = t.store.user(id);
         const hashed = user.totp.hashedBackupCodes[0];
         const backup = { ...none, used: { tag: 'backup-code', val: hashed } };
+        assert.equal(t.s.findBackupCode(id, hashed), 'unused');
         assert.equal(t.s.insertPersonalAccessToken(id, pat('c'), backup), 'done');
         assert.equal(t.s.insertPersonalAccessToken(id, pat('d'), backup), 'factor-already-used');
+        assert.equal(t.s.findBackupCode(id, hashed), 'spent');
+        assert.equal(t.s.findBackupCode(id, 'not-a-code'), 'unknown');
+        assert.equal(t.s.findBackupCode('nobody', hashed), 'unknown');
         const after = t.store.user(id).totp;
         assert.equal(after.hashedBackupCodes.length, backupCodes.length - 1);
         assert.deepEqual(after.spentBackupCodes, [hashed]);

@@ -88,8 +88,7 @@ impl From<st::User> for m::User {
                 digits: t.digits,
                 period: t.period,
                 last_used_step: t.last_used_step,
-                hashed_backup_codes: t.hashed_backup_codes,
-                spent_backup_codes: t.spent_backup_codes,
+                has_backup_codes: t.has_backup_codes,
             }),
             email_two_factor: u.email_two_factor,
             email_code: u.email_code.map(|c| m::EmailCode {
@@ -246,6 +245,16 @@ impl From<&m::MailMessage> for super::mail::Message {
             to: message.to.clone(),
             subject: message.subject.clone(),
             text: message.text.clone(),
+        }
+    }
+}
+
+impl From<st::BackupCodeState> for m::BackupCodeState {
+    fn from(s: st::BackupCodeState) -> Self {
+        match s {
+            st::BackupCodeState::Unused => m::BackupCodeState::Unused,
+            st::BackupCodeState::Spent => m::BackupCodeState::Spent,
+            st::BackupCodeState::Unknown => m::BackupCodeState::Unknown,
         }
     }
 }

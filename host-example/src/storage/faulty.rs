@@ -71,6 +71,9 @@ impl Storage for FaultyStorage {
     ) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.insert_login_token(u, h, at, p))
     }
+    fn find_backup_code(&self, u: &str, h: &str) -> HostResult<BackupCodeState> {
+        self.call(|| self.inner.find_backup_code(u, h))
+    }
     fn list_personal_access_tokens(&self, u: &str) -> HostResult<Vec<PersonalAccessToken>> {
         self.call(|| self.inner.list_personal_access_tokens(u))
     }
@@ -170,7 +173,7 @@ impl Admin for FaultyStorage {
     fn list_users(&self) -> Result<Vec<UserSummary>> {
         self.inner.list_users()
     }
-    fn set_totp(&self, u: &str, t: Option<&TotpEnrolment>) -> Result<()> {
+    fn set_totp(&self, u: &str, t: Option<(&TotpEnrolment, &BackupCodes)>) -> Result<()> {
         self.inner.set_totp(u, t)
     }
     fn set_email_two_factor(&self, u: &str, on: bool) -> Result<()> {

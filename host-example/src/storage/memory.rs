@@ -46,6 +46,8 @@ struct MemUser {
     overrides: HashMap<String, bool>,
     /// Replies kept for `Idempotency-Key` retries.
     replies: Vec<IdempotentWrite>,
+    /// Hashed backup codes (while TOTP is enrolled).
+    backup: BackupCodes,
 }
 
 #[derive(Default)]
@@ -127,12 +129,12 @@ fn refusal(u: &MemUser, proof: &FactorProof) -> Option<WriteOutcome> {
     {
         return Some(WriteOutcome::CredentialsRevoked);
     }
-    (!factor_available(&u.user, &proof.used)).then_some(WriteOutcome::FactorAlreadyUsed)
+    (!factor_available(&u.user, &u.backup, &proof.used)).then_some(WriteOutcome::FactorAlreadyUsed)
 }
 
 /// Spends a proof that `refusal` accepted.
 fn spend(u: &mut MemUser, proof: &FactorProof) {
-    spend_factor(&mut u.user, &proof.used);
+    spend_factor(&mut u.user, &mut u.backup, &proof.used);
     if let Some(grant) = &proof.remember
         && let Some(e) = u
             .tokens
@@ -232,6 +234,14 @@ impl Storage for MemoryStorage {
             u.tokens
                 .push(Entry::new(TokenRecord::login(hashed_token, created_at)));
             Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn find_backup_code(&self, user_id: &str, hashed_code: &str) -> HostResult<BackupCodeState> {
+        self.with(|s| {
+            Ok(s.users
+                .get(user_id)
+                .map_or(BackupCodeState::Unknown, |u| u.backup.state(hashed_code)))
         })
     }
 
@@ -514,6 +524,7 @@ impl Admin for MemoryStorage {
                     tokens: Vec::new(),
                     overrides: HashMap::new(),
                     replies: Vec::new(),
+                    backup: BackupCodes::default(),
                 },
             );
             Ok(())
@@ -548,9 +559,14 @@ impl Admin for MemoryStorage {
         })
     }
 
-    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()> {
+    fn set_totp(&self, user_id: &str, totp: Option<(&TotpEnrolment, &BackupCodes)>) -> Result<()> {
         self.with(|s| {
-            user_mut(s, user_id)?.user.totp = totp.cloned();
+            let u = user_mut(s, user_id)?;
+            u.user.totp = totp.map(|(t, backup)| TotpEnrolment {
+                has_backup_codes: !backup.is_empty(),
+                ..t.clone()
+            });
+            u.backup = totp.map(|(_, b)| b.clone()).unwrap_or_default();
             Ok(())
         })
     }

@@ -141,7 +141,9 @@ pub trait Admin: Send + Sync {
     /// Whether the user holds `permission` (as `authenticate` answers it).
     fn has_permission(&self, user_id: &str, permission: &str) -> Result<bool>;
     /// Enrols (Some) or removes (None) TOTP, replacing backup codes.
-    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()>;
+    /// (The enrolment's `has_backup_codes` is not stored: reads derive it
+    /// from the codes.)
+    fn set_totp(&self, user_id: &str, totp: Option<(&TotpEnrolment, &BackupCodes)>) -> Result<()>;
     fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> Result<()>;
     /// Which roles grant `permission` (Rocket.Chat's `updatePermission`).
     fn set_permission_roles(&self, permission: &str, roles: &[String]) -> Result<()>;

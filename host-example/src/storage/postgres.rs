@@ -668,8 +668,8 @@ impl Db<'_> {
 }
 
 /// One query for a user and everything the rules read about them: roles,
-/// TOTP with backup codes, the outstanding emailed code (columns 0 to 22;
-/// `$extra` columns follow).
+/// TOTP (whether backup codes were issued, not the codes), the outstanding
+/// emailed code (columns 0 to 21; `$extra` columns follow).
 macro_rules! user_select {
     ($extra:expr, $from_where:literal) => {
         concat!(
@@ -677,8 +677,7 @@ macro_rules! user_select {
              u.password_bcrypt, u.email_two_factor, u.failed_count, u.failed_last_at, \
              ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role), \
              t.secret, t.secret_key_id, t.algorithm, t.digits, t.period, t.last_used_step, \
-             ARRAY(SELECT code_hash FROM backup_codes b WHERE b.user_id = u.id AND NOT b.spent ORDER BY b.seq), \
-             ARRAY(SELECT code_hash FROM backup_codes b WHERE b.user_id = u.id AND b.spent ORDER BY b.seq), \
+             EXISTS(SELECT 1 FROM backup_codes b WHERE b.user_id = u.id), \
              e.code_hash, e.salt, e.expires_at, e.attempts",
             $extra,
             " ",
@@ -724,17 +723,16 @@ fn user_from_row(keys: &Keys, r: &Row) -> Result<User> {
                 digits: r.get::<_, i32>(14) as u8,
                 period: r.get::<_, i32>(15) as u32,
                 last_used_step: r.get::<_, i64>(16) as u64,
-                hashed_backup_codes: r.get(17),
-                spent_backup_codes: r.get(18),
+                has_backup_codes: r.get(17),
             })
         }
         None => None,
     };
-    let email_code = r.get::<_, Option<String>>(19).map(|code_hash| EmailCode {
+    let email_code = r.get::<_, Option<String>>(18).map(|code_hash| EmailCode {
         code_hash,
-        salt: r.get(20),
-        expires_at: r.get::<_, i64>(21) as u64,
-        attempts: r.get::<_, i32>(22) as u32,
+        salt: r.get(19),
+        expires_at: r.get::<_, i64>(20) as u64,
+        attempts: r.get::<_, i32>(21) as u32,
     });
     Ok(User {
         username: r.get(1),
@@ -922,23 +920,23 @@ impl Storage for PostgresStorage {
             let Some(r) = row else { return Ok(None) };
             let token = LoginToken {
                 hashed_token: hashed_token.to_string(),
-                kind: if r.get::<_, &str>(23) == "pat" {
+                kind: if r.get::<_, &str>(22) == "pat" {
                     TokenKind::PersonalAccessToken
                 } else {
                     TokenKind::Login
                 },
-                bypass_two_factor: r.get(24),
-                two_factor_authorized_hash: r.get(25),
-                two_factor_authorized_until: r.get::<_, Option<i64>>(26).map(|v| v as u64),
-                name: r.get(27),
-                created_at: r.get::<_, i64>(28) as u64,
-                last_used_at: r.get::<_, Option<i64>>(29).map(|v| v as u64),
-                expires_at: r.get::<_, Option<i64>>(30).map(|v| v as u64),
+                bypass_two_factor: r.get(23),
+                two_factor_authorized_hash: r.get(24),
+                two_factor_authorized_until: r.get::<_, Option<i64>>(25).map(|v| v as u64),
+                name: r.get(26),
+                created_at: r.get::<_, i64>(27) as u64,
+                last_used_at: r.get::<_, Option<i64>>(28).map(|v| v as u64),
+                expires_at: r.get::<_, Option<i64>>(29).map(|v| v as u64),
             };
             Ok(Some(Session {
                 user: user_from_row(&self.keys, &r)?,
                 token,
-                permitted: r.get(31),
+                permitted: r.get(30),
             }))
         })
     }
@@ -984,6 +982,20 @@ impl Storage for PostgresStorage {
                 None,
                 proof,
             )
+        })
+    }
+
+    fn find_backup_code(&self, user_id: &str, hashed_code: &str) -> HostResult<BackupCodeState> {
+        self.single(|db| {
+            let row = db.query_opt(
+                "SELECT spent FROM backup_codes WHERE user_id = $1 AND code_hash = $2",
+                &[&user_id, &hashed_code],
+            )?;
+            Ok(match row.map(|r| r.get::<_, bool>(0)) {
+                Some(false) => BackupCodeState::Unused,
+                Some(true) => BackupCodeState::Spent,
+                None => BackupCodeState::Unknown,
+            })
         })
     }
 
@@ -1367,15 +1379,15 @@ impl Admin for PostgresStorage {
         })
     }
 
-    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()> {
-        let sealed = totp.map(|t| self.keys.seal_text(user_id, &t.secret));
+    fn set_totp(&self, user_id: &str, totp: Option<(&TotpEnrolment, &BackupCodes)>) -> Result<()> {
+        let sealed = totp.map(|(t, _)| self.keys.seal_text(user_id, &t.secret));
         self.write(|db| {
             if !db.lock_user(user_id)? {
                 return Err(Error::NoSuchUser(user_id.into()));
             }
             db.execute("DELETE FROM totp WHERE user_id = $1", &[&user_id])?;
             db.execute("DELETE FROM backup_codes WHERE user_id = $1", &[&user_id])?;
-            if let (Some(t), Some((secret, key_id))) = (totp, &sealed) {
+            if let (Some((t, backup)), Some((secret, key_id))) = (totp, &sealed) {
                 db.execute(
                     "INSERT INTO totp (user_id, secret, secret_key_id, algorithm, digits, period, last_used_step) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1389,7 +1401,7 @@ impl Admin for PostgresStorage {
                         &ts(t.last_used_step),
                     ],
                 )?;
-                for (codes, spent) in [(&t.hashed_backup_codes, false), (&t.spent_backup_codes, true)] {
+                for (codes, spent) in [(&backup.unused, false), (&backup.spent, true)] {
                     for h in codes {
                         db.execute(
                             "INSERT INTO backup_codes (user_id, code_hash, spent) VALUES ($1, $2, $3) \

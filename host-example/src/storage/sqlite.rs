@@ -504,7 +504,8 @@ fn load_user(tx: &Connection, keys: &Keys, user_id: &str) -> rusqlite::Result<Op
         .collect::<Result<_, _>>()?;
     user.totp = tx
         .prepare_cached(
-            "SELECT secret, algorithm, digits, period, last_used_step, secret_key_id FROM totp WHERE user_id = ?1",
+            "SELECT secret, algorithm, digits, period, last_used_step, secret_key_id, \
+             EXISTS(SELECT 1 FROM backup_codes WHERE user_id = ?1) FROM totp WHERE user_id = ?1",
         )?
         .query_row([user_id], |r| {
             let stored: String = r.get(0)?;
@@ -518,24 +519,10 @@ fn load_user(tx: &Connection, keys: &Keys, user_id: &str) -> rusqlite::Result<Op
                 digits: r.get(2)?,
                 period: r.get(3)?,
                 last_used_step: r.get::<_, i64>(4)? as u64,
-                hashed_backup_codes: Vec::new(),
-                spent_backup_codes: Vec::new(),
+                has_backup_codes: r.get(6)?,
             })
         })
         .optional()?;
-    if let Some(t) = user.totp.as_mut() {
-        let mut stmt = tx.prepare_cached(
-            "SELECT code_hash, spent FROM backup_codes WHERE user_id = ?1 ORDER BY rowid",
-        )?;
-        for row in stmt.query_map([user_id], |r| Ok((r.get(0)?, r.get::<_, bool>(1)?)))? {
-            let (hash, spent) = row?;
-            if spent {
-                t.spent_backup_codes.push(hash);
-            } else {
-                t.hashed_backup_codes.push(hash);
-            }
-        }
-    }
     user.email_code = tx
         .prepare_cached(
             "SELECT code_hash, salt, expires_at, attempts FROM email_codes WHERE user_id = ?1",
@@ -741,6 +728,22 @@ impl Storage for SqliteStorage {
             }
             insert_token(tx, user_id, &TokenRecord::login(hashed_token, created_at))?;
             Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn find_backup_code(&self, user_id: &str, hashed_code: &str) -> HostResult<BackupCodeState> {
+        self.read(|tx| {
+            let spent: Option<bool> = tx
+                .prepare_cached(
+                    "SELECT spent FROM backup_codes WHERE user_id = ?1 AND code_hash = ?2",
+                )?
+                .query_row(params![user_id, hashed_code], |r| r.get(0))
+                .optional()?;
+            Ok(match spent {
+                Some(false) => BackupCodeState::Unused,
+                Some(true) => BackupCodeState::Spent,
+                None => BackupCodeState::Unknown,
+            })
         })
     }
 
@@ -1114,21 +1117,24 @@ let n = &n;
         })
     }
 
-    fn set_totp(&self, user_id: &str, totp: Option<&TotpEnrolment>) -> Result<()> {
-        let (user_id, totp) = (user_id.to_owned(), totp.cloned());
+    fn set_totp(&self, user_id: &str, totp: Option<(&TotpEnrolment, &BackupCodes)>) -> Result<()> {
+        let (user_id, totp) = (
+            user_id.to_owned(),
+            totp.map(|(t, b)| (t.clone(), b.clone())),
+        );
         let sealed = totp
             .as_ref()
-            .map(|t| seal_secret(&self.keys, &user_id, &t.secret));
+            .map(|(t, _)| seal_secret(&self.keys, &user_id, &t.secret));
         self.write(move |tx| {
 let (user_id, totp) = (user_id.as_str(), totp.as_ref());
             tx.execute("DELETE FROM totp WHERE user_id = ?1", [user_id])?;
             tx.execute("DELETE FROM backup_codes WHERE user_id = ?1", [user_id])?;
-            if let Some(t) = totp {
+            if let Some((t, backup)) = totp {
                 tx.execute(
                     "INSERT INTO totp (user_id, secret, secret_key_id, algorithm, digits, period, last_used_step) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![user_id, sealed.as_ref().map(|s| &s.0), sealed.as_ref().map(|s| s.1), alg_str(t.algorithm), t.digits, t.period, t.last_used_step as i64],
                 )?;
-                for (codes, spent) in [(&t.hashed_backup_codes, false), (&t.spent_backup_codes, true)] {
+                for (codes, spent) in [(&backup.unused, false), (&backup.spent, true)] {
                     for h in codes {
                         tx.execute(
                             "INSERT OR IGNORE INTO backup_codes (user_id, code_hash, spent) VALUES (?1, ?2, ?3)",

@@ -135,7 +135,7 @@ function holds(u, permission) {
   return u.roles.some((r) => roles.includes(r));
 }
 
-/** The 15 functions of the WIT `storage` interface, over `store`. */
+/** The 16 functions of the WIT `storage` interface, over `store`. */
 export function storageFunctions(store) {
   return {
     authenticate(userId, hashedToken, permission) {
@@ -193,6 +193,13 @@ export function storageFunctions(store) {
         store.save(u);
         return 'done';
       });
+    },
+
+    findBackupCode(userId, hashedCode) {
+      const t = store.user(userId)?.totp;
+      if (t?.hashedBackupCodes.includes(hashedCode)) return 'unused';
+      if (t?.spentBackupCodes.includes(hashedCode)) return 'spent';
+      return 'unknown';
     },
 
     listPersonalAccessTokens(userId) {
