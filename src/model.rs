@@ -34,6 +34,17 @@ pub enum BackupCodeState {
     Unknown,
 }
 
+impl BackupCodeState {
+    /// From a stored code's `spent` flag (none: no such code), as SQL stores keep it.
+    pub fn of_stored(spent: Option<bool>) -> Self {
+        match spent {
+            Some(false) => BackupCodeState::Unused,
+            Some(true) => BackupCodeState::Spent,
+            None => BackupCodeState::Unknown,
+        }
+    }
+}
+
 /// A user's hashed backup codes, as they are enrolled and as stores that
 /// hold them as lists (memory, the fuzz store) keep them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

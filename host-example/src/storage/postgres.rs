@@ -991,11 +991,7 @@ impl Storage for PostgresStorage {
                 "SELECT spent FROM backup_codes WHERE user_id = $1 AND code_hash = $2",
                 &[&user_id, &hashed_code],
             )?;
-            Ok(match row.map(|r| r.get::<_, bool>(0)) {
-                Some(false) => BackupCodeState::Unused,
-                Some(true) => BackupCodeState::Spent,
-                None => BackupCodeState::Unknown,
-            })
+            Ok(BackupCodeState::of_stored(row.map(|r| r.get(0))))
         })
     }
 

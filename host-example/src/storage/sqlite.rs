@@ -739,11 +739,7 @@ impl Storage for SqliteStorage {
                 )?
                 .query_row(params![user_id, hashed_code], |r| r.get(0))
                 .optional()?;
-            Ok(match spent {
-                Some(false) => BackupCodeState::Unused,
-                Some(true) => BackupCodeState::Spent,
-                None => BackupCodeState::Unknown,
-            })
+            Ok(BackupCodeState::of_stored(spent))
         })
     }
 
