@@ -2,7 +2,9 @@
 //! whole test binary (compiled once, through the compiled-component cache
 //! under the target dir), fresh in-memory services per test, temp folders.
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Lines};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 
 use host_example::admin::{self, UserSpec};
@@ -28,6 +30,75 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// only the first run after a change compiles the component).
 pub fn shared_cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rcpat-component-cache")
+}
+
+/// `host-example serve` with what every test server shares: the shared
+/// component cache, an outbox in `dir`, info logs on a piped stdout (for
+/// `wait_listening`), no config file from the environment. Callers add the
+/// listen addresses, the storage and what to do with stderr.
+pub fn serve_command(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_host-example"));
+    c.arg("serve")
+        .arg("--cache-dir")
+        .arg(shared_cache_dir())
+        .arg("--outbox")
+        .arg(dir.join("outbox"))
+        .env("RUST_LOG", "info")
+        .env_remove("RCPAT_CONFIG")
+        .stdout(Stdio::piped());
+    c
+}
+
+/// Waits for a server's "listening" log line and returns it with the rest
+/// of its stdout, which the caller must keep reading (`drain`) or the
+/// server blocks on a full pipe.
+pub fn wait_listening(child: &mut Child) -> (String, Lines<BufReader<ChildStdout>>) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"))
+        .expect("the server starts");
+    (listening, lines)
+}
+
+/// Reads a server's remaining log lines on a thread of their own.
+pub fn drain(lines: Lines<BufReader<ChildStdout>>) {
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+}
+
+/// The value of `name=` in a log line (`addr`, `admin`).
+pub fn log_field(line: &str, name: &str) -> String {
+    line.split(&format!("{name}="))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `n` users (`{prefix}0`...) in the SQLite database `db`, each with a PAT
+/// called "ci": their (user id, token) pairs, for a server started on it.
+pub fn seed_pat_users(db: &Path, prefix: &str, n: usize) -> Vec<(String, String)> {
+    let opts = host_example::config::Options {
+        db: Some(db.to_path_buf()),
+        ..Default::default()
+    };
+    let services = host_example::server::services_from(&opts).unwrap();
+    (0..n)
+        .map(|i| {
+            let spec = UserSpec {
+                username: &format!("{prefix}{i}"),
+                email: None,
+                password: None,
+                roles: &["user"],
+            };
+            let id = admin::create_user(&services, &spec, COST).unwrap();
+            let token = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
+            (id, token)
+        })
+        .collect()
 }
 
 /// A fresh folder under the system's temp dir.

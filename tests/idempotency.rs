@@ -5,14 +5,12 @@
 //! memory, SQLite and PostgreSQL, and over HTTP with the server killed
 //! (SIGKILL) under load.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use host_example::admin::{self, UserSpec};
 use host_example::clock::Clock;
 use host_example::config::Options;
 use host_example::runtime::Endpoint;
@@ -176,27 +174,14 @@ struct Server {
 
 impl Server {
     fn start(db: &std::path::Path, dir: &std::path::Path, addr: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host-example"))
-            .args(["serve", "--listen", addr, "--admin-listen", "off"])
+        let mut child = serve_command(dir)
+            .args(["--listen", addr, "--admin-listen", "off"])
             .arg("--db")
             .arg(db)
-            .arg("--cache-dir")
-            .arg(shared_cache_dir())
-            .arg("--outbox")
-            .arg(dir.join("outbox"))
-            .env("RUST_LOG", "info")
-            .env_remove("RCPAT_CONFIG")
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening"))
-            .expect("the server starts");
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        drain(wait_listening(&mut child).1);
         Server { child }
     }
 
@@ -214,25 +199,11 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
     const CLIENTS: usize = 16;
     let dir = temp_dir(if keys { "kill-keys" } else { "kill-plain" });
     let db = dir.join("rcpat.sqlite");
+    let clients = seed_pat_users(&db, "k", CLIENTS);
     let opts = Options {
         db: Some(db.clone()),
         ..Options::default()
     };
-    let mut clients = Vec::new();
-    {
-        let services = services_from(&opts).unwrap();
-        for i in 0..CLIENTS {
-            let spec = UserSpec {
-                username: &format!("k{i}"),
-                email: None,
-                password: None,
-                roles: &["user"],
-            };
-            let id = admin::create_user(&services, &spec, 4).unwrap();
-            let token = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
-            clients.push((id, token));
-        }
-    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -4,7 +4,6 @@
 //! database restarted under load loses nothing acknowledged, with service
 //! back within a second of it returning.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
@@ -30,40 +29,20 @@ impl Host {
     }
 
     fn start_on(listen: &str, url: &str, key_file: &Path, dir: &Path) -> Host {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host-example"))
-            .args(["serve", "--listen", listen, "--storage", "postgres"])
+        let mut child = serve_command(dir)
+            .args(["--listen", listen, "--storage", "postgres"])
             .args(["--admin-listen", "off"])
             .args(["--database-url", url])
             .arg("--secret-key-file")
             .arg(key_file)
-            .arg("--cache-dir")
-            .arg(shared_cache_dir())
-            .arg("--outbox")
-            .arg(dir.join("outbox"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let listening = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening"))
-            .expect("the host starts");
-        let addr = listening
-            .split("addr=")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no address in {listening:?}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        // Keep reading its log, so the host never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (listening, lines) = wait_listening(&mut child);
+        drain(lines);
         Host {
             child,
-            base: format!("http://{addr}"),
+            base: format!("http://{}", log_field(&listening, "addr")),
         }
     }
 }

@@ -1,8 +1,7 @@
 //! What an operator watches: `/metrics`, `/health` and `/ready` on the admin
 //! listener of a real `serve` process, after real requests.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,47 +59,17 @@ impl Drop for Serve {
 }
 
 fn serve(dir: &std::path::Path, db: &std::path::Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_host-example"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve_command(dir)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--db")
         .arg(db)
-        .arg("--cache-dir")
-        .arg(shared_cache_dir())
-        .arg("--outbox")
-        .arg(dir.join("outbox"))
-        .env("RUST_LOG", "info")
-        .env_remove("RCPAT_CONFIG")
-        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening"))
-        .expect("the server starts");
-    let field = |name: &str| {
-        listening
-            .split(&format!("{name}="))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no {name} in {listening:?}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let (base, admin) = (
-        format!("http://{}", field("addr")),
-        format!("http://{}", field("admin")),
-    );
-    std::thread::spawn(move || for _ in lines {});
+    let (listening, lines) = wait_listening(&mut child);
+    drain(lines);
+    let base = format!("http://{}", log_field(&listening, "addr"));
+    let admin = format!("http://{}", log_field(&listening, "admin"));
     Serve { child, base, admin }
 }
 

@@ -4,14 +4,12 @@
 //! client would be left holding a dead token): every client's last
 //! acknowledged token still authenticates afterwards.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use host_example::admin::{self, UserSpec};
 use host_example::config::Options;
 use host_example::server::services_from;
 
@@ -21,62 +19,22 @@ const CLIENTS: usize = 16;
 fn sigterm_under_load_answers_every_request_in_flight() {
     let dir = temp_dir("shutdown");
     let db = dir.join("rcpat.sqlite");
+    let clients = seed_pat_users(&db, "u", CLIENTS);
     let opts = Options {
         db: Some(db.clone()),
         ..Options::default()
     };
-    let mut clients = Vec::new();
-    {
-        let services = services_from(&opts).unwrap();
-        for i in 0..CLIENTS {
-            let spec = UserSpec {
-                username: &format!("u{i}"),
-                email: None,
-                password: None,
-                roles: &["user"],
-            };
-            let id = admin::create_user(&services, &spec, 4).unwrap();
-            let token = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
-            clients.push((id, token));
-        }
-    }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_host-example"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shutdown-timeout-secs",
-            "30",
-            "--admin-listen",
-            "off",
-        ])
+    let mut child = serve_command(&dir)
+        .args(["--listen", "127.0.0.1:0", "--shutdown-timeout-secs", "30"])
+        .args(["--admin-listen", "off"])
         .arg("--db")
         .arg(&db)
-        .arg("--cache-dir")
-        .arg(shared_cache_dir())
-        .arg("--outbox")
-        .arg(dir.join("outbox"))
-        .env("RUST_LOG", "info")
-        .env_remove("RCPAT_CONFIG")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("listening"))
-        .expect("the server starts");
-    let addr = listening
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let (listening, lines) = wait_listening(&mut child);
+    let addr = log_field(&listening, "addr");
     let log = Arc::new(Mutex::new(Vec::new()));
     let reader = {
         let log = log.clone();
