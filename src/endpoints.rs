@@ -181,9 +181,7 @@ impl Replaced {
     /// stored entry `find-personal-access-token` would read again. If another
     /// request replaced it meanwhile, the compare-and-swap refuses.
     fn presented(presented: &LoginToken, name: &str) -> Option<Self> {
-        (presented.kind == TokenKind::PersonalAccessToken
-            && presented.name.as_deref() == Some(name))
-        .then(|| Replaced {
+        is_the_pat_named(presented, name).then(|| Replaced {
             hashed_token: presented.hashed_token.clone(),
             bypass_two_factor: presented.bypass_two_factor,
             created_at: presented.created_at,
@@ -203,15 +201,20 @@ impl From<PersonalAccessToken> for Replaced {
     }
 }
 
+/// The presented token is the PAT called `name` (session tokens have no name).
+fn is_the_pat_named(presented: &LoginToken, name: &str) -> bool {
+    presented.kind == TokenKind::PersonalAccessToken && presented.name.as_deref() == Some(name)
+}
+
 /// The body names the presented PAT (a valid `tokenName` equal to its name).
 fn names_the_presented_token(body: &Body, presented: &LoginToken) -> bool {
-    request::token_name(body).is_ok_and(|name| presented.name.as_deref() == Some(name.as_str()))
+    request::token_name(body).is_ok_and(|name| is_the_pat_named(presented, &name))
 }
 
 /// Regenerating or removing a token other than the presented one.
 fn targets_another_token(body: &Body, presented: &LoginToken) -> bool {
     match request::token_name(body) {
-        Ok(name) => presented.name.as_deref() != Some(name.as_str()),
+        Ok(name) => !is_the_pat_named(presented, &name),
         // An invalid name fails right after the second factor anyway.
         Err(_) => false,
     }

@@ -64,15 +64,11 @@ impl BackupCodes {
         }
     }
 
-    /// Moves an unused code to the spent ones; false if it was not unused.
-    pub fn spend(&mut self, hashed: &str) -> bool {
-        let before = self.unused.len();
-        self.unused.retain(|c| c != hashed);
-        if self.unused.len() == before {
-            return false;
+    /// Moves an unused code to the spent ones (nothing if it is not unused).
+    pub fn spend(&mut self, hashed: &str) {
+        if let Some(i) = self.unused.iter().position(|c| c == hashed) {
+            self.spent.push(self.unused.remove(i));
         }
-        self.spent.push(hashed.to_string());
-        true
     }
 
     pub fn is_empty(&self) -> bool {

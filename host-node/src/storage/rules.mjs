@@ -35,6 +35,13 @@ function noSuchUser(id) {
 /** An `err` of the storage contract (the text is for the host's log only). */
 export class StorageError extends Error {}
 
+/** Where hashed backup code `hashed` stands in TOTP enrolment `t` (a WIT backup-code-state). */
+function backupCodeState(t, hashed) {
+  if (t?.hashedBackupCodes.includes(hashed)) return 'unused';
+  if (t?.spentBackupCodes.includes(hashed)) return 'spent';
+  return 'unknown';
+}
+
 /** Whether `used` (a WIT factor-use) can still be spent on user document `u`. */
 function factorAvailable(u, used) {
   switch (used.tag) {
@@ -44,7 +51,7 @@ function factorAvailable(u, used) {
     case 'totp-step':
       return !!u.totp && Number(used.val) > u.totp.lastUsedStep;
     case 'backup-code':
-      return !!u.totp && u.totp.hashedBackupCodes.includes(used.val);
+      return backupCodeState(u.totp, used.val) === 'unused';
     case 'email-code':
       return !!u.emailCode && u.emailCode.codeHash === used.val;
     default:
@@ -196,10 +203,7 @@ export function storageFunctions(store) {
     },
 
     findBackupCode(userId, hashedCode) {
-      const t = store.user(userId)?.totp;
-      if (t?.hashedBackupCodes.includes(hashedCode)) return 'unused';
-      if (t?.spentBackupCodes.includes(hashedCode)) return 'spent';
-      return 'unknown';
+      return backupCodeState(store.user(userId)?.totp, hashedCode);
     },
 
     listPersonalAccessTokens(userId) {
