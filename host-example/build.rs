@@ -114,6 +114,7 @@ fn main() {
             .module(&module)
             .and_then(|e| e.validate(true).encode())
             .unwrap_or_else(|e| panic!("encoding the {core} component failed: {e:?}"));
+        let encoded = without_custom_section(&encoded, "component-name");
         if core == "rcpat" {
             use sha2::Digest;
             let digest = sha2::Sha256::digest(&encoded);
@@ -179,6 +180,44 @@ fn shrink(module: Vec<u8>, out: &Path) -> Vec<u8> {
             module
         }
     }
+}
+
+/// `component` without its top-level custom section `name`. wit-component
+/// always writes a `component-name` section (debug names of the component's
+/// own items, about 4 KB here); wasmtime never reads it (issue 10: size).
+fn without_custom_section(component: &[u8], name: &str) -> Vec<u8> {
+    fn leb(bytes: &[u8], at: &mut usize) -> usize {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let byte = bytes[*at];
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return value;
+            }
+            shift += 7;
+        }
+    }
+    // The 8-byte preamble, then sections: an id byte, a LEB128 size, the body.
+    let mut out = component[..8].to_vec();
+    let mut at = 8;
+    while at < component.len() {
+        let start = at;
+        let id = component[at];
+        at += 1;
+        let size = leb(component, &mut at);
+        let body = at;
+        at += size;
+        let is_named = id == 0 && {
+            let mut p = body;
+            let len = leb(component, &mut p);
+            &component[p..p + len] == name.as_bytes()
+        };
+        if !is_named {
+            out.extend_from_slice(&component[start..at]);
+        }
+    }
+    out
 }
 
 /// rustup's standard library for the target is installed when its libdir holds libstd.

@@ -163,7 +163,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
             (Some(user), _) => user.id.clone(),
             (None, LoginIdentifier::Username(name)) => format!("unknown-username:{name}"),
             (None, LoginIdentifier::Email(email)) => {
-                format!("unknown-email:{}", email.to_lowercase())
+                format!("unknown-email:{}", email.to_ascii_lowercase())
             }
         };
         let now = env.now_ms();

@@ -22,26 +22,17 @@ impl ep::Guest for Component {
     fn default_settings() -> ep::Settings {
         m::Settings::default().into()
     }
-    fn login(config: ep::Settings, req: ep::Request) -> ep::Response {
-        run(crate::account::login, config, req)
-    }
-    fn me(config: ep::Settings, req: ep::Request) -> ep::Response {
-        run(crate::account::me, config, req)
-    }
-    fn logout(config: ep::Settings, req: ep::Request) -> ep::Response {
-        run(crate::account::logout, config, req)
-    }
-    fn regenerate_personal_access_token(config: ep::Settings, req: ep::Request) -> ep::Response {
-        run(crate::endpoints::regenerate, config, req)
-    }
-    fn generate_personal_access_token(config: ep::Settings, req: ep::Request) -> ep::Response {
-        run(crate::endpoints::generate, config, req)
-    }
-    fn get_personal_access_tokens(config: ep::Settings, req: ep::Request) -> ep::Response {
-        run(crate::endpoints::list, config, req)
-    }
-    fn remove_personal_access_token(config: ep::Settings, req: ep::Request) -> ep::Response {
-        run(crate::endpoints::remove, config, req)
+    fn handle(route: ep::Route, config: ep::Settings, req: ep::Request) -> ep::Response {
+        let endpoint: Endpoint = match route {
+            ep::Route::Login => crate::account::login,
+            ep::Route::Logout => crate::account::logout,
+            ep::Route::Me => crate::account::me,
+            ep::Route::RegeneratePersonalAccessToken => crate::endpoints::regenerate,
+            ep::Route::GeneratePersonalAccessToken => crate::endpoints::generate,
+            ep::Route::GetPersonalAccessTokens => crate::endpoints::list,
+            ep::Route::RemovePersonalAccessToken => crate::endpoints::remove,
+        };
+        run(endpoint, config, req)
     }
 }
 

@@ -61,16 +61,16 @@ impl Endpoint {
         }
     }
 
-    /// The name of its export in `wit/world.wit`.
-    pub fn export_name(self) -> &'static str {
+    /// Its `route` in `wit/world.wit`.
+    pub fn route(self) -> ep::Route {
         match self {
-            Endpoint::Login => "login",
-            Endpoint::Logout => "logout",
-            Endpoint::Me => "me",
-            Endpoint::Regenerate => "regenerate-personal-access-token",
-            Endpoint::Generate => "generate-personal-access-token",
-            Endpoint::List => "get-personal-access-tokens",
-            Endpoint::Remove => "remove-personal-access-token",
+            Endpoint::Login => ep::Route::Login,
+            Endpoint::Logout => ep::Route::Logout,
+            Endpoint::Me => ep::Route::Me,
+            Endpoint::Regenerate => ep::Route::RegeneratePersonalAccessToken,
+            Endpoint::Generate => ep::Route::GeneratePersonalAccessToken,
+            Endpoint::List => ep::Route::GetPersonalAccessTokens,
+            Endpoint::Remove => ep::Route::RemovePersonalAccessToken,
         }
     }
 
@@ -340,8 +340,9 @@ impl Runtime {
     ) -> wasmtime::Result<ep::Response> {
         let instance = self.instance_pre().instantiate(&mut *store)?;
         dispatch(
-            self.exports.func(&instance, store, endpoint),
+            self.exports.handle(&instance, store),
             store,
+            endpoint,
             settings,
             req,
         )
@@ -359,13 +360,13 @@ impl Runtime {
     }
 }
 
-/// Where each endpoint's export sits in the component, found once by name.
+/// Where the `handle` export sits in the component, found once by name.
 ///
-/// bindgen's `PatServicePre::instantiate` looks up and type-checks all
-/// nine exports again on every instance (a tenth of an instantiation in
-/// `perf`); a request needs one, and its type was checked at start.
+/// bindgen's `PatServicePre::instantiate` looks up and type-checks both
+/// exports again on every instance (a tenth of an instantiation in `perf`);
+/// a request needs one, and its type was checked at start.
 struct Exports {
-    endpoints: [ComponentExportIndex; Endpoint::ALL.len()],
+    handle: ComponentExportIndex,
 }
 
 impl Exports {
@@ -379,45 +380,35 @@ impl Exports {
         let (_, interface) = component
             .get_export(None, &interface)
             .ok_or_else(|| wasmtime::format_err!("no export {interface}"))?;
-        let endpoints = Endpoint::ALL.map(|e| {
-            component
-                .get_export(Some(&interface), e.export_name())
-                .map(|(_, index)| index)
-        });
-        if let Some(missing) = Endpoint::ALL
-            .iter()
-            .zip(&endpoints)
-            .find(|(_, i)| i.is_none())
-        {
-            wasmtime::bail!("the component does not export {}", missing.0.export_name());
-        }
-        Ok(Exports {
-            endpoints: endpoints.map(Option::unwrap),
-        })
+        let (_, handle) = component
+            .get_export(Some(&interface), "handle")
+            .ok_or_else(|| wasmtime::format_err!("the component does not export handle"))?;
+        Ok(Exports { handle })
     }
 
-    fn func(&self, instance: &Instance, store: &mut Store<HostState>, e: Endpoint) -> Func {
-        let index = self.endpoints[Endpoint::ALL.iter().position(|x| *x == e).unwrap()];
+    fn handle(&self, instance: &Instance, store: &mut Store<HostState>) -> Func {
         instance
-            .get_func(store, index)
-            .expect("an export of this component is a function")
+            .get_func(store, self.handle)
+            .expect("the handle export of this component is a function")
     }
 }
 
-/// Calls one endpoint's export (every endpoint has the same signature).
+/// Calls the `handle` export for `endpoint`.
 fn dispatch(
     func: Func,
     store: &mut Store<HostState>,
+    endpoint: Endpoint,
     settings: &Settings,
     req: &Request,
 ) -> wasmtime::Result<ep::Response> {
     let settings = settings_to_wit(settings, store.data().services.code_key());
     let req = ep::Request::from(req);
-    // SAFETY: `PatServicePre::new` checked every endpoint export against
-    // this signature when the runtime was built, and `func` is one of them.
-    let typed =
-        unsafe { TypedFunc::<(&ep::Settings, &ep::Request), (ep::Response,)>::new_unchecked(func) };
-    let (reply,) = typed.call(store, (&settings, &req))?;
+    // SAFETY: `PatServicePre::new` checked the `handle` export against this
+    // signature when the runtime was built, and `func` is that export.
+    let typed = unsafe {
+        TypedFunc::<(ep::Route, &ep::Settings, &ep::Request), (ep::Response,)>::new_unchecked(func)
+    };
+    let (reply,) = typed.call(store, (endpoint.route(), &settings, &req))?;
     Ok(reply)
 }
 
@@ -437,11 +428,8 @@ impl ReusedInstance<'_> {
         req: &Request,
     ) -> Result<Response, CallError> {
         self.store.set_epoch_deadline(self.runtime.deadline_ticks());
-        let func = self
-            .runtime
-            .exports
-            .func(&self.instance, &mut self.store, endpoint);
-        let result = dispatch(func, &mut self.store, settings, req);
+        let func = self.runtime.exports.handle(&self.instance, &mut self.store);
+        let result = dispatch(func, &mut self.store, endpoint, settings, req);
         let refused = self.store.data().limits.memory_refused;
         result
             .map(Into::into)

@@ -37,7 +37,7 @@ function rotation(store, keys) {
     component,
     id,
     rotate() {
-      const r = component.call('regeneratePersonalAccessToken', {
+      const r = component.call('regenerate-personal-access-token', {
         headers: [
           { name: 'x-user-id', value: enc(id) },
           { name: 'x-auth-token', value: enc(token) },
@@ -66,7 +66,7 @@ const unknown = {
   clientAddress: '127.0.0.1',
   body: enc('{"tokenName":"ci"}'),
 };
-rows.push(['401 (unknown token), kept instance', time(CALLS, () => mem.component.call('regeneratePersonalAccessToken', unknown))]);
+rows.push(['401 (unknown token), kept instance', time(CALLS, () => mem.component.call('regenerate-personal-access-token', unknown))]);
 rows.push(['regeneration, kept instance, memory store', time(CALLS, mem.rotate)]);
 const memoryAfter = mem.component.memoryBytes();
 

@@ -22,15 +22,15 @@ function getCoreModule(path) {
   return m;
 }
 
-/** The endpoints the component exports, by route. */
+/** The component's routes (WIT `route`, the argument of `handle`), by path. */
 export const ENDPOINTS = {
   '/api/v1/login': ['POST', 'login'],
   '/api/v1/logout': ['POST', 'logout'],
   '/api/v1/me': ['GET', 'me'],
-  '/api/v1/users.regeneratePersonalAccessToken': ['POST', 'regeneratePersonalAccessToken'],
-  '/api/v1/users.generatePersonalAccessToken': ['POST', 'generatePersonalAccessToken'],
-  '/api/v1/users.getPersonalAccessTokens': ['GET', 'getPersonalAccessTokens'],
-  '/api/v1/users.removePersonalAccessToken': ['POST', 'removePersonalAccessToken'],
+  '/api/v1/users.regeneratePersonalAccessToken': ['POST', 'regenerate-personal-access-token'],
+  '/api/v1/users.generatePersonalAccessToken': ['POST', 'generate-personal-access-token'],
+  '/api/v1/users.getPersonalAccessTokens': ['GET', 'get-personal-access-tokens'],
+  '/api/v1/users.removePersonalAccessToken': ['POST', 'remove-personal-access-token'],
 };
 
 /** A wall clock in ms that tests may move forward. */
@@ -92,7 +92,7 @@ export class Component {
       ['wasi:random/random', random],
     ]) {
       this.imports[name] = value;
-      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.6.0'}`] = value;
+      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.7.0'}`] = value;
     }
     this.settings = { ...this.endpoints().defaultSettings(), ...settings, codeKey: new Uint8Array(keys.codeKey) };
   }
@@ -118,16 +118,16 @@ export class Component {
   }
 
   /**
-   * Calls export `name` with a WIT `request` ({headers: [{name, value}],
-   * clientAddress, body}); answers {status, body}. A trap is answered 500
-   * and the instance dropped.
+   * Calls `handle` for `route` (e.g. 'regenerate-personal-access-token')
+   * with a WIT `request` ({headers: [{name, value}], clientAddress, body});
+   * answers {status, body}. A trap is answered 500 and the instance dropped.
    */
-  call(name, request) {
+  call(route, request) {
     try {
-      return this.endpoints()[name](this.settings, request);
+      return this.endpoints().handle(route, this.settings, request);
     } catch (e) {
       this.instance = null;
-      this.log({ event: 'component_trapped', endpoint: name, error: e instanceof Error ? e.message : String(e) });
+      this.log({ event: 'component_trapped', endpoint: route, error: e instanceof Error ? e.message : String(e) });
       return { status: 500, body: INTERNAL };
     }
   }

@@ -108,7 +108,7 @@ test('one kept instance: 20,000 self-rotations, guest memory flat', async () => 
     let token = host.admin.issueToken(u.id, { kind: 'personal-access-token', name: 'ci' });
     const enc = (s) => new Uint8Array(Buffer.from(s));
     const rotate = () => {
-      const r = host.component.call('regeneratePersonalAccessToken', {
+      const r = host.component.call('regenerate-personal-access-token', {
         headers: [
           { name: 'x-user-id', value: enc(u.id) },
           { name: 'x-auth-token', value: enc(token) },

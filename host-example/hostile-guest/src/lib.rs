@@ -6,7 +6,7 @@
 
 wit_bindgen::generate!({ world: "pat-service", path: "../../wit", generate_all });
 
-use exports::rcpat::tokens::endpoints::{Guest, Request, Response, Settings};
+use exports::rcpat::tokens::endpoints::{Guest, Request, Response, Route, Settings};
 
 struct Hostile;
 export!(Hostile);
@@ -57,25 +57,7 @@ impl Guest for Hostile {
             code_key: Vec::new(),
         }
     }
-    fn login(_: Settings, req: Request) -> Response {
-        misbehave(req)
-    }
-    fn logout(_: Settings, req: Request) -> Response {
-        misbehave(req)
-    }
-    fn me(_: Settings, req: Request) -> Response {
-        misbehave(req)
-    }
-    fn regenerate_personal_access_token(_: Settings, req: Request) -> Response {
-        misbehave(req)
-    }
-    fn generate_personal_access_token(_: Settings, req: Request) -> Response {
-        misbehave(req)
-    }
-    fn get_personal_access_tokens(_: Settings, req: Request) -> Response {
-        misbehave(req)
-    }
-    fn remove_personal_access_token(_: Settings, req: Request) -> Response {
+    fn handle(_: Route, _: Settings, req: Request) -> Response {
         misbehave(req)
     }
 }
