@@ -2,8 +2,11 @@
 //! the component versus the same logic linked natively, on identical
 //! in-memory host state. Prints a wasm/native ratio table at the end.
 //!
-//! Cases: instantiation alone; the 401 path; the 2FA challenge path;
-//! regeneration with a bypass token; regeneration with a TOTP code.
+//! Cases: instantiation alone (and, for scale, wasmtime's floor on this
+//! machine: an empty component, and the hostile test guest, which has this
+//! world's imports and exports but 16 KB of code); the 401 path; the 2FA
+//! challenge path; regeneration with a bypass token; regeneration with a
+//! TOTP code.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,6 +78,12 @@ fn request(user: &str, token: &str, code: Option<&str>) -> Request {
     Request::new(&headers, br#"{"tokenName":"target"}"#)
 }
 
+const EMPTY_COMPONENT: &str = r#"(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func (export "f") (canon lift (core func $i "f")))
+)"#;
+
 type Call<'a> = Box<dyn Fn(&World, &Request) -> rcpat::model::Response + 'a>;
 
 fn benches(c: &mut Criterion, runtime: &Runtime) {
@@ -82,6 +91,26 @@ fn benches(c: &mut Criterion, runtime: &Runtime) {
         let w = world();
         c.bench_function("instantiate/wasm", |b| {
             b.iter(|| runtime.instantiate_only(&w.services).unwrap())
+        });
+        let hostile = std::fs::read(host_example::HOSTILE_COMPONENT_PATH).unwrap();
+        let same_world = Runtime::from_component(&hostile, RuntimeConfig::default()).unwrap();
+        c.bench_function("instantiate/same_world_16kb", |b| {
+            b.iter(|| same_world.instantiate_only(&w.services).unwrap())
+        });
+    }
+    {
+        // One core module with one function, lifted: no imports, no memory.
+        let engine = Runtime::engine(&RuntimeConfig::default()).unwrap();
+        let bytes = wat::parse_str(EMPTY_COMPONENT).unwrap();
+        let empty = wasmtime::component::Component::new(&engine, bytes).unwrap();
+        let pre = wasmtime::component::Linker::<()>::new(&engine)
+            .instantiate_pre(&empty)
+            .unwrap();
+        c.bench_function("instantiate/empty_component", |b| {
+            b.iter(|| {
+                let mut store = wasmtime::Store::new(&engine, ());
+                pre.instantiate(&mut store).unwrap();
+            })
         });
     }
     let backends: [(&str, Call); 2] = [
@@ -156,14 +185,14 @@ fn print_table(dir: &Path) {
         "\n{:<28} {:>12} {:>12} {:>10}",
         "case", "native", "wasm", "wasm/native"
     );
-    let inst = mean_ns(dir, "instantiate/wasm");
-    println!(
-        "{:<28} {:>12} {:>12} {:>10}",
-        "instantiation alone",
-        "-",
-        fmt(inst),
-        "-"
-    );
+    for (id, label) in [
+        ("instantiate/wasm", "instantiation alone"),
+        ("instantiate/same_world_16kb", "  same world, 16 KB guest"),
+        ("instantiate/empty_component", "  empty component"),
+    ] {
+        let t = mean_ns(dir, id);
+        println!("{:<28} {:>12} {:>12} {:>10}", label, "-", fmt(t), "-");
+    }
     for case in [
         "unauthorized_401",
         "challenge_totp_required",
