@@ -145,6 +145,7 @@ fn shrink(module: Vec<u8>, out: &Path) -> Vec<u8> {
         println!("cargo:rustc-env=RCPAT_WASM_OPT_USED=none (RCPAT_WASM_OPT=off)");
         return module;
     }
+    watch_tool(&tool);
     let (input, output) = (out.join("rcpat.core.wasm"), out.join("rcpat.opt.wasm"));
     std::fs::write(&input, &module).unwrap();
     // The features rustc's wasm32-unknown-unknown target enables by default;
@@ -178,6 +179,29 @@ fn shrink(module: Vec<u8>, out: &Path) -> Vec<u8> {
             );
             println!("cargo:rustc-env=RCPAT_WASM_OPT_USED=none");
             module
+        }
+    }
+}
+
+/// Makes cargo run this script again when `tool` changes: the binary itself
+/// when it is found, otherwise every folder on `PATH`, so that installing
+/// binaryen after a first build without it gives the optimised component on
+/// the next build instead of keeping the unoptimised one.
+fn watch_tool(tool: &str) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = if tool.contains('/') {
+        Some(PathBuf::from(tool)).filter(|p| p.is_file())
+    } else {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+    };
+    match found {
+        Some(binary) => println!("cargo:rerun-if-changed={}", binary.display()),
+        None => {
+            for dir in std::env::split_paths(&path).filter(|d| d.is_dir()) {
+                println!("cargo:rerun-if-changed={}", dir.display());
+            }
         }
     }
 }
