@@ -136,6 +136,24 @@ fn find_user_for_login_by_username_or_email_any_case() {
     });
 }
 
+/// Emails compare case-insensitively by ASCII letters only, whatever the
+/// database's locale (PostgreSQL's `lower()` would fold `Ë` to `ë` under
+/// the test cluster's C.UTF-8), so every backend finds the same user and the
+/// component's key for an unknown address (`to_ascii_lowercase`) agrees.
+#[test]
+fn emails_fold_ascii_letters_only() {
+    each(|name, b| {
+        new_user(b, "zoe-id", "zoe", "Zoë@Example.org", &["user"]);
+        let by = |email: &str| {
+            b.find_user_for_login(&LoginIdentifier::Email(email.into()))
+                .unwrap()
+                .map(|u| u.id)
+        };
+        assert_eq!(by("zoë@example.ORG").as_deref(), Some("zoe-id"), "{name}");
+        assert_eq!(by("ZOË@EXAMPLE.ORG"), None, "{name}: Ë is not ë");
+    });
+}
+
 #[test]
 fn permissions_by_role_then_per_user_override() {
     each(|name, b| {

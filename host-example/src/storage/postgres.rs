@@ -286,6 +286,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, presented_hashed_token, key)
     );
 "#,
+    // 10: emails compare case-insensitively by ASCII letters only, as in
+    // SQLite (`NOCASE`) and the memory store: under the "C" collation
+    // `lower()` folds A-Z and nothing else, whatever the database's locale.
+    r#"
+    DROP INDEX users_by_email;
+    CREATE INDEX users_by_email ON users (lower(email COLLATE "C"));
+"#,
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.
@@ -958,7 +965,7 @@ impl Storage for PostgresStorage {
                         "",
                         "FROM users u LEFT JOIN totp t ON t.user_id = u.id \
                          LEFT JOIN email_codes e ON e.user_id = u.id \
-                         WHERE lower(u.email) = lower($1) ORDER BY u.created_at, u.id LIMIT 1"
+                         WHERE lower(u.email COLLATE \"C\") = lower($1::text COLLATE \"C\") ORDER BY u.created_at, u.id LIMIT 1"
                     ),
                     &[e],
                 )?,

@@ -146,6 +146,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, presented_hashed_token, key)
     );
 "#,
+    // 10: nothing here. PostgreSQL's email index became ASCII-only, which
+    // `COLLATE NOCASE` always was; the number keeps both schemas in step.
+    "",
 ];
 
 pub struct SqliteStorage {
