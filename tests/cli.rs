@@ -201,6 +201,37 @@ fn each_command_has_its_own_options_and_version_names_the_component() {
     );
 }
 
+/// `host-example wit | head -1`: the reader is gone before the command
+/// writes, and the command ends quietly (SIGPIPE, as coreutils do) rather
+/// than with `println!`'s panic and a backtrace on stderr.
+#[test]
+fn printing_into_a_closed_pipe_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    for command in ["wit", "info"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = bin()
+            .arg(command)
+            .env_remove("RCPAT_CONFIG")
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{command}: {:?}, stderr: {}",
+            o.status,
+            stderr(&o)
+        );
+        assert!(
+            !stderr(&o).contains("panicked"),
+            "{command}: {}",
+            stderr(&o)
+        );
+    }
+}
+
 #[test]
 fn config_file_and_bad_config() {
     let dir = temp_dir("config");

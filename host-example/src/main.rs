@@ -249,6 +249,20 @@ fn main() -> ExitCode {
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o077) };
     let mut cli = parse_cli();
+    if matches!(
+        cli.command,
+        Command::Users { .. }
+            | Command::Tokens { .. }
+            | Command::Keys { .. }
+            | Command::Wit
+            | Command::Info
+    ) {
+        // Commands that only print: a closed pipe (`| head`) ends them
+        // quietly, as it does coreutils, instead of a panic from `println!`.
+        // Commands with sockets keep Rust's ignored SIGPIPE.
+        // SAFETY: restoring a signal's default action has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let options = cli.command.take_options();
     let result = cli
         .config
