@@ -41,10 +41,21 @@ psql() { command psql -h 127.0.0.1 -p "$port" -U rcpat -qAt "$@"; }
 psql -d postgres -c "CREATE DATABASE rcpat" -c "CREATE DATABASE pgbench"
 echo "PostgreSQL $(psql -d postgres -c 'SHOW server_version'), fsync=$(psql -d postgres -c 'SHOW fsync'), synchronous_commit=$(psql -d postgres -c 'SHOW synchronous_commit')"
 
+# Busy CPU time of the whole machine so far, in clock ticks (all cores:
+# /proc/stat's first line less idle and iowait).
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+
 echo "== pgbench -b simple-update -c 16 -j 2 -T 8 (the database's ceiling)"
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat -i -q pgbench >/dev/null 2>&1
-"$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat -b simple-update -c 16 -j 2 -T 8 pgbench 2>/dev/null \
-    | grep -E "^(tps|latency average)"
+before=$(busy_ticks)
+out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat -b simple-update -c 16 -j 2 -T 8 pgbench 2>/dev/null)
+after=$(busy_ticks)
+echo "$out" | grep -E "^(tps|latency average)"
+# Machine CPU per transaction, pgbench's own client included: what one
+# durable simple-update costs on these cores (compare the hosts' µs/req).
+txns=$(echo "$out" | awk -F': ' '/^number of transactions actually processed/{print $2+0}')
+tick=$(getconf CLK_TCK)
+echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns )) µs ($txns transactions)"
 
 url="postgres://rcpat@127.0.0.1:$port/rcpat?sslmode=disable"
 mkdir -p "$dir/sqlite"
