@@ -84,6 +84,14 @@ const EMPTY_COMPONENT: &str = r#"(component
   (func (export "f") (canon lift (core func $i "f")))
 )"#;
 
+/// The same with a 128 KiB linear memory (the component's initial size):
+/// what a memory slot alone costs per instance.
+const MEMORY_ONLY_COMPONENT: &str = r#"(component
+  (core module $m (memory (export "memory") 2) (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func (export "f") (canon lift (core func $i "f")))
+)"#;
+
 type Call<'a> = Box<dyn Fn(&World, &Request) -> rcpat::model::Response + 'a>;
 
 fn benches(c: &mut Criterion, runtime: &Runtime) {
@@ -98,15 +106,19 @@ fn benches(c: &mut Criterion, runtime: &Runtime) {
             b.iter(|| same_world.instantiate_only(&w.services).unwrap())
         });
     }
-    {
-        // One core module with one function, lifted: no imports, no memory.
+    // One core module with one function, lifted: no imports, and no memory
+    // or 128 KiB of it.
+    for (name, wat) in [
+        ("instantiate/empty_component", EMPTY_COMPONENT),
+        ("instantiate/memory_only", MEMORY_ONLY_COMPONENT),
+    ] {
         let engine = Runtime::engine(&RuntimeConfig::default()).unwrap();
-        let bytes = wat::parse_str(EMPTY_COMPONENT).unwrap();
-        let empty = wasmtime::component::Component::new(&engine, bytes).unwrap();
+        let bytes = wat::parse_str(wat).unwrap();
+        let component = wasmtime::component::Component::new(&engine, bytes).unwrap();
         let pre = wasmtime::component::Linker::<()>::new(&engine)
-            .instantiate_pre(&empty)
+            .instantiate_pre(&component)
             .unwrap();
-        c.bench_function("instantiate/empty_component", |b| {
+        c.bench_function(name, |b| {
             b.iter(|| {
                 let mut store = wasmtime::Store::new(&engine, ());
                 pre.instantiate(&mut store).unwrap();
