@@ -3,8 +3,13 @@
 #   1. PostgreSQL's own ceiling: pgbench -b simple-update -c 16 -j 2 (three
 #      statements and a durable commit per transaction);
 #   2. host-example bench (self-rotation through the component, loss check)
-#      against one, then two `serve` processes on one database, and against
-#      one `serve` on SQLite with the same load, for comparison.
+#      against one, then two `serve` processes on one database, one
+#      `serve --native` (no component), and one `serve` on SQLite with the
+#      same load, for comparison; each PostgreSQL run also splits the CPU per
+#      request between the hosts and the database's processes;
+#   3. the database's floor for a request's statements: pgbench running a
+#      bare pair (an indexed SELECT of a token with its user, a conditional
+#      UPDATE of that token) with no host in between.
 # A throw-away cluster with the defaults that matter (fsync=on,
 # synchronous_commit=on), stopped on exit. Needs a release build:
 #   cargo build --release -p host-example && bench/postgres.sh
@@ -60,13 +65,32 @@ echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns 
 url="postgres://rcpat@127.0.0.1:$port/rcpat?sslmode=disable"
 mkdir -p "$dir/sqlite"
 common=(--storage postgres --database-url "$url" --secret-key-file "$dir/rcpat.key")
+# CPU (user + system, in clock ticks) of these processes, threads included.
+cpu_ticks() {
+    local t=0 pid
+    for pid in "$@"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$t"
+}
+# The database's CPU: the postmaster, its live children, and what its reaped
+# children used (backends of closed connections).
+database_ticks() {
+    local postmaster
+    postmaster=$(head -1 "$dir/data/postmaster.pid")
+    echo $(( $(awk '{print $16 + $17}' "/proc/$postmaster/stat") \
+        + $(cpu_ticks "$postmaster" $(pgrep -P "$postmaster")) ))
+}
+# run_hosts N LABEL [SERVE-ARG...]: N hosts on the database, then the bench.
 run_hosts() {
     local n=$1 label=$2 p
+    shift 2
     hosts=()
     local urls=()
     for _ in $(seq "$n"); do
         p=$(free_port)
-        "$BIN" serve "${common[@]}" --admin-listen off --listen "127.0.0.1:$p" --outbox "$dir/outbox" \
+        "$BIN" serve "${common[@]}" "$@" --admin-listen off --listen "127.0.0.1:$p" --outbox "$dir/outbox" \
             >"$dir/host-$p.log" 2>&1 &
         hosts+=($!)
         urls+=(--url "http://127.0.0.1:$p")
@@ -76,7 +100,15 @@ run_hosts() {
         done
     done
     echo "== host-example bench: $n host(s) on one database, $label, $USERS users, $CONNECTIONS connections, $SECS s"
-    "$BIN" bench "${common[@]}" "${urls[@]}" --users "$USERS" --connections "$CONNECTIONS" --seconds "$SECS"
+    local h0 d0 out requests
+    h0=$(cpu_ticks "${hosts[@]}")
+    d0=$(database_ticks)
+    out=$("$BIN" bench "${common[@]}" "${urls[@]}" --users "$USERS" --connections "$CONNECTIONS" --seconds "$SECS")
+    echo "$out"
+    requests=$(echo "$out" | awk '$1 == "requests" {print $2}')
+    # Seeding is counted too (a few ms of each: negligible against the run).
+    echo "  split           hosts $(( ($(cpu_ticks "${hosts[@]}") - h0) * 1000000 / tick / requests )) µs," \
+        "database $(( ($(database_ticks) - d0) * 1000000 / tick / requests )) µs per request"
     for pid in "${hosts[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
     hosts=()
 }
@@ -94,6 +126,35 @@ kill "${hosts[0]}"; wait "${hosts[0]}" 2>/dev/null || true
 hosts=()
 run_hosts 1 "synchronous_commit=on"
 run_hosts 2 "synchronous_commit=on"
+run_hosts 1 "synchronous_commit=on, --native (the same logic without the component)" --native
+
+# The database's floor: what a bare SELECT + conditional UPDATE costs it
+# (prepared, autocommit, durable), on the tokens the runs above seeded, with
+# pgbench's own client in the figure. A lower bound for any host: the UPDATE
+# keeps the token's hash (a HOT update), which a real regeneration cannot.
+psql -d rcpat -c "CREATE TABLE bench_pick AS SELECT row_number() OVER () AS n, user_id, hashed_token
+                  FROM tokens WHERE kind = 'pat'" -c "CREATE UNIQUE INDEX ON bench_pick (n)"
+picks=$(psql -d rcpat -c "SELECT count(*) FROM bench_pick")
+pick="\\set n random(1, $picks)
+SELECT user_id AS u, hashed_token AS h FROM bench_pick WHERE n = :n \\gset"
+printf '%s\n' "$pick" >"$dir/pick.sql"
+printf '%s\n' "$pick" \
+    "SELECT k.name, k.created_at, u.username FROM tokens k JOIN users u ON u.id = k.user_id WHERE k.hashed_token = :h AND k.user_id = :u;" \
+    "UPDATE tokens SET created_at = created_at + 1 WHERE user_id = :u AND kind = 'pat' AND name = 'load' AND hashed_token = :h;" \
+    >"$dir/pair.sql"
+floor() {
+    local before after out txns
+    before=$(busy_ticks)
+    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat -n -M prepared -f "$1" -c "$CONNECTIONS" -j 2 -T "$SECS" rcpat 2>/dev/null)
+    after=$(busy_ticks)
+    txns=$(echo "$out" | awk -F': ' '/^number of transactions actually processed/{print $2+0}')
+    echo "$(echo "$out" | grep -E '^tps' | cut -d' ' -f1-3), machine CPU per transaction $(( (after - before) * 1000000 / tick / txns )) µs"
+}
+echo "== pgbench: the bare pair (SELECT a token and its user; UPDATE the token), -c $CONNECTIONS -j 2, $SECS s"
+floor "$dir/pair.sql"
+echo "== pgbench: the pick alone (the pair's figure includes it)"
+floor "$dir/pick.sql"
+psql -d rcpat -c "DROP TABLE bench_pick"
 # What durability costs: the same with commits acknowledged before the WAL
 # is flushed (a crash may lose the last ~0.6 s of acknowledged writes).
 psql -d postgres -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null

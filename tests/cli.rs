@@ -188,6 +188,14 @@ fn each_command_has_its_own_options_and_version_names_the_component() {
         "{}",
         stderr(&o)
     );
+    // --compare starts a server per mode; a server at --url has one mode.
+    let o = bin()
+        .args(["bench", "--compare", "--url", "http://127.0.0.1:1"])
+        .env_remove("RCPAT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
     let version = stdout(&bin().arg("--version").output().unwrap());
     use sha2::Digest;
     let digest = sha2::Sha256::digest(host_example::COMPONENT);

@@ -86,7 +86,8 @@ enum Command {
         #[arg(long)]
         chart: Option<PathBuf>,
         /// Run twice, in the component and natively, and print the throughput ratio
-        #[arg(long)]
+        /// (servers of its own: a server at --url runs one mode)
+        #[arg(long, conflicts_with = "url")]
         compare: bool,
         /// Measure start-up to the first served request instead (compiling, then cached)
         #[arg(long)]
@@ -491,7 +492,10 @@ fn run(command: Command, opts: Options) -> Result<()> {
             for native in runs {
                 let mut opts = opts.clone();
                 opts.native = Some(native);
-                let label = if native {
+                // A server given by --url runs whichever mode it was started in.
+                let label = if !url.is_empty() {
+                    "the server(s) at --url"
+                } else if native {
                     "native (logic linked into the host)"
                 } else {
                     "component (wasmtime, instance per request)"
