@@ -464,3 +464,60 @@ fn tls_to_the_database_verifies_the_server() {
         .expect("prefer verifies too");
     assert!(err.to_string().contains("certificate"), "{err}");
 }
+
+/// SIGTERM to a host on PostgreSQL: it drains and exits 0 like one on
+/// SQLite (`shutdown.rs`), its pooled sessions closed, without a panic. The
+/// sessions' close used to run where the server drops its last reference to
+/// storage, on a thread driving tokio, and `postgres` panicked there
+/// ("Cannot start a runtime from within a runtime"), aborting the process.
+#[test]
+fn a_host_on_postgres_stops_cleanly_on_sigterm() {
+    let dir = temp_dir("pg-sigterm");
+    let (url, key_file, services) = shared_database(&dir);
+    let bob = user(&services, "bob", None);
+    let bot = admin::issue_personal_access_token(&services, &bob, "bot", true).unwrap();
+    let mut child = serve_command(&dir)
+        .args(["--listen", "127.0.0.1:0", "--storage", "postgres"])
+        .args(["--admin-listen", "off"])
+        .args(["--database-url", &url])
+        .arg("--secret-key-file")
+        .arg(&key_file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (listening, lines) = wait_listening(&mut child);
+    drain(lines);
+    let base = format!("http://{}", log_field(&listening, "addr"));
+    // A request, so the pool holds an open session when the signal comes.
+    let (status, body) = send(
+        &agent(),
+        &base,
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &[("X-User-Id", &bob), ("X-Auth-Token", &bot)],
+        Some(r#"{"tokenName":"bot"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "the host did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

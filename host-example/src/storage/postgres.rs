@@ -329,8 +329,42 @@ pub struct PostgresStorage {
 
 /// A pooled connection and its prepared statements.
 pub struct Conn {
-    client: Client,
+    client: Closing,
     statements: HashMap<&'static str, Statement>,
+}
+
+/// A connection's client, closed where closing cannot panic.
+/// `postgres::Client` closes its session on drop by blocking on a runtime of
+/// its own, and tokio forbids that on a thread that is driving a runtime:
+/// where `serve` drops its last reference to storage as it stops. There the
+/// close runs on a plain thread instead (a handful of connections, once).
+struct Closing(Option<Client>);
+
+impl std::ops::Deref for Closing {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0
+            .as_ref()
+            .expect("a session is only taken when it drops")
+    }
+}
+
+impl std::ops::DerefMut for Closing {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0
+            .as_mut()
+            .expect("a session is only taken when it drops")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
 }
 
 /// How the pool opens connections: the parsed URL, TLS if the URL asks for
@@ -382,7 +416,7 @@ impl r2d2::ManageConnection for Manager {
             self.statement_timeout.as_millis()
         ))?;
         Ok(Conn {
-            client,
+            client: Closing(Some(client)),
             statements: HashMap::new(),
         })
     }
