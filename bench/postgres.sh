@@ -65,6 +65,17 @@ echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns 
 url="postgres://rcpat@127.0.0.1:$port/rcpat?sslmode=disable"
 mkdir -p "$dir/sqlite"
 common=(--storage postgres --database-url "$url" --secret-key-file "$dir/rcpat.key")
+# SIGTERM, then the exit status: a host stops gracefully with 0, and anything
+# else is a fault of the host to report, not noise to hide.
+stop_host() {
+    local status=0
+    kill "$1"
+    wait "$1" 2>/dev/null || status=$?
+    if [ "$status" != 0 ]; then
+        echo "  !! host $1 exited with status $status on SIGTERM" >&2
+        grep -h -m3 -A1 "panicked" "$dir"/*.log >&2 || true
+    fi
+}
 # CPU (user + system, in clock ticks) of these processes, threads included.
 cpu_ticks() {
     local t=0 pid
@@ -109,7 +120,7 @@ run_hosts() {
     # Seeding is counted too (a few ms of each: negligible against the run).
     echo "  split           hosts $(( ($(cpu_ticks "${hosts[@]}") - h0) * 1000000 / tick / requests )) µs," \
         "database $(( ($(database_ticks) - d0) * 1000000 / tick / requests )) µs per request"
-    for pid in "${hosts[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+    for pid in "${hosts[@]}"; do stop_host "$pid"; done
     hosts=()
 }
 # The same load against one host on SQLite (its own group commit), as a
@@ -122,7 +133,7 @@ for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/api/v1/me" && 
 echo "== host-example bench: 1 host on SQLite, $USERS users, $CONNECTIONS connections, $SECS s"
 "$BIN" bench --db "$dir/sqlite/rcpat.sqlite" --url "http://127.0.0.1:$p" --users "$USERS" \
     --connections "$CONNECTIONS" --seconds "$SECS"
-kill "${hosts[0]}"; wait "${hosts[0]}" 2>/dev/null || true
+stop_host "${hosts[0]}"
 hosts=()
 run_hosts 1 "synchronous_commit=on"
 run_hosts 2 "synchronous_commit=on"
