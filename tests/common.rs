@@ -4,8 +4,9 @@
 
 use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use host_example::admin::{self, UserSpec};
 use host_example::clock::{Clock, ManualClock};
@@ -60,6 +61,28 @@ pub fn wait_listening(child: &mut Child) -> (String, Lines<BufReader<ChildStdout
         .find(|l| l.contains("listening"))
         .expect("the server starts");
     (listening, lines)
+}
+
+/// Sends SIGTERM (what an operator's supervisor sends to stop `serve`) and
+/// waits at most `within` for the process to end: its exit status, and how
+/// long it took after the signal.
+pub fn terminate(child: &mut Child, within: Duration) -> (ExitStatus, Duration) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let signalled = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, signalled.elapsed());
+        }
+        assert!(
+            signalled.elapsed() < within,
+            "the server did not stop within {within:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads a server's remaining log lines on a thread of their own.

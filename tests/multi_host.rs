@@ -497,22 +497,7 @@ fn a_host_on_postgres_stops_cleanly_on_sigterm() {
         Some(r#"{"tokenName":"bot"}"#),
     );
     assert_eq!(status, 200, "{body}");
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let signalled = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(20),
-            "the host did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, _) = terminate(&mut child, Duration::from_secs(20));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(

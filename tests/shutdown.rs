@@ -4,10 +4,10 @@
 //! client would be left holding a dead token): every client's last
 //! acknowledged token still authenticates afterwards.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use host_example::config::Options;
@@ -89,23 +89,7 @@ fn sigterm_under_load_answers_every_request_in_flight() {
 
     std::thread::sleep(Duration::from_millis(1500));
     signalled.store(true, Ordering::SeqCst);
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let signalled_at = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            signalled_at.elapsed() < Duration::from_secs(35),
-            "the server did not stop within its shutdown timeout"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stopped_in = signalled_at.elapsed();
+    let (status, stopped_in) = terminate(&mut child, Duration::from_secs(35));
     let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     reader.join().unwrap();
     let log = log.lock().unwrap().join("\n");
