@@ -209,6 +209,44 @@ fn each_command_has_its_own_options_and_version_names_the_component() {
     );
 }
 
+/// `bench` against a server that is not there: no check of a token can be
+/// made, which is neither a pass nor a loss. It used to print "lost data: 0"
+/// and exit 0; and where some regenerations had succeeded, it counted each
+/// failed check of a replaced token as lost data.
+#[test]
+fn bench_whose_checks_get_no_answer_fails_without_claiming_loss() {
+    let dir = temp_dir("bench-unreachable");
+    // A port that was free a moment ago: connections to it are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let o = run(
+        &dir.join("rcpat.sqlite"),
+        &[
+            "bench",
+            "--url",
+            &url,
+            "--users",
+            "3",
+            "--connections",
+            "1",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("lost data: 0"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("unverified      3"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("3 checks could not be made"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// `host-example wit | head -1`: the reader is gone before the command
 /// writes, and the command ends quietly (SIGPIPE, as coreutils do) rather
 /// than with `println!`'s panic and a backtrace on stderr.

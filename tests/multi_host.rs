@@ -370,6 +370,11 @@ fn database_and_host_restarts_under_load_lose_nothing_acknowledged() {
         report.lost
     );
     assert!(
+        report.unverified.is_empty(),
+        "checks that could not be made: {:?}",
+        report.unverified
+    );
+    assert!(
         recovered < Duration::from_secs(1),
         "served again {} ms after the database returned",
         recovered.as_millis()

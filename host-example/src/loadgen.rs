@@ -62,6 +62,9 @@ pub struct Report {
     /// Users whose last token stopped working after a request that got no
     /// reply (the commit happened, the reply did not arrive).
     pub in_doubt: Vec<String>,
+    /// Checks that got neither 200 nor 401 (no reply, 5xx, 429): neither
+    /// loss nor its absence is shown, so a run with any is not a pass.
+    pub unverified: Vec<String>,
     /// CPU time this process used (server and load generator together).
     pub cpu: Option<Duration>,
     /// Of which the load generator's own threads (workers and flood).
@@ -343,35 +346,49 @@ fn verify(config: &LoadConfig, rotors: &[Rotor], report: &mut Report) {
     let agent = agent();
     for base in std::iter::once(&config.url).chain(&config.more_urls) {
         let me = format!("{base}/api/v1/me");
+        // 200 or 401 is the server's answer about the token; anything else
+        // (no reply, 5xx, 429) answers nothing about it.
         let status = |user: &str, token: &str| {
             agent
                 .get(&me)
                 .header("X-User-Id", user)
                 .header("X-Auth-Token", token)
                 .call()
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
+                .map(|r| r.status().as_u16().to_string())
+                .unwrap_or_else(|e| format!("no reply ({e})"))
         };
         for r in rotors {
             report.users_checked += 1;
-            if status(&r.user_id, &r.current) != 200 {
-                let what = format!(
-                    "user {} on {base}: the last token returned does not authenticate",
-                    r.user_id
-                );
-                if r.in_doubt {
-                    report.in_doubt.push(what);
-                } else {
-                    report.lost.push(what);
+            match status(&r.user_id, &r.current).as_str() {
+                "200" => {}
+                "401" => {
+                    let what = format!(
+                        "user {} on {base}: the last token returned does not authenticate",
+                        r.user_id
+                    );
+                    if r.in_doubt {
+                        report.in_doubt.push(what);
+                    } else {
+                        report.lost.push(what);
+                    }
                 }
-            }
-            if let Some(prev) = &r.previous
-                && status(&r.user_id, prev) != 401
-            {
-                report.lost.push(format!(
-                    "user {} on {base}: a replaced token still authenticates",
+                other => report.unverified.push(format!(
+                    "user {} on {base}: the last token could not be checked: {other}",
                     r.user_id
-                ));
+                )),
+            }
+            if let Some(prev) = &r.previous {
+                match status(&r.user_id, prev).as_str() {
+                    "401" => {}
+                    "200" => report.lost.push(format!(
+                        "user {} on {base}: a replaced token still authenticates",
+                        r.user_id
+                    )),
+                    other => report.unverified.push(format!(
+                        "user {} on {base}: the replaced token could not be checked: {other}",
+                        r.user_id
+                    )),
+                }
             }
         }
     }
@@ -444,6 +461,30 @@ impl Report {
                 self.in_doubt.len()
             );
         }
+        if !self.unverified.is_empty() {
+            println!(
+                "  unverified      {} (the check got no 200 or 401: the server is unreachable or failing)",
+                self.unverified.len()
+            );
+            for u in self.unverified.iter().take(3) {
+                println!("    {u}");
+            }
+        }
+    }
+
+    /// Whether the run passed its loss check: nothing acknowledged lost, and
+    /// every check made (a check that got no answer shows nothing).
+    pub fn verdict(&self) -> Result<(), String> {
+        if !self.lost.is_empty() {
+            return Err(format!("{} users lost data", self.lost.len()));
+        }
+        if !self.unverified.is_empty() {
+            return Err(format!(
+                "{} checks could not be made: the loss check is incomplete",
+                self.unverified.len()
+            ));
+        }
+        Ok(())
     }
 
     /// Process CPU time per request, in microseconds.

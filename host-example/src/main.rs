@@ -478,6 +478,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
                         "{users} users, {connections} connections, {seconds} s, {flood} flooding logins"
                     ));
                     kept.push(report.ok as f64 / report.elapsed.as_secs_f64());
+                    report.verdict().map_err(wasmtime::Error::msg)?;
                 }
                 println!("throughput kept under the flood: {:.2}", kept[1] / kept[0]);
                 return Ok(());
@@ -518,9 +519,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
                     )?;
                     println!("  chart           {}", path.display());
                 }
-                if !report.lost.is_empty() {
-                    bail!("{} users lost data", report.lost.len());
-                }
+                report.verdict().map_err(wasmtime::Error::msg)?;
             }
             if let [wasm, native] = throughput[..] {
                 println!("component / native throughput: {:.2}", wasm / native);
