@@ -354,14 +354,18 @@ fn verify(config: &LoadConfig, rotors: &[Rotor], report: &mut Report) {
                 .header("X-User-Id", user)
                 .header("X-Auth-Token", token)
                 .call()
-                .map(|r| r.status().as_u16().to_string())
-                .unwrap_or_else(|e| format!("no reply ({e})"))
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string())
+        };
+        let unanswered = |got: Result<u16, String>| match got {
+            Ok(status) => format!("status {status}"),
+            Err(e) => format!("no reply ({e})"),
         };
         for r in rotors {
             report.users_checked += 1;
-            match status(&r.user_id, &r.current).as_str() {
-                "200" => {}
-                "401" => {
+            match status(&r.user_id, &r.current) {
+                Ok(200) => {}
+                Ok(401) => {
                     let what = format!(
                         "user {} on {base}: the last token returned does not authenticate",
                         r.user_id
@@ -373,20 +377,22 @@ fn verify(config: &LoadConfig, rotors: &[Rotor], report: &mut Report) {
                     }
                 }
                 other => report.unverified.push(format!(
-                    "user {} on {base}: the last token could not be checked: {other}",
-                    r.user_id
+                    "user {} on {base}: the last token could not be checked: {}",
+                    r.user_id,
+                    unanswered(other)
                 )),
             }
             if let Some(prev) = &r.previous {
-                match status(&r.user_id, prev).as_str() {
-                    "401" => {}
-                    "200" => report.lost.push(format!(
+                match status(&r.user_id, prev) {
+                    Ok(401) => {}
+                    Ok(200) => report.lost.push(format!(
                         "user {} on {base}: a replaced token still authenticates",
                         r.user_id
                     )),
                     other => report.unverified.push(format!(
-                        "user {} on {base}: the replaced token could not be checked: {other}",
-                        r.user_id
+                        "user {} on {base}: the replaced token could not be checked: {}",
+                        r.user_id,
+                        unanswered(other)
                     )),
                 }
             }
