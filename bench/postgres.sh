@@ -50,17 +50,22 @@ echo "PostgreSQL $(psql -d postgres -c 'SHOW server_version'), fsync=$(psql -d p
 # /proc/stat's first line less idle and iowait).
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
+tick=$(getconf CLK_TCK)
+# pgbench_cpu ARG...: pgbench's throughput and latency, and the machine's CPU per
+# transaction, pgbench's own client included (compare the hosts' µs/req).
+pgbench_cpu() {
+    local before after out txns
+    before=$(busy_ticks)
+    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat "$@" 2>/dev/null)
+    after=$(busy_ticks)
+    echo "$out" | grep -E "^(tps|latency average)"
+    txns=$(echo "$out" | awk -F': ' '/^number of transactions actually processed/{print $2+0}')
+    echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns )) µs ($txns transactions)"
+}
+
 echo "== pgbench -b simple-update -c 16 -j 2 -T 8 (the database's ceiling)"
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat -i -q pgbench >/dev/null 2>&1
-before=$(busy_ticks)
-out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat -b simple-update -c 16 -j 2 -T 8 pgbench 2>/dev/null)
-after=$(busy_ticks)
-echo "$out" | grep -E "^(tps|latency average)"
-# Machine CPU per transaction, pgbench's own client included: what one
-# durable simple-update costs on these cores (compare the hosts' µs/req).
-txns=$(echo "$out" | awk -F': ' '/^number of transactions actually processed/{print $2+0}')
-tick=$(getconf CLK_TCK)
-echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns )) µs ($txns transactions)"
+pgbench_cpu -b simple-update -c 16 -j 2 -T 8 pgbench
 
 url="postgres://rcpat@127.0.0.1:$port/rcpat?sslmode=disable"
 mkdir -p "$dir/sqlite"
@@ -153,18 +158,11 @@ printf '%s\n' "$pick" \
     "SELECT k.name, k.created_at, u.username FROM tokens k JOIN users u ON u.id = k.user_id WHERE k.hashed_token = :h AND k.user_id = :u;" \
     "UPDATE tokens SET created_at = created_at + 1 WHERE user_id = :u AND kind = 'pat' AND name = 'load' AND hashed_token = :h;" \
     >"$dir/pair.sql"
-floor() {
-    local before after out txns
-    before=$(busy_ticks)
-    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat -n -M prepared -f "$1" -c "$CONNECTIONS" -j 2 -T "$SECS" rcpat 2>/dev/null)
-    after=$(busy_ticks)
-    txns=$(echo "$out" | awk -F': ' '/^number of transactions actually processed/{print $2+0}')
-    echo "$(echo "$out" | grep -E '^tps' | cut -d' ' -f1-3), machine CPU per transaction $(( (after - before) * 1000000 / tick / txns )) µs"
-}
+floor=(-n -M prepared -c "$CONNECTIONS" -j 2 -T "$SECS")
 echo "== pgbench: the bare pair (SELECT a token and its user; UPDATE the token), -c $CONNECTIONS -j 2, $SECS s"
-floor "$dir/pair.sql"
+pgbench_cpu "${floor[@]}" -f "$dir/pair.sql" rcpat
 echo "== pgbench: the pick alone (the pair's figure includes it)"
-floor "$dir/pick.sql"
+pgbench_cpu "${floor[@]}" -f "$dir/pick.sql" rcpat
 psql -d rcpat -c "DROP TABLE bench_pick"
 # What durability costs: the same with commits acknowledged before the WAL
 # is flushed (a crash may lose the last ~0.6 s of acknowledged writes).

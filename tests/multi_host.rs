@@ -17,6 +17,19 @@ use host_example::services::Services;
 use host_example::storage::{Admin, PostgresConfig, PostgresStorage};
 use rcpat::model::TotpAlgorithm;
 
+/// `serve` on the database at `url`, listening on `listen`; the caller says
+/// where stderr goes.
+fn host_command(listen: &str, url: &str, key_file: &Path, dir: &Path) -> Command {
+    let mut command = serve_command(dir);
+    command
+        .args(["--listen", listen, "--storage", "postgres"])
+        .args(["--admin-listen", "off"])
+        .args(["--database-url", url])
+        .arg("--secret-key-file")
+        .arg(key_file);
+    command
+}
+
 /// One `host-example serve` process.
 struct Host {
     child: Child,
@@ -29,12 +42,7 @@ impl Host {
     }
 
     fn start_on(listen: &str, url: &str, key_file: &Path, dir: &Path) -> Host {
-        let mut child = serve_command(dir)
-            .args(["--listen", listen, "--storage", "postgres"])
-            .args(["--admin-listen", "off"])
-            .args(["--database-url", url])
-            .arg("--secret-key-file")
-            .arg(key_file)
+        let mut child = host_command(listen, url, key_file, dir)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -481,12 +489,7 @@ fn a_host_on_postgres_stops_cleanly_on_sigterm() {
     let (url, key_file, services) = shared_database(&dir);
     let bob = user(&services, "bob", None);
     let bot = admin::issue_personal_access_token(&services, &bob, "bot", true).unwrap();
-    let mut child = serve_command(&dir)
-        .args(["--listen", "127.0.0.1:0", "--storage", "postgres"])
-        .args(["--admin-listen", "off"])
-        .args(["--database-url", &url])
-        .arg("--secret-key-file")
-        .arg(&key_file)
+    let mut child = host_command("127.0.0.1:0", &url, &key_file, &dir)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -3,8 +3,9 @@
 //! in-memory host state. Prints a wasm/native ratio table at the end.
 //!
 //! Cases: instantiation alone (and, for scale, wasmtime's floor on this
-//! machine: an empty component, and the hostile test guest, which has this
-//! world's imports and exports but 16 KB of code); the 401 path; the 2FA
+//! machine: an empty component, the same with a 128 KiB memory, and the
+//! hostile test guest, which has this world's exports but 16 KB of code and
+//! no core imports); the 401 path; the 2FA
 //! challenge path; regeneration with a bypass token; regeneration with a
 //! TOTP code.
 
@@ -201,6 +202,7 @@ fn print_table(dir: &Path) {
         ("instantiate/wasm", "instantiation alone"),
         ("instantiate/same_world_16kb", "  same world, 16 KB guest"),
         ("instantiate/empty_component", "  empty component"),
+        ("instantiate/memory_only", "  empty, 128 KiB memory"),
     ] {
         let t = mean_ns(dir, id);
         println!("{:<28} {:>12} {:>12} {:>10}", label, "-", fmt(t), "-");
