@@ -215,7 +215,11 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         {
             WriteOutcome::Done => {}
             WriteOutcome::FactorAlreadyUsed => return Err(passed.spent_error()),
-            WriteOutcome::NotFound | WriteOutcome::NameTaken | WriteOutcome::CredentialsRevoked => {
+            // (A login keeps no reply, so never `ReplyKept`.)
+            WriteOutcome::NotFound
+            | WriteOutcome::NameTaken
+            | WriteOutcome::CredentialsRevoked
+            | WriteOutcome::ReplyKept => {
                 return Err(ApiError::NotLoggedIn);
             }
         }

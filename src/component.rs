@@ -228,6 +228,34 @@ impl Storage for WitStorage {
             .map(|r| r.map(Into::into))
             .map_err(HostError::msg)
     }
+    fn reserve_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        at: m::TimestampMs,
+        lease_until: m::TimestampMs,
+        not_before: m::TimestampMs,
+    ) -> HostResult<m::KeyReservation> {
+        st::reserve_idempotency_key(
+            user_id,
+            presented_hashed_token,
+            key,
+            at,
+            lease_until,
+            not_before,
+        )
+        .map(Into::into)
+        .map_err(HostError::msg)
+    }
+    fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+    ) -> HostResult<()> {
+        st::release_idempotency_key(user_id, presented_hashed_token, key).map_err(HostError::msg)
+    }
 }
 
 /// getrandom's entropy on wasm32-unknown-unknown (bcrypt pulls getrandom in;

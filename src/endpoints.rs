@@ -111,6 +111,7 @@ fn authenticate_with_second_factor(
     req: &Request,
     sensitive: fn(&Body, &LoginToken) -> bool,
     retires_presented: bool,
+    retry: Option<&Retry>,
 ) -> Result<(Session, Body, twofactor::Passed), ApiError> {
     // Body syntax (and size) is checked before authentication, as Express'
     // JSON parser runs before Rocket.Chat's routes; its fields only after 2FA.
@@ -119,6 +120,10 @@ fn authenticate_with_second_factor(
         headers,
         mut session,
     } = authenticate_unmarked(env, settings, req, Some(PAT_PERMISSION))?;
+    // Authenticated, before any work: one request per key goes on.
+    if let Some(retry) = retry {
+        retry.reserve(env, settings)?;
+    }
     if !(retires_presented && names_the_presented_token(&body, &session.token)) {
         record_use(env, &session.user.id, &session.token);
     }
@@ -234,7 +239,16 @@ struct Retry {
     /// The presented token's plaintext: the kept reply is sealed under it.
     presented: String,
     presented_hash: String,
+    /// Whether this request holds the key's reservation (to give back if
+    /// it ends without its write).
+    reserved: std::cell::Cell<bool>,
 }
+
+/// How long a reservation of an `Idempotency-Key` holds off its duplicates
+/// (409) if the request that made it never ends it (its host died). Only
+/// replies depend on it: a duplicate that runs after a lapsed lease still
+/// cannot write once a reply is kept (`reply-kept`).
+const KEY_LEASE_MS: u64 = 10_000;
 
 impl Retry {
     /// `None` without the header, when the host keeps no replies, or
@@ -263,6 +277,7 @@ impl Retry {
             presented_hash: token::hash_token(&presented),
             user_id,
             presented,
+            reserved: std::cell::Cell::new(false),
         }))
     }
 
@@ -300,6 +315,54 @@ impl Retry {
         else {
             return Ok(None);
         };
+        self.opened(&kept)
+    }
+
+    /// Reserves the key for this request (after authentication): refused
+    /// with 409 `error-idempotency-key-in-flight` while another request
+    /// holds it, and when a reply was kept meanwhile (`keyed` then serves
+    /// that reply instead).
+    fn reserve(&self, env: &mut dyn Env, settings: &Settings) -> Result<(), ApiError> {
+        let now = env.now_ms();
+        let not_before = now.saturating_sub(Self::ttl_ms(settings));
+        match env
+            .storage()
+            .reserve_idempotency_key(
+                &self.user_id,
+                &self.presented_hash,
+                &self.key,
+                now,
+                now.saturating_add(KEY_LEASE_MS),
+                not_before,
+            )
+            .map_err(|_| ApiError::StorageFailure)?
+        {
+            KeyReservation::Reserved => {
+                self.reserved.set(true);
+                Ok(())
+            }
+            KeyReservation::InFlight | KeyReservation::Kept(_) => {
+                Err(ApiError::IdempotencyKeyInFlight)
+            }
+        }
+    }
+
+    /// Gives the reservation back after a request that did not write, so a
+    /// retry runs at once. A failure here only delays retries until the
+    /// lease ends.
+    fn release(&self, env: &mut dyn Env) {
+        if self.reserved.replace(false) {
+            let _ = env.storage().release_idempotency_key(
+                &self.user_id,
+                &self.presented_hash,
+                &self.key,
+            );
+        }
+    }
+
+    /// A kept reply as this request's answer: refused if it was kept for
+    /// another body, `None` if these credentials cannot open it.
+    fn opened(&self, kept: &IdempotentReply) -> Result<Option<Response>, ApiError> {
         if !token::secret_eq(kept.body_hash.as_bytes(), self.body_hash.as_bytes()) {
             return Err(ApiError::IdempotencyKeyReused);
         }
@@ -341,13 +404,15 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
 
 /// `POST users.regeneratePersonalAccessToken`.
 pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
-    respond((|| {
-        let retry = match Retry::start(env, settings, req, PatMethod::Regenerate)? {
-            Ok(retry) => retry,
-            Err(kept) => return Ok(kept),
-        };
-        let (session, body, mut passed) =
-            authenticate_with_second_factor(env, settings, req, targets_another_token, true)?;
+    keyed(env, settings, req, PatMethod::Regenerate, |env, retry| {
+        let (session, body, mut passed) = authenticate_with_second_factor(
+            env,
+            settings,
+            req,
+            targets_another_token,
+            true,
+            retry,
+        )?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         // The documentation's example names generateToken here; the documentation wins.
@@ -386,19 +451,50 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
             WriteOutcome::NameTaken => Err(ApiError::TokenAlreadyExists),
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
             WriteOutcome::CredentialsRevoked => Err(ApiError::NotLoggedIn),
+            WriteOutcome::ReplyKept => Err(ApiError::IdempotencyKeyInFlight),
+        }
+    })
+}
+
+/// A token-creating route with `Idempotency-Key` handling around `work`:
+/// a retry of a request whose reply was kept gets that reply without
+/// running; otherwise `work` runs (reserving the key once authenticated).
+/// If it fails, the reservation is given back and the kept reply looked up
+/// once more: a duplicate that lost the race to the request that wrote
+/// (its token replaced, its code spent, the key in flight or kept) gets
+/// that request's reply, not its own failure.
+fn keyed(
+    env: &mut dyn Env,
+    settings: &Settings,
+    req: &Request,
+    route: PatMethod,
+    work: impl FnOnce(&mut dyn Env, Option<&Retry>) -> Result<Response, ApiError>,
+) -> Response {
+    respond((|| {
+        let retry = match Retry::start(env, settings, req, route)? {
+            Ok(retry) => retry,
+            Err(kept) => return Ok(kept),
+        };
+        let Some(retry) = retry else {
+            return work(env, None);
+        };
+        let err = match work(env, Some(&retry)) {
+            Ok(done) => return Ok(done),
+            Err(err) => err,
+        };
+        retry.release(env);
+        match retry.replay(env, settings)? {
+            Some(kept) => Ok(kept),
+            None => Err(err),
         }
     })())
 }
 
 /// `POST users.generatePersonalAccessToken`.
 pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
-    respond((|| {
-        let retry = match Retry::start(env, settings, req, PatMethod::Generate)? {
-            Ok(retry) => retry,
-            Err(kept) => return Ok(kept),
-        };
+    keyed(env, settings, req, PatMethod::Generate, |env, retry| {
         let (session, body, mut passed) =
-            authenticate_with_second_factor(env, settings, req, mints_bypass_token, false)?;
+            authenticate_with_second_factor(env, settings, req, mints_bypass_token, false, retry)?;
         let name = request::token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
         let expires_at = crate::expiry::for_new_token(
@@ -421,15 +517,16 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
             WriteOutcome::NotFound => Err(ApiError::NotLoggedIn),
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
             WriteOutcome::CredentialsRevoked => Err(ApiError::NotLoggedIn),
+            WriteOutcome::ReplyKept => Err(ApiError::IdempotencyKeyInFlight),
         }
-    })())
+    })
 }
 
 /// `POST users.removePersonalAccessToken`.
 pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
         let (session, body, passed) =
-            authenticate_with_second_factor(env, settings, req, targets_another_token, true)?;
+            authenticate_with_second_factor(env, settings, req, targets_another_token, true, None)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         require_permission(&session, ApiError::NotAuthorized(PatMethod::Remove))?;
@@ -443,7 +540,10 @@ pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
                 Err(ApiError::TokenDoesNotExist(PatMethod::Remove))
             }
             WriteOutcome::FactorAlreadyUsed => Err(passed.spent_error()),
-            WriteOutcome::CredentialsRevoked => Err(ApiError::NotLoggedIn),
+            // (Removal keeps no reply, so never `ReplyKept`.)
+            WriteOutcome::CredentialsRevoked | WriteOutcome::ReplyKept => {
+                Err(ApiError::NotLoggedIn)
+            }
         }
     })())
 }

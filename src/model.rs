@@ -196,6 +196,14 @@ pub struct IdempotentReply {
     pub sealed_reply: Vec<u8>,
 }
 
+/// The answer of `reserve_idempotency_key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyReservation {
+    Reserved,
+    InFlight,
+    Kept(IdempotentReply),
+}
+
 impl FactorProof {
     /// The proof for a request that needed no second factor.
     pub fn none() -> Self {
@@ -238,6 +246,7 @@ pub enum WriteOutcome {
     NameTaken,
     FactorAlreadyUsed,
     CredentialsRevoked,
+    ReplyKept,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -78,6 +78,9 @@ pub enum ApiError {
     RegeneratedConcurrently,
     /// 400 `error-idempotency-key-reused`: the key came with another body.
     IdempotencyKeyReused,
+    /// 409 `error-idempotency-key-in-flight`: another request with this key
+    /// is running; retry later to get its reply.
+    IdempotencyKeyInFlight,
     /// 400 `error-invalid-body`: not JSON, or not a JSON object.
     InvalidBody(&'static str),
     /// 413: body over the route's limit (in bytes).
@@ -260,6 +263,12 @@ impl ApiError {
                 400,
                 "This Idempotency-Key was used with another request".into(),
                 Some("error-idempotency-key-reused"),
+                None,
+            ),
+            IdempotencyKeyInFlight => (
+                409,
+                "A request with this Idempotency-Key is in progress; retry it later".into(),
+                Some("error-idempotency-key-in-flight"),
                 None,
             ),
             RegeneratedConcurrently => (

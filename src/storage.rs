@@ -129,6 +129,21 @@ pub trait Storage: Send + Sync {
         key: &str,
         not_before: TimestampMs,
     ) -> HostResult<Option<IdempotentReply>>;
+    fn reserve_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        at: TimestampMs,
+        lease_until: TimestampMs,
+        not_before: TimestampMs,
+    ) -> HostResult<KeyReservation>;
+    fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+    ) -> HostResult<()>;
 }
 
 pub mod rules {
@@ -279,6 +294,59 @@ pub mod rules {
                     != (&reply.presented_hashed_token, &reply.key)
         });
         replies.push(reply.clone());
+    }
+
+    /// A reservation of an `Idempotency-Key` (for stores that hold them as
+    /// a list beside the kept replies: memory, the fuzz store).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct KeyLease {
+        pub presented_hashed_token: String,
+        pub key: String,
+        pub until: TimestampMs,
+    }
+
+    /// `reserve-idempotency-key` over a user's kept replies and leases.
+    pub fn reserve_key(
+        replies: &[IdempotentWrite],
+        leases: &mut Vec<KeyLease>,
+        presented_hashed_token: &str,
+        key: &str,
+        at: TimestampMs,
+        lease_until: TimestampMs,
+        not_before: TimestampMs,
+    ) -> KeyReservation {
+        if let Some(kept) = kept_reply(replies, presented_hashed_token, key, not_before) {
+            return KeyReservation::Kept(kept);
+        }
+        let same =
+            |l: &KeyLease| l.presented_hashed_token == presented_hashed_token && l.key == key;
+        if leases.iter().any(|l| same(l) && l.until > at) {
+            return KeyReservation::InFlight;
+        }
+        leases.retain(|l| !same(l) && l.until > at);
+        leases.push(KeyLease {
+            presented_hashed_token: presented_hashed_token.to_string(),
+            key: key.to_string(),
+            until: lease_until,
+        });
+        KeyReservation::Reserved
+    }
+
+    /// `release-idempotency-key` over a user's leases.
+    pub fn release_key(leases: &mut Vec<KeyLease>, presented_hashed_token: &str, key: &str) {
+        leases.retain(|l| !(l.presented_hashed_token == presented_hashed_token && l.key == key));
+    }
+
+    /// Whether a write whose proof carries `reply` must be refused with
+    /// `reply-kept`: a reply is already kept for its token and key.
+    pub fn reply_already_kept(replies: &[IdempotentWrite], reply: &IdempotentWrite) -> bool {
+        kept_reply(
+            replies,
+            &reply.presented_hashed_token,
+            &reply.key,
+            reply.forget_before,
+        )
+        .is_some()
     }
 
     /// `find-idempotent-reply` over a user's kept replies.

@@ -133,10 +133,12 @@ fn retries_on_every_backend() {
     }
 }
 
-/// A lost reply on a write that failed after committing (the storage
-/// answered an error, so the client saw a 500): the retry gets the token.
+/// A write that committed but whose storage call answered an error (the
+/// reply would be lost: a 500 for a change that happened). With a key the
+/// component looks its kept reply up before answering, so the client gets
+/// the committed token at once, and a retry gets the same reply.
 #[test]
-fn a_reply_lost_after_the_commit_is_recovered_by_the_retry() {
+fn a_write_that_failed_after_its_commit_still_answers_its_token() {
     use host_example::storage::{FaultMode, FaultyStorage, MemoryStorage};
     for (name, inner) in [
         ("memory", Arc::new(MemoryStorage::new()) as Arc<dyn Backend>),
@@ -150,21 +152,20 @@ fn a_reply_lost_after_the_commit_is_recovered_by_the_retry() {
         let u = setup.user("lost", None);
         let a = setup.pat(&u, "ci", true);
         // Calls of a self-rotation with a key: find-idempotent-reply,
-        // authenticate (with the permission), replace (the 3rd).
-        let faulty = Arc::new(FaultyStorage::new(inner, 3, FaultMode::After));
+        // authenticate (with the permission), reserve-idempotency-key,
+        // replace (the 4th).
+        let faulty = Arc::new(FaultyStorage::new(inner, 4, FaultMode::After));
         let mut fx = Fx::with_storage(faulty.clone());
         fx.clock = setup.clock.clone();
         fx.services = fx.services.clone().with_clock(fx.clock.clone());
         let body = r#"{"tokenName":"ci"}"#;
-        let lost = with_key(Regenerate, &fx, &u, &a, "k", body);
-        assert_eq!(lost.status, 500, "{name}: {}", lost.body);
+        let first = with_key(Regenerate, &fx, &u, &a, "k", body);
+        assert_eq!(first.status, 200, "{name}: {}", first.body);
         assert!(!setup.authenticates(&u, &a), "{name}: the write committed");
+        let b = first.token();
+        assert!(setup.authenticates(&u, &b), "{name}: the committed token");
         let retry = with_key(Regenerate, &fx, &u, &a, "k", body);
-        let b = retry.token();
-        assert!(
-            setup.authenticates(&u, &b),
-            "{name}: the retry returns the committed token"
-        );
+        assert_eq!((retry.status, &retry.body), (200, &first.body), "{name}");
     }
 }
 
@@ -244,6 +245,12 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
                                 rotations += 1;
                                 continue 'rotate;
                             }
+                            // Its first attempt holds the key (its host was
+                            // killed after reserving it): retry until the
+                            // lease ends.
+                            Ok(reply) if keys && reply.status().as_u16() == 409 => {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
                             // A definite refusal: this client's token is gone.
                             Ok(reply) if reply.status().as_u16() < 500 => break 'rotate,
                             // No answer (or a 500): retry the same request.
@@ -304,6 +311,164 @@ fn sigkill_under_load_with_retries_leaves_every_client_a_working_token() {
         stranded.is_empty(),
         "clients left without a token: {stranded:?}"
     );
+}
+
+/// `serve` on `storage` (extra arguments), listening on a free port: the
+/// process and its base URL.
+fn serve_on(dir: &std::path::Path, storage: &[&str]) -> (Child, String) {
+    let mut child = serve_command(dir)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(storage)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (listening, lines) = wait_listening(&mut child);
+    drain(lines);
+    (child, format!("http://{}", log_field(&listening, "addr")))
+}
+
+/// Issue 26, item 5: 32 identical requests with one `Idempotency-Key` at
+/// once (a session token regenerating a named PAT with a TOTP code, split
+/// across `bases`). Exactly one executes: every 200 carries the same token,
+/// every other reply is 409 `error-idempotency-key-in-flight`, the named
+/// token is that one, and a retry afterwards gets its kept reply. Before
+/// the key was reserved, 7 of 32 executed.
+fn concurrent_duplicates_execute_once(
+    services: &host_example::services::Services,
+    bases: &[String],
+) {
+    use host_example::admin::{self, UserSpec};
+    let spec = UserSpec {
+        username: "dup",
+        email: None,
+        password: None,
+        roles: &["user"],
+    };
+    let id = admin::create_user(services, &spec, COST).unwrap();
+    let setup =
+        admin::enable_totp(services, &id, "dup", rcpat::model::TotpAlgorithm::Sha1, 6).unwrap();
+    let session = admin::issue_login_token(services, &id).unwrap();
+    admin::issue_personal_access_token(services, &id, "ci", false).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let code = admin::totp_code(&setup.secret, rcpat::model::TotpAlgorithm::Sha1, 6, now, 0);
+    let send = |base: &str| -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let mut reply = agent
+            .post(format!("{base}/api/v1/users.regeneratePersonalAccessToken"))
+            .header("Content-Type", "application/json")
+            .header("X-User-Id", &id)
+            .header("X-Auth-Token", &session)
+            .header("x-2fa-method", "totp")
+            .header("x-2fa-code", &code)
+            .header("Idempotency-Key", "f3b1c2d4-dup-0001")
+            .send(r#"{"tokenName":"ci"}"#)
+            .unwrap();
+        (
+            reply.status().as_u16(),
+            reply.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let barrier = Arc::new(std::sync::Barrier::new(32));
+    let replies: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..32)
+            .map(|i| {
+                let (barrier, base, send) = (barrier.clone(), &bases[i % bases.len()], &send);
+                scope.spawn(move || {
+                    barrier.wait();
+                    send(base)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let done: Vec<&String> = replies
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert!(!done.is_empty(), "{replies:?}");
+    assert!(
+        done.iter().all(|b| *b == done[0]),
+        "two executions: {done:?}"
+    );
+    for (status, body) in &replies {
+        assert!(
+            *status == 200 || (*status == 409 && body.contains("error-idempotency-key-in-flight")),
+            "{status} {body}"
+        );
+    }
+    let token: serde_json::Value = serde_json::from_str(done[0]).unwrap();
+    let token = token["token"].as_str().unwrap();
+    assert_eq!(
+        services.storage.token_hashes_named(&id, "ci").unwrap(),
+        [rcpat::token::hash_token(token)],
+        "the named token is the one every 200 carried"
+    );
+    for base in bases {
+        assert_eq!(send(base), (200, done[0].clone()), "a retry afterwards");
+    }
+    eprintln!(
+        "32 duplicates: {} answered 200 (one token), {} 409 in flight",
+        done.len(),
+        replies.len() - done.len()
+    );
+}
+
+#[test]
+fn concurrent_duplicates_execute_once_on_sqlite() {
+    let dir = temp_dir("dup-sqlite");
+    let db = dir.join("dup.sqlite");
+    let services = services_from(&Options {
+        db: Some(db.clone()),
+        ..Options::default()
+    })
+    .unwrap();
+    let (mut server, base) = serve_on(&dir, &["--db", db.to_str().unwrap()]);
+    concurrent_duplicates_execute_once(&services, &[base]);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn concurrent_duplicates_execute_once_across_hosts_on_postgres() {
+    let dir = temp_dir("dup-pg");
+    let url = postgres_url();
+    let key_file = dir.join("rcpat.key");
+    let keys = Arc::new(host_example::keys::Keys::load(&key_file).unwrap());
+    let storage = Arc::new(
+        host_example::storage::PostgresStorage::open(
+            &host_example::storage::PostgresConfig::new(&url),
+            keys.clone(),
+        )
+        .unwrap(),
+    );
+    let services = host_example::services::Services::new(
+        storage,
+        Arc::new(host_example::mail::MemoryMailer::default()),
+    )
+    .with_keys(keys);
+    let args = [
+        "--storage",
+        "postgres",
+        "--database-url",
+        url.as_str(),
+        "--secret-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    let (mut a, base_a) = serve_on(&dir, &args);
+    let (mut b, base_b) = serve_on(&dir, &args);
+    concurrent_duplicates_execute_once(&services, &[base_a, base_b]);
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 // The settings the tests above rely on are the defaults.

@@ -14,6 +14,7 @@ mod expiry;
 mod fault_injection;
 mod http_server;
 mod idempotency;
+mod key_rotation;
 mod last_use;
 mod multi_host;
 mod operations;

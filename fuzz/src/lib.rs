@@ -9,8 +9,8 @@ use std::sync::{Mutex, OnceLock};
 use rcpat::env::Env;
 use rcpat::model::*;
 use rcpat::storage::rules::{
-    LoginCount, admit_login, factor_available, keep_reply, kept_reply, reserve_attempt,
-    spend_factor,
+    KeyLease, LoginCount, admit_login, factor_available, keep_reply, kept_reply, release_key,
+    reply_already_kept, reserve_attempt, reserve_key, spend_factor,
 };
 use rcpat::storage::{HostResult, Storage};
 
@@ -40,8 +40,9 @@ struct State {
     tokens: Vec<Stored>,
     /// Failed logins by account and by address.
     logins: HashMap<String, LoginCount>,
-    /// Replies kept for `Idempotency-Key` retries.
+    /// Replies kept for `Idempotency-Key` retries, and keys reserved.
     replies: Vec<IdempotentWrite>,
+    leases: Vec<KeyLease>,
     backup: BackupCodes,
 }
 
@@ -122,6 +123,7 @@ impl FuzzEnv {
                 ],
                 logins: HashMap::new(),
                 replies: Vec::new(),
+                leases: Vec::new(),
                 backup,
             })),
             mails: 0,
@@ -145,6 +147,11 @@ impl FuzzStore {
 
 impl State {
     fn refusal(&self, proof: &FactorProof) -> Option<WriteOutcome> {
+        if let Some(r) = &proof.reply
+            && reply_already_kept(&self.replies, r)
+        {
+            return Some(WriteOutcome::ReplyKept);
+        }
         if let Some(s) = &proof.session
             && !self.tokens.iter().any(|t| &t.token.hashed_token == s)
         {
@@ -158,6 +165,7 @@ impl State {
         spend_factor(&mut self.user, &mut self.backup, &proof.used);
         if let Some(r) = &proof.reply {
             keep_reply(&mut self.replies, r);
+            release_key(&mut self.leases, &r.presented_hashed_token, &r.key);
         }
     }
 
@@ -443,6 +451,38 @@ impl Storage for FuzzStore {
     ) -> HostResult<Option<IdempotentReply>> {
         let s = &mut *self.lock();
         Ok(kept_reply(&s.replies, presented, key, not_before).filter(|_| user_id == USER_ID))
+    }
+    fn reserve_idempotency_key(
+        &self,
+        user_id: &str,
+        presented: &str,
+        key: &str,
+        at: TimestampMs,
+        lease_until: TimestampMs,
+        not_before: TimestampMs,
+    ) -> HostResult<KeyReservation> {
+        if user_id != USER_ID {
+            return Err(rcpat::storage::HostError::msg("no such user"));
+        }
+        let s = &mut *self.lock();
+        Ok(reserve_key(
+            &s.replies,
+            &mut s.leases,
+            presented,
+            key,
+            at,
+            lease_until,
+            not_before,
+        ))
+    }
+    fn release_idempotency_key(
+        &self,
+        _user_id: &str,
+        presented: &str,
+        key: &str,
+    ) -> HostResult<()> {
+        release_key(&mut self.lock().leases, presented, key);
+        Ok(())
     }
 }
 

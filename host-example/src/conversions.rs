@@ -206,6 +206,16 @@ impl From<m::IdempotentReply> for st::IdempotentReply {
     }
 }
 
+impl From<m::KeyReservation> for st::KeyReservation {
+    fn from(r: m::KeyReservation) -> Self {
+        match r {
+            m::KeyReservation::Reserved => st::KeyReservation::Reserved,
+            m::KeyReservation::InFlight => st::KeyReservation::InFlight,
+            m::KeyReservation::Kept(kept) => st::KeyReservation::Kept(kept.into()),
+        }
+    }
+}
+
 impl From<m::WriteOutcome> for st::WriteOutcome {
     fn from(o: m::WriteOutcome) -> Self {
         match o {
@@ -214,6 +224,7 @@ impl From<m::WriteOutcome> for st::WriteOutcome {
             m::WriteOutcome::NameTaken => st::WriteOutcome::NameTaken,
             m::WriteOutcome::FactorAlreadyUsed => st::WriteOutcome::FactorAlreadyUsed,
             m::WriteOutcome::CredentialsRevoked => st::WriteOutcome::CredentialsRevoked,
+            m::WriteOutcome::ReplyKept => st::WriteOutcome::ReplyKept,
         }
     }
 }

@@ -32,8 +32,15 @@ pub enum Error {
     /// missing from the key file).
     #[error("a stored secret cannot be decrypted: {0}")]
     Secret(String),
+    /// A write's reply was already kept for its `Idempotency-Key`: the
+    /// write is rolled back and answered `reply-kept` (never leaves a store).
+    #[error("a reply is already kept for this idempotency key")]
+    ReplyKept,
+    /// The key file and storage disagree on what a key id is.
+    #[error("{0}")]
+    KeyConflict(String),
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("postgres: {0}")]
     Postgres(#[from] postgres::Error),
     #[error("postgres: no connection: {0}")]
@@ -99,5 +106,19 @@ impl Error {
 
     pub fn invalid(reason: impl Into<String>) -> Self {
         Error::Invalid(reason.into())
+    }
+}
+
+/// SQLite's errors, except our own errors raised inside a row reader or a
+/// write (carried through rusqlite as a conversion failure), which come
+/// back as themselves.
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        match err {
+            rusqlite::Error::ToSqlConversionFailure(inner) if inner.is::<Error>() => {
+                *inner.downcast::<Error>().expect("checked")
+            }
+            other => Error::Sqlite(other),
+        }
     }
 }

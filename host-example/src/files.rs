@@ -132,6 +132,35 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// An exclusive lock on the owner-only file at `path` (created if missing,
+/// never through a symlink), held until the returned file is dropped. It
+/// blocks until no other process holds it: `flock(2)`, so it covers every
+/// process on this machine, and is released by the kernel when a holder
+/// dies. Lock a file beside the one you replace: a rename swaps the inode.
+pub fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                untrusted_error(path, "it is a symlink".into())
+            } else {
+                Error::io("create", path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io("inspect", path, e))?;
+    if let Some(why) = untrusted(&meta, false, Exposure::Private) {
+        return Err(untrusted_error(path, why));
+    }
+    file.lock().map_err(|e| Error::io("lock", path, e))?;
+    Ok(file)
+}
+
 /// Creates `path` with `bytes`, owner-only, failing if it exists.
 pub fn create_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()

@@ -296,4 +296,34 @@ impl st::Host for HostState {
                 .map(Into::into))
         })
     }
+    fn reserve_idempotency_key(
+        &mut self,
+        user: String,
+        hash: String,
+        key: String,
+        at: u64,
+        lease_until: u64,
+        not_before: u64,
+    ) -> Result<st::KeyReservation, String> {
+        self.storage("reserve-idempotency-key", |s| {
+            Ok(st::KeyReservation::from(s.reserve_idempotency_key(
+                &user,
+                &hash,
+                &key,
+                at,
+                lease_until,
+                not_before,
+            )?))
+        })
+    }
+    fn release_idempotency_key(
+        &mut self,
+        user: String,
+        hash: String,
+        key: String,
+    ) -> Result<(), String> {
+        self.storage("release-idempotency-key", |s| {
+            s.release_idempotency_key(&user, &hash, &key)
+        })
+    }
 }

@@ -9,13 +9,30 @@
 //!   their plaintext;
 //! - TOTP secrets are encrypted (XChaCha20-Poly1305, the user id as
 //!   associated data) under the newest key; each value records its key id,
-//!   so `keys rotate` adds a key and re-encrypts, and older values stay
-//!   readable meanwhile.
+//!   so `keys add` then `keys reencrypt` (or `keys rotate`, both at once)
+//!   moves them to a new key, and older values stay readable meanwhile.
+//!
+//! Rotation is safe against itself and against running hosts:
+//!
+//! - the key file changes only under an exclusive lock on `<file>.lock`
+//!   (`files::lock_exclusive`), re-read under that lock, and keys are only
+//!   ever added, so two rotations on one machine add two keys;
+//! - storage records each key id's *fingerprint* (`fingerprint`, which
+//!   reveals nothing of the key) in the transaction that first writes a
+//!   secret under it, and refuses to write under an id whose recorded
+//!   fingerprint is another key's (`admit`): two machines that each made
+//!   their own "key 2" cannot both write, so no secret is ever sealed under
+//!   a key that the file of the host that wrote it does not hold;
+//! - a running host that meets a secret under a key id it lacks re-reads its
+//!   key file (at most once a second) and keeps the new keys if they only
+//!   add to what it had.
 //!
 //! A key file is trusted only if it is a regular file (not a symlink) owned
 //! by this user and accessible to no one else; anything else is refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -30,14 +47,24 @@ use crate::services::random_bytes;
 pub const KEY_ENV: &str = "RCPAT_SECRET_KEY";
 
 const HEADER: &str = "# rcpat secret keys: owner-only; back up with the database; \
-                      rotate with `host-example keys rotate`\n";
+                      add one with `host-example keys add`, never edit or remove one\n";
 const NONCE_LEN: usize = 24;
+
+/// The shortest time between two re-reads of the key file for an unknown
+/// key id (a flood of requests for a user whose key is missing reads the
+/// file once a second, not once a request).
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// TOTP encryption keys by id, ascending; the last one encrypts.
+type SecretKeys = Vec<(u32, [u8; 32])>;
 
 pub struct Keys {
     /// Hashes second-factor codes (backup and email codes).
     code_key: [u8; 32],
-    /// Encryption keys by id, ascending; the last one encrypts.
-    secret_keys: Vec<(u32, [u8; 32])>,
+    secret_keys: RwLock<Arc<SecretKeys>>,
+    /// Where the keys came from, if a file: re-read for an unknown key id.
+    file: Option<PathBuf>,
+    last_reload: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -46,26 +73,34 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+/// Whether a key may seal in a database (see `Keys::admit`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The database already knows this key under this id.
+    Known,
+    /// The database knows no key under this id: record this fingerprint in
+    /// the same transaction as the first secret sealed under it.
+    Record(String),
+}
+
 impl Keys {
     /// Keys derived from numbered master keys (ids ascending, at least one).
-    fn from_masters(mut masters: Vec<(u32, [u8; 32])>) -> Result<Self, &'static str> {
-        masters.sort_by_key(|(id, _)| *id);
-        if masters.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err("it names a key id twice");
-        }
-        let first = masters.first().ok_or("it holds no key")?.1;
+    fn from_masters(
+        mut masters: Vec<(u32, [u8; 32])>,
+        file: Option<PathBuf>,
+    ) -> Result<Self, &'static str> {
+        let (code_key, secret_keys) = derive_all(&mut masters)?;
         Ok(Keys {
-            code_key: derive(&first, "rcpat/code-key/v1"),
-            secret_keys: masters
-                .iter()
-                .map(|(id, m)| (*id, derive(m, "rcpat/totp-secret/v1")))
-                .collect(),
+            code_key,
+            secret_keys: RwLock::new(Arc::new(secret_keys)),
+            file,
+            last_reload: Mutex::new(None),
         })
     }
 
     /// Keys from one master key.
     pub fn from_master(master: &[u8; 32]) -> Self {
-        Self::from_masters(vec![(1, *master)]).expect("one key")
+        Self::from_masters(vec![(1, *master)], None).expect("one key")
     }
 
     /// A fresh random key, for stores that do not outlive the process.
@@ -83,45 +118,116 @@ impl Keys {
                     origin: KEY_ENV.into(),
                     reason,
                 }),
-            Err(_) => Self::from_masters(load_or_create(path)?).map_err(|reason| Error::Keys {
-                origin: format!("key file {}", path.display()),
-                reason,
-            }),
+            Err(_) => {
+                let masters = {
+                    let _lock = lock(path)?;
+                    load_or_create(path)?
+                };
+                Self::from_masters(masters, Some(path.to_path_buf()))
+                    .map_err(|reason| malformed(path, reason))
+            }
         }
     }
 
-    /// Adds a new newest key to the key file at `path` (kept: the older keys
-    /// still decrypt what they encrypted, and the first derives the code
-    /// key). Returns the keys including the new one.
-    pub fn rotate(path: &Path) -> Result<Self> {
+    /// Adds a new newest key to the key file at `path`, under the file's
+    /// lock, so concurrent adds each add their own id. The older keys stay:
+    /// they still decrypt what they encrypted, and the first derives the
+    /// code key. Returns the keys including the new one.
+    pub fn add(path: &Path) -> Result<Self> {
         if std::env::var_os(KEY_ENV).is_some() {
             return Err(Error::invalid(format!(
-                "{KEY_ENV} is set: rotate keys in a key file (--secret-key-file)"
+                "{KEY_ENV} is set: add keys to a key file (--secret-key-file)"
             )));
         }
-        let mut masters = load_or_create(path)?;
-        let next = masters.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
-        masters.push((next, random_key()));
-        files::write_private_atomically(path, render(&masters).as_bytes())?;
-        Self::from_masters(masters).map_err(|reason| Error::Keys {
-            origin: format!("key file {}", path.display()),
-            reason,
-        })
+        let masters = {
+            let _lock = lock(path)?;
+            let mut masters = load_or_create(path)?;
+            let next = masters.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+            masters.push((next, random_key()));
+            files::write_private_atomically(path, render(&masters).as_bytes())?;
+            masters
+        };
+        Self::from_masters(masters, Some(path.to_path_buf()))
+            .map_err(|reason| malformed(path, reason))
     }
 
     pub fn code_key(&self) -> &[u8] {
         &self.code_key
     }
 
+    fn current(&self) -> Arc<SecretKeys> {
+        self.secret_keys.read().expect("keys lock").clone()
+    }
+
     /// The id of the key that encrypts.
     pub fn current_id(&self) -> u32 {
-        self.secret_keys.last().expect("at least one key").0
+        self.current().last().expect("at least one key").0
+    }
+
+    /// A public fingerprint of key `id` (32 hex digits of an HMAC under it):
+    /// tells two keys apart without revealing either.
+    pub fn fingerprint(&self, id: u32) -> Option<String> {
+        let keys = self.current();
+        let (_, key) = keys.iter().find(|(k, _)| *k == id)?;
+        Some(data_encoding::HEXLOWER.encode(&derive(key, "rcpat/key-fingerprint/v1")[..16]))
+    }
+
+    /// Whether this file's key `id` may seal secrets in a database that
+    /// records `recorded` as that id's fingerprint. `sample` is one secret
+    /// the database already holds under `id` (user id, stored value), checked
+    /// when no fingerprint is recorded yet (a database from before
+    /// fingerprints): a key that does not open it is another key.
+    pub fn admit(
+        &self,
+        id: u32,
+        recorded: Option<&str>,
+        sample: Option<(&str, &str)>,
+    ) -> Result<Admission> {
+        let ours = self
+            .fingerprint(id)
+            .ok_or_else(|| Error::Secret(format!("key {id} is not in the key file")))?;
+        let conflict = || {
+            Error::KeyConflict(format!(
+                "key {id} of this key file is not the key {id} that storage's secrets are \
+                 under: another `keys add` or `keys rotate` made its own key {id}. Use the key \
+                 file of the host that made it (and remove this file's key {id} only if nothing \
+                 was written under it)"
+            ))
+        };
+        match recorded {
+            Some(theirs) if theirs == ours => Ok(Admission::Known),
+            Some(_) => Err(conflict()),
+            None => match sample {
+                Some((user, stored)) if self.open_text(id, user, stored).is_err() => {
+                    Err(conflict())
+                }
+                _ => Ok(Admission::Record(ours)),
+            },
+        }
+    }
+
+    /// Checks this file's keys against the fingerprints storage records
+    /// (id, fingerprint): a key under a known id that is another key is an
+    /// error; ids storage knows that the file lacks are returned (their
+    /// secrets will not open here until the file has them).
+    pub fn check_recorded(&self, recorded: &[(u32, String)]) -> Result<Vec<u32>> {
+        let mut missing = Vec::new();
+        for (id, fingerprint) in recorded {
+            match self.fingerprint(*id) {
+                None => missing.push(*id),
+                Some(_) => {
+                    self.admit(*id, Some(fingerprint), None)?;
+                }
+            }
+        }
+        Ok(missing)
     }
 
     /// Encrypts `plaintext` bound to `context` (the user id) under the newest
     /// key: (key id, nonce ‖ ciphertext ‖ tag).
     pub fn seal(&self, context: &str, plaintext: &[u8]) -> (u32, Vec<u8>) {
-        let (id, key) = self.secret_keys.last().expect("at least one key");
+        let keys = self.current();
+        let (id, key) = keys.last().expect("at least one key");
         let nonce: [u8; NONCE_LEN] = random_bytes(NONCE_LEN).try_into().expect("24 bytes");
         let sealed = XChaCha20Poly1305::new(key.into())
             .encrypt(
@@ -153,23 +259,25 @@ impl Keys {
             .map_err(|_| Error::Secret("not text once decrypted".into()))
     }
 
-    /// Decrypts what `seal` produced under key `id` for `context`.
+    /// Decrypts what `seal` produced under key `id` for `context`. A key id
+    /// this host lacks makes it re-read its key file first (see `reload`).
     pub fn open(&self, id: u32, context: &str, sealed: &[u8]) -> Result<Vec<u8>> {
-        let key = self
-            .secret_keys
-            .iter()
-            .find(|(k, _)| *k == id)
-            .map(|(_, key)| key)
-            .ok_or_else(|| {
-                Error::Secret(format!(
-                    "encrypted under key {id}, which the key file lacks"
-                ))
-            })?;
+        let key = match self.key(id) {
+            Some(key) => key,
+            None => {
+                self.reload();
+                self.key(id).ok_or_else(|| {
+                    Error::Secret(format!(
+                        "encrypted under key {id}, which the key file lacks"
+                    ))
+                })?
+            }
+        };
         if sealed.len() < NONCE_LEN {
             return Err(Error::Secret("truncated".into()));
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        XChaCha20Poly1305::new(key.into())
+        XChaCha20Poly1305::new((&key).into())
             .decrypt(
                 XNonce::from_slice(nonce),
                 Payload {
@@ -183,6 +291,91 @@ impl Keys {
                 ))
             })
     }
+
+    fn key(&self, id: u32) -> Option<[u8; 32]> {
+        self.current()
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, key)| *key)
+    }
+
+    /// Re-reads the key file (at most once per `RELOAD_INTERVAL`) and keeps
+    /// what it holds if it only adds keys to ours: the same code key, and
+    /// every id we hold with the same key. Anything else (a file replaced
+    /// by another deployment's, a key edited) is logged and ignored, so a
+    /// bad file cannot take keys away from a running host.
+    pub fn reload(&self) {
+        let Some(path) = &self.file else { return };
+        {
+            let mut last = self.last_reload.lock().expect("reload lock");
+            if last.is_some_and(|at| at.elapsed() < RELOAD_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let read = files::read_trusted(path, Exposure::Private).and_then(|bytes| {
+            let bytes = bytes.ok_or_else(|| Error::invalid("the key file is gone"))?;
+            let text = String::from_utf8(bytes).map_err(|_| malformed(path, "not text"))?;
+            let mut masters = parse_file(&text).map_err(|reason| malformed(path, reason))?;
+            derive_all(&mut masters).map_err(|reason| malformed(path, reason))
+        });
+        let (code_key, keys) = match read {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::error!(path = %path.display(), error = %err, "cannot re-read the key file");
+                return;
+            }
+        };
+        let mut current = self.secret_keys.write().expect("keys lock");
+        let only_adds = code_key == self.code_key && current.iter().all(|held| keys.contains(held));
+        if !only_adds {
+            tracing::error!(
+                path = %path.display(),
+                "the key file no longer holds this host's keys (changed or replaced, not added to); keeping the keys loaded at start"
+            );
+        } else if keys.len() > current.len() {
+            tracing::info!(
+                path = %path.display(),
+                newest = keys.last().expect("at least one key").0,
+                "loaded new keys from the key file"
+            );
+            *current = Arc::new(keys);
+        }
+    }
+}
+
+/// The code key and the encryption keys from master keys (sorted by id).
+fn derive_all(masters: &mut [(u32, [u8; 32])]) -> Result<([u8; 32], SecretKeys), &'static str> {
+    masters.sort_by_key(|(id, _)| *id);
+    if masters.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err("it names a key id twice");
+    }
+    let first = masters.first().ok_or("it holds no key")?.1;
+    Ok((
+        derive(&first, "rcpat/code-key/v1"),
+        masters
+            .iter()
+            .map(|(id, m)| (*id, derive(m, "rcpat/totp-secret/v1")))
+            .collect(),
+    ))
+}
+
+fn malformed(path: &Path, reason: &'static str) -> Error {
+    Error::Keys {
+        origin: format!("key file {}", path.display()),
+        reason,
+    }
+}
+
+/// The lock that serializes changes to the key file at `path` (and its
+/// creation): `<path>.lock` beside it.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        files::create_private_dir(dir)?;
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    files::lock_exclusive(Path::new(&name))
 }
 
 fn random_key() -> [u8; 32] {
@@ -256,7 +449,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn temp(name: &str) -> std::path::PathBuf {
+    fn temp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("rcpat-keys-{name}-{}", crate::admin::random_id(8)))
     }
 
@@ -296,7 +489,7 @@ mod tests {
         let path = dir.join("rcpat.key");
         let before = Keys::load(&path).unwrap();
         let (id, sealed) = before.seal("user1", b"JBSWY3DPEHPK3PXP");
-        let after = Keys::rotate(&path).unwrap();
+        let after = Keys::add(&path).unwrap();
         assert_eq!((id, after.current_id()), (1, 2));
         assert_eq!(after.code_key(), before.code_key());
         assert_eq!(

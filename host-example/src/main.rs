@@ -210,8 +210,20 @@ enum TokensCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Add a new key to the key file and re-encrypt every TOTP secret under it.
+    /// Add a new key to the key file and re-encrypt every TOTP secret under
+    /// it (one host; with several, `keys add`, copy the file, `keys reencrypt`).
     Rotate {
+        #[command(flatten)]
+        opts: Options,
+    },
+    /// Add a new key to the key file; nothing is encrypted under it until
+    /// `keys reencrypt` (or a TOTP enrolment) runs with this file.
+    Add {
+        #[command(flatten)]
+        opts: Options,
+    },
+    /// Re-encrypt every TOTP secret under the newest key of the key file.
+    Reencrypt {
         #[command(flatten)]
         opts: Options,
     },
@@ -225,7 +237,10 @@ impl Command {
             | Command::Demo { opts }
             | Command::Bench { opts, .. }
             | Command::Keys {
-                command: KeysCommand::Rotate { opts },
+                command:
+                    KeysCommand::Rotate { opts }
+                    | KeysCommand::Add { opts }
+                    | KeysCommand::Reencrypt { opts },
             }
             | Command::Tokens {
                 command:
@@ -415,21 +430,32 @@ fn run(command: Command, opts: Options) -> Result<()> {
                 bail!("{} expiry notices could not be sent", notices.failed.len())
             }
         }
-        Command::Keys {
-            command: KeysCommand::Rotate { .. },
-        } => {
+        Command::Keys { command } => {
             if opts.storage() == StorageKind::Memory {
-                bail!("keys rotate needs a durable storage (sqlite or postgres)");
+                bail!("keys commands need a durable storage (sqlite or postgres)");
             }
             let path = opts.secret_key_file();
-            let keys = Arc::new(host_example::keys::Keys::rotate(&path)?);
-            let storage = host_example::server::open_backend(&opts, keys.clone())?;
-            let n = storage.reencrypt_secrets()?;
-            println!(
-                "added key {} to {}; re-encrypted {n} TOTP secrets",
-                keys.current_id(),
-                path.display()
-            );
+            let (add, reencrypt) = match command {
+                KeysCommand::Rotate { .. } => (true, true),
+                KeysCommand::Add { .. } => (true, false),
+                KeysCommand::Reencrypt { .. } => (false, true),
+            };
+            let keys = Arc::new(if add {
+                host_example::keys::Keys::add(&path)?
+            } else {
+                host_example::keys::Keys::load(&path)?
+            });
+            if add {
+                println!("added key {} to {}", keys.current_id(), path.display());
+            }
+            if reencrypt {
+                let storage = host_example::server::open_backend(&opts, keys.clone())?;
+                let n = storage.reencrypt_secrets()?;
+                println!(
+                    "re-encrypted {n} TOTP secrets under key {}",
+                    keys.current_id()
+                );
+            }
             Ok(())
         }
         Command::Demo { .. } => {

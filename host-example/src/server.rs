@@ -487,10 +487,10 @@ pub fn open_backend(
     keys: Arc<crate::keys::Keys>,
 ) -> crate::error::Result<Arc<dyn crate::storage::Backend>> {
     use crate::config::StorageKind;
-    Ok(match opts.storage() {
+    let backend: Arc<dyn crate::storage::Backend> = match opts.storage() {
         StorageKind::Sqlite => Arc::new(crate::storage::SqliteStorage::open_with_keys(
             opts.db(),
-            keys,
+            keys.clone(),
         )?),
         StorageKind::Memory => Arc::new(crate::storage::MemoryStorage::new()),
         StorageKind::Postgres => {
@@ -499,9 +499,22 @@ pub fn open_backend(
                     "--storage postgres needs --database-url (or RCPAT_DATABASE_URL)",
                 )
             })?;
-            Arc::new(crate::storage::PostgresStorage::open(&config, keys)?)
+            Arc::new(crate::storage::PostgresStorage::open(
+                &config,
+                keys.clone(),
+            )?)
         }
-    })
+    };
+    // A key file whose key N is not the key N storage sealed secrets under
+    // would fail every such user, or write under a key no other host has.
+    let missing = keys.check_recorded(&backend.key_fingerprints()?)?;
+    if !missing.is_empty() {
+        tracing::warn!(
+            keys = ?missing,
+            "storage holds secrets under keys this key file lacks: copy the newest key file here"
+        );
+    }
+    Ok(backend)
 }
 
 /// Builds the application the options describe; also says whether the

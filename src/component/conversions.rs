@@ -204,6 +204,17 @@ impl From<st::WriteOutcome> for m::WriteOutcome {
             st::WriteOutcome::NameTaken => m::WriteOutcome::NameTaken,
             st::WriteOutcome::FactorAlreadyUsed => m::WriteOutcome::FactorAlreadyUsed,
             st::WriteOutcome::CredentialsRevoked => m::WriteOutcome::CredentialsRevoked,
+            st::WriteOutcome::ReplyKept => m::WriteOutcome::ReplyKept,
+        }
+    }
+}
+
+impl From<st::KeyReservation> for m::KeyReservation {
+    fn from(r: st::KeyReservation) -> Self {
+        match r {
+            st::KeyReservation::Reserved => m::KeyReservation::Reserved,
+            st::KeyReservation::InFlight => m::KeyReservation::InFlight,
+            st::KeyReservation::Kept(kept) => m::KeyReservation::Kept(kept.into()),
         }
     }
 }

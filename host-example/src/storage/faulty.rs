@@ -158,6 +158,23 @@ impl Storage for FaultyStorage {
     ) -> HostResult<Option<IdempotentReply>> {
         self.call(|| self.inner.find_idempotent_reply(u, h, key, not_before))
     }
+    fn reserve_idempotency_key(
+        &self,
+        u: &str,
+        h: &str,
+        key: &str,
+        at: TimestampMs,
+        lease_until: TimestampMs,
+        not_before: TimestampMs,
+    ) -> HostResult<KeyReservation> {
+        self.call(|| {
+            self.inner
+                .reserve_idempotency_key(u, h, key, at, lease_until, not_before)
+        })
+    }
+    fn release_idempotency_key(&self, u: &str, h: &str, key: &str) -> HostResult<()> {
+        self.call(|| self.inner.release_idempotency_key(u, h, key))
+    }
 }
 
 impl Admin for FaultyStorage {
@@ -196,6 +213,9 @@ impl Admin for FaultyStorage {
     }
     fn reencrypt_secrets(&self) -> Result<usize> {
         self.inner.reencrypt_secrets()
+    }
+    fn key_fingerprints(&self) -> Result<Vec<(u32, String)>> {
+        self.inner.key_fingerprints()
     }
     fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>> {
         self.inner.expiring_tokens(now, until)

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 
 use rcpat::model::*;
 use rcpat::storage::rules::{
-    LoginCount, admit_login, factor_available, keep_reply, kept_reply, reserve_attempt,
-    spend_factor,
+    KeyLease, LoginCount, admit_login, factor_available, keep_reply, kept_reply, release_key,
+    reply_already_kept, reserve_attempt, reserve_key, spend_factor,
 };
 
 use super::{
@@ -44,8 +44,9 @@ struct MemUser {
     tokens: Vec<Entry>,
     /// Per-user permission grants (true) and revocations (false).
     overrides: HashMap<String, bool>,
-    /// Replies kept for `Idempotency-Key` retries.
+    /// Replies kept for `Idempotency-Key` retries, and keys reserved.
     replies: Vec<IdempotentWrite>,
+    leases: Vec<KeyLease>,
     /// Hashed backup codes (while TOTP is enrolled).
     backup: BackupCodes,
 }
@@ -124,6 +125,11 @@ fn is_pat_named(e: &Entry, name: &str) -> bool {
 
 /// Why `proof` cannot be spent now, if it cannot (checked before any mutation).
 fn refusal(u: &MemUser, proof: &FactorProof) -> Option<WriteOutcome> {
+    if let Some(reply) = &proof.reply
+        && reply_already_kept(&u.replies, reply)
+    {
+        return Some(WriteOutcome::ReplyKept);
+    }
     if let Some(session) = &proof.session
         && !u.tokens.iter().any(|e| &e.record.hashed_token == session)
     {
@@ -146,6 +152,7 @@ fn spend(u: &mut MemUser, proof: &FactorProof) {
     }
     if let Some(reply) = &proof.reply {
         keep_reply(&mut u.replies, reply);
+        release_key(&mut u.leases, &reply.presented_hashed_token, &reply.key);
     }
 }
 
@@ -482,6 +489,46 @@ impl Storage for MemoryStorage {
                 .and_then(|u| kept_reply(&u.replies, presented_hashed_token, key, not_before)))
         })
     }
+
+    fn reserve_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        at: TimestampMs,
+        lease_until: TimestampMs,
+        not_before: TimestampMs,
+    ) -> HostResult<KeyReservation> {
+        self.with(|s| {
+            let u = s
+                .users
+                .get_mut(user_id)
+                .ok_or_else(|| Error::NoSuchUser(user_id.into()))?;
+            Ok(reserve_key(
+                &u.replies,
+                &mut u.leases,
+                presented_hashed_token,
+                key,
+                at,
+                lease_until,
+                not_before,
+            ))
+        })
+    }
+
+    fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+    ) -> HostResult<()> {
+        self.with(|s| {
+            if let Some(u) = s.users.get_mut(user_id) {
+                release_key(&mut u.leases, presented_hashed_token, key);
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Admin for MemoryStorage {
@@ -524,6 +571,7 @@ impl Admin for MemoryStorage {
                     tokens: Vec::new(),
                     overrides: HashMap::new(),
                     replies: Vec::new(),
+                    leases: Vec::new(),
                     backup: BackupCodes::default(),
                 },
             );

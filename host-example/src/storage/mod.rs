@@ -20,7 +20,7 @@ pub use sqlite::SqliteStorage;
 
 /// The schema version every durable backend migrates to: migration N holds
 /// the same change in each (checked at compile time beside each list).
-pub const SCHEMA_VERSION: usize = 10;
+pub const SCHEMA_VERSION: usize = 12;
 
 /// The permission the endpoints check (the component's name for it).
 pub use rcpat::endpoints::PAT_PERMISSION;
@@ -179,6 +179,11 @@ pub trait Admin: Send + Sync {
     /// that keep no secrets at rest.
     fn reencrypt_secrets(&self) -> Result<usize> {
         Ok(0)
+    }
+    /// The fingerprint storage recorded for each key id that secrets were
+    /// sealed under (`keys.rs`), to check a key file against at start.
+    fn key_fingerprints(&self) -> Result<Vec<(u32, String)>> {
+        Ok(Vec::new())
     }
 }
 

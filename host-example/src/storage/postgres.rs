@@ -35,7 +35,7 @@ use super::{
     Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
 };
 use crate::error::{Error, Result};
-use crate::keys::Keys;
+use crate::keys::{Admission, Keys};
 
 // The backends' schemas move together.
 const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSION);
@@ -293,10 +293,20 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX users_by_email;
     CREATE INDEX users_by_email ON users (lower(email COLLATE "C"));
 "#,
+    // 11: the fingerprint of each key id secrets were sealed under
+    // (`keys.rs`): a key file whose key N is another key cannot write.
+    "CREATE TABLE secret_keys (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL);",
+    // 12: `Idempotency-Key` reservations, beside the kept replies (see SQLite's 12).
+    "ALTER TABLE idempotent_replies ADD COLUMN lease_until BIGINT;",
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.
 const MIGRATION_LOCK: i64 = 0x7263_7061_745f_6d69; // "rcpat_mi"
+
+/// The advisory lock held by every transaction that seals a secret (TOTP
+/// enrolment, re-encryption): such writes are admin actions, rare, and one
+/// at a time across every host, so a key's fingerprint is recorded once.
+const KEYS_LOCK: i64 = 0x7263_7061_745f_6b79; // "rcpat_ky"
 
 /// Pool and time limits (from the host's options).
 #[derive(Clone, Debug)]
@@ -654,6 +664,35 @@ macro_rules! on_handle {
 }
 
 impl Db<'_> {
+    /// Lets key `id` seal secrets in this transaction (see `Keys::admit`),
+    /// under `KEYS_LOCK`, recording its fingerprint if it is the first.
+    fn admit_key(&mut self, keys: &Keys, id: u32) -> Result<()> {
+        let id = id as i32;
+        self.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])?;
+        let recorded: Option<String> = self
+            .query_opt("SELECT fingerprint FROM secret_keys WHERE id = $1", &[&id])?
+            .map(|r| r.get(0));
+        let sample: Option<(String, String)> = match recorded {
+            Some(_) => None,
+            None => self
+                .query_opt(
+                    "SELECT user_id, secret FROM totp WHERE secret_key_id = $1 LIMIT 1",
+                    &[&id],
+                )?
+                .map(|r| (r.get(0), r.get(1))),
+        };
+        let sample = sample.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
+        if let Admission::Record(fingerprint) =
+            keys.admit(id as u32, recorded.as_deref(), sample)?
+        {
+            self.execute(
+                "INSERT INTO secret_keys (id, fingerprint) VALUES ($1, $2)",
+                &[&id, &fingerprint],
+            )?;
+        }
+        Ok(())
+    }
+
     fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
@@ -852,6 +891,11 @@ fn outcome(row: Row) -> Result<WriteOutcome> {
 /// Stores the reply a write's proof carries, after that write happened
 /// (`outcome` done), in the caller's transaction (`run(true, …)` whenever
 /// the proof carries one), forgetting the user's expired replies.
+///
+/// A reply already kept for the same token and key (another request with
+/// the key wrote first; the user's row lock, taken by the write function,
+/// orders them) makes it `Err(Error::ReplyKept)`: the caller's transaction
+/// rolls back, write included, and the answer is `reply-kept`.
 fn keep_reply(
     db: &mut Db,
     user_id: &str,
@@ -869,11 +913,12 @@ fn keep_reply(
         "DELETE FROM idempotent_replies WHERE user_id = $1 AND created_at < $2",
         &[&user_id, &ts(r.forget_before)],
     )?;
-    db.execute(
+    let stored = db.execute(
         "INSERT INTO idempotent_replies \
          (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, presented_hashed_token, key) \
-         DO UPDATE SET body_hash = $4, sealed_reply = $5, created_at = $6",
+         DO UPDATE SET body_hash = $4, sealed_reply = $5, created_at = $6, lease_until = NULL \
+         WHERE idempotent_replies.lease_until IS NOT NULL",
         &[
             &user_id,
             &r.presented_hashed_token,
@@ -883,7 +928,18 @@ fn keep_reply(
             &ts(r.created_at),
         ],
     )?;
+    if stored == 0 {
+        return Err(Error::ReplyKept);
+    }
     Ok(())
+}
+
+/// A write's result with `keep_reply`'s refusal as the outcome it is.
+fn or_reply_kept(result: Result<WriteOutcome>) -> HostResult<WriteOutcome> {
+    match result {
+        Err(Error::ReplyKept) => Ok(WriteOutcome::ReplyKept),
+        other => Ok(other?),
+    }
 }
 
 /// Inserts a token (session or PAT) through `rcpat_insert_token`.
@@ -1073,12 +1129,12 @@ impl Storage for PostgresStorage {
         token: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
-        self.run(proof.reply.is_some(), |db| {
+        or_reply_kept(self.run(proof.reply.is_some(), |db| {
             let record = TokenRecord::personal_access_token(token);
             let done = insert_with_proof(db, user_id, &record, token.last_used_at, proof)?;
             keep_reply(db, user_id, proof, done)?;
             Ok(done)
-        })
+        }))
     }
 
     fn replace_personal_access_token(
@@ -1089,7 +1145,7 @@ impl Storage for PostgresStorage {
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
         let a = ProofArgs::of(proof);
-        self.run(proof.reply.is_some(), |db| {
+        or_reply_kept(self.run(proof.reply.is_some(), |db| {
             let row = db.query_one(
                 "SELECT rcpat_replace_pat($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 &[
@@ -1114,7 +1170,7 @@ impl Storage for PostgresStorage {
             let done = outcome(row)?;
             keep_reply(db, user_id, proof, done)?;
             Ok(done)
-        })
+        }))
     }
 
     fn remove_personal_access_token(
@@ -1337,13 +1393,75 @@ impl Storage for PostgresStorage {
             Ok(db
                 .query_opt(
                     "SELECT body_hash, sealed_reply FROM idempotent_replies WHERE user_id = $1 \
-                     AND presented_hashed_token = $2 AND key = $3 AND created_at >= $4",
+                     AND presented_hashed_token = $2 AND key = $3 AND created_at >= $4 \
+                     AND lease_until IS NULL",
                     &[&user_id, &presented_hashed_token, &key, &ts(not_before)],
                 )?
                 .map(|r| IdempotentReply {
                     body_hash: r.get(0),
                     sealed_reply: r.get(1),
                 }))
+        })
+    }
+
+    fn reserve_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        at: TimestampMs,
+        lease_until: TimestampMs,
+        not_before: TimestampMs,
+    ) -> HostResult<KeyReservation> {
+        self.single(|db| {
+            // One statement: a new row, or one whose lease or reply has run
+            // out, becomes this request's reservation; concurrent callers
+            // wait on the row's lock, and exactly one of them gets it.
+            let reserved = db.query_opt(
+                "INSERT INTO idempotent_replies \
+                 (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at, lease_until) \
+                 VALUES ($1, $2, $3, '', ''::bytea, $4, $5) \
+                 ON CONFLICT (user_id, presented_hashed_token, key) DO UPDATE \
+                 SET body_hash = '', sealed_reply = ''::bytea, created_at = $4, lease_until = $5 \
+                 WHERE (idempotent_replies.lease_until IS NOT NULL AND idempotent_replies.lease_until <= $4) \
+                 OR (idempotent_replies.lease_until IS NULL AND idempotent_replies.created_at < $6) \
+                 RETURNING 1",
+                &[&user_id, &presented_hashed_token, &key, &ts(at), &ts(lease_until), &ts(not_before)],
+            )?;
+            if reserved.is_some() {
+                return Ok(KeyReservation::Reserved);
+            }
+            let row = db.query_opt(
+                "SELECT body_hash, sealed_reply, lease_until FROM idempotent_replies \
+                 WHERE user_id = $1 AND presented_hashed_token = $2 AND key = $3",
+                &[&user_id, &presented_hashed_token, &key],
+            )?;
+            Ok(match row {
+                Some(r) if r.get::<_, Option<i64>>(2).is_none() => {
+                    KeyReservation::Kept(IdempotentReply {
+                        body_hash: r.get(0),
+                        sealed_reply: r.get(1),
+                    })
+                }
+                // A live lease (or one released a moment ago: retry).
+                _ => KeyReservation::InFlight,
+            })
+        })
+    }
+
+    fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+    ) -> HostResult<()> {
+        self.single(|db| {
+            db.execute(
+                "DELETE FROM idempotent_replies WHERE user_id = $1 AND presented_hashed_token = $2 \
+                 AND key = $3 AND lease_until IS NOT NULL",
+                &[&user_id, &presented_hashed_token, &key],
+            )?;
+            Ok(())
         })
     }
 }
@@ -1419,6 +1537,9 @@ impl Admin for PostgresStorage {
     fn set_totp(&self, user_id: &str, totp: Option<(&TotpEnrolment, &BackupCodes)>) -> Result<()> {
         let sealed = totp.map(|(t, _)| self.keys.seal_text(user_id, &t.secret));
         self.write(|db| {
+            if let Some((_, id)) = &sealed {
+                db.admit_key(&self.keys, *id)?;
+            }
             if !db.lock_user(user_id)? {
                 return Err(Error::NoSuchUser(user_id.into()));
             }
@@ -1582,9 +1703,20 @@ impl Admin for PostgresStorage {
         })
     }
 
+    fn key_fingerprints(&self) -> Result<Vec<(u32, String)>> {
+        self.single(|db| {
+            Ok(db
+                .query("SELECT id, fingerprint FROM secret_keys ORDER BY id", &[])?
+                .iter()
+                .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+                .collect())
+        })
+    }
+
     fn reencrypt_secrets(&self) -> Result<usize> {
         let current = self.keys.current_id() as i32;
         self.write(|db| {
+            db.admit_key(&self.keys, current as u32)?;
             let rows = db.query(
                 "SELECT user_id, secret, secret_key_id FROM totp WHERE secret_key_id <> $1 FOR UPDATE",
                 &[&current],

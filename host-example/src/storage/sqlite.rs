@@ -24,7 +24,7 @@ use rcpat::model::*;
 use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
 
 use crate::error::{Error, Result};
-use crate::keys::Keys;
+use crate::keys::{Admission, Keys};
 
 use super::{
     Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
@@ -149,6 +149,13 @@ const MIGRATIONS: &[&str] = &[
     // 10: nothing here. PostgreSQL's email index became ASCII-only, which
     // `COLLATE NOCASE` always was; the number keeps both schemas in step.
     "",
+    // 11: the fingerprint of each key id secrets were sealed under
+    // (`keys.rs`): a key file whose key N is another key cannot write.
+    "CREATE TABLE secret_keys (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL);",
+    // 12: `Idempotency-Key` reservations, beside the kept replies: a row
+    // with a lease (`lease_until` set, no reply yet) until its write keeps
+    // the reply (`lease_until` NULL).
+    "ALTER TABLE idempotent_replies ADD COLUMN lease_until INTEGER;",
 ];
 
 pub struct SqliteStorage {
@@ -428,6 +435,42 @@ fn open_secret(keys: &Keys, user_id: &str, stored: &str, key_id: u32) -> rusqlit
     keys.open_text(key_id, user_id, stored).map_err(failure)
 }
 
+/// Lets key `id` seal secrets in this transaction, recording its
+/// fingerprint if it is the first (`Keys::admit`): refused when the
+/// database knows another key under that id.
+fn admit_key(tx: &Connection, keys: &Keys, id: u32) -> rusqlite::Result<()> {
+    let recorded: Option<String> = tx
+        .query_row(
+            "SELECT fingerprint FROM secret_keys WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let sample: Option<(String, String)> = match recorded {
+        Some(_) => None,
+        None => tx
+            .query_row(
+                "SELECT user_id, secret FROM totp WHERE secret_key_id = ?1 LIMIT 1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?,
+    };
+    let sample = sample.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
+    match keys
+        .admit(id, recorded.as_deref(), sample)
+        .map_err(failure)?
+    {
+        Admission::Known => Ok(()),
+        Admission::Record(fingerprint) => tx
+            .execute(
+                "INSERT INTO secret_keys (id, fingerprint) VALUES (?1, ?2)",
+                params![id, fingerprint],
+            )
+            .map(drop),
+    }
+}
+
 /// Encrypts every TOTP secret still in plaintext (from before encryption),
 /// then checkpoints so the plaintext leaves the WAL too.
 fn encrypt_plaintext_secrets(conn: &mut Connection, keys: &Keys) -> Result<()> {
@@ -437,6 +480,7 @@ fn encrypt_plaintext_secrets(conn: &mut Connection, keys: &Keys) -> Result<()> {
         .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())?;
     for (user_id, secret) in &rows {
         let (sealed, id) = seal_secret(keys, user_id, secret);
+        admit_key(&tx, keys, id)?;
         tx.execute(
             "UPDATE totp SET secret = ?2, secret_key_id = ?3 WHERE user_id = ?1",
             params![user_id, sealed, id],
@@ -564,6 +608,17 @@ fn spend(
     user_id: &str,
     proof: &FactorProof,
 ) -> rusqlite::Result<Option<WriteOutcome>> {
+    if let Some(r) = &proof.reply {
+        let kept = tx
+            .prepare_cached(
+                "SELECT 1 FROM idempotent_replies WHERE user_id = ?1 AND presented_hashed_token = ?2 \
+                 AND key = ?3 AND lease_until IS NULL AND created_at >= ?4",
+            )?
+            .exists(params![user_id, r.presented_hashed_token, r.key, r.forget_before as i64])?;
+        if kept {
+            return Ok(Some(WriteOutcome::ReplyKept));
+        }
+    }
     if let Some(session) = &proof.session {
         let alive = tx
             .prepare_cached("SELECT 1 FROM tokens WHERE hashed_token = ?1 AND user_id = ?2")?
@@ -604,8 +659,8 @@ fn spend(
             .execute(params![user_id, r.forget_before as i64])?;
         tx.prepare_cached(
             "INSERT OR REPLACE INTO idempotent_replies \
-             (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at, lease_until) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
         )?
         .execute(params![
             user_id,
@@ -1045,7 +1100,7 @@ let (user_id, c) = (user_id.as_str(), &c);
         self.read(|tx| {
             tx.prepare_cached(
                 "SELECT body_hash, sealed_reply FROM idempotent_replies WHERE user_id = ?1 \
-                 AND presented_hashed_token = ?2 AND key = ?3 AND created_at >= ?4",
+                 AND presented_hashed_token = ?2 AND key = ?3 AND created_at >= ?4 AND lease_until IS NULL",
             )?
             .query_row(
                 params![user_id, presented_hashed_token, key, not_before as i64],
@@ -1057,6 +1112,73 @@ let (user_id, c) = (user_id.as_str(), &c);
                 },
             )
             .optional()
+        })
+    }
+
+    fn reserve_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+        at: TimestampMs,
+        lease_until: TimestampMs,
+        not_before: TimestampMs,
+    ) -> HostResult<KeyReservation> {
+        let (user_id, hash, key) = (
+            user_id.to_owned(),
+            presented_hashed_token.to_owned(),
+            key.to_owned(),
+        );
+        self.write(move |tx| {
+            let row: Option<(String, Vec<u8>, i64, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT body_hash, sealed_reply, created_at, lease_until FROM idempotent_replies \
+                     WHERE user_id = ?1 AND presented_hashed_token = ?2 AND key = ?3",
+                )?
+                .query_row(params![user_id, hash, key], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()?;
+            match row {
+                Some((body_hash, sealed_reply, created, None)) if created as u64 >= not_before => {
+                    return Ok(KeyReservation::Kept(IdempotentReply {
+                        body_hash,
+                        sealed_reply,
+                    }));
+                }
+                Some((_, _, _, Some(until))) if until as u64 > at => {
+                    return Ok(KeyReservation::InFlight);
+                }
+                _ => {}
+            }
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO idempotent_replies \
+                 (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at, lease_until) \
+                 VALUES (?1, ?2, ?3, '', x'', ?4, ?5)",
+            )?
+            .execute(params![user_id, hash, key, at as i64, lease_until as i64])?;
+            Ok(KeyReservation::Reserved)
+        })
+    }
+
+    fn release_idempotency_key(
+        &self,
+        user_id: &str,
+        presented_hashed_token: &str,
+        key: &str,
+    ) -> HostResult<()> {
+        let (user_id, hash, key) = (
+            user_id.to_owned(),
+            presented_hashed_token.to_owned(),
+            key.to_owned(),
+        );
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "DELETE FROM idempotent_replies WHERE user_id = ?1 AND presented_hashed_token = ?2 \
+                 AND key = ?3 AND lease_until IS NOT NULL",
+            )?
+            .execute(params![user_id, hash, key])
+            .map(drop)
         })
     }
 }
@@ -1124,8 +1246,12 @@ let n = &n;
         let sealed = totp
             .as_ref()
             .map(|(t, _)| seal_secret(&self.keys, &user_id, &t.secret));
+        let keys = self.keys.clone();
         self.write(move |tx| {
-let (user_id, totp) = (user_id.as_str(), totp.as_ref());
+            let (user_id, totp) = (user_id.as_str(), totp.as_ref());
+            if let Some((_, id)) = &sealed {
+                admit_key(tx, &keys, *id)?;
+            }
             tx.execute("DELETE FROM totp WHERE user_id = ?1", [user_id])?;
             tx.execute("DELETE FROM backup_codes WHERE user_id = ?1", [user_id])?;
             if let Some((t, backup)) = totp {
@@ -1286,10 +1412,19 @@ let (user_id, totp) = (user_id.as_str(), totp.as_ref());
         })
     }
 
+    fn key_fingerprints(&self) -> Result<Vec<(u32, String)>> {
+        self.read(|db| {
+            db.prepare("SELECT id, fingerprint FROM secret_keys ORDER BY id")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
     fn reencrypt_secrets(&self) -> Result<usize> {
         let keys = self.keys.clone();
         let current = keys.current_id();
         self.write(move |tx| {
+            admit_key(tx, &keys, current)?;
             let rows: Vec<(String, String, u32)> = tx
                 .prepare(
                     "SELECT user_id, secret, secret_key_id FROM totp WHERE secret_key_id <> ?1",

@@ -61,6 +61,9 @@ function factorAvailable(u, used) {
 
 /** Why `proof` cannot be spent on `u` now, if it cannot (checked before any change). */
 function refusal(u, proof) {
+  if (proof.reply && keptReply(u, proof.reply.presentedHashedToken, proof.reply.key, proof.reply.forgetBefore)) {
+    return 'reply-kept';
+  }
   if (proof.session !== undefined && proof.session !== null) {
     if (!u.tokens.some((t) => t.hashedToken === proof.session)) return 'credentials-revoked';
   }
@@ -105,7 +108,24 @@ function spend(u, proof) {
       sealedReply: Buffer.from(reply.sealedReply).toString('base64'),
       createdAt: Number(reply.createdAt),
     });
+    releaseLease(u, reply.presentedHashedToken, reply.key);
   }
+}
+
+/** The reply kept for (presented token, key) at or after `notBefore`, if any. */
+function keptReply(u, presentedHashedToken, key, notBefore) {
+  return (u.replies ?? []).find(
+    (r) => r.presentedHashedToken === presentedHashedToken && r.key === key && r.createdAt >= Number(notBefore),
+  );
+}
+
+/** Drops the reservation of (presented token, key), if any. */
+function releaseLease(u, presentedHashedToken, key) {
+  u.leases = (u.leases ?? []).filter((l) => !(l.presentedHashedToken === presentedHashedToken && l.key === key));
+}
+
+function replyOf(r) {
+  return { bodyHash: r.bodyHash, sealedReply: new Uint8Array(Buffer.from(r.sealedReply, 'base64')) };
 }
 
 /** One failed-login count as it stands at `at`: zero once its block has run out. */
@@ -314,10 +334,34 @@ export function storageFunctions(store) {
     },
 
     findIdempotentReply(userId, presentedHashedToken, key, notBefore) {
-      const r = (store.user(userId)?.replies ?? []).find(
-        (r) => r.presentedHashedToken === presentedHashedToken && r.key === key && r.createdAt >= Number(notBefore),
-      );
-      return r ? { bodyHash: r.bodyHash, sealedReply: new Uint8Array(Buffer.from(r.sealedReply, 'base64')) } : undefined;
+      const u = store.user(userId);
+      const r = u && keptReply(u, presentedHashedToken, key, notBefore);
+      return r ? replyOf(r) : undefined;
+    },
+
+    reserveIdempotencyKey(userId, presentedHashedToken, key, at, leaseUntil, notBefore) {
+      return store.transaction(() => {
+        const u = store.user(userId);
+        if (!u) throw noSuchUser(userId);
+        const kept = keptReply(u, presentedHashedToken, key, notBefore);
+        if (kept) return { tag: 'kept', val: replyOf(kept) };
+        const same = (l) => l.presentedHashedToken === presentedHashedToken && l.key === key;
+        const leases = u.leases ?? [];
+        if (leases.some((l) => same(l) && l.until > Number(at))) return { tag: 'in-flight' };
+        u.leases = leases.filter((l) => !same(l) && l.until > Number(at));
+        u.leases.push({ presentedHashedToken, key, until: Number(leaseUntil) });
+        store.save(u);
+        return { tag: 'reserved' };
+      });
+    },
+
+    releaseIdempotencyKey(userId, presentedHashedToken, key) {
+      store.transaction(() => {
+        const u = store.user(userId);
+        if (!u) return;
+        releaseLease(u, presentedHashedToken, key);
+        store.save(u);
+      });
     },
 
     recordTokenUse(userId, hashedToken, at, staleBefore) {
