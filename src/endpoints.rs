@@ -495,7 +495,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
     keyed(env, settings, req, PatMethod::Generate, |env, retry| {
         let (session, body, mut passed) =
             authenticate_with_second_factor(env, settings, req, mints_bypass_token, false, retry)?;
-        let name = request::token_name(&body)?;
+        let name = request::new_token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
         let expires_at = crate::expiry::for_new_token(
             env.now_ms(),

@@ -22,5 +22,6 @@ mod reuse;
 mod shutdown;
 mod storage_conformance;
 mod tls;
+mod token_names;
 mod token_prefix;
 mod two_factor;

@@ -266,12 +266,28 @@ pub struct ExpiryNotices {
 /// `within_days`, once per token value: the notice is claimed in storage
 /// before the mail goes out, so two runs at once send it once, and released
 /// if the mail fails. A regenerated token is a new value with its own notice.
+/// A token name as terminals and mail headers may show it: control
+/// characters (ESC, CR, LF, …) escaped as `\u{1b}`, for names stored before
+/// generation refused them.
+pub fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn notify_expiring(services: &Services, within_days: u32) -> Result<ExpiryNotices> {
     let now = services.clock.now_ms();
     let until = now.saturating_add(u64::from(within_days) * rcpat::expiry::DAY_MS);
     let mut report = ExpiryNotices::default();
     for t in services.storage.expiring_tokens(now, until)? {
-        let who = (t.username.clone(), t.name.clone());
+        let name = printable(&t.name);
+        let who = (printable(&t.username), name.clone());
         let Some(email) = t.email else {
             report.no_address.push(who);
             continue;
@@ -285,12 +301,12 @@ pub fn notify_expiring(services: &Services, within_days: u32) -> Result<ExpiryNo
         let when = rcpat::time::iso8601(t.expires_at);
         let message = rcpat::model::MailMessage {
             to: vec![email],
-            subject: format!("Your personal access token \"{}\" expires soon", t.name),
+            subject: format!("Your personal access token \"{name}\" expires soon"),
             text: format!(
                 "Hello {},\n\nyour personal access token \"{}\" expires at {when}. \
                  From then on it is refused.\nTo keep using it, regenerate it before then \
                  (users.regeneratePersonalAccessToken); the new token gets a fresh lifetime.\n",
-                t.username, t.name
+                who.0, name
             ),
         };
         match services.mailer.send(&message) {

@@ -392,7 +392,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
             for t in tokens {
                 println!(
                     "{:<24} created {}  ends …{}  bypass-2fa {}  last used {}",
-                    t.name,
+                    admin::printable(&t.name),
                     rcpat::time::iso8601(t.created_at),
                     t.last_token_part,
                     t.bypass_two_factor,
