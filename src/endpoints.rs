@@ -52,10 +52,9 @@ fn authenticate_unmarked(
     if user_id.is_empty() || token.is_empty() {
         return Err(ApiError::NotLoggedIn);
     }
-    // Noise that looks like one of our tokens costs no lookup.
+    // Noise shaped like one of our prefixed tokens costs no lookup.
     let prefix = settings.token_prefix;
-    if !prefix.as_str().is_empty()
-        && token.starts_with(prefix.as_str())
+    if token::looks_prefixed(&prefix, token)
         && !token::prefixed_token_is_well_formed(&prefix, token)
     {
         return Err(ApiError::NotLoggedIn);

@@ -26,13 +26,15 @@ pub fn new_token(random: &[u8]) -> String {
         .collect()
 }
 
-/// Longest `token-prefix`.
+/// Shortest and longest `token-prefix`: a shorter one makes a scanner's
+/// pattern match noise (GitHub's shortest is `ghp_`).
+pub const MIN_PREFIX_LEN: usize = 4;
 pub const MAX_PREFIX_LEN: usize = 16;
 /// Length of the checksum a prefixed token ends with.
 pub const CHECKSUM_LEN: usize = 6;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// The host's `token-prefix` setting: empty (Rocket.Chat's plain tokens), up
+/// The host's `token-prefix` setting: empty (Rocket.Chat's plain tokens), 4
 /// to 16 characters of `[A-Za-z0-9_]`, or invalid (the host passed something
 /// else; minting then fails rather than issue an unscannable token). Copy,
 /// like the rest of the settings.
@@ -51,7 +53,7 @@ impl TokenPrefix {
 
     /// Parses the setting; `None` when it is not one of the accepted forms.
     pub fn parse(text: &str) -> Option<TokenPrefix> {
-        let ok = text.len() <= MAX_PREFIX_LEN
+        let ok = (text.is_empty() || (MIN_PREFIX_LEN..=MAX_PREFIX_LEN).contains(&text.len()))
             && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         ok.then(|| {
             let mut bytes = [0; MAX_PREFIX_LEN];
@@ -120,6 +122,16 @@ pub fn with_prefix(prefix: &TokenPrefix, token: &str) -> String {
     let body = format!("{}{token}", prefix.as_str());
     let sum = checksum(&body);
     body + &sum
+}
+
+/// Whether `token` has the prefixed form's shape: `prefix`, then exactly as
+/// many characters as a prefixed token has. Only such a token is judged by
+/// its checksum; any other (a plain 43-character token that happens to start
+/// with the prefix, a session token) is looked up as it is, so whether a
+/// token counts as prefixed never depends on its first characters by chance.
+pub fn looks_prefixed(prefix: &TokenPrefix, token: &str) -> bool {
+    let p = prefix.as_str();
+    !p.is_empty() && token.len() == p.len() + TOKEN_LEN + CHECKSUM_LEN && token.starts_with(p)
 }
 
 /// Whether a token that carries `prefix` is well formed (its length and

@@ -120,4 +120,120 @@ fn serve_refuses_to_start_with_an_invalid_prefix() {
         .err()
         .expect("an invalid prefix stops the start");
     assert!(format!("{err:#}").contains("--token-prefix"), "{err:#}");
+    // Too short to scan for (issue 26, item 3): refused too.
+    for short in ["A", "ab", "r_c"] {
+        assert_eq!(TokenPrefix::parse(short), None, "{short}");
+        let opts = host_example::config::Options {
+            token_prefix: Some(short.into()),
+            ..opts.clone()
+        };
+        let err = host_example::server::RunningServer::start(&opts)
+            .err()
+            .expect("a short prefix stops the start");
+        assert!(format!("{err:#}").contains("4 to 16 characters"), "{err:#}");
+    }
+}
+
+/// Issue 26, item 3: with `--token-prefix A`, plain tokens that happened to
+/// start with "A" (1 in 64 of them) answered 401. Now only a token of the
+/// prefixed form's exact length is judged by its checksum: plain PATs and
+/// session tokens that start with the prefix work over HTTP; a token of the
+/// prefixed shape with a wrong checksum is still refused before any lookup.
+#[test]
+fn plain_tokens_that_start_with_the_prefix_keep_working_over_http() {
+    use host_example::storage::TokenRecord;
+    use std::process::Stdio;
+    let dir = temp_dir("prefix-http");
+    let db = dir.join("prefix.sqlite");
+    let (id, _) = seed_pat_users(&db, "p", 1).remove(0);
+    let services = host_example::server::services_from(&host_example::config::Options {
+        db: Some(db.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    // 43-character tokens issued before the setting, starting with it.
+    let plain_pat = format!("Abcd{}", "x".repeat(39));
+    let plain_session = format!("Abcd{}", "y".repeat(39));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let pat = rcpat::model::PersonalAccessToken {
+        name: "old".into(),
+        hashed_token: rcpat::token::hash_token(&plain_pat),
+        last_token_part: "xxxxxx".into(),
+        created_at: now,
+        bypass_two_factor: false,
+        last_used_at: None,
+        expires_at: None,
+    };
+    services
+        .storage
+        .add_token(&id, &TokenRecord::personal_access_token(&pat))
+        .unwrap();
+    services
+        .storage
+        .add_token(
+            &id,
+            &TokenRecord::login(&rcpat::token::hash_token(&plain_session), now),
+        )
+        .unwrap();
+    drop(services);
+    let mut child = serve_command(&dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--token-prefix",
+            "Abcd",
+        ])
+        .arg("--db")
+        .arg(&db)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (listening, lines) = wait_listening(&mut child);
+    drain(lines);
+    let base = format!("http://{}", log_field(&listening, "addr"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let me = |token: &str| {
+        agent
+            .get(format!("{base}/api/v1/me"))
+            .header("X-User-Id", &id)
+            .header("X-Auth-Token", token)
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(me(&plain_pat), 200, "a plain PAT starting with the prefix");
+    assert_eq!(
+        me(&plain_session),
+        200,
+        "a session token starting with the prefix"
+    );
+    // A new token carries the prefix and works; its shape with one character
+    // changed does not.
+    let mut reply = agent
+        .post(format!("{base}/api/v1/users.generatePersonalAccessToken"))
+        .header("Content-Type", "application/json")
+        .header("X-User-Id", &id)
+        .header("X-Auth-Token", &plain_session)
+        .send(r#"{"tokenName":"new"}"#)
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap();
+    let fresh = body["token"].as_str().unwrap().to_string();
+    assert!(scanner_accepts("Abcd", &fresh), "{fresh}");
+    assert_eq!(me(&fresh), 200);
+    let mut forged = fresh.clone().into_bytes();
+    forged[10] = if forged[10] == b'a' { b'b' } else { b'a' };
+    assert_eq!(me(&String::from_utf8(forged).unwrap()), 401);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
 }

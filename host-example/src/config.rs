@@ -181,7 +181,7 @@ pub struct Options {
     /// Add lastUsedAt to each used token in users.getPersonalAccessTokens (not a Rocket.Chat field; the last use is recorded either way) [default: false]
     #[arg(long, env = "RCPAT_SHOW_TOKEN_LAST_USE", value_name = "BOOL")]
     pub show_token_last_use: Option<bool>,
-    /// Prefix of new personal access tokens for secret scanners (1-16 of [A-Za-z0-9_], e.g. rcpat_); such tokens end with a CRC32 checksum in base62. Empty: Rocket.Chat's plain tokens [default: empty]
+    /// Prefix of new personal access tokens for secret scanners (4-16 of [A-Za-z0-9_], e.g. rcpat_); such tokens end with a CRC32 checksum in base62. Empty: Rocket.Chat's plain tokens [default: empty]
     #[arg(long, env = "RCPAT_TOKEN_PREFIX")]
     pub token_prefix: Option<String>,
     /// Longest lifetime of a personal access token, in days: generate without expiresAt gives this, a later expiresAt is refused, regenerate renews within it. 0: tokens never expire unless asked, as in Rocket.Chat [default: 0]

@@ -524,7 +524,8 @@ pub fn app_from(
 ) -> wasmtime::Result<(App, Option<crate::cache::CacheOutcome>)> {
     if !opts.settings().token_prefix.is_valid() {
         wasmtime::bail!(
-            "--token-prefix must be at most {} characters of A-Z, a-z, 0-9 and _",
+            "--token-prefix must be {} to {} characters of A-Z, a-z, 0-9 and _ (or empty: none)",
+            rcpat::token::MIN_PREFIX_LEN,
             rcpat::token::MAX_PREFIX_LEN
         );
     }
