@@ -238,6 +238,9 @@ struct Retry {
     /// The presented token's plaintext: the kept reply is sealed under it.
     presented: String,
     presented_hash: String,
+    /// The body's `tokenName`, if it has a valid one (a kept reply is only
+    /// served while the token it returned still holds that name unused).
+    name: Option<String>,
     /// Whether this request holds the key's reservation (to give back if
     /// it ends without its write).
     reserved: std::cell::Cell<bool>,
@@ -276,6 +279,9 @@ impl Retry {
             presented_hash: token::hash_token(&presented),
             user_id,
             presented,
+            name: request::body(&req.body, MAX_PAT_BODY_BYTES)
+                .ok()
+                .and_then(|body| request::token_name(&body).ok()),
             reserved: std::cell::Cell::new(false),
         }))
     }
@@ -291,7 +297,7 @@ impl Retry {
         let Some(retry) = Self::of(settings, req, route)? else {
             return Ok(Ok(None));
         };
-        Ok(match retry.replay(env, settings)? {
+        Ok(match retry.replay(env, settings, req)? {
             Some(kept) => Err(kept),
             None => Ok(Some(retry)),
         })
@@ -305,7 +311,12 @@ impl Retry {
     /// body; the key with another body is refused. Runs before
     /// authentication: the presented token may be the one that request
     /// replaced, and only its holder can open the reply.
-    fn replay(&self, env: &mut dyn Env, settings: &Settings) -> Result<Option<Response>, ApiError> {
+    fn replay(
+        &self,
+        env: &mut dyn Env,
+        settings: &Settings,
+        req: &Request,
+    ) -> Result<Option<Response>, ApiError> {
         let not_before = env.now_ms().saturating_sub(Self::ttl_ms(settings));
         let Some(kept) = env
             .storage()
@@ -314,7 +325,7 @@ impl Retry {
         else {
             return Ok(None);
         };
-        self.opened(&kept)
+        self.opened(env, settings, req, &kept)
     }
 
     /// Reserves the key for this request (after authentication): refused
@@ -361,22 +372,83 @@ impl Retry {
 
     /// A kept reply as this request's answer: refused if it was kept for
     /// another body, `None` if these credentials cannot open it.
-    fn opened(&self, kept: &IdempotentReply) -> Result<Option<Response>, ApiError> {
+    ///
+    /// A kept reply is served only while it is still the answer (issue 26,
+    /// item 4): the credential that made the request still authenticates
+    /// (not logged out, not expired), unless the request itself retired it
+    /// (a PAT rotating itself: the lost-reply case), and the token the reply
+    /// returned is still the current, unexpired token of its name and has
+    /// never been used (once used, its holder clearly got it). Otherwise:
+    /// 401 when the presented credential is gone, else 400
+    /// `error-idempotency-key-spent`; never the token.
+    fn opened(
+        &self,
+        env: &mut dyn Env,
+        settings: &Settings,
+        req: &Request,
+        kept: &IdempotentReply,
+    ) -> Result<Option<Response>, ApiError> {
         if !token::secret_eq(kept.body_hash.as_bytes(), self.body_hash.as_bytes()) {
             return Err(ApiError::IdempotencyKeyReused);
         }
-        Ok(crate::idempotency::open(
+        let Some(opened) = crate::idempotency::open(
             &self.presented,
             &self.user_id,
             &self.key,
             &self.body_hash,
             &kept.sealed_reply,
-        )
-        .map(|body| Response { status: 200, body }))
+        ) else {
+            return Ok(None);
+        };
+        if !opened.retired_presented {
+            authenticate_unmarked(env, settings, req, None)?;
+        }
+        if !self.returned_token_is_untouched(env, &opened.body)? {
+            return Err(if opened.retired_presented {
+                ApiError::NotLoggedIn
+            } else {
+                ApiError::IdempotencyKeySpent
+            });
+        }
+        Ok(Some(Response {
+            status: 200,
+            body: opened.body,
+        }))
+    }
+
+    /// Whether the token in a kept reply's `body` is still the current
+    /// token of the request's name, unexpired and never used.
+    fn returned_token_is_untouched(&self, env: &mut dyn Env, body: &str) -> Result<bool, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Created {
+            token: String,
+        }
+        let (Some(name), Ok(created)) = (&self.name, serde_json::from_str::<Created>(body)) else {
+            return Ok(false);
+        };
+        let Some(current) = env
+            .storage()
+            .find_personal_access_token(&self.user_id, name)
+            .map_err(|_| ApiError::StorageFailure)?
+        else {
+            return Ok(false);
+        };
+        let now = env.now_ms();
+        Ok(token::secret_eq(
+            current.hashed_token.as_bytes(),
+            token::hash_token(&created.token).as_bytes(),
+        ) && current.last_used_at.is_none()
+            && !crate::expiry::is_expired(current.expires_at, now))
     }
 
     /// `reply`, sealed, for the write to keep.
-    fn keep(&self, env: &mut dyn Env, settings: &Settings, reply: &Response) -> IdempotentWrite {
+    fn keep(
+        &self,
+        env: &mut dyn Env,
+        settings: &Settings,
+        reply: &Response,
+        retires_presented: bool,
+    ) -> IdempotentWrite {
         let now = env.now_ms();
         let nonce = env.random_bytes(crate::idempotency::NONCE_BYTES);
         IdempotentWrite {
@@ -389,6 +461,7 @@ impl Retry {
                 &self.key,
                 &self.body_hash,
                 &reply.body,
+                retires_presented,
                 &nonce,
             ),
             created_at: now,
@@ -416,7 +489,9 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         let user_id = session.user.id.as_str();
         // The documentation's example names generateToken here; the documentation wins.
         require_permission(&session, ApiError::NotAuthorized(PatMethod::Generate))?;
-        let old = match Replaced::presented(&session.token, &name) {
+        let presented = Replaced::presented(&session.token, &name);
+        let retires_presented = presented.is_some();
+        let old = match presented {
             // A token rotating itself: authentication just read it.
             Some(old) => old,
             None => env
@@ -437,7 +512,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         let (plaintext, replacement) =
             mint(env, settings, name, old.bypass_two_factor, expires_at)?;
         let created = reply::token_created(&plaintext);
-        passed.proof.reply = retry.map(|r| r.keep(env, settings, &created));
+        passed.proof.reply = retry.map(|r| r.keep(env, settings, &created, retires_presented));
         // One compare-and-swap: the old value is replaced by the new one at
         // once, and the reply kept for retries with it.
         match env
@@ -482,7 +557,7 @@ fn keyed(
             Err(err) => err,
         };
         retry.release(env);
-        match retry.replay(env, settings)? {
+        match retry.replay(env, settings, req)? {
             Some(kept) => Ok(kept),
             None => Err(err),
         }
@@ -505,7 +580,7 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
         require_permission(&session, ApiError::NotAuthorized(PatMethod::Generate))?;
         let (plaintext, record) = mint(env, settings, name, bypass, expires_at)?;
         let created = reply::token_created(&plaintext);
-        passed.proof.reply = retry.map(|r| r.keep(env, settings, &created));
+        passed.proof.reply = retry.map(|r| r.keep(env, settings, &created, false));
         match env
             .storage()
             .insert_personal_access_token(user_id, &record, &passed.proof)

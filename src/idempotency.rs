@@ -16,20 +16,44 @@ use sha2::{Digest, Sha256};
 
 use crate::reply::ApiError;
 
+/// Shortest key accepted: 16 random bytes in base64url are 22 characters
+/// (a UUID is 36, 16 bytes in hex 32). The server cannot tell random from
+/// guessable, but it can refuse keys too short to hold that much: a key is
+/// half of what replays a kept reply (the other half is the presented
+/// token, which may be an old, leaked one), so it must not be guessable.
+pub const MIN_KEY_LEN: usize = 22;
 /// Longest key accepted (Stripe's limit).
 pub const MAX_KEY_LEN: usize = 255;
 const NONCE_LEN: usize = 24;
 
-/// `Idempotency-Key`: 1 to 255 visible ASCII characters.
+/// `Idempotency-Key`: 22 to 255 visible ASCII characters.
 pub fn parse_key(value: &str) -> Result<String, ApiError> {
-    if value.is_empty() || value.len() > MAX_KEY_LEN || !value.bytes().all(|b| b.is_ascii_graphic())
+    if value.len() < MIN_KEY_LEN
+        || value.len() > MAX_KEY_LEN
+        || !value.bytes().all(|b| b.is_ascii_graphic())
     {
         return Err(ApiError::InvalidHeader(format!(
-            "The 'idempotency-key' header must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            "The 'idempotency-key' header must be {MIN_KEY_LEN} to {MAX_KEY_LEN} visible ASCII \
+             characters: 16 or more random bytes, such as a UUID"
         )));
     }
     Ok(value.to_string())
 }
+
+/// What a kept reply holds once opened.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The request retired the token it presented (a PAT rotating itself),
+    /// so a retry presents a token that no longer authenticates.
+    pub retired_presented: bool,
+    /// The reply's body.
+    pub body: String,
+}
+
+/// Leading byte of the sealed plaintext: whether the presented token was
+/// retired by the request ('R') or kept ('K').
+const RETIRED: u8 = b'R';
+const KEPT: u8 = b'K';
 
 /// What binds a retry to its first request: the route and the body,
 /// hashed (one key sent to generate and then to regenerate with the same
@@ -63,15 +87,18 @@ pub fn seal(
     key: &str,
     body_hash: &str,
     reply: &str,
+    retired_presented: bool,
     nonce: &[u8],
 ) -> Vec<u8> {
     let nonce = XNonce::from_slice(&nonce[..NONCE_LEN]);
     let aad = [key.as_bytes(), b"\0", body_hash.as_bytes()].concat();
+    let mark = if retired_presented { RETIRED } else { KEPT };
+    let plain = [&[mark], reply.as_bytes()].concat();
     let sealed = cipher(presented_token, user_id)
         .encrypt(
             nonce,
             Payload {
-                msg: reply.as_bytes(),
+                msg: &plain,
                 aad: &aad,
             },
         )
@@ -79,14 +106,15 @@ pub fn seal(
     [nonce.as_slice(), &sealed].concat()
 }
 
-/// The reply `seal` stored, or `None` if these credentials cannot open it.
+/// The reply `seal` stored, or `None` if these credentials cannot open it
+/// (or it predates the retired mark: such a reply is not served).
 pub fn open(
     presented_token: &str,
     user_id: &str,
     key: &str,
     body_hash: &str,
     sealed: &[u8],
-) -> Option<String> {
+) -> Option<Opened> {
     if sealed.len() < NONCE_LEN {
         return None;
     }
@@ -101,7 +129,14 @@ pub fn open(
             },
         )
         .ok()?;
-    String::from_utf8(plain).ok()
+    let (&mark, body) = plain.split_first()?;
+    if mark != RETIRED && mark != KEPT {
+        return None;
+    }
+    Some(Opened {
+        retired_presented: mark == RETIRED,
+        body: String::from_utf8(body.to_vec()).ok()?,
+    })
 }
 
 /// Random bytes for `seal`'s nonce.
@@ -112,10 +147,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_visible_ascii_up_to_255() {
-        assert!(parse_key("a").is_ok());
+    fn keys_are_visible_ascii_from_22_to_255() {
+        assert!(parse_key("f47ac10b-58cc-4372-a567-0e02b2c3d479").is_ok());
+        assert!(parse_key(&"k".repeat(22)).is_ok());
         assert!(parse_key(&"k".repeat(255)).is_ok());
-        for bad in ["", " a", "a b", "é", "\t", &"k".repeat(256)] {
+        let spaced = format!("{} a", "k".repeat(22));
+        for bad in [
+            "",
+            "a",
+            "rotate-2026-11-28",
+            &"k".repeat(21),
+            &spaced,
+            &"é".repeat(12),
+            &"k".repeat(256),
+        ] {
             assert!(parse_key(bad).is_err(), "{bad:?}");
         }
     }
@@ -131,11 +176,15 @@ mod tests {
             "k1",
             &h,
             r#"{"token":"new","success":true}"#,
+            true,
             &nonce,
         );
         assert_eq!(
-            open("tok", "u1", "k1", &h, &sealed).as_deref(),
-            Some(r#"{"token":"new","success":true}"#)
+            open("tok", "u1", "k1", &h, &sealed),
+            Some(Opened {
+                retired_presented: true,
+                body: r#"{"token":"new","success":true}"#.into()
+            })
         );
         assert_eq!(open("other", "u1", "k1", &h, &sealed), None);
         assert_eq!(open("tok", "u2", "k1", &h, &sealed), None);

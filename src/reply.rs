@@ -78,6 +78,10 @@ pub enum ApiError {
     RegeneratedConcurrently,
     /// 400 `error-idempotency-key-reused`: the key came with another body.
     IdempotencyKeyReused,
+    /// 400 `error-idempotency-key-spent`: the key's request completed and
+    /// its reply is no longer served (its token was used, replaced or
+    /// expired); a new request needs a new key.
+    IdempotencyKeySpent,
     /// 409 `error-idempotency-key-in-flight`: another request with this key
     /// is running; retry later to get its reply.
     IdempotencyKeyInFlight,
@@ -263,6 +267,13 @@ impl ApiError {
                 400,
                 "This Idempotency-Key was used with another request".into(),
                 Some("error-idempotency-key-reused"),
+                None,
+            ),
+            IdempotencyKeySpent => (
+                400,
+                "This Idempotency-Key's request already completed and its reply is no longer served; send a new key"
+                    .into(),
+                Some("error-idempotency-key-spent"),
                 None,
             ),
             IdempotencyKeyInFlight => (

@@ -41,17 +41,24 @@ fn retries(backend: Arc<dyn Backend>) {
     // The first request commits; its reply is "lost". The retry (same
     // token, key and body) gets the same reply byte for byte, and nothing
     // more is written: exactly one token of that name, the new one.
-    let first = with_key(Regenerate, &fx, &u, &a, "rot-1", body);
+    let first = with_key(Regenerate, &fx, &u, &a, "rot-1-9b2e4c1a-5f3d-4e8b", body);
     let b = first.token();
-    let retry = with_key(Regenerate, &fx, &u, &a, "rot-1", body);
+    let retry = with_key(Regenerate, &fx, &u, &a, "rot-1-9b2e4c1a-5f3d-4e8b", body);
     assert_eq!((retry.status, &retry.body), (200, &first.body));
-    let again = with_key(Regenerate, &fx, &u, &a, "rot-1", body);
+    let again = with_key(Regenerate, &fx, &u, &a, "rot-1-9b2e4c1a-5f3d-4e8b", body);
     assert_eq!(again.body, first.body);
     assert!(!fx.authenticates(&u, &a) && fx.authenticates(&u, &b));
     assert_eq!(fx.storage.token_hashes_named(&u.id, "ci").unwrap().len(), 1);
 
     // The same key with another body: refused, nothing changed.
-    let other = with_key(Regenerate, &fx, &u, &a, "rot-1", r#"{"tokenName":"other"}"#);
+    let other = with_key(
+        Regenerate,
+        &fx,
+        &u,
+        &a,
+        "rot-1-9b2e4c1a-5f3d-4e8b",
+        r#"{"tokenName":"other"}"#,
+    );
     assert_eq!(
         (other.status, other.error_type()),
         (400, "error-idempotency-key-reused"),
@@ -61,7 +68,7 @@ fn retries(backend: Arc<dyn Backend>) {
     assert!(fx.authenticates(&u, &b));
     // The key belongs to a route too: the same body sent to generate is
     // another request, not a retry.
-    let elsewhere = with_key(Generate, &fx, &u, &a, "rot-1", body);
+    let elsewhere = with_key(Generate, &fx, &u, &a, "rot-1-9b2e4c1a-5f3d-4e8b", body);
     assert_eq!(
         elsewhere.error_type(),
         "error-idempotency-key-reused",
@@ -73,19 +80,47 @@ fn retries(backend: Arc<dyn Backend>) {
     // same key run their own request; a wrong token for this user is a 401.
     let v = fx.user("victim", None);
     let v_pat = fx.pat(&v, "ci", true);
-    let theirs = with_key(Regenerate, &fx, &v, &v_pat, "rot-1", body);
+    let theirs = with_key(
+        Regenerate,
+        &fx,
+        &v,
+        &v_pat,
+        "rot-1-9b2e4c1a-5f3d-4e8b",
+        body,
+    );
     assert_ne!(theirs.token(), b);
-    let forged = with_key(Regenerate, &fx, &u, "not-the-token", "rot-1", body);
+    let forged = with_key(
+        Regenerate,
+        &fx,
+        &u,
+        "not-the-token",
+        "rot-1-9b2e4c1a-5f3d-4e8b",
+        body,
+    );
     assert_eq!(forged.status, 401);
 
     // A key is a request, not a token: the next rotation uses a new one.
-    let c = with_key(Regenerate, &fx, &u, &b, "rot-2", body).token();
+    let c = with_key(Regenerate, &fx, &u, &b, "rot-2-9b2e4c1a-5f3d-4e8b", body).token();
     assert!(fx.authenticates(&u, &c) && !fx.authenticates(&u, &b));
 
     // Generate: the retry returns the same token and creates nothing more.
     let g_body = r#"{"tokenName":"deploy"}"#;
-    let g1 = with_key(Generate, &fx, &u, &u.login, "gen-1", g_body);
-    let g2 = with_key(Generate, &fx, &u, &u.login, "gen-1", g_body);
+    let g1 = with_key(
+        Generate,
+        &fx,
+        &u,
+        &u.login,
+        "gen-1-9b2e4c1a-5f3d-4e8b",
+        g_body,
+    );
+    let g2 = with_key(
+        Generate,
+        &fx,
+        &u,
+        &u.login,
+        "gen-1-9b2e4c1a-5f3d-4e8b",
+        g_body,
+    );
     assert_eq!((g2.status, &g2.body), (200, &g1.body));
     assert_eq!(
         fx.storage
@@ -101,14 +136,20 @@ fn retries(backend: Arc<dyn Backend>) {
     // Records expire (24 hours by default): a retry after that is an
     // ordinary request again, here with a token that no longer exists.
     fx.clock.advance_ms(24 * HOUR_MS - 1);
-    assert_eq!(with_key(Regenerate, &fx, &u, &b, "rot-2", body).body, {
-        // still kept at the last millisecond
-        let kept = with_key(Regenerate, &fx, &u, &b, "rot-2", body);
-        assert_eq!(kept.status, 200);
-        kept.body
-    });
+    assert_eq!(
+        with_key(Regenerate, &fx, &u, &b, "rot-2-9b2e4c1a-5f3d-4e8b", body).body,
+        {
+            // still kept at the last millisecond
+            let kept = with_key(Regenerate, &fx, &u, &b, "rot-2-9b2e4c1a-5f3d-4e8b", body);
+            assert_eq!(kept.status, 200);
+            kept.body
+        }
+    );
     fx.clock.advance_ms(2);
-    assert_eq!(with_key(Regenerate, &fx, &u, &b, "rot-2", body).status, 401);
+    assert_eq!(
+        with_key(Regenerate, &fx, &u, &b, "rot-2-9b2e4c1a-5f3d-4e8b", body).status,
+        401
+    );
 
     // Bad keys are refused before anything runs.
     for bad in [" ", "a b", &"k".repeat(256)] {
@@ -119,8 +160,8 @@ fn retries(backend: Arc<dyn Backend>) {
 
     // Off (0 hours): the header is ignored, as Rocket.Chat ignores it.
     fx.settings.idempotency_key_hours = 0;
-    let d = with_key(Regenerate, &fx, &u, &c, "rot-3", body).token();
-    let r = with_key(Regenerate, &fx, &u, &c, "rot-3", body);
+    let d = with_key(Regenerate, &fx, &u, &c, "rot-3-9b2e4c1a-5f3d-4e8b", body).token();
+    let r = with_key(Regenerate, &fx, &u, &c, "rot-3-9b2e4c1a-5f3d-4e8b", body);
     assert_eq!(r.status, 401, "no kept reply when off");
     assert!(fx.authenticates(&u, &d));
 }
@@ -159,12 +200,12 @@ fn a_write_that_failed_after_its_commit_still_answers_its_token() {
         fx.clock = setup.clock.clone();
         fx.services = fx.services.clone().with_clock(fx.clock.clone());
         let body = r#"{"tokenName":"ci"}"#;
-        let first = with_key(Regenerate, &fx, &u, &a, "k", body);
+        let first = with_key(Regenerate, &fx, &u, &a, "lost-reply-1f0e2d3c-4b5a", body);
         assert_eq!(first.status, 200, "{name}: {}", first.body);
         assert!(!setup.authenticates(&u, &a), "{name}: the write committed");
         let b = first.token();
         assert!(setup.authenticates(&u, &b), "{name}: the committed token");
-        let retry = with_key(Regenerate, &fx, &u, &a, "k", body);
+        let retry = with_key(Regenerate, &fx, &u, &a, "lost-reply-1f0e2d3c-4b5a", body);
         assert_eq!((retry.status, &retry.body), (200, &first.body), "{name}");
     }
 }
@@ -226,7 +267,7 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
                     .into();
                 let mut rotations = 0u64;
                 'rotate: while !stop.load(Ordering::SeqCst) {
-                    let key = format!("{id}-{rotations}");
+                    let key = format!("{id}-{rotations:08}-kill");
                     // One logical request, retried until it is answered.
                     loop {
                         let mut req = agent
@@ -367,7 +408,7 @@ fn concurrent_duplicates_execute_once(
             .header("X-Auth-Token", &session)
             .header("x-2fa-method", "totp")
             .header("x-2fa-code", &code)
-            .header("Idempotency-Key", "f3b1c2d4-dup-0001")
+            .header("Idempotency-Key", "f3b1c2d4-dup-0001-8a7b-6c5d")
             .send(r#"{"tokenName":"ci"}"#)
             .unwrap();
         (
@@ -469,6 +510,173 @@ fn concurrent_duplicates_execute_once_across_hosts_on_postgres() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Issue 26, item 4, over HTTP: a kept reply outlived the credential that
+/// made it. Now, within the 24 hours and with the same key and body:
+/// - a self-rotation's reply is not served once its new token was used, so
+///   a leaked old token plus the key yields a 401, not the live token;
+/// - a session's reply is not served once the session logged out (401);
+/// - a reply whose token was used is 400 `error-idempotency-key-spent`
+///   for a session that is still valid;
+/// - a key too short to be random (the README's old example, a date) is
+///   refused before anything runs.
+#[test]
+fn a_kept_reply_does_not_outlive_its_credential_or_its_first_use() {
+    use host_example::admin;
+    let dir = temp_dir("replay-limits");
+    let db = dir.join("replay.sqlite");
+    let (id, pat) = seed_pat_users(&db, "r", 1).remove(0);
+    let services = services_from(&Options {
+        db: Some(db.clone()),
+        ..Options::default()
+    })
+    .unwrap();
+    let session = admin::issue_login_token(&services, &id).unwrap();
+    let other_session = admin::issue_login_token(&services, &id).unwrap();
+    drop(services);
+    let (mut server, base) = serve_on(&dir, &["--db", db.to_str().unwrap()]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |path: &str, token: &str, key: Option<&str>, body: &str| -> (u16, String) {
+        let mut req = agent
+            .post(format!("{base}/api/v1/{path}"))
+            .header("Content-Type", "application/json")
+            .header("X-User-Id", &id)
+            .header("X-Auth-Token", token);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let mut reply = req.send(body).unwrap();
+        (
+            reply.status().as_u16(),
+            reply.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let me = |token: &str| {
+        agent
+            .get(format!("{base}/api/v1/me"))
+            .header("X-User-Id", &id)
+            .header("X-Auth-Token", token)
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let token_of = |body: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let regenerate = "users.regeneratePersonalAccessToken";
+    let ci = r#"{"tokenName":"ci"}"#;
+
+    // A short, guessable key: refused, nothing runs.
+    let (status, body) = post(regenerate, &pat, Some("rotate-2026-11-28"), ci);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("error-invalid-header"), "{body}");
+    assert_eq!(me(&pat), 200);
+
+    // Self-rotation: the lost-reply retry works until the new token is used.
+    let key = "6f1c2e9a-3b4d-4c5e-8f70-a1b2c3d4e5f6";
+    let (status, first) = post(regenerate, &pat, Some(key), ci);
+    assert_eq!(status, 200, "{first}");
+    let fresh = token_of(&first);
+    assert_eq!(post(regenerate, &pat, Some(key), ci), (200, first.clone()));
+    assert_eq!(me(&fresh), 200, "the client got it and used it");
+    let (status, body) = post(regenerate, &pat, Some(key), ci);
+    assert_eq!(
+        status, 401,
+        "the old token and the key yield nothing: {body}"
+    );
+    assert!(!body.contains(&fresh), "{body}");
+    assert_eq!(me(&fresh), 200, "and the live token is untouched");
+
+    // A session's reply: not served once its token was used (the session
+    // still valid: the key is spent), nor after the session logged out.
+    let deploy = r#"{"tokenName":"deploy"}"#;
+    let key = "0c7d8e9f-1a2b-4c3d-9e8f-7a6b5c4d3e2f";
+    let (status, made) = post(
+        "users.generatePersonalAccessToken",
+        &session,
+        Some(key),
+        deploy,
+    );
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(
+        post(
+            "users.generatePersonalAccessToken",
+            &session,
+            Some(key),
+            deploy
+        ),
+        (200, made.clone())
+    );
+    assert_eq!(me(&token_of(&made)), 200);
+    let (status, body) = post(
+        "users.generatePersonalAccessToken",
+        &session,
+        Some(key),
+        deploy,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("error-idempotency-key-spent"), "{body}");
+    assert!(!body.contains(&token_of(&made)), "{body}");
+
+    let key = "5e4d3c2b-1a09-4f8e-b7d6-c5b4a3928170";
+    let staging = r#"{"tokenName":"staging"}"#;
+    let (status, made) = post(
+        "users.generatePersonalAccessToken",
+        &other_session,
+        Some(key),
+        staging,
+    );
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(post("logout", &other_session, None, "{}").0, 200);
+    let (status, body) = post(
+        "users.generatePersonalAccessToken",
+        &other_session,
+        Some(key),
+        staging,
+    );
+    assert_eq!(status, 401, "a logged-out session replays nothing: {body}");
+    assert!(!body.contains(&token_of(&made)), "{body}");
+
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A kept reply is not served once the PAT that made it has expired.
+#[test]
+fn a_kept_reply_is_not_served_after_its_credential_expires() {
+    let fx = Fx::new();
+    let u = fx.user("exp", None);
+    let body = r#"{"tokenName":"child"}"#;
+    let parent = with_key(
+        Generate,
+        &fx,
+        &u,
+        &u.login,
+        "parent-7e6d5c4b-3a29-4180",
+        // Four hours after the fixture's clock (2027-01-15T08:00:15Z).
+        r#"{"tokenName":"parent","expiresAt":"2027-01-15T12:00:00.000Z"}"#,
+    )
+    .token();
+    let key = "child-1a2b3c4d-5e6f-4708-9a1b";
+    let child = with_key(Generate, &fx, &u, &parent, key, body);
+    assert_eq!(child.status, 200, "{}", child.body);
+    assert_eq!(
+        with_key(Generate, &fx, &u, &parent, key, body).body,
+        child.body
+    );
+    // Past the parent's expiry, within the 24 hours replies are kept.
+    fx.clock.advance_ms(5 * HOUR_MS);
+    let late = with_key(Generate, &fx, &u, &parent, key, body);
+    assert_eq!(late.status, 401, "{}", late.body);
 }
 
 // The settings the tests above rely on are the defaults.

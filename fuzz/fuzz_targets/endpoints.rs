@@ -71,7 +71,7 @@ fuzz_target!(|input: Input| {
     if s[7] & 4 != 0 {
         headers.push(Header {
             name: "Idempotency-Key".into(),
-            value: format!("key-{}", s[7] >> 3).into_bytes(),
+            value: format!("fuzz-idempotency-key-{:08}", s[7] >> 3).into_bytes(),
         });
     }
     let req = Request {

@@ -13,7 +13,7 @@ for (const kind of STORES) {
       try {
         const u = user(host, 'rotor');
         const pat = host.admin.issueToken(u.id, { kind: 'personal-access-token', name: 'ci', bypassTwoFactor: true });
-        const headers = { 'idempotency-key': 'rotate-1' };
+        const headers = { 'idempotency-key': 'rotate-1-0f8fad5b-d9cb-469f-a165' };
         const first = await regenerate(host, u, 'ci', { token: pat, headers });
         assert.equal(first.status, 200, first.body);
         const retry = await regenerate(host, u, 'ci', { token: pat, headers });
@@ -22,7 +22,7 @@ for (const kind of STORES) {
         assert.equal(JSON.parse(other.body).errorType, 'error-idempotency-key-reused');
         // The old value is gone, the new one works, without the key the old is a 401.
         assert.equal((await regenerate(host, u, 'ci', { token: pat })).status, 401);
-        const next = await regenerate(host, u, 'ci', { token: tokenOf(first), headers: { 'idempotency-key': 'rotate-2' } });
+        const next = await regenerate(host, u, 'ci', { token: tokenOf(first), headers: { 'idempotency-key': 'rotate-2-7c9e6679-7425-40de-944b' } });
         assert.equal(next.status, 200, next.body);
       } finally {
         await host.close();
