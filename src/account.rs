@@ -190,7 +190,9 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         };
         // A right password resets the account's count. Should this fail the
         // login still stands: the count only errs on the side of blocking.
-        let _ = env.storage().login_succeeded(&account, &req.client_address);
+        let _ = env
+            .storage()
+            .login_succeeded(&account, &req.client_address, now);
         let attempt = Attempt {
             code: code.or(headers.two_factor_code.as_deref()),
             method: headers.two_factor_method.as_deref(),

@@ -197,8 +197,8 @@ impl Storage for WitStorage {
             .map(Into::into)
             .map_err(HostError::msg)
     }
-    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()> {
-        st::login_succeeded(account, address).map_err(HostError::msg)
+    fn login_succeeded(&self, account: &str, address: &str, at: m::TimestampMs) -> HostResult<()> {
+        st::login_succeeded(account, address, at).map_err(HostError::msg)
     }
     fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<m::WriteOutcome> {
         st::remove_login_token(user_id, hashed_token)

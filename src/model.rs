@@ -222,7 +222,12 @@ pub struct LoginLimits {
     pub account_block_ms: u64,
     pub max_per_address: u32,
     pub address_block_ms: u64,
+    pub known_address_ms: u64,
 }
+
+/// How long a right password makes its client address known for the
+/// account (`login-limits.known-address-ms`): 30 days.
+pub const KNOWN_ADDRESS_MS: u64 = 30 * 86_400_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginAdmission {
@@ -362,6 +367,7 @@ impl Settings {
             account_block_ms: u64::from(self.user_login_block_minutes) * 60_000,
             max_per_address: self.max_failed_logins_per_address,
             address_block_ms: u64::from(self.address_login_block_minutes) * 60_000,
+            known_address_ms: KNOWN_ADDRESS_MS,
         }
     }
 }

@@ -112,7 +112,7 @@ pub trait Storage: Send + Sync {
         at: TimestampMs,
         limits: &LoginLimits,
     ) -> HostResult<LoginAdmission>;
-    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()>;
+    fn login_succeeded(&self, account: &str, address: &str, at: TimestampMs) -> HostResult<()>;
     fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome>;
     fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()>;
     fn record_token_use(
@@ -161,9 +161,12 @@ pub mod rules {
     }
 
     impl LoginCount {
-        /// The count as it stands at `at`: zero once a block has run out.
+        /// The count as it stands at `at`: zero once its last failure is a
+        /// block time old, whether or not it reached the limit (a count
+        /// below the limit decays too, so failures spread over days never
+        /// add up to a block).
         fn current(self, at: TimestampMs, max: u32, block_ms: u64) -> u32 {
-            if max > 0 && self.count >= max && at >= self.last_at.saturating_add(block_ms) {
+            if max > 0 && at >= self.last_at.saturating_add(block_ms) {
                 0
             } else {
                 self.count
@@ -187,22 +190,57 @@ pub mod rules {
     /// The rule of `reserve-login-attempt` (`wit/world.wit`), one place for every
     /// backend: from the stored account and address counts, the refusal, or the
     /// two counts to store.
+    ///
+    /// `known_since`: when `login-succeeded` last recorded this address for
+    /// this account, if ever; the address is known while that is less than
+    /// `known-address-ms` ago.
     pub fn admit_login(
         account: LoginCount,
         address: LoginCount,
+        known_since: Option<TimestampMs>,
         at: TimestampMs,
         l: &LoginLimits,
     ) -> Result<(LoginCount, LoginCount), LoginAdmission> {
-        if account.blocks(at, l.max_per_account, l.account_block_ms) {
+        let known = known_since.is_some_and(|since| {
+            l.known_address_ms > 0 && at < since.saturating_add(l.known_address_ms)
+        });
+        if !known && account.blocks(at, l.max_per_account, l.account_block_ms) {
             return Err(LoginAdmission::AccountBlocked);
         }
         if address.blocks(at, l.max_per_address, l.address_block_ms) {
             return Err(LoginAdmission::AddressBlocked);
         }
         Ok((
-            account.next(at, l.max_per_account, l.account_block_ms),
+            if known {
+                account
+            } else {
+                account.next(at, l.max_per_account, l.account_block_ms)
+            },
             address.next(at, l.max_per_address, l.address_block_ms),
         ))
+    }
+
+    /// How many known addresses a store keeps per account, at least.
+    pub const KNOWN_ADDRESSES_KEPT: usize = 16;
+
+    /// `login-succeeded`'s record of a known address (for stores that hold
+    /// an account's known addresses as a list, newest last): `address` is
+    /// known since `at`, and only the newest `KNOWN_ADDRESSES_KEPT` stay.
+    pub fn remember_address(
+        known: &mut Vec<(String, TimestampMs)>,
+        address: &str,
+        at: TimestampMs,
+    ) {
+        known.retain(|(a, _)| a != address);
+        known.push((address.to_string(), at));
+        if known.len() > KNOWN_ADDRESSES_KEPT {
+            known.remove(0);
+        }
+    }
+
+    /// When `address` was last recorded as known in such a list.
+    pub fn known_since(known: &[(String, TimestampMs)], address: &str) -> Option<TimestampMs> {
+        known.iter().find(|(a, _)| a == address).map(|(_, at)| *at)
     }
 
     /// The rule of `reserve-two-factor-attempt`, one place for every backend:

@@ -16,6 +16,7 @@ mod http_server;
 mod idempotency;
 mod key_rotation;
 mod last_use;
+mod login_lockout;
 mod multi_host;
 mod operations;
 mod reuse;

@@ -601,6 +601,78 @@ fn two_factor_attempts_are_reserved_and_released() {
     });
 }
 
+/// Issue 26, item 9: counts below the limit decay with their window, and
+/// an address that logged in successfully is exempt from the account's
+/// block (its own limit still applies) for `known-address-ms`.
+#[test]
+fn login_counts_decay_and_known_addresses_keep_the_owner_in() {
+    each(|name, b| {
+        let limits = LoginLimits {
+            max_per_account: 3,
+            account_block_ms: 1000,
+            max_per_address: 5,
+            address_block_ms: 1000,
+            known_address_ms: 10_000,
+        };
+        let try_at =
+            |acc: &str, adr: &str, at| b.reserve_login_attempt(acc, adr, at, &limits).unwrap();
+        use LoginAdmission::*;
+        // Two failures, then the window passes: the count starts over.
+        assert_eq!(try_at("ann", "x1", T0), Admitted, "{name}");
+        assert_eq!(try_at("ann", "x1", T0 + 10), Admitted, "{name}");
+        for i in 0..3 {
+            assert_eq!(
+                try_at("ann", "x2", T0 + 1010 + i),
+                Admitted,
+                "{name}: decayed"
+            );
+        }
+        assert_eq!(try_at("ann", "x2", T0 + 1013), AccountBlocked, "{name}");
+        // The owner logs in from home; strangers then block the account.
+        b.login_succeeded("ann", "home", T0 + 2000).unwrap();
+        for i in 0..3 {
+            assert_eq!(try_at("ann", "x3", T0 + 2001 + i), Admitted, "{name}");
+        }
+        assert_eq!(try_at("ann", "x3", T0 + 2004), AccountBlocked, "{name}");
+        // From home the owner still gets a password check, and those
+        // attempts do not add to the account's count...
+        for i in 0..5 {
+            assert_eq!(
+                try_at("ann", "home", T0 + 2005 + i),
+                Admitted,
+                "{name}: known"
+            );
+        }
+        // ...but home's own limit holds.
+        assert_eq!(try_at("ann", "home", T0 + 2010), AddressBlocked, "{name}");
+        // Another account does not know that address.
+        assert_eq!(try_at("bob", "home", T0 + 3100), Admitted, "{name}");
+        // Known for `known-address-ms` only.
+        for i in 0..3 {
+            assert_eq!(try_at("ann", "x4", T0 + 12_100 + i), Admitted, "{name}");
+        }
+        assert_eq!(
+            try_at("ann", "home", T0 + 12_103),
+            AccountBlocked,
+            "{name}: forgotten"
+        );
+        // With known-address-ms 0 no address is known.
+        b.login_succeeded("cid", "home2", T0).unwrap();
+        let off = LoginLimits {
+            known_address_ms: 0,
+            ..limits
+        };
+        for i in 0..3 {
+            let r = b.reserve_login_attempt("cid", "y", T0 + i, &off).unwrap();
+            assert_eq!(r, Admitted, "{name}");
+        }
+        let r = b
+            .reserve_login_attempt("cid", "home2", T0 + 4, &off)
+            .unwrap();
+        assert_eq!(r, AccountBlocked, "{name}: off");
+    });
+}
+
 #[test]
 fn login_attempts_block_accounts_and_addresses() {
     each(|name, b| {
@@ -609,6 +681,7 @@ fn login_attempts_block_accounts_and_addresses() {
             account_block_ms: 1000,
             max_per_address: 3,
             address_block_ms: 5000,
+            known_address_ms: 60_000,
         };
         let try_at =
             |acc: &str, adr: &str, at| b.reserve_login_attempt(acc, adr, at, &limits).unwrap();
@@ -637,13 +710,13 @@ fn login_attempts_block_accounts_and_addresses() {
             "{name}"
         );
         // A success forgets the account and takes one off the address.
-        b.login_succeeded("dan", "10.0.0.9").unwrap();
+        b.login_succeeded("dan", "10.0.0.9", T0).unwrap();
         assert_eq!(
             try_at("eve", "10.0.0.9", T0),
             LoginAdmission::Admitted,
             "{name}"
         );
-        b.login_succeeded("ann", "10.0.0.3").unwrap();
+        b.login_succeeded("ann", "10.0.0.3", T0).unwrap();
         assert_eq!(
             try_at("ann", "10.0.0.4", T0 + 1000),
             LoginAdmission::Admitted,
@@ -878,7 +951,7 @@ fn unknown_users_in_the_other_writes() {
             "{name}"
         );
         b.record_token_use("nobody", "h", T0, T0).unwrap();
-        b.login_succeeded("nobody", "10.0.0.1").unwrap();
+        b.login_succeeded("nobody", "10.0.0.1", T0).unwrap();
     });
 }
 

@@ -9,8 +9,8 @@ use std::sync::{Mutex, OnceLock};
 use rcpat::env::Env;
 use rcpat::model::*;
 use rcpat::storage::rules::{
-    KeyLease, LoginCount, admit_login, factor_available, keep_reply, kept_reply, release_key,
-    reply_already_kept, reserve_attempt, reserve_key, spend_factor,
+    KeyLease, LoginCount, admit_login, factor_available, keep_reply, kept_reply, known_since,
+    release_key, remember_address, reply_already_kept, reserve_attempt, reserve_key, spend_factor,
 };
 use rcpat::storage::{HostResult, Storage};
 
@@ -40,6 +40,8 @@ struct State {
     tokens: Vec<Stored>,
     /// Failed logins by account and by address.
     logins: HashMap<String, LoginCount>,
+    /// Addresses that logged in successfully (the one user's; newest last).
+    known: Vec<(String, TimestampMs)>,
     /// Replies kept for `Idempotency-Key` retries, and keys reserved.
     replies: Vec<IdempotentWrite>,
     leases: Vec<KeyLease>,
@@ -122,6 +124,7 @@ impl FuzzEnv {
                     token(2, TokenKind::PersonalAccessToken, Some("ci"), false),
                 ],
                 logins: HashMap::new(),
+                known: Vec::new(),
                 replies: Vec::new(),
                 leases: Vec::new(),
                 backup,
@@ -389,7 +392,10 @@ impl Storage for FuzzStore {
         let s = &mut *self.lock();
         let acc = s.logins.get(account).copied().unwrap_or_default();
         let adr = s.logins.get(address).copied().unwrap_or_default();
-        Ok(match admit_login(acc, adr, at, limits) {
+        let known = (account == USER_ID)
+            .then(|| known_since(&s.known, address))
+            .flatten();
+        Ok(match admit_login(acc, adr, known, at, limits) {
             Ok((acc, adr)) => {
                 s.logins.insert(account.into(), acc);
                 s.logins.insert(address.into(), adr);
@@ -398,9 +404,12 @@ impl Storage for FuzzStore {
             Err(refused) => refused,
         })
     }
-    fn login_succeeded(&self, account: &str, _: &str) -> HostResult<()> {
+    fn login_succeeded(&self, account: &str, address: &str, at: TimestampMs) -> HostResult<()> {
         let s = &mut *self.lock();
         s.logins.remove(account);
+        if account == USER_ID {
+            remember_address(&mut s.known, address, at);
+        }
         Ok(())
     }
     fn remove_login_token(&self, _: &str, hashed: &str) -> HostResult<WriteOutcome> {

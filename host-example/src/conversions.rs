@@ -246,6 +246,7 @@ impl From<st::LoginLimits> for m::LoginLimits {
             account_block_ms: l.account_block_ms,
             max_per_address: l.max_per_address,
             address_block_ms: l.address_block_ms,
+            known_address_ms: l.known_address_ms,
         }
     }
 }

@@ -258,8 +258,10 @@ impl st::Host for HostState {
             s.reserve_login_attempt(&account, &address, at, &limits.into())
         })
     }
-    fn login_succeeded(&mut self, account: String, address: String) -> Result<(), String> {
-        self.storage("login-succeeded", |s| s.login_succeeded(&account, &address))
+    fn login_succeeded(&mut self, account: String, address: String, at: u64) -> Result<(), String> {
+        self.storage("login-succeeded", |s| {
+            s.login_succeeded(&account, &address, at)
+        })
     }
     fn remove_login_token(
         &mut self,

@@ -140,15 +140,29 @@ for (const kind of ['memory', 'sqlite']) {
     test('logins: account and address blocks, reset by a success', () => {
       const t = open(kind);
       try {
-        const limits = { maxPerAccount: 2, accountBlockMs: 1000n, maxPerAddress: 3, addressBlockMs: 1000n };
+        const limits = { maxPerAccount: 2, accountBlockMs: 1000n, maxPerAddress: 3, addressBlockMs: 1000n, knownAddressMs: 10000n };
         assert.equal(t.s.reserveLoginAttempt('acc', 'ip', 1n, limits), 'admitted');
         assert.equal(t.s.reserveLoginAttempt('acc', 'ip', 2n, limits), 'admitted');
         assert.equal(t.s.reserveLoginAttempt('acc', 'ip', 3n, limits), 'account-blocked');
         assert.equal(t.s.reserveLoginAttempt('other', 'ip', 4n, limits), 'admitted');
         assert.equal(t.s.reserveLoginAttempt('third', 'ip', 5n, limits), 'address-blocked');
         assert.equal(t.s.reserveLoginAttempt('acc', 'ip2', 2000n, limits), 'admitted');
-        t.s.loginSucceeded('acc', 'ip2');
+        t.s.loginSucceeded('acc', 'ip2', 2000n);
         assert.equal(t.s.reserveLoginAttempt('acc', 'ip2', 2001n, limits), 'admitted');
+        // Strangers block the account; from its known address the owner still gets a check.
+        assert.equal(t.s.reserveLoginAttempt('acc', 'ip3', 2002n, limits), 'admitted');
+        assert.equal(t.s.reserveLoginAttempt('acc', 'ip3', 2003n, limits), 'admitted');
+        assert.equal(t.s.reserveLoginAttempt('acc', 'ip3', 2004n, limits), 'account-blocked');
+        assert.equal(t.s.reserveLoginAttempt('acc', 'ip2', 2005n, limits), 'admitted');
+        // Counts below the limit decay with their window.
+        assert.equal(t.s.reserveLoginAttempt('dec', 'ip4', 5000n, limits), 'admitted');
+        assert.equal(t.s.reserveLoginAttempt('dec', 'ip4', 6001n, limits), 'admitted');
+        assert.equal(t.s.reserveLoginAttempt('dec', 'ip4', 6002n, limits), 'admitted');
+        assert.equal(t.s.reserveLoginAttempt('dec', 'ip4', 6003n, limits), 'account-blocked');
+        // Known for knownAddressMs only.
+        assert.equal(t.s.reserveLoginAttempt('acc', 'ip3', 12002n, limits), 'admitted');
+        assert.equal(t.s.reserveLoginAttempt('acc', 'ip3', 12003n, limits), 'admitted');
+        assert.equal(t.s.reserveLoginAttempt('acc', 'ip2', 12004n, limits), 'account-blocked');
       } finally {
         t.close();
       }

@@ -236,6 +236,7 @@ impl From<&m::LoginLimits> for st::LoginLimits {
             account_block_ms: l.account_block_ms,
             max_per_address: l.max_per_address,
             address_block_ms: l.address_block_ms,
+            known_address_ms: l.known_address_ms,
         }
     }
 }

@@ -131,8 +131,8 @@ impl Storage for FaultyStorage {
     ) -> HostResult<LoginAdmission> {
         self.call(|| self.inner.reserve_login_attempt(a, ip, at, l))
     }
-    fn login_succeeded(&self, a: &str, ip: &str) -> HostResult<()> {
-        self.call(|| self.inner.login_succeeded(a, ip))
+    fn login_succeeded(&self, a: &str, ip: &str, at: TimestampMs) -> HostResult<()> {
+        self.call(|| self.inner.login_succeeded(a, ip, at))
     }
     fn remove_login_token(&self, u: &str, h: &str) -> HostResult<WriteOutcome> {
         self.call(|| self.inner.remove_login_token(u, h))

@@ -5,8 +5,8 @@ use std::sync::Mutex;
 
 use rcpat::model::*;
 use rcpat::storage::rules::{
-    KeyLease, LoginCount, admit_login, factor_available, keep_reply, kept_reply, release_key,
-    reply_already_kept, reserve_attempt, reserve_key, spend_factor,
+    KeyLease, LoginCount, admit_login, factor_available, keep_reply, kept_reply, known_since,
+    release_key, remember_address, reply_already_kept, reserve_attempt, reserve_key, spend_factor,
 };
 
 use super::{
@@ -58,6 +58,8 @@ struct State {
     /// Failed logins by account and by address.
     account_logins: HashMap<String, LoginCount>,
     address_logins: HashMap<String, LoginCount>,
+    /// Addresses that logged in successfully, by account (newest last).
+    known_addresses: HashMap<String, Vec<(String, TimestampMs)>>,
 }
 
 pub struct MemoryStorage {
@@ -410,7 +412,11 @@ impl Storage for MemoryStorage {
         self.with(|s| {
             let acc = s.account_logins.get(account).copied().unwrap_or_default();
             let adr = s.address_logins.get(address).copied().unwrap_or_default();
-            let (acc, adr) = match admit_login(acc, adr, at, limits) {
+            let known = s
+                .known_addresses
+                .get(account)
+                .and_then(|k| known_since(k, address));
+            let (acc, adr) = match admit_login(acc, adr, known, at, limits) {
                 Ok(next) => next,
                 Err(refused) => return Ok(refused),
             };
@@ -420,12 +426,17 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()> {
+    fn login_succeeded(&self, account: &str, address: &str, at: TimestampMs) -> HostResult<()> {
         self.with(|s| {
             s.account_logins.remove(account);
             if let Some(c) = s.address_logins.get_mut(address) {
                 c.count = c.count.saturating_sub(1);
             }
+            remember_address(
+                s.known_addresses.entry(account.to_string()).or_default(),
+                address,
+                at,
+            );
             Ok(())
         })
     }

@@ -28,7 +28,7 @@ use postgres::types::ToSql;
 use postgres::{Client, Row, Statement};
 
 use rcpat::model::*;
-use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
+use rcpat::storage::rules::{KNOWN_ADDRESSES_KEPT, LoginCount, admit_login, reserve_attempt};
 
 use super::{
     Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
@@ -298,6 +298,15 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE secret_keys (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL);",
     // 12: `Idempotency-Key` reservations, beside the kept replies (see SQLite's 12).
     "ALTER TABLE idempotent_replies ADD COLUMN lease_until BIGINT;",
+    // 13: addresses that logged in successfully, per account (see SQLite's 13).
+    r#"
+    CREATE TABLE known_login_addresses (
+        account TEXT NOT NULL,
+        address TEXT NOT NULL,
+        last_at BIGINT NOT NULL,
+        PRIMARY KEY (account, address)
+    );
+"#,
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.
@@ -1307,7 +1316,13 @@ impl Storage for PostgresStorage {
                     last_at: r.get::<_, i64>(1) as u64,
                 };
             }
-            let (acc, adr) = match admit_login(counts[0], counts[1], at, limits) {
+            let known = db
+                .query_opt(
+                    "SELECT last_at FROM known_login_addresses WHERE account = $1 AND address = $2",
+                    &[&account, &address],
+                )?
+                .map(|r| r.get::<_, i64>(0) as u64);
+            let (acc, adr) = match admit_login(counts[0], counts[1], known, at, limits) {
                 Ok(next) => next,
                 Err(refused) => return Ok(refused),
             };
@@ -1321,7 +1336,7 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()> {
+    fn login_succeeded(&self, account: &str, address: &str, at: TimestampMs) -> HostResult<()> {
         self.write(|db| {
             db.execute(
                 "DELETE FROM login_failures WHERE scope = 'account' AND key = $1",
@@ -1330,6 +1345,17 @@ impl Storage for PostgresStorage {
             db.execute(
                 "UPDATE login_failures SET count = GREATEST(count - 1, 0) WHERE scope = 'address' AND key = $1",
                 &[&address],
+            )?;
+            db.execute(
+                "INSERT INTO known_login_addresses (account, address, last_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (account, address) DO UPDATE SET last_at = $3",
+                &[&account, &address, &ts(at)],
+            )?;
+            // The newest few only (the contract's minimum).
+            db.execute(
+                "DELETE FROM known_login_addresses WHERE account = $1 AND address NOT IN \
+                 (SELECT address FROM known_login_addresses WHERE account = $1 ORDER BY last_at DESC LIMIT $2)",
+                &[&account, &(KNOWN_ADDRESSES_KEPT as i64)],
             )?;
             Ok(())
         })

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use rcpat::model::*;
-use rcpat::storage::rules::{LoginCount, admit_login, reserve_attempt};
+use rcpat::storage::rules::{KNOWN_ADDRESSES_KEPT, LoginCount, admit_login, reserve_attempt};
 
 use crate::error::{Error, Result};
 use crate::keys::{Admission, Keys};
@@ -156,6 +156,16 @@ const MIGRATIONS: &[&str] = &[
     // with a lease (`lease_until` set, no reply yet) until its write keeps
     // the reply (`lease_until` NULL).
     "ALTER TABLE idempotent_replies ADD COLUMN lease_until INTEGER;",
+    // 13: addresses that logged in successfully, per account (the account's
+    // block does not apply from them; `reserve-login-attempt`).
+    r#"
+    CREATE TABLE known_login_addresses (
+        account TEXT NOT NULL,
+        address TEXT NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (account, address)
+    );
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -1014,7 +1024,13 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             };
             let acc = get("account", &account)?;
             let adr = get("address", &address)?;
-            let (acc, adr) = match admit_login(acc, adr, at, &limits) {
+            let known: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT last_at FROM known_login_addresses WHERE account = ?1 AND address = ?2",
+                )?
+                .query_row(params![account, address], |r| r.get(0))
+                .optional()?;
+            let (acc, adr) = match admit_login(acc, adr, known.map(|k| k as u64), at, &limits) {
                 Ok(next) => next,
                 Err(refused) => return Ok(refused),
             };
@@ -1031,7 +1047,7 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
         })
     }
 
-    fn login_succeeded(&self, account: &str, address: &str) -> HostResult<()> {
+    fn login_succeeded(&self, account: &str, address: &str, at: TimestampMs) -> HostResult<()> {
         let (account, address) = (account.to_owned(), address.to_owned());
         self.write(move |tx| {
             tx.prepare_cached("DELETE FROM login_failures WHERE scope = 'account' AND key = ?1")?
@@ -1040,6 +1056,17 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 "UPDATE login_failures SET count = MAX(count - 1, 0) WHERE scope = 'address' AND key = ?1",
             )?
             .execute([&address])?;
+            tx.prepare_cached(
+                "INSERT INTO known_login_addresses (account, address, last_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(account, address) DO UPDATE SET last_at = ?3",
+            )?
+            .execute(params![account, address, at as i64])?;
+            // The newest few only (the contract's minimum).
+            tx.prepare_cached(
+                "DELETE FROM known_login_addresses WHERE account = ?1 AND address NOT IN \
+                 (SELECT address FROM known_login_addresses WHERE account = ?1 ORDER BY last_at DESC LIMIT ?2)",
+            )?
+            .execute(params![account, KNOWN_ADDRESSES_KEPT as i64])?;
             Ok(())
         })
     }

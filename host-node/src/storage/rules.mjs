@@ -12,7 +12,8 @@
 //   userForLogin(tag, value)   the oldest user by exact username, or by any
 //                              stored address compared ASCII-case-insensitively
 //   count(kind, key) / setCount(kind, key, c) / deleteCount(kind, key)
-//                              failed logins, kind 'account' or 'address'
+//                              failed logins, kind 'account' or 'address',
+//                              and known login addresses, kind 'known'
 // and, for the admin side (admin.mjs), insertUser(doc) and users().
 //
 // Functions return the `ok` value; an `err` is thrown as {payload} (jco's
@@ -130,8 +131,12 @@ function replyOf(r) {
 
 /** One failed-login count as it stands at `at`: zero once its block has run out. */
 function currentCount(c, at, max, blockMs) {
-  return max > 0 && c.count >= max && at >= c.lastAt + blockMs ? 0 : c.count;
+  // Counts decay with their window, whether or not they reached the limit.
+  return max > 0 && at >= c.lastAt + blockMs ? 0 : c.count;
 }
+
+/** The record key of `address` as a known login address of `account`. */
+const knownKey = (account, address) => `${account}\n${address}`;
 
 /**
  * A conditional write on user `userId`: `find(u)` answers 'not-found' /
@@ -190,24 +195,30 @@ export function storageFunctions(store) {
       const maxAdr = limits.maxPerAddress;
       const accMs = Number(limits.accountBlockMs);
       const adrMs = Number(limits.addressBlockMs);
+      const knownMs = Number(limits.knownAddressMs);
       return store.transaction(() => {
         const acc = store.count('account', account) ?? { count: 0, lastAt: 0 };
         const adr = store.count('address', address) ?? { count: 0, lastAt: 0 };
+        const since = store.count('known', knownKey(account, address));
+        const known = since !== undefined && knownMs > 0 && at < since.lastAt + knownMs;
         const accNow = currentCount(acc, at, maxAcc, accMs);
         const adrNow = currentCount(adr, at, maxAdr, adrMs);
-        if (maxAcc > 0 && accNow >= maxAcc) return 'account-blocked';
+        if (!known && maxAcc > 0 && accNow >= maxAcc) return 'account-blocked';
         if (maxAdr > 0 && adrNow >= maxAdr) return 'address-blocked';
-        store.setCount('account', account, { count: accNow + 1, lastAt: at });
+        if (!known) store.setCount('account', account, { count: accNow + 1, lastAt: at });
         store.setCount('address', address, { count: adrNow + 1, lastAt: at });
         return 'admitted';
       });
     },
 
-    loginSucceeded(account, address) {
+    loginSucceeded(account, address, at) {
       store.transaction(() => {
         store.deleteCount('account', account);
         const adr = store.count('address', address);
         if (adr) store.setCount('address', address, { ...adr, count: Math.max(0, adr.count - 1) });
+        // Known since `at` (one record per account and address; a right
+        // password is needed to add one, so they cannot be flooded).
+        store.setCount('known', knownKey(account, address), { count: 0, lastAt: Number(at) });
       });
     },
 
