@@ -28,7 +28,7 @@ fn post_from(from: Ipv4Addr, server: SocketAddrV4, path: &str, body: &str) -> (u
             },
             sin_zero: [0; 8],
         };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let local = addr(from, 0);
         assert_eq!(
             libc::bind(fd, (&raw const local).cast(), len),
