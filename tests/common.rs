@@ -347,3 +347,69 @@ impl Reply {
 pub fn password_code(password: &str) -> String {
     rcpat::token::password_digest(password)
 }
+
+/// A TCP connection to `server` from the loopback address `from` (all of
+/// 127.0.0.0/8 reaches the loopback interface): a test's stand-in for a
+/// client on another machine.
+pub fn connect_from(
+    from: std::net::Ipv4Addr,
+    server: std::net::SocketAddrV4,
+) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let addr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let (local, remote) = (addr(from, 0), addr(*server.ip(), server.port()));
+    // SAFETY: plain socket calls on a descriptor this function owns; it is
+    // handed to the TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        assert_eq!(
+            libc::bind(fd, (&raw const local).cast(), len),
+            0,
+            "bind {from}"
+        );
+        assert_eq!(
+            libc::connect(fd, (&raw const remote).cast(), len),
+            0,
+            "connect {server}"
+        );
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// One HTTP/1.1 POST to `server` from the loopback address `from`, with
+/// `extra` headers: (status, body).
+pub fn post_from(
+    from: std::net::Ipv4Addr,
+    server: std::net::SocketAddrV4,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = connect_from(from, server);
+    let extra: String = extra.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\n\
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply[9..12].parse().unwrap();
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

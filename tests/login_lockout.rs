@@ -4,62 +4,11 @@
 //! never logged in from stays blocked. (Counts decaying with their window
 //! is checked on every backend in `storage_conformance`.)
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Stdio;
 
 use crate::common::*;
 use host_example::admin::{self, UserSpec};
-
-/// One HTTP/1.1 POST to `server` from the loopback address `from`
-/// (127.0.0.0/8 all reach the loopback interface): (status, body).
-fn post_from(from: Ipv4Addr, server: SocketAddrV4, path: &str, body: &str) -> (u16, String) {
-    // SAFETY: plain socket calls on a descriptor we own; it is handed to a
-    // TcpStream, which closes it.
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket");
-        let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(ip).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let local = addr(from, 0);
-        assert_eq!(
-            libc::bind(fd, (&raw const local).cast(), len),
-            0,
-            "bind {from}"
-        );
-        let remote = addr(*server.ip(), server.port());
-        assert_eq!(
-            libc::connect(fd, (&raw const remote).cast(), len),
-            0,
-            "connect"
-        );
-        TcpStream::from_raw_fd(fd)
-    };
-    let mut stream = stream;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply[9..12].parse().unwrap();
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 #[test]
 fn strangers_cannot_lock_the_owner_out_from_a_known_address() {
@@ -94,7 +43,7 @@ fn strangers_cannot_lock_the_owner_out_from_a_known_address() {
     let server: SocketAddrV4 = log_field(&listening, "addr").parse().unwrap();
     let login = |from: [u8; 4], password: &str| {
         let body = serde_json::json!({ "user": "victim", "password": password }).to_string();
-        post_from(Ipv4Addr::from(from), server, "/api/v1/login", &body)
+        post_from(Ipv4Addr::from(from), server, "/api/v1/login", &[], &body)
     };
     let (home, attacker, elsewhere) = ([127, 0, 0, 21], [127, 0, 0, 22], [127, 0, 0, 23]);
 

@@ -240,11 +240,15 @@ fn ready_answers_503_while_storage_fails_then_200() {
             .unwrap()
             .block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                host_example::telemetry::serve(listener, router, async move {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
+                host_example::telemetry::serve(
+                    listener,
+                    router,
+                    Limits::default().connections(),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
             });
     });
     let (status, body) = get(&format!("http://{addr}/ready"));

@@ -21,6 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 /// A throw-away CA and a server certificate for 127.0.0.1 and localhost.
 pub struct TestPki {
     pub ca_pem: PathBuf,
+    pub ca_der: CertificateDer<'static>,
     pub cert: CertificateDer<'static>,
     pub key: Vec<u8>,
 }
@@ -48,6 +49,7 @@ impl TestPki {
         std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
         TestPki {
             ca_pem,
+            ca_der: ca_cert.der().clone(),
             cert: cert.der().clone(),
             key: key.serialize_der(),
         }
@@ -458,7 +460,7 @@ fn serves_https_with_http2_and_http1_by_alpn() {
     assert!(format!("{err:#}").contains("key.pem"), "{err:#}");
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
+pub fn pem(label: &str, der: &[u8]) -> String {
     let b64 = data_encoding::BASE64.encode(der);
     let lines: Vec<&str> = b64
         .as_bytes()

@@ -123,6 +123,20 @@ pub struct Options {
     /// Open connections at most; more are answered 503 and closed [default: 4096, within the descriptor limit]
     #[arg(long, env = "RCPAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Open connections from one client address at most; more are answered 503 and closed (behind a reverse proxy, every client shares its address: raise it) [default: 256]
+    #[arg(long, env = "RCPAT_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// Reverse proxies whose forwarding header is believed: CIDR blocks or addresses, comma-separated (10.0.0.0/8,::1). The client is the right-most untrusted hop of --proxy-header; without this option, the socket's peer [default: none]
+    #[arg(
+        long,
+        env = "RCPAT_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDRS"
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Which header trusted proxies write the client into: x-forwarded-for or forwarded (RFC 7239); the other is ignored [default: x-forwarded-for]
+    #[arg(long, env = "RCPAT_PROXY_HEADER", value_enum)]
+    pub proxy_header: Option<crate::client_address::ProxyHeader>,
     /// Seconds a shutdown (SIGTERM, SIGINT) waits for the requests in flight before cutting them [default: 30]
     #[arg(long, env = "RCPAT_SHUTDOWN_TIMEOUT_SECS", alias = "shutdown-timeout")]
     pub shutdown_timeout_secs: Option<u64>,
@@ -230,6 +244,9 @@ impl Group {
             | "password_wait_ms"
             | "request_timeout_secs"
             | "max_connections"
+            | "max_connections_per_address"
+            | "trusted_proxies"
+            | "proxy_header"
             | "shutdown_timeout_secs"
             | "log_format" => Group::Server,
             "cache_dir" | "no_cache" | "component" | "native" | "max_instances"
@@ -279,11 +296,20 @@ impl Options {
         let (a, b) = (self, file);
         merge_fields!(a, b; listen, tls_cert, tls_key, admin_listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, smtp_tls, smtp_ca_file, smtp_user, smtp_password_file, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
-            request_timeout_secs, max_connections, shutdown_timeout_secs, log_format, two_factor, totp, email_2fa, totp_max_delta,
+            request_timeout_secs, max_connections, max_connections_per_address, trusted_proxies, proxy_header, shutdown_timeout_secs, log_format, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
             show_token_last_use, token_prefix, max_token_lifetime_days, idempotency_key_hours)
+    }
+
+    /// The trusted reverse proxies (`client_address.rs`).
+    pub fn proxies(&self) -> crate::error::Result<crate::client_address::Proxies> {
+        crate::client_address::Proxies::parse(
+            self.trusted_proxies.as_deref().unwrap_or_default(),
+            self.proxy_header.unwrap_or_default(),
+        )
+        .map_err(crate::error::Error::invalid)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -432,6 +458,11 @@ impl Options {
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(d.request_timeout),
             max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .unwrap_or(d.max_connections_per_address)
+                .max(1),
+            drain_grace: d.drain_grace,
             shutdown_timeout: self
                 .shutdown_timeout_secs
                 .map(std::time::Duration::from_secs)

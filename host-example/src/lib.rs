@@ -9,8 +9,10 @@
 pub mod admin;
 pub mod bindings;
 pub mod cache;
+pub mod client_address;
 pub mod clock;
 pub mod config;
+pub mod connections;
 mod conversions;
 pub mod demo;
 pub mod error;

@@ -9,7 +9,7 @@
 //! headers (which also ends idle keep-alive connections) and its body.
 //! Logins run on the password pool (`password_pool.rs`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Open connections at most; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Open connections from one client address at most (the same reply).
+    pub max_connections_per_address: usize,
+    /// During a shutdown, how long an idle connection stays open for a
+    /// request already on its way (`connections.rs`).
+    pub drain_grace: Duration,
     /// How long a shutdown waits for the requests in flight.
     pub shutdown_timeout: Duration,
 }
@@ -55,7 +60,23 @@ impl Default for Limits {
             password_wait: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_connections_per_address: 256,
+            drain_grace: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    /// What bounds a listener's connections (the API's and the admin's).
+    pub fn connections(&self) -> crate::connections::ConnLimits {
+        crate::connections::ConnLimits {
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+            exempt: Default::default(),
+            idle_timeout: self.request_timeout,
+            drain_grace: self.drain_grace,
+            shutdown_timeout: self.shutdown_timeout,
         }
     }
 }
@@ -72,6 +93,9 @@ pub struct App {
     pub backend: Backend,
     /// HTTPS, when configured (`--tls-cert`, `--tls-key`).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Reverse proxies whose forwarding header names the client
+    /// (`--trusted-proxies`; none by default).
+    pub proxies: crate::client_address::Proxies,
     pub services: Services,
     pub settings: Settings,
     pub limits: Limits,
@@ -90,6 +114,7 @@ impl App {
         Ok(App {
             backend,
             tls: None,
+            proxies: Default::default(),
             services,
             settings,
             permits: Semaphore::new(limits.concurrency.max(1)),
@@ -139,118 +164,30 @@ pub fn router(app: Arc<App>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(app)
 }
 
-/// How a server stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// Every request in flight was answered.
-    Drained,
-    /// `shutdown_timeout` passed with connections still busy; they were cut.
-    TimedOut,
-}
+pub use crate::connections::Stopped;
 
 /// Serves until `shutdown` completes; then stops accepting (the listener is
 /// closed, so new connections are refused), answers every request already
-/// read, closes idle keep-alive connections, and returns once all are done
-/// or `limits.shutdown_timeout` has passed.
+/// on its way, and returns once every connection has ended or
+/// `limits.shutdown_timeout` has passed (`connections.rs`: the caps, idle
+/// limits and the drain).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Stopped {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::Service;
-
-    let router = router(app.clone());
-    let open = Arc::new(Semaphore::new(app.limits.max_connections.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors, for one: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            tracing::warn!(event = "connection_refused", client = %peer.ip(), "too many open connections");
-            crate::telemetry::connection_refused();
-            tokio::spawn(refuse(stream));
-            continue;
-        };
-        let router = router.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let mut router = router.clone();
-                async move { router.call(req.map(Body::new)).await }
-            });
-        let timeout = app.limits.request_timeout;
-        let http1 = move || {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new()).header_read_timeout(timeout);
-            b
-        };
-        // Watched from before the handshake, so a shutdown waits for it too.
-        let watcher = graceful.watcher();
-        let Some(acceptor) = app.tls.clone() else {
-            let conn = http1().serve_connection(TokioIo::new(stream), service);
-            let conn = watcher.watch(conn);
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _ = conn.await;
-            });
-            continue;
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            // The handshake is bounded like a request's headers.
-            let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await else {
-                return;
-            };
-            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                b.timer(TokioTimer::new())
-                    .keep_alive_interval(Some(timeout))
-                    .keep_alive_timeout(timeout)
-                    .max_concurrent_streams(64);
-                let _ = watcher
-                    .watch(b.serve_connection(TokioIo::new(tls), service))
-                    .await;
-            } else {
-                let _ = watcher
-                    .watch(http1().serve_connection(TokioIo::new(tls), service))
-                    .await;
-            }
-        });
-    }
-    drop(listener);
-    match tokio::time::timeout(app.limits.shutdown_timeout, graceful.shutdown()).await {
-        Ok(()) => Stopped::Drained,
-        Err(_) => Stopped::TimedOut,
-    }
-}
-
-/// Answers a connection over the cap with a 503 and closes it.
-async fn refuse(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let reply = ApiError::Unavailable.to_response();
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        reply.body.len()
-    );
-    let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(reply.body.as_bytes()).await?;
-        stream.shutdown().await
+    let limits = crate::connections::ConnLimits {
+        exempt: app.proxies.clone(),
+        ..app.limits.connections()
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    crate::connections::serve(
+        listener,
+        router(app.clone()),
+        app.tls.clone(),
+        limits,
+        shutdown,
+    )
+    .await
 }
 
 async fn handle(
@@ -260,6 +197,9 @@ async fn handle(
 ) -> axum::response::Response {
     let started = Instant::now();
     let method = req.method().clone();
+    // Behind trusted proxies, the client they name; else the peer.
+    let client = app.proxies.client(peer.ip(), req.headers());
+    let via = (client != peer.ip().to_canonical()).then_some(peer.ip());
     // The user a request names (an id, not a secret), for security events.
     let user_id = req
         .headers()
@@ -281,20 +221,21 @@ async fn handle(
     });
     let reply = match endpoint {
         None => ApiError::NotFound.to_response(),
-        Some(ep) => dispatch(&app, ep, peer, req).await,
+        Some(ep) => dispatch(&app, ep, client, req).await,
     };
     // One line per request: client, route, status, latency. Never headers
     // or bodies (they carry tokens, codes and passwords).
     let route = endpoint.map_or("(unknown)", |e| e.path());
     tracing::info!(
-        client = %peer.ip(),
+        client = %client,
+        via = via.map(tracing::field::display),
         method = %method,
         route = %route,
         status = reply.status,
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
-    log_security_event(peer, route, &user_id, &reply);
+    log_security_event(client, via, route, &user_id, &reply);
     crate::telemetry::request(route, reply.status, started.elapsed());
     record_two_factor(code_method, &reply);
     let mut resp = (
@@ -321,7 +262,7 @@ async fn handle(
 async fn dispatch(
     app: &Arc<App>,
     ep: Endpoint,
-    peer: SocketAddr,
+    client: IpAddr,
     req: axum::extract::Request,
 ) -> Response {
     let (expected, allowed) = if ep.is_post() {
@@ -360,7 +301,7 @@ async fn dispatch(
                 value: value.as_bytes().to_vec(),
             })
             .collect(),
-        client_address: peer.ip().to_string(),
+        client_address: client.to_string(),
         body,
     };
     if ep == Endpoint::Login {
@@ -421,7 +362,13 @@ fn record_two_factor(code_method: Option<&'static str>, reply: &Response) {
 /// Security events as their own log lines, from the reply (the component
 /// decides; the host reports): failed logins, blocks, wrong codes, lockouts.
 /// Never with a secret: the client address and the user id at most.
-fn log_security_event(peer: SocketAddr, route: &str, user_id: &str, reply: &Response) {
+fn log_security_event(
+    client: IpAddr,
+    via: Option<IpAddr>,
+    route: &str,
+    user_id: &str,
+    reply: &Response,
+) {
     if reply.status < 400 || reply.status >= 500 {
         return;
     }
@@ -440,7 +387,15 @@ fn log_security_event(peer: SocketAddr, route: &str, user_id: &str, reply: &Resp
         "totp-max-attempts" => "two_factor_lockout",
         _ => return,
     };
-    tracing::warn!(event, client = %peer.ip(), user_id, route = %route, reason = kind, "security");
+    tracing::warn!(
+        event,
+        client = %client,
+        via = via.map(tracing::field::display),
+        user_id,
+        route = %route,
+        reason = kind,
+        "security"
+    );
 }
 
 /// Whether reading a body failed because it exceeded the limit (rather than
@@ -560,6 +515,7 @@ pub fn app_from(
     }
     let mut app = App::new(backend, services, opts.settings(), limits)?;
     app.tls = opts.tls()?.map(tokio_rustls::TlsAcceptor::from);
+    app.proxies = opts.proxies()?;
     Ok((app, outcome))
 }
 
@@ -648,6 +604,7 @@ impl RunningServer {
                     tokio::spawn(crate::telemetry::serve(
                         admin_listener,
                         router,
+                        app.limits.connections(),
                         async move {
                             let _ = admin_stopped.await;
                         },

@@ -176,13 +176,13 @@ async fn ready(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     (status, [("content-type", "application/json")], body)
 }
 
-/// Serves the admin routes on `listener` until `shutdown` completes.
+/// Serves the admin routes on `listener` until `shutdown` completes, with
+/// the API listener's connection limits (header timeout, caps).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    limits: crate::connections::ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+) -> crate::connections::Stopped {
+    crate::connections::serve(listener, router, None, limits, shutdown).await
 }
