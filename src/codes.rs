@@ -10,9 +10,15 @@ use sha2::Sha256;
 pub const BACKUP_ALPHABET: &[u8] = crate::token::ID_ALPHABET;
 pub const BACKUP_CODE_LEN: usize = 8;
 pub const EMAIL_CODE_DIGITS: usize = 6;
+/// The shortest code key (`settings.code-key`) second-factor checks run
+/// with: a shorter one (an empty one in particular) would let anyone with
+/// the database test codes offline, so every check refuses to run instead.
+pub const MIN_CODE_KEY_LEN: usize = 32;
 
 /// Lowercase hex HMAC-SHA-256 under `key` of a domain label and parts, each
-/// length-prefixed so that no two inputs encode alike.
+/// preceded by its length in bytes as 4 big-endian bytes, so that no two
+/// inputs encode alike (`wit/world.wit` and `wit/vectors.json` spell it out
+/// for hosts).
 fn keyed_hash(key: &[u8], domain: &str, parts: &[&[u8]]) -> String {
     // HMAC takes keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key");

@@ -112,6 +112,10 @@ pub enum ApiError {
     StorageFailure,
     /// 500 `error-email-send-failed`: the code email could not be sent; nothing changed.
     MailFailure,
+    /// 500 `error-code-key-missing`: a second-factor check was needed, but
+    /// the host gave no `settings.code-key` of 32 bytes or more; no code was
+    /// checked, stored or sent (a configuration error of the host's).
+    CodeKeyMissing,
     /// 400 on login: credentials missing or of the wrong shape.
     InvalidLogin(&'static str),
     /// 404 (HTTP layer): no such endpoint.
@@ -356,6 +360,14 @@ impl ApiError {
                 500,
                 "The authentication code email could not be sent".into(),
                 Some("error-email-send-failed"),
+                None,
+            ),
+            CodeKeyMissing => (
+                500,
+                "Second-factor checks are unavailable: the server has no settings.code-key \
+                 of 32 bytes or more"
+                    .into(),
+                Some("error-code-key-missing"),
                 None,
             ),
             InvalidLogin(reason) => (400, (*reason).into(), Some("error-invalid-params"), None),

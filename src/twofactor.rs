@@ -146,6 +146,11 @@ fn check_code(
         // No method for this user: Rocket.Chat lets the request through.
         return Ok(Passed::without_factor());
     };
+    // Fail closed: without a real code key, stored codes could be tested
+    // offline by anyone with the database. Before any mail, count or write.
+    if env.code_key().len() < codes::MIN_CODE_KEY_LEN {
+        return Err(ApiError::CodeKeyMissing);
+    }
     let available: Vec<&'static str> = enabled.iter().map(|m| m.name()).collect();
     let locked = is_locked(settings, user.failures, now);
 

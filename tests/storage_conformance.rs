@@ -984,3 +984,190 @@ fn email_logins_match_any_stored_address_oldest_user_first() {
         );
     });
 }
+
+/// Contract 0.9.0 (issue 24, points 9 to 11): the rules a third party could
+/// only guess before, each decided in `wit/world.wit` and checked here.
+#[test]
+fn rules_decided_in_contract_0_9() {
+    each(|name, b| {
+        alice(b);
+        const W: u64 = 1000;
+        // A second-factor failure exactly a window old no longer counts, and
+        // a count below the limit restarts too.
+        let r = b
+            .reserve_two_factor_attempt(ALICE, T0, T0 - W, 3, None)
+            .unwrap();
+        assert!(r.granted && r.failures.count == 1, "{name}");
+        let r = b
+            .reserve_two_factor_attempt(ALICE, T0 + W, T0, 3, None)
+            .unwrap();
+        assert_eq!(
+            (r.granted, r.failures.count),
+            (true, 1),
+            "{name}: restarted"
+        );
+        // A refusal changes nothing and reports the count as it stands
+        // with the stored last failure.
+        for at in [T0 + W + 1, T0 + W + 2] {
+            let r = b
+                .reserve_two_factor_attempt(ALICE, at, at - W, 3, None)
+                .unwrap();
+            assert!(r.granted, "{name}");
+        }
+        let r = b
+            .reserve_two_factor_attempt(ALICE, T0 + W + 3, T0 + 3, 3, None)
+            .unwrap();
+        assert!(!r.granted, "{name}");
+        assert_eq!(
+            (r.failures.count, r.failures.last_failed_at),
+            (3, T0 + W + 2),
+            "{name}"
+        );
+        // Refused by the email code's attempts once the window has passed:
+        // the count as it stands is 0; the stored stamp is reported.
+        b.store_email_code(
+            ALICE,
+            &EmailCode {
+                code_hash: "e".into(),
+                salt: "00".repeat(16),
+                expires_at: T0 + 100 * W,
+                attempts: 5,
+            },
+        )
+        .unwrap();
+        let later = T0 + 10 * W;
+        let r = b
+            .reserve_two_factor_attempt(ALICE, later, later - W, 3, Some(5))
+            .unwrap();
+        assert!(!r.granted, "{name}");
+        assert_eq!(
+            (
+                r.failures.count,
+                r.failures.last_failed_at,
+                r.email_code_attempts
+            ),
+            (0, T0 + W + 2, 5),
+            "{name}"
+        );
+        // A release decrements the count and leaves the stamp.
+        b.release_two_factor_attempt(ALICE, false).unwrap();
+        let s = b.authenticate(ALICE, "s1", None).unwrap().unwrap();
+        assert_eq!(
+            (s.user.failures.count, s.user.failures.last_failed_at),
+            (2, T0 + W + 2),
+            "{name}"
+        );
+
+        // Login counts: a failure exactly a block time old no longer counts;
+        // with account and address both over, the account is named.
+        let limits = LoginLimits {
+            max_per_account: 1,
+            account_block_ms: W,
+            max_per_address: 1,
+            address_block_ms: W,
+            known_address_ms: 0,
+        };
+        let attempt = |at| {
+            b.reserve_login_attempt(ALICE, "198.51.100.9", at, &limits)
+                .unwrap()
+        };
+        assert_eq!(attempt(T0), LoginAdmission::Admitted, "{name}");
+        assert_eq!(
+            attempt(T0 + W - 1),
+            LoginAdmission::AccountBlocked,
+            "{name}"
+        );
+        assert_eq!(attempt(T0 + W), LoginAdmission::Admitted, "{name}");
+
+        // A factor of an enrolment the user no longer has cannot be spent.
+        for used in [FactorUse::TotpStep(200), FactorUse::BackupCode("a".into())] {
+            assert_eq!(
+                b.insert_personal_access_token(ALICE, &pat("x", "hx"), &proof(Some("s1"), used))
+                    .unwrap(),
+                WriteOutcome::FactorAlreadyUsed,
+                "{name}"
+            );
+        }
+
+        // A remember grant on the token its write replaces goes with it.
+        let mut p = proof(Some("p1"), FactorUse::Password);
+        p.remember = Some(RememberGrant {
+            hashed_login_token: "p1".into(),
+            fingerprint: "fp".into(),
+            until: T0 + W,
+        });
+        assert_eq!(
+            b.replace_personal_access_token(ALICE, "p1", &pat("ci", "p2"), &p)
+                .unwrap(),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        let s = b.authenticate(ALICE, "p2", None).unwrap().unwrap();
+        assert_eq!(s.token.two_factor_authorized_hash, None, "{name}");
+        assert_eq!(s.token.two_factor_authorized_until, None, "{name}");
+
+        // The first reply kept for a key stays.
+        let kept = |hash: &str, body: &str| {
+            let mut p = proof(Some("s1"), FactorUse::None);
+            p.reply = Some(IdempotentWrite {
+                presented_hashed_token: "s1".into(),
+                key: "k".repeat(22),
+                body_hash: body.into(),
+                sealed_reply: vec![1, 2, 3],
+                created_at: T0,
+                forget_before: 0,
+            });
+            b.insert_personal_access_token(ALICE, &pat(hash, hash), &p)
+                .unwrap()
+        };
+        assert_eq!(kept("r1", "first"), WriteOutcome::Done, "{name}");
+        assert_eq!(kept("r2", "second"), WriteOutcome::ReplyKept, "{name}");
+        let found = b
+            .find_idempotent_reply(ALICE, "s1", &"k".repeat(22), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.body_hash, "first", "{name}");
+        assert!(
+            b.find_personal_access_token(ALICE, "r2").unwrap().is_none(),
+            "{name}"
+        );
+
+        // Equal times list in first-creation order, kept across replacement;
+        // expired tokens are listed and found.
+        let mut late = pat("zz", "z1");
+        late.created_at = T0 + 50 * W;
+        late.expires_at = Some(T0 + 1);
+        let mut early = pat("aa", "a1");
+        early.created_at = T0 + 50 * W;
+        for t in [&late, &early] {
+            assert_eq!(
+                b.insert_personal_access_token(ALICE, t, &proof(Some("s1"), FactorUse::None))
+                    .unwrap(),
+                WriteOutcome::Done,
+                "{name}"
+            );
+        }
+        let mut renewed = late.clone();
+        renewed.hashed_token = "z2".into();
+        assert_eq!(
+            b.replace_personal_access_token(
+                ALICE,
+                "z1",
+                &renewed,
+                &proof(Some("s1"), FactorUse::None)
+            )
+            .unwrap(),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        let names: Vec<String> = b
+            .list_personal_access_tokens(ALICE)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names[names.len() - 2..], ["zz", "aa"], "{name}: {names:?}");
+        let found = b.find_personal_access_token(ALICE, "zz").unwrap();
+        assert_eq!(found.unwrap().expires_at, Some(T0 + 1), "{name}");
+    });
+}

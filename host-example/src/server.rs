@@ -111,6 +111,13 @@ impl App {
         settings: Settings,
         limits: Limits,
     ) -> wasmtime::Result<Self> {
+        // Fail closed at start rather than at the first second-factor check.
+        if services.code_key().len() < rcpat::codes::MIN_CODE_KEY_LEN {
+            wasmtime::bail!(
+                "the code key (settings.code-key) must be {} bytes or more; refusing to start",
+                rcpat::codes::MIN_CODE_KEY_LEN
+            );
+        }
         Ok(App {
             backend,
             tls: None,
@@ -236,6 +243,14 @@ async fn handle(
         "request"
     );
     log_security_event(client, via, route, &user_id, &reply);
+    if reply.status == 500 && reply.body.contains("error-code-key-missing") {
+        tracing::error!(
+            event = "configuration_error",
+            setting = "code-key",
+            route = %route,
+            "the component has no code key of 32 bytes or more: every second-factor check answers 500"
+        );
+    }
     crate::telemetry::request(route, reply.status, started.elapsed());
     record_two_factor(code_method, &reply);
     let mut resp = (

@@ -21,6 +21,8 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// The host's secret key material (never in storage).
     pub keys: Arc<Keys>,
+    /// A code key of the embedder's own, instead of the one `keys` derives.
+    code_key: Option<Arc<[u8]>>,
 }
 
 impl Services {
@@ -33,6 +35,7 @@ impl Services {
             mailer,
             clock: Arc::new(SystemClock),
             keys: Arc::new(Keys::random()),
+            code_key: None,
         }
     }
 
@@ -46,9 +49,18 @@ impl Services {
         self
     }
 
+    /// Hashes second-factor codes under `key` instead of the key file's
+    /// code key: for an embedder whose codes were enrolled elsewhere. It must
+    /// be 32 bytes or more: `server::App::new` refuses a shorter one, and
+    /// the component refuses every second-factor check under one.
+    pub fn with_code_key(mut self, key: &[u8]) -> Self {
+        self.code_key = Some(key.into());
+        self
+    }
+
     /// The key the component hashes second-factor codes with.
     pub fn code_key(&self) -> &[u8] {
-        self.keys.code_key()
+        self.code_key.as_deref().unwrap_or(self.keys.code_key())
     }
 }
 

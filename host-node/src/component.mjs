@@ -50,6 +50,9 @@ const INTERNAL = JSON.stringify({
   errorType: 'error-internal',
 });
 
+/** The shortest `settings.code-key` second-factor checks run with (`rcpat::codes::MIN_CODE_KEY_LEN`). */
+export const MIN_CODE_KEY_LEN = 32;
+
 export class Component {
   /**
    * store: a document store (storage/memory.mjs, storage/sqlite.mjs);
@@ -57,6 +60,11 @@ export class Component {
    * keys: {codeKey}; clock: {nowMs()}; log: (object) => void.
    */
   constructor({ store, mail, keys, clock = systemClock(), log = () => {}, settings = {} }) {
+    // Fail closed at start: under a shorter code key the component refuses
+    // every second-factor check (500 error-code-key-missing).
+    if (!keys?.codeKey || keys.codeKey.length < MIN_CODE_KEY_LEN) {
+      throw new Error(`the code key (settings.code-key) must be ${MIN_CODE_KEY_LEN} bytes or more; refusing to start`);
+    }
     this.clock = clock;
     this.log = log;
     this.instantiations = 0;
@@ -92,7 +100,7 @@ export class Component {
       ['wasi:random/random', random],
     ]) {
       this.imports[name] = value;
-      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.8.0'}`] = value;
+      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.9.0'}`] = value;
     }
     this.settings = { ...this.endpoints().defaultSettings(), ...settings, codeKey: new Uint8Array(keys.codeKey) };
   }
@@ -124,7 +132,11 @@ export class Component {
    */
   call(route, request) {
     try {
-      return this.endpoints().handle(route, this.settings, request);
+      const reply = this.endpoints().handle(route, this.settings, request);
+      if (reply.status === 500 && reply.body.includes('error-code-key-missing')) {
+        this.log({ event: 'configuration_error', setting: 'code-key', endpoint: route });
+      }
+      return reply;
     } catch (e) {
       this.instance = null;
       this.log({ event: 'component_trapped', endpoint: route, error: e instanceof Error ? e.message : String(e) });
