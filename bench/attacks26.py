@@ -195,7 +195,53 @@ def item3_short_prefix():
           f"{(out.stderr.strip().splitlines() or [''])[-1][:120]!r}")
 
 
-for item in (item3_short_prefix, item8_proxy, item11_admin_half_sent, item6_connection_hog, item1_rotation_race):
+def item12_sigterm_keep_alive():
+    """16 keep-alive clients, SIGTERM after 2 s: requests sent on an open
+    connection that got no reply."""
+    import http.client, signal
+    db = os.path.join(tmp, "drain.sqlite")
+    p, port, _ = serve(db)
+    stop = threading.Event()
+    totals = {"answered": 0, "lost": 0, "refused_new": 0}
+    lock = threading.Lock()
+
+    def client():
+        answered = lost = 0
+        conn, reused = http.client.HTTPConnection("127.0.0.1", port, timeout=10), False
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/api/v1/me", headers={"X-User-Id": "u", "X-Auth-Token": "t"})
+                r = conn.getresponse()
+                r.read()
+                answered += 1
+                reused = True
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn, reused = http.client.HTTPConnection("127.0.0.1", port, timeout=10), False
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                lost += int(reused)
+                conn.close()
+                conn, reused = http.client.HTTPConnection("127.0.0.1", port, timeout=10), False
+            except ConnectionRefusedError:
+                break
+        with lock:
+            totals["answered"] += answered
+            totals["lost"] += lost
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    p.send_signal(signal.SIGTERM)
+    code = p.wait(timeout=60)
+    stop.set()
+    for t in threads:
+        t.join()
+    print(f"item 12: 16 keep-alive clients, SIGTERM after 2 s: {totals['answered']} requests answered, "
+          f"{totals['lost']} sent on an open connection without a reply; exit {code}")
+
+
+for item in (item12_sigterm_keep_alive, item3_short_prefix, item8_proxy, item11_admin_half_sent, item6_connection_hog, item1_rotation_race):
     t = time.time()
     item()
     print(f"   ({time.time() - t:.0f} s)")
