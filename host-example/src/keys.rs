@@ -118,15 +118,25 @@ impl Keys {
                     origin: KEY_ENV.into(),
                     reason,
                 }),
-            Err(_) => {
-                let masters = {
-                    let _lock = lock(path)?;
-                    load_or_create(path)?
-                };
-                Self::from_masters(masters, Some(path.to_path_buf()))
-                    .map_err(|reason| malformed(path, reason))
-            }
+            Err(_) => Self::load_locked(path, &Self::lock_file(path)?),
         }
+    }
+
+    /// Takes the key file's lock (`<path>.lock`), for a command that must
+    /// run alone on the file from start to end: `keys rotate` holds it while
+    /// it adds a key and re-encrypts under it, so concurrent rotations run
+    /// one after the other and each re-encrypts every secret under its own
+    /// key. Use `load_locked` and `add_locked` while holding it (taking the
+    /// lock again from the same process would wait for itself).
+    pub fn lock_file(path: &Path) -> Result<KeyFileLock> {
+        Ok(KeyFileLock(lock(path)?))
+    }
+
+    /// `load` from the key file, with its lock held.
+    pub fn load_locked(path: &Path, _held: &KeyFileLock) -> Result<Self> {
+        let masters = load_or_create(path)?;
+        Self::from_masters(masters, Some(path.to_path_buf()))
+            .map_err(|reason| malformed(path, reason))
     }
 
     /// Adds a new newest key to the key file at `path`, under the file's
@@ -139,14 +149,20 @@ impl Keys {
                 "{KEY_ENV} is set: add keys to a key file (--secret-key-file)"
             )));
         }
-        let masters = {
-            let _lock = lock(path)?;
-            let mut masters = load_or_create(path)?;
-            let next = masters.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
-            masters.push((next, random_key()));
-            files::write_private_atomically(path, render(&masters).as_bytes())?;
-            masters
-        };
+        Self::add_locked(path, &Self::lock_file(path)?)
+    }
+
+    /// `add`, with the key file's lock held.
+    pub fn add_locked(path: &Path, _held: &KeyFileLock) -> Result<Self> {
+        if std::env::var_os(KEY_ENV).is_some() {
+            return Err(Error::invalid(format!(
+                "{KEY_ENV} is set: add keys to a key file (--secret-key-file)"
+            )));
+        }
+        let mut masters = load_or_create(path)?;
+        let next = masters.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+        masters.push((next, random_key()));
+        files::write_private_atomically(path, render(&masters).as_bytes())?;
         Self::from_masters(masters, Some(path.to_path_buf()))
             .map_err(|reason| malformed(path, reason))
     }
@@ -369,6 +385,9 @@ fn malformed(path: &Path, reason: &'static str) -> Error {
 
 /// The lock that serializes changes to the key file at `path` (and its
 /// creation): `<path>.lock` beside it.
+/// A held lock on a key file (see `Keys::lock_file`); released when dropped.
+pub struct KeyFileLock(#[expect(dead_code, reason = "held for its lock")] std::fs::File);
+
 fn lock(path: &Path) -> Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         files::create_private_dir(dir)?;

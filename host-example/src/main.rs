@@ -440,10 +440,20 @@ fn run(command: Command, opts: Options) -> Result<()> {
                 KeysCommand::Add { .. } => (true, false),
                 KeysCommand::Reencrypt { .. } => (false, true),
             };
-            let keys = Arc::new(if add {
-                host_example::keys::Keys::add(&path)?
-            } else {
-                host_example::keys::Keys::load(&path)?
+            use host_example::keys::Keys;
+            // The whole command runs under the key file's lock: concurrent
+            // rotations serialize, each re-encrypting under its own key.
+            // (`RCPAT_SECRET_KEY` has no file: `add` refuses it, `load` reads it.)
+            let held = match std::env::var_os("RCPAT_SECRET_KEY") {
+                Some(_) => None,
+                None => Some(Keys::lock_file(&path)?),
+            };
+            let keys = Arc::new(match (&held, add) {
+                (Some(held), true) => Keys::add_locked(&path, held)?,
+                (Some(held), false) => Keys::load_locked(&path, held)?,
+                // The key comes from the environment: `add` refuses it.
+                (None, true) => Keys::add(&path)?,
+                (None, false) => Keys::load(&path)?,
             });
             if add {
                 println!("added key {} to {}", keys.current_id(), path.display());
