@@ -1,24 +1,8 @@
 //! Wall-clock time for the component's `wasi:clocks/wall-clock` import.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The operating system's clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
+pub use rcpat_wasmtime::{Clock, SystemClock};
 
 /// A clock tests set and advance by hand.
 pub struct ManualClock(AtomicU64);

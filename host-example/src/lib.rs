@@ -1,23 +1,20 @@
 //! A wasmtime host for the rcpat component.
 //!
-//! [`runtime::Runtime`] embeds the component (one engine, a pre-instantiated
-//! component, a fresh store per request from the pooling allocator, memory and
-//! time limits). [`services::Services`] is what a request runs against:
+//! [`runtime::Runtime`] embeds the component through the `rcpat-wasmtime`
+//! crate (one engine, a pre-instantiated component, a fresh store per
+//! request from the pooling allocator, memory and time limits). [`services::Services`] is what a request runs against:
 //! [`storage`] (SQLite or memory), [`mail`] (an `.eml` outbox) and a
 //! [`clock`]. [`admin`] creates users and enrols 2FA; [`demo`] walks the flow.
 
 pub mod admin;
-pub mod bindings;
 pub mod cache;
 pub mod client_address;
 pub mod clock;
 pub mod config;
 pub mod connections;
-mod conversions;
 pub mod demo;
 pub mod error;
 pub mod files;
-mod imports;
 pub mod keys;
 pub mod loadgen;
 pub mod mail;

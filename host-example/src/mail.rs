@@ -11,9 +11,8 @@ use rcpat::model::MailMessage;
 
 use crate::error::{Error, Result};
 
-pub trait Mailer: Send + Sync {
-    fn send(&self, message: &MailMessage) -> Result<()>;
-}
+/// Outgoing mail: the embedding crate's trait (its errors are `HostError`s).
+pub use rcpat_wasmtime::Mail as Mailer;
 
 /// An email address as users and mail may carry it: one RFC 5322
 /// addr-spec (no display name, no CR/LF or other control characters), so a
@@ -102,7 +101,13 @@ impl Outbox {
 }
 
 impl Mailer for Outbox {
-    fn send(&self, m: &MailMessage) -> Result<()> {
+    fn send(&self, m: &MailMessage) -> rcpat::storage::HostResult<()> {
+        Ok(self.write(m)?)
+    }
+}
+
+impl Outbox {
+    fn write(&self, m: &MailMessage) -> Result<()> {
         let message = build(&self.from, m)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -136,9 +141,9 @@ impl MemoryMailer {
 }
 
 impl Mailer for MemoryMailer {
-    fn send(&self, m: &MailMessage) -> Result<()> {
+    fn send(&self, m: &MailMessage) -> rcpat::storage::HostResult<()> {
         if self.fail.load(Ordering::SeqCst) {
-            return Err(Error::Injected(0));
+            return Err(Error::Injected(0).into());
         }
         self.sent.lock().unwrap().push(m.clone());
         Ok(())
@@ -263,10 +268,14 @@ impl SmtpMailer {
 }
 
 impl Mailer for SmtpMailer {
-    fn send(&self, m: &MailMessage) -> Result<()> {
+    fn send(&self, m: &MailMessage) -> rcpat::storage::HostResult<()> {
         use lettre::Transport;
         let message = build(&self.from, m)?;
-        self.transport.send(&message).map(drop).map_err(Error::from)
+        Ok(self
+            .transport
+            .send(&message)
+            .map(drop)
+            .map_err(Error::from)?)
     }
 }
 
@@ -305,7 +314,10 @@ mod tests {
         let err = outbox
             .send(&message("ann@example.org\r\nBcc: all@example.org"))
             .unwrap_err();
-        assert!(matches!(err, Error::Address(_)), "{err}");
+        assert!(
+            matches!(err.source_error().downcast_ref(), Some(Error::Address(_))),
+            "{err}"
+        );
         assert!(outbox.send(&message("not an address")).is_err());
         assert_eq!(outbox.messages().len(), before);
         assert!(Outbox::with_sender(&dir, "x@example.org\r\nBcc: y@example.org").is_err());

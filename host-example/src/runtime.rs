@@ -1,29 +1,90 @@
 //! Embedding the component the way production wasmtime hosts do: one
 //! [`Engine`], the component pre-instantiated once, and per request a fresh
 //! [`Store`] from the pooling allocator with a memory cap and an epoch
-//! deadline, dropped after the call.
+//! deadline, dropped after the call. The linking and calling are the
+//! `rcpat-wasmtime` crate's (what any embedder uses); this module adds the
+//! pooling engine, the epoch ticker, the limits and the compile cache.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::component::{
-    Component, ComponentExportIndex, Func, HasSelf, Instance, InstancePre, Linker, TypedFunc,
-};
+use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    StoreLimits, StoreLimitsBuilder,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter,
+    Store, StoreLimits, StoreLimitsBuilder,
 };
 
 use rcpat::model::{Request, Response, Settings};
+use rcpat_wasmtime::{RcpatCtx, RcpatPre, RcpatView, Route};
 
-use crate::bindings::exports::rcpat::tokens::endpoints as ep;
-use crate::bindings::{PatService, PatServicePre};
+pub use rcpat_wasmtime::CallError;
 
-use crate::conversions::settings_to_wit;
-use crate::imports::HostState;
 use crate::services::{NativeEnv, Services};
+
+/// Per-store data: the request's context and its resource limits.
+pub struct HostState {
+    ctx: RcpatCtx,
+    limits: PeakLimits,
+}
+
+impl RcpatView for HostState {
+    fn rcpat(&mut self) -> &mut RcpatCtx {
+        &mut self.ctx
+    }
+    fn memory_refused(&self) -> bool {
+        self.limits.memory_refused
+    }
+}
+
+/// `StoreLimits`, remembering the largest linear memory the guest asked for
+/// (what one instance really costs) and whether a growth was refused (so a
+/// failed call is classified by that fact, not by its error text).
+struct PeakLimits {
+    inner: StoreLimits,
+    peak_memory: usize,
+    memory_refused: bool,
+}
+
+impl ResourceLimiter for PeakLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum);
+        match allowed {
+            Ok(true) => self.peak_memory = self.peak_memory.max(desired),
+            Ok(false) | Err(_) => self.memory_refused = true,
+        }
+        allowed
+    }
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
 
 /// The endpoints the component exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,15 +123,15 @@ impl Endpoint {
     }
 
     /// Its `route` in `wit/world.wit`.
-    pub fn route(self) -> ep::Route {
+    pub fn route(self) -> Route {
         match self {
-            Endpoint::Login => ep::Route::Login,
-            Endpoint::Logout => ep::Route::Logout,
-            Endpoint::Me => ep::Route::Me,
-            Endpoint::Regenerate => ep::Route::RegeneratePersonalAccessToken,
-            Endpoint::Generate => ep::Route::GeneratePersonalAccessToken,
-            Endpoint::List => ep::Route::GetPersonalAccessTokens,
-            Endpoint::Remove => ep::Route::RemovePersonalAccessToken,
+            Endpoint::Login => Route::Login,
+            Endpoint::Logout => Route::Logout,
+            Endpoint::Me => Route::Me,
+            Endpoint::Regenerate => Route::RegeneratePersonalAccessToken,
+            Endpoint::Generate => Route::GeneratePersonalAccessToken,
+            Endpoint::List => Route::GetPersonalAccessTokens,
+            Endpoint::Remove => Route::RemovePersonalAccessToken,
         }
     }
 
@@ -90,35 +151,6 @@ impl Endpoint {
             Endpoint::Generate => rcpat::endpoints::generate(env, settings, req),
             Endpoint::List => rcpat::endpoints::list(env, settings, req),
             Endpoint::Remove => rcpat::endpoints::remove(env, settings, req),
-        }
-    }
-}
-
-/// Why a call produced no reply (the host answers 500 with a fixed text).
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// The epoch deadline passed (`Trap::Interrupt`).
-    #[error("the call exceeded its time limit")]
-    Timeout,
-    /// The guest asked for more linear memory than its cap.
-    #[error("the guest exceeded its memory limit")]
-    MemoryLimit,
-    /// Any other trap (a guest bug, or a hostile guest).
-    #[error("the guest trapped: {0}")]
-    Trap(wasmtime::Trap),
-    /// Instantiation or a host import failed.
-    #[error("the call failed: {0:?}")]
-    Other(wasmtime::Error),
-}
-
-impl CallError {
-    /// Classifies by the trap code and the store's own record, never by text.
-    fn classify(e: wasmtime::Error, memory_refused: bool) -> Self {
-        match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => CallError::Timeout,
-            _ if memory_refused => CallError::MemoryLimit,
-            Some(trap) => CallError::Trap(*trap),
-            None => CallError::Other(e),
         }
     }
 }
@@ -154,8 +186,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub struct Runtime {
     engine: Engine,
-    pre: PatServicePre<HostState>,
-    exports: Exports,
+    pre: RcpatPre<HostState>,
     config: RuntimeConfig,
     ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
@@ -219,10 +250,9 @@ impl Runtime {
         config: RuntimeConfig,
     ) -> wasmtime::Result<Self> {
         let mut linker = Linker::<HostState>::new(&engine);
-        PatService::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        // `PatServicePre::new` type-checks every export once, here.
-        let pre = PatServicePre::new(linker.instantiate_pre(&component)?)?;
-        let exports = Exports::find(&component)?;
+        rcpat_wasmtime::add_to_linker(&mut linker)?;
+        rcpat_wasmtime::add_wasi_to_linker(&mut linker)?;
+        let pre = RcpatPre::new(&linker, &component)?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -239,7 +269,6 @@ impl Runtime {
         Ok(Runtime {
             engine,
             pre,
-            exports,
             config,
             ticker: Some((stop, ticker)),
         })
@@ -260,8 +289,8 @@ impl Runtime {
         let mut store = Store::new(
             &self.engine,
             HostState {
-                services: services.clone(),
-                limits: crate::imports::PeakLimits {
+                ctx: services.ctx().clone(),
+                limits: PeakLimits {
                     inner: limits,
                     peak_memory: 0,
                     memory_refused: false,
@@ -323,93 +352,15 @@ impl Runtime {
         req: &Request,
     ) -> Result<(Response, usize), CallError> {
         let mut store = self.store(services);
-        let result = self.call_in(&mut store, endpoint, settings, req);
-        let limits = &store.data().limits;
-        match result {
-            Ok(r) => Ok((r.into(), limits.peak_memory)),
-            Err(e) => Err(CallError::classify(e, limits.memory_refused)),
-        }
-    }
-
-    fn call_in(
-        &self,
-        store: &mut Store<HostState>,
-        endpoint: Endpoint,
-        settings: &Settings,
-        req: &Request,
-    ) -> wasmtime::Result<ep::Response> {
-        let instance = self.instance_pre().instantiate(&mut *store)?;
-        dispatch(
-            self.exports.handle(&instance, store),
-            store,
-            endpoint,
-            settings,
-            req,
-        )
+        let reply = self.pre.call(&mut store, endpoint.route(), settings, req)?;
+        Ok((reply, store.data().limits.peak_memory))
     }
 
     /// The component's default settings (Rocket.Chat's defaults).
     pub fn default_settings(&self, services: &Services) -> wasmtime::Result<Settings> {
         let mut store = self.store(services);
-        let s = self
-            .pre
-            .instantiate(&mut store)?
-            .rcpat_tokens_endpoints()
-            .call_default_settings(&mut store)?;
-        Ok(s.into())
+        self.pre.default_settings(&mut store)
     }
-}
-
-/// Where the `handle` export sits in the component, found once by name.
-///
-/// bindgen's `PatServicePre::instantiate` looks up and type-checks both
-/// exports again on every instance (a tenth of an instantiation in `perf`);
-/// a request needs one, and its type was checked at start.
-struct Exports {
-    handle: ComponentExportIndex,
-}
-
-impl Exports {
-    fn find(component: &Component) -> wasmtime::Result<Self> {
-        let interface = component
-            .component_type()
-            .exports(component.engine())
-            .map(|(name, _)| name.to_string())
-            .find(|name| name.starts_with("rcpat:tokens/endpoints@"))
-            .ok_or_else(|| wasmtime::format_err!("the component exports no endpoints"))?;
-        let (_, interface) = component
-            .get_export(None, &interface)
-            .ok_or_else(|| wasmtime::format_err!("no export {interface}"))?;
-        let (_, handle) = component
-            .get_export(Some(&interface), "handle")
-            .ok_or_else(|| wasmtime::format_err!("the component does not export handle"))?;
-        Ok(Exports { handle })
-    }
-
-    fn handle(&self, instance: &Instance, store: &mut Store<HostState>) -> Func {
-        instance
-            .get_func(store, self.handle)
-            .expect("the handle export of this component is a function")
-    }
-}
-
-/// Calls the `handle` export for `endpoint`.
-fn dispatch(
-    func: Func,
-    store: &mut Store<HostState>,
-    endpoint: Endpoint,
-    settings: &Settings,
-    req: &Request,
-) -> wasmtime::Result<ep::Response> {
-    let settings = settings_to_wit(settings, store.data().services.code_key());
-    let req = ep::Request::from(req);
-    // SAFETY: `PatServicePre::new` checked the `handle` export against this
-    // signature when the runtime was built, and `func` is that export.
-    let typed = unsafe {
-        TypedFunc::<(ep::Route, &ep::Settings, &ep::Request), (ep::Response,)>::new_unchecked(func)
-    };
-    let (reply,) = typed.call(store, (endpoint.route(), &settings, &req))?;
-    Ok(reply)
 }
 
 /// See [`Runtime::reused_instance`].
@@ -428,12 +379,13 @@ impl ReusedInstance<'_> {
         req: &Request,
     ) -> Result<Response, CallError> {
         self.store.set_epoch_deadline(self.runtime.deadline_ticks());
-        let func = self.runtime.exports.handle(&self.instance, &mut self.store);
-        let result = dispatch(func, &mut self.store, endpoint, settings, req);
-        let refused = self.store.data().limits.memory_refused;
-        result
-            .map(Into::into)
-            .map_err(|e| CallError::classify(e, refused))
+        self.runtime.pre.call_on(
+            &mut self.store,
+            &self.instance,
+            endpoint.route(),
+            settings,
+            req,
+        )
     }
 
     /// The guest's linear memory now, in bytes.

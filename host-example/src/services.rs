@@ -7,6 +7,8 @@ use rcpat::env::Env;
 use rcpat::model::{MailMessage, TimestampMs};
 use rcpat::storage::{HostResult, Storage};
 
+use rcpat_wasmtime::RcpatCtx;
+
 use crate::clock::{Clock, SystemClock};
 use crate::keys::Keys;
 use crate::mail::Mailer;
@@ -21,8 +23,9 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// The host's secret key material (never in storage).
     pub keys: Arc<Keys>,
-    /// A code key of the embedder's own, instead of the one `keys` derives.
-    code_key: Option<Arc<[u8]>>,
+    /// The same, as the component's imports see it (`rcpat-wasmtime`),
+    /// with the telemetry hooks; cloned into each request's store.
+    ctx: RcpatCtx,
 }
 
 impl Services {
@@ -30,21 +33,29 @@ impl Services {
     /// process (memory, tests); a durable store needs `with_keys` and a key
     /// file, or its codes stop matching at the next start.
     pub fn new(storage: Arc<dyn Backend>, mailer: Arc<dyn Mailer>) -> Self {
+        let keys = Arc::new(Keys::random());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ctx = RcpatCtx::new(storage.clone(), mailer.clone(), keys.code_key())
+            .expect("key files hold 32-byte code keys")
+            .with_clock(clock.clone())
+            .with_hooks(Arc::new(crate::telemetry::Telemetry));
         Services {
             storage,
             mailer,
-            clock: Arc::new(SystemClock),
-            keys: Arc::new(Keys::random()),
-            code_key: None,
+            clock,
+            keys,
+            ctx,
         }
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.ctx = self.ctx.with_clock(clock.clone());
         self.clock = clock;
         self
     }
 
     pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
+        self.ctx = self.ctx.with_unchecked_code_key(keys.code_key());
         self.keys = keys;
         self
     }
@@ -52,15 +63,21 @@ impl Services {
     /// Hashes second-factor codes under `key` instead of the key file's
     /// code key: for an embedder whose codes were enrolled elsewhere. It must
     /// be 32 bytes or more: `server::App::new` refuses a shorter one, and
-    /// the component refuses every second-factor check under one.
+    /// the component refuses every second-factor check under one (which
+    /// is what tests pass a shorter one for).
     pub fn with_code_key(mut self, key: &[u8]) -> Self {
-        self.code_key = Some(key.into());
+        self.ctx = self.ctx.with_unchecked_code_key(key);
         self
     }
 
     /// The key the component hashes second-factor codes with.
     pub fn code_key(&self) -> &[u8] {
-        self.code_key.as_deref().unwrap_or(self.keys.code_key())
+        self.ctx.code_key()
+    }
+
+    /// The context a request's store gets.
+    pub fn ctx(&self) -> &RcpatCtx {
+        &self.ctx
     }
 }
 
@@ -88,6 +105,6 @@ impl Env for NativeEnv<'_> {
         self.0.code_key()
     }
     fn send_mail(&mut self, message: &MailMessage) -> HostResult<()> {
-        Ok(self.0.mailer.send(message)?)
+        self.0.mailer.send(message)
     }
 }

@@ -10,7 +10,7 @@
 //! `bench`) every recording is a no-op.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -82,11 +82,30 @@ pub fn component_failure(kind: &'static str) {
     counter!(COMPONENT_FAILURES, "kind" => kind).increment(1);
 }
 
-/// One storage call made for the guest, and whether it failed.
-pub fn storage_call(call: &'static str, started: Instant, failed: bool) {
-    histogram!(STORAGE_SECONDS, "call" => call).record(started.elapsed().as_secs_f64());
-    if failed {
-        counter!(STORAGE_ERRORS, "call" => call).increment(1);
+/// Where the component's imports report (`rcpat_wasmtime::Hooks`): storage
+/// latency and errors, mail outcomes, and each failure as a log line with
+/// its typed error (the guest only ever sees a fixed text).
+pub struct Telemetry;
+
+impl rcpat_wasmtime::Hooks for Telemetry {
+    fn storage_call(
+        &self,
+        call: &'static str,
+        elapsed: Duration,
+        outcome: Result<(), &rcpat::storage::HostError>,
+    ) {
+        histogram!(STORAGE_SECONDS, "call" => call).record(elapsed.as_secs_f64());
+        if let Err(e) = outcome {
+            counter!(STORAGE_ERRORS, "call" => call).increment(1);
+            tracing::error!(event = "storage_failed", call, error = %e, "storage call failed");
+        }
+    }
+
+    fn mail(&self, outcome: Result<(), &rcpat::storage::HostError>) {
+        mail(if outcome.is_ok() { "sent" } else { "failed" });
+        if let Err(e) = outcome {
+            tracing::error!(event = "mail_failed", error = %e, "sending mail failed");
+        }
     }
 }
 

@@ -1,76 +1,30 @@
-//! The component's imports, implemented over [`Services`]: each forwards to
-//! the storage trait, mailer, clock or randomness (conversions are in
-//! `conversions.rs`).
+//! The component's imports, implemented over [`RcpatCtx`]: each forwards to
+//! the storage trait, mail, clock or randomness (conversions are in
+//! `conversions.rs`), reporting through the context's hooks.
 
-use wasmtime::{ResourceLimiter, StoreLimits};
-
-use rcpat::storage::{HostResult, Storage};
-
+use crate::RcpatCtx;
 use crate::bindings::rcpat::tokens::{mail, storage as st};
 use crate::bindings::wasi::clocks::wall_clock;
 use crate::bindings::wasi::random::random;
-use crate::services::{Services, random_bytes};
-
-/// Per-store data: the request's services and its resource limits.
-pub struct HostState {
-    pub services: Services,
-    pub limits: PeakLimits,
-}
-
-/// `StoreLimits`, remembering the largest linear memory the guest asked for
-/// (what one instance really costs) and whether a growth was refused (so a
-/// failed call is classified by that fact, not by its error text).
-pub struct PeakLimits {
-    pub inner: StoreLimits,
-    pub peak_memory: usize,
-    pub memory_refused: bool,
-}
-
-impl ResourceLimiter for PeakLimits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum);
-        match allowed {
-            Ok(true) => self.peak_memory = self.peak_memory.max(desired),
-            Ok(false) | Err(_) => self.memory_refused = true,
-        }
-        allowed
-    }
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.memory_grow_failed(error)
-    }
-    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.table_grow_failed(error)
-    }
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
-}
+use rcpat::storage::{HostResult, Storage};
 
 /// Largest randomness request served (the component asks for 43 bytes at most).
 const MAX_RANDOM_BYTES: u64 = 64 * 1024;
 
-impl wall_clock::Host for HostState {
+/// The text the guest gets for any failed import. The real error goes to
+/// the hooks, where it is still typed; the component never shows host error
+/// text to a client, so it gets none to show.
+const IMPORT_FAILED: &str = "host call failed (see the host's log)";
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    getrandom::fill(&mut buf).expect("the operating system's random source failed");
+    buf
+}
+
+impl wall_clock::Host for RcpatCtx {
     fn now(&mut self) -> wall_clock::Datetime {
-        let ms = self.services.clock.now_ms();
+        let ms = self.clock.now_ms();
         wall_clock::Datetime {
             seconds: ms / 1000,
             nanoseconds: (ms % 1000) as u32 * 1_000_000,
@@ -84,7 +38,7 @@ impl wall_clock::Host for HostState {
     }
 }
 
-impl random::Host for HostState {
+impl random::Host for RcpatCtx {
     fn get_random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
         if len > MAX_RANDOM_BYTES {
             wasmtime::bail!("guest asked for {len} random bytes (limit {MAX_RANDOM_BYTES})");
@@ -96,37 +50,27 @@ impl random::Host for HostState {
     }
 }
 
-/// The text the guest gets for any failed import. The real error is
-/// logged here, where it is still typed; the component never shows host
-/// error text to a client, so it gets none to show.
-const IMPORT_FAILED: &str = "host call failed (see the host's log)";
-
-impl HostState {
-    /// Runs one storage call for the guest: converts its answer, logs and
-    /// hides its error.
-    fn storage<T, W: From<T>>(
+impl RcpatCtx {
+    /// Runs one storage call for the guest: converts its answer, reports
+    /// it, and hides its error.
+    fn call_storage<T, W: From<T>>(
         &self,
         call: &'static str,
         f: impl FnOnce(&dyn Storage) -> HostResult<T>,
     ) -> Result<W, String> {
         let started = std::time::Instant::now();
-        let answer = f(&*self.services.storage);
-        crate::telemetry::storage_call(call, started, answer.is_err());
-        answer.map(W::from).map_err(|e| {
-            tracing::error!(event = "storage_failed", call, error = %e, "storage call failed");
-            IMPORT_FAILED.to_string()
-        })
+        let answer = f(&*self.storage);
+        self.hooks
+            .storage_call(call, started.elapsed(), answer.as_ref().map(drop));
+        answer.map(W::from).map_err(|_| IMPORT_FAILED.to_string())
     }
 }
 
-impl mail::Host for HostState {
+impl mail::Host for RcpatCtx {
     fn send(&mut self, msg: mail::Message) -> Result<(), String> {
-        let sent = self.services.mailer.send(&msg.into());
-        crate::telemetry::mail(if sent.is_ok() { "sent" } else { "failed" });
-        sent.map_err(|e| {
-            tracing::error!(event = "mail_failed", error = %e, "sending mail failed");
-            IMPORT_FAILED.to_string()
-        })
+        let sent = self.mail.send(&msg.into());
+        self.hooks.mail(sent.as_ref().map(drop));
+        sent.map_err(|_| IMPORT_FAILED.to_string())
     }
 }
 
@@ -139,20 +83,20 @@ impl<T, U: From<T>> From<Many<T>> for Vec<U> {
     }
 }
 
-impl st::Host for HostState {
+impl st::Host for RcpatCtx {
     fn authenticate(
         &mut self,
         user: String,
         hash: String,
         permission: Option<String>,
     ) -> Result<Option<st::Session>, String> {
-        self.storage("authenticate", |s| {
+        self.call_storage("authenticate", |s| {
             Ok(s.authenticate(&user, &hash, permission.as_deref())?
                 .map(Into::into))
         })
     }
     fn find_user_for_login(&mut self, id: st::LoginIdentifier) -> Result<Option<st::User>, String> {
-        self.storage("find-user-for-login", |s| {
+        self.call_storage("find-user-for-login", |s| {
             Ok(s.find_user_for_login(&id.into())?.map(Into::into))
         })
     }
@@ -163,7 +107,7 @@ impl st::Host for HostState {
         created_at: u64,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.storage("insert-login-token", |s| {
+        self.call_storage("insert-login-token", |s| {
             s.insert_login_token(&user, &hash, created_at, &proof.into())
         })
     }
@@ -172,7 +116,7 @@ impl st::Host for HostState {
         user: String,
         hashed_code: String,
     ) -> Result<st::BackupCodeState, String> {
-        self.storage("find-backup-code", |s| {
+        self.call_storage("find-backup-code", |s| {
             s.find_backup_code(&user, &hashed_code)
         })
     }
@@ -180,7 +124,7 @@ impl st::Host for HostState {
         &mut self,
         user: String,
     ) -> Result<Vec<st::PersonalAccessToken>, String> {
-        self.storage("list-personal-access-tokens", |s| {
+        self.call_storage("list-personal-access-tokens", |s| {
             s.list_personal_access_tokens(&user).map(Many)
         })
     }
@@ -189,7 +133,7 @@ impl st::Host for HostState {
         user: String,
         name: String,
     ) -> Result<Option<st::PersonalAccessToken>, String> {
-        self.storage("find-personal-access-token", |s| {
+        self.call_storage("find-personal-access-token", |s| {
             Ok(s.find_personal_access_token(&user, &name)?.map(Into::into))
         })
     }
@@ -199,7 +143,7 @@ impl st::Host for HostState {
         token: st::PersonalAccessToken,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.storage("insert-personal-access-token", |s| {
+        self.call_storage("insert-personal-access-token", |s| {
             s.insert_personal_access_token(&user, &token.into(), &proof.into())
         })
     }
@@ -210,7 +154,7 @@ impl st::Host for HostState {
         replacement: st::PersonalAccessToken,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.storage("replace-personal-access-token", |s| {
+        self.call_storage("replace-personal-access-token", |s| {
             s.replace_personal_access_token(&user, &expected, &replacement.into(), &proof.into())
         })
     }
@@ -220,7 +164,7 @@ impl st::Host for HostState {
         name: String,
         proof: st::FactorProof,
     ) -> Result<st::WriteOutcome, String> {
-        self.storage("remove-personal-access-token", |s| {
+        self.call_storage("remove-personal-access-token", |s| {
             s.remove_personal_access_token(&user, &name, &proof.into())
         })
     }
@@ -232,7 +176,7 @@ impl st::Host for HostState {
         max_failed: u32,
         max_email_code_attempts: Option<u32>,
     ) -> Result<st::AttemptReservation, String> {
-        self.storage("reserve-two-factor-attempt", |s| {
+        self.call_storage("reserve-two-factor-attempt", |s| {
             s.reserve_two_factor_attempt(
                 &user,
                 at,
@@ -243,7 +187,7 @@ impl st::Host for HostState {
         })
     }
     fn release_two_factor_attempt(&mut self, user: String, email: bool) -> Result<(), String> {
-        self.storage("release-two-factor-attempt", |s| {
+        self.call_storage("release-two-factor-attempt", |s| {
             s.release_two_factor_attempt(&user, email)
         })
     }
@@ -254,12 +198,12 @@ impl st::Host for HostState {
         at: u64,
         limits: st::LoginLimits,
     ) -> Result<st::LoginAdmission, String> {
-        self.storage("reserve-login-attempt", |s| {
+        self.call_storage("reserve-login-attempt", |s| {
             s.reserve_login_attempt(&account, &address, at, &limits.into())
         })
     }
     fn login_succeeded(&mut self, account: String, address: String, at: u64) -> Result<(), String> {
-        self.storage("login-succeeded", |s| {
+        self.call_storage("login-succeeded", |s| {
             s.login_succeeded(&account, &address, at)
         })
     }
@@ -268,10 +212,10 @@ impl st::Host for HostState {
         user: String,
         hash: String,
     ) -> Result<st::WriteOutcome, String> {
-        self.storage("remove-login-token", |s| s.remove_login_token(&user, &hash))
+        self.call_storage("remove-login-token", |s| s.remove_login_token(&user, &hash))
     }
     fn store_email_code(&mut self, user: String, code: st::EmailCode) -> Result<(), String> {
-        self.storage("store-email-code", |s| {
+        self.call_storage("store-email-code", |s| {
             s.store_email_code(&user, &code.into())
         })
     }
@@ -282,7 +226,7 @@ impl st::Host for HostState {
         at: u64,
         stale: u64,
     ) -> Result<(), String> {
-        self.storage("record-token-use", |s| {
+        self.call_storage("record-token-use", |s| {
             s.record_token_use(&user, &hash, at, stale)
         })
     }
@@ -293,7 +237,7 @@ impl st::Host for HostState {
         key: String,
         not_before: u64,
     ) -> Result<Option<st::IdempotentReply>, String> {
-        self.storage("find-idempotent-reply", |s| {
+        self.call_storage("find-idempotent-reply", |s| {
             Ok(s.find_idempotent_reply(&user, &hash, &key, not_before)?
                 .map(Into::into))
         })
@@ -307,7 +251,7 @@ impl st::Host for HostState {
         lease_until: u64,
         not_before: u64,
     ) -> Result<st::KeyReservation, String> {
-        self.storage("reserve-idempotency-key", |s| {
+        self.call_storage("reserve-idempotency-key", |s| {
             Ok(st::KeyReservation::from(s.reserve_idempotency_key(
                 &user,
                 &hash,
@@ -324,7 +268,7 @@ impl st::Host for HostState {
         hash: String,
         key: String,
     ) -> Result<(), String> {
-        self.storage("release-idempotency-key", |s| {
+        self.call_storage("release-idempotency-key", |s| {
             s.release_idempotency_key(&user, &hash, &key)
         })
     }
