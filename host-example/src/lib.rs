@@ -25,12 +25,12 @@ pub mod services;
 pub mod storage;
 pub mod telemetry;
 
-/// The component, built from the root package by `build.rs`.
-pub const COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcpat.wasm"));
+/// The component, built from the root package by `rcpat-component`.
+pub const COMPONENT: &[u8] = rcpat_component::WASM;
 
 /// A deliberately misbehaving component of the same world (`hostile-guest/`),
 /// built beside the real one, for containment tests. Not embedded.
-pub const HOSTILE_COMPONENT_PATH: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
+pub const HOSTILE_COMPONENT_PATH: &str = rcpat_component::HOSTILE_WASM_PATH;
 
 /// The embedded component's world as WIT text (what `wasm-tools component wit` prints).
 pub fn component_wit() -> error::Result<String> {

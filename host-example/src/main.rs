@@ -16,17 +16,23 @@ use rcpat::model::TotpAlgorithm;
 use wasmtime::error::Context;
 use wasmtime::{Result, bail};
 
+/// `--version`: this binary, the wasmtime it links and the component's SHA-256.
+fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{} (wasmtime {}; component sha256 {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("RCPAT_WASMTIME_VERSION"),
+            rcpat_component::WASM_SHA256
+        )
+    });
+    VERSION.as_str()
+}
+
 #[derive(Parser)]
 #[command(
     name = "host-example",
-    version = concat!(
-        env!("CARGO_PKG_VERSION"),
-        " (wasmtime ",
-        env!("RCPAT_WASMTIME_VERSION"),
-        "; component sha256 ",
-        env!("RCPAT_COMPONENT_SHA256"),
-        ")"
-    ),
+    version = version(),
     about = "A wasmtime host for the rcpat personal-access-token component"
 )]
 struct Cli {
@@ -574,8 +580,8 @@ fn run(command: Command, opts: Options) -> Result<()> {
         }
         Command::Info => {
             println!("component size: {} bytes", host_example::COMPONENT.len());
-            println!("built by the {} route", env!("RCPAT_WASM_ROUTE_USED"));
-            println!("core module optimised by: {}", env!("RCPAT_WASM_OPT_USED"));
+            println!("built by the {} route", rcpat_component::BUILT_BY.0);
+            println!("core module optimised by: {}", rcpat_component::BUILT_BY.1);
             Ok(())
         }
         Command::Export { out } => {
