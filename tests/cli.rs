@@ -481,7 +481,7 @@ fn passwords_are_never_flags_and_addresses_cannot_inject_headers() {
     let o = run(&db, &["users", "list"]);
     assert!(!stdout(&o).contains("mallory"));
     // The stored password works: sam logs in over HTTP.
-    let services = host_example::server::services_from(&host_example::config::Options {
+    let services = host_example::startup::services_from(&host_example::config::Options {
         db: Some(db.clone()),
         outbox: Some(dir.join("outbox")),
         ..Default::default()
@@ -577,7 +577,7 @@ fn secrets_at_rest_are_encrypted_owner_only_and_survive_rotation() {
         stdout(&o)
     );
     scan();
-    let services = host_example::server::services_from(&host_example::config::Options {
+    let services = host_example::startup::services_from(&host_example::config::Options {
         db: Some(db.clone()),
         outbox: Some(dir.join("outbox")),
         ..Default::default()
@@ -599,7 +599,7 @@ fn secrets_at_rest_are_encrypted_owner_only_and_survive_rotation() {
     // With another key file the database is not opened at all: storage
     // knows key 1's fingerprint, and this file's key 1 is another key.
     std::fs::write(dir.join("rest.key"), format!("1 {}\n", "00".repeat(32))).unwrap();
-    let refused = host_example::server::services_from(&host_example::config::Options {
+    let refused = host_example::startup::services_from(&host_example::config::Options {
         db: Some(db.clone()),
         outbox: Some(dir.join("outbox")),
         ..Default::default()

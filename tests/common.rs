@@ -108,7 +108,7 @@ pub fn seed_pat_users(db: &Path, prefix: &str, n: usize) -> Vec<(String, String)
         db: Some(db.to_path_buf()),
         ..Default::default()
     };
-    let services = host_example::server::services_from(&opts).unwrap();
+    let services = host_example::startup::services_from(&opts).unwrap();
     (0..n)
         .map(|i| {
             let spec = UserSpec {

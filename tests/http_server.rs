@@ -11,7 +11,7 @@ use host_example::admin::{self, UserSpec};
 use host_example::cache::CacheOutcome;
 use host_example::clock::{Clock, SystemClock};
 use host_example::config::{Options, StorageKind};
-use host_example::server::{RunningServer, services_from};
+use host_example::startup::{RunningServer, services_from};
 use rcpat::model::TotpAlgorithm;
 use serde_json::Value;
 

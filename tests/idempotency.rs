@@ -14,7 +14,7 @@ use crate::common::*;
 use host_example::clock::Clock;
 use host_example::config::Options;
 use host_example::runtime::Endpoint;
-use host_example::server::services_from;
+use host_example::startup::services_from;
 use host_example::storage::Backend;
 use rcpat::model::Request;
 

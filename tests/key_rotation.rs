@@ -87,7 +87,8 @@ fn concurrent_rotations_leave_every_secret_readable() {
     let users = {
         let keys = Arc::new(Keys::load(&key_file).unwrap());
         let storage =
-            host_example::server::open_backend(&sqlite_opts(&db, &key_file), keys.clone()).unwrap();
+            host_example::startup::open_backend(&sqlite_opts(&db, &key_file), keys.clone())
+                .unwrap();
         seed_totp_users(storage, keys, 40)
     };
     let db_arg = db.to_str().unwrap().to_string();
@@ -113,7 +114,7 @@ fn concurrent_rotations_leave_every_secret_readable() {
     // Every rotation added its own key: 1 + 6 × 3.
     let keys = Arc::new(Keys::load(&key_file).unwrap());
     assert_eq!(keys.current_id(), 19);
-    let backend = host_example::server::open_backend(&sqlite_opts(&db, &key_file), keys).unwrap();
+    let backend = host_example::startup::open_backend(&sqlite_opts(&db, &key_file), keys).unwrap();
     assert_secrets_open(backend.as_ref(), &users, "after 18 racing rotations");
     drop(backend);
     // And one more rotation still decrypts everything.
@@ -131,7 +132,7 @@ fn a_running_host_picks_up_a_rotated_key() {
     let dir = temp_dir("keys-live");
     let (db, key_file) = (dir.join("live.sqlite"), dir.join("live.key"));
     let (id, token) = {
-        let services = host_example::server::services_from(&sqlite_opts(&db, &key_file)).unwrap();
+        let services = host_example::startup::services_from(&sqlite_opts(&db, &key_file)).unwrap();
         let spec = UserSpec {
             username: "alice",
             email: None,

@@ -14,7 +14,7 @@ use host_example::admin::{self, UserSpec};
 fn strangers_cannot_lock_the_owner_out_from_a_known_address() {
     let dir = temp_dir("lockout");
     let db = dir.join("lockout.sqlite");
-    let services = host_example::server::services_from(&host_example::config::Options {
+    let services = host_example::startup::services_from(&host_example::config::Options {
         db: Some(db.clone()),
         ..Default::default()
     })

@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::common::*;
 use host_example::admin::{self, UserSpec};
 use host_example::config::Options;
-use host_example::server::{App, Backend, Limits, services_from};
+use host_example::server::{App, Backend, Limits};
 use host_example::services::Services;
+use host_example::startup::services_from;
 use host_example::storage::{FaultMode, FaultyStorage, MemoryStorage};
 
 fn agent() -> ureq::Agent {
@@ -228,7 +229,7 @@ fn ready_answers_503_while_storage_fails_then_200() {
         Limits::default(),
     )
     .unwrap();
-    let router = host_example::telemetry::router(Arc::new(app), handle);
+    let router = host_example::admin_listener::router(Arc::new(app), handle);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -240,7 +241,7 @@ fn ready_answers_503_while_storage_fails_then_200() {
             .unwrap()
             .block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                host_example::telemetry::serve(
+                host_example::admin_listener::serve(
                     listener,
                     router,
                     Limits::default().connections(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use host_example::config::Options;
-use host_example::server::services_from;
+use host_example::startup::services_from;
 
 const CLIENTS: usize = 16;
 

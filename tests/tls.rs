@@ -15,7 +15,7 @@ use crate::common::*;
 use host_example::admin::{self, UserSpec};
 use host_example::config::{Options, StorageKind};
 use host_example::mail::SmtpTls;
-use host_example::server::{RunningServer, services_from};
+use host_example::startup::{RunningServer, services_from};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A throw-away CA and a server certificate for 127.0.0.1 and localhost.

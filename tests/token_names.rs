@@ -78,7 +78,7 @@ fn names_stored_before_are_escaped_in_the_cli_and_the_expiry_mail() {
         outbox: Some(dir.join("outbox")),
         ..Default::default()
     };
-    let services = host_example::server::services_from(&opts).unwrap();
+    let services = host_example::startup::services_from(&opts).unwrap();
     let id = admin::create_user(
         &services,
         &admin::UserSpec {

@@ -116,7 +116,7 @@ fn serve_refuses_to_start_with_an_invalid_prefix() {
         token_prefix: Some("rcpat-".into()),
         ..Default::default()
     };
-    let err = host_example::server::RunningServer::start(&opts)
+    let err = host_example::startup::RunningServer::start(&opts)
         .err()
         .expect("an invalid prefix stops the start");
     assert!(format!("{err:#}").contains("--token-prefix"), "{err:#}");
@@ -127,7 +127,7 @@ fn serve_refuses_to_start_with_an_invalid_prefix() {
             token_prefix: Some(short.into()),
             ..opts.clone()
         };
-        let err = host_example::server::RunningServer::start(&opts)
+        let err = host_example::startup::RunningServer::start(&opts)
             .err()
             .expect("a short prefix stops the start");
         assert!(format!("{err:#}").contains("4 to 16 characters"), "{err:#}");
@@ -146,7 +146,7 @@ fn plain_tokens_that_start_with_the_prefix_keep_working_over_http() {
     let dir = temp_dir("prefix-http");
     let db = dir.join("prefix.sqlite");
     let (id, _) = seed_pat_users(&db, "p", 1).remove(0);
-    let services = host_example::server::services_from(&host_example::config::Options {
+    let services = host_example::startup::services_from(&host_example::config::Options {
         db: Some(db.clone()),
         ..Default::default()
     })

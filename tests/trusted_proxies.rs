@@ -19,7 +19,7 @@ use host_example::admin::{self, UserSpec};
 fn clients_behind_a_trusted_proxy_are_told_apart() {
     let dir = temp_dir("proxies");
     let db = dir.join("proxies.sqlite");
-    let services = host_example::server::services_from(&host_example::config::Options {
+    let services = host_example::startup::services_from(&host_example::config::Options {
         db: Some(db.clone()),
         ..Default::default()
     })

@@ -10,25 +10,10 @@ use rcpat::model::{BackupCodes, TokenKind, TotpAlgorithm, TotpEnrolment};
 use rcpat::token;
 
 use crate::error::{Error, Result};
-use crate::services::{Services, random_bytes};
+use crate::random::random_bytes;
+pub use crate::random::random_id;
+use crate::services::Services;
 use crate::storage::{Admin, NewUser, TokenRecord};
-
-/// A Meteor-style random id of `len` characters (unbiased rejection
-/// sampling over `Random.id`'s alphabet, also the backup codes').
-pub fn random_id(len: usize) -> String {
-    const ID_ALPHABET: &[u8] = token::ID_ALPHABET;
-    let n = ID_ALPHABET.len();
-    let limit = 256 - 256 % n;
-    let mut out = String::with_capacity(len);
-    while out.len() < len {
-        for b in random_bytes(len * 2) {
-            if (b as usize) < limit && out.len() < len {
-                out.push(ID_ALPHABET[b as usize % n] as char);
-            }
-        }
-    }
-    out
-}
 
 /// Rocket.Chat's stored password: bcrypt of the digest.
 pub fn hash_password(password: &str, cost: u32) -> Result<String> {

@@ -105,7 +105,7 @@ fn cache_key(dir: &Path) -> Result<Vec<u8>> {
         Some(key) if key.len() == 32 => Ok(key),
         Some(_) => Err(files::untrusted_error(&path, "not a 32-byte key".into())),
         None => {
-            let key = crate::services::random_bytes(32);
+            let key = crate::random::random_bytes(32);
             files::create_private_file(&path, &key)?;
             Ok(key)
         }

@@ -112,7 +112,7 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let nonce: u64 = u64::from_le_bytes(crate::services::random_bytes(8).try_into().unwrap());
+    let nonce: u64 = u64::from_le_bytes(crate::random::random_bytes(8).try_into().unwrap());
     let tmp = dir.join(format!(".{name}.{}-{nonce:016x}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()

@@ -41,7 +41,7 @@ use sha2::Sha256;
 
 use crate::error::{Error, Result};
 use crate::files::{self, Exposure};
-use crate::services::random_bytes;
+use crate::random::random_bytes;
 
 /// The environment variable that supplies a master key instead of a file.
 pub const KEY_ENV: &str = "RCPAT_SECRET_KEY";
@@ -469,7 +469,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn temp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("rcpat-keys-{name}-{}", crate::admin::random_id(8)))
+        std::env::temp_dir().join(format!("rcpat-keys-{name}-{}", crate::random::random_id(8)))
     }
 
     #[test]

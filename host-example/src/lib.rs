@@ -7,6 +7,7 @@
 //! [`clock`]. [`admin`] creates users and enrols 2FA; [`demo`] walks the flow.
 
 pub mod admin;
+pub mod admin_listener;
 pub mod cache;
 pub mod client_address;
 pub mod clock;
@@ -19,9 +20,11 @@ pub mod keys;
 pub mod loadgen;
 pub mod mail;
 pub mod password_pool;
+pub mod random;
 pub mod runtime;
 pub mod server;
 pub mod services;
+pub mod startup;
 pub mod storage;
 pub mod telemetry;
 

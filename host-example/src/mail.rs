@@ -297,7 +297,8 @@ mod tests {
 
     #[test]
     fn outbox_honours_the_sender_and_refuses_injected_headers() {
-        let dir = std::env::temp_dir().join(format!("rcpat-outbox-{}", crate::admin::random_id(8)));
+        let dir =
+            std::env::temp_dir().join(format!("rcpat-outbox-{}", crate::random::random_id(8)));
         let outbox = Outbox::with_sender(&dir, "Ops <ops@example.org>").unwrap();
         outbox.send(&message("ann@example.org")).unwrap();
         let (path, text) = outbox.messages().pop().unwrap();

@@ -465,7 +465,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
                 println!("added key {} to {}", keys.current_id(), path.display());
             }
             if reencrypt {
-                let storage = host_example::server::open_backend(&opts, keys.clone())?;
+                let storage = host_example::startup::open_backend(&opts, keys.clone())?;
                 let n = storage.reencrypt_secrets()?;
                 println!(
                     "re-encrypted {n} TOTP secrets under key {}",
@@ -604,7 +604,7 @@ fn serve(opts: Options) -> Result<()> {
         host_example::config::LogFormat::Text => builder.init(),
         host_example::config::LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    let descriptors = host_example::server::raise_descriptor_limit();
+    let descriptors = host_example::startup::raise_descriptor_limit();
     let admin = match opts.admin_listen().map_err(wasmtime::Error::msg)? {
         None => None,
         Some(addr) => {
@@ -617,7 +617,7 @@ fn serve(opts: Options) -> Result<()> {
         }
     };
     let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
-    let server = host_example::server::RunningServer::start_with_admin(&opts, admin)?;
+    let server = host_example::startup::RunningServer::start_with_admin(&opts, admin)?;
     tracing::info!(
         addr = %server.addr,
         https = server.https,
@@ -661,7 +661,7 @@ fn admin_services(opts: &Options) -> Result<Services> {
             "admin commands need a durable storage, sqlite or postgres (an in-memory store is gone when they exit)"
         );
     }
-    Ok(host_example::server::services_from(opts)?)
+    Ok(host_example::startup::services_from(opts)?)
 }
 
 fn users(command: UsersCommand, services: &Services) -> Result<()> {
@@ -809,12 +809,12 @@ fn bench_once(
         opts.outbox = Some(dir.join("outbox"));
     }
     let seeded = {
-        let services = host_example::server::services_from(&opts)?;
+        let services = host_example::startup::services_from(&opts)?;
         host_example::loadgen::seed(&services, users.max(connections))?
     };
     let server = match urls.is_empty() {
         false => None,
-        true => Some(host_example::server::RunningServer::start(&opts)?),
+        true => Some(host_example::startup::RunningServer::start(&opts)?),
     };
     let mut urls = urls;
     if let Some(s) = &server {

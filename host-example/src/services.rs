@@ -81,12 +81,7 @@ impl Services {
     }
 }
 
-/// OS randomness.
-pub fn random_bytes(len: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; len];
-    getrandom::fill(&mut buf).expect("the operating system's random source failed");
-    buf
-}
+pub use crate::random::random_bytes;
 
 /// The native (non-wasm) environment: the same logic linked directly.
 pub struct NativeEnv<'a>(pub &'a Services);

@@ -241,7 +241,7 @@ impl SqliteStorage {
         let path = std::env::temp_dir().join(format!(
             "rcpat-scratch-{}-{}.sqlite",
             std::process::id(),
-            crate::admin::random_id(12)
+            crate::random::random_id(12)
         ));
         let mut storage = Self::open_with_keys(&path, Arc::new(Keys::random()))?;
         storage.scratch = true;
