@@ -85,6 +85,19 @@ pub fn terminate(child: &mut Child, within: Duration) -> (ExitStatus, Duration) 
     }
 }
 
+/// Collects a server's remaining log lines, as they arrive, on a thread of
+/// their own.
+pub fn collect(lines: Lines<BufReader<ChildStdout>>) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    log
+}
+
 /// Reads a server's remaining log lines on a thread of their own.
 pub fn drain(lines: Lines<BufReader<ChildStdout>>) {
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));

@@ -28,13 +28,7 @@ fn start(
         .spawn()
         .unwrap();
     let (listening, lines) = wait_listening(&mut child);
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let log = collect(lines);
     let addr = log_field(&listening, "addr").parse().unwrap();
     let admin = log_field(&listening, "admin").parse().unwrap();
     (child, addr, admin, log)

@@ -9,7 +9,6 @@
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
@@ -48,13 +47,7 @@ fn clients_behind_a_trusted_proxy_are_told_apart() {
         .spawn()
         .unwrap();
     let (listening, lines) = wait_listening(&mut child);
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let log = collect(lines);
     let server: SocketAddrV4 = log_field(&listening, "addr").parse().unwrap();
     let login = |from: Ipv4Addr, forwarded: Option<&str>, user: &str, password: &str| {
         let body = serde_json::json!({ "user": user, "password": password }).to_string();

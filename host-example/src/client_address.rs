@@ -111,15 +111,11 @@ impl Proxies {
         if !self.trusts(client) {
             return client;
         }
-        // Every line of the header, in order, as one list (RFC 9110 5.3).
-        let lines: Vec<&[u8]> = headers
-            .get_all(self.header.name())
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
+        // Every line of the header, in order, as one list (RFC 9110 5.3),
+        // read from the right.
         let mut hops = 0;
-        for line in lines.iter().rev() {
-            for element in split_list(line).rev() {
+        for line in headers.get_all(self.header.name()).iter().rev() {
+            for element in split_list(line.as_bytes()).rev() {
                 hops += 1;
                 if hops > MAX_HOPS {
                     return client;

@@ -450,7 +450,7 @@ fn run(command: Command, opts: Options) -> Result<()> {
             // The whole command runs under the key file's lock: concurrent
             // rotations serialize, each re-encrypting under its own key.
             // (`RCPAT_SECRET_KEY` has no file: `add` refuses it, `load` reads it.)
-            let held = match std::env::var_os("RCPAT_SECRET_KEY") {
+            let held = match std::env::var_os(host_example::keys::KEY_ENV) {
                 Some(_) => None,
                 None => Some(Keys::lock_file(&path)?),
             };
