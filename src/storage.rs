@@ -53,98 +53,81 @@ impl fmt::Debug for HostError {
 
 pub type HostResult<T> = Result<T, HostError>;
 
-/// The component's `storage` import (`wit/world.wit`, interface `storage`).
-pub trait Storage: Send + Sync {
-    fn authenticate(
-        &self,
-        user_id: &str,
-        hashed_token: &str,
-        permission: Option<&str>,
-    ) -> HostResult<Option<Session>>;
-    fn find_user_for_login(&self, identifier: &LoginIdentifier) -> HostResult<Option<User>>;
-    fn insert_login_token(
-        &self,
-        user_id: &str,
-        hashed_token: &str,
-        created_at: TimestampMs,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome>;
-    fn find_backup_code(&self, user_id: &str, hashed_code: &str) -> HostResult<BackupCodeState>;
-    fn list_personal_access_tokens(&self, user_id: &str) -> HostResult<Vec<PersonalAccessToken>>;
-    fn find_personal_access_token(
-        &self,
-        user_id: &str,
-        name: &str,
-    ) -> HostResult<Option<PersonalAccessToken>>;
-    fn insert_personal_access_token(
-        &self,
-        user_id: &str,
-        token: &PersonalAccessToken,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome>;
-    fn replace_personal_access_token(
-        &self,
-        user_id: &str,
-        expected_hashed_token: &str,
-        replacement: &PersonalAccessToken,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome>;
-    fn remove_personal_access_token(
-        &self,
-        user_id: &str,
-        name: &str,
-        proof: &FactorProof,
-    ) -> HostResult<WriteOutcome>;
-    fn reserve_two_factor_attempt(
-        &self,
-        user_id: &str,
-        at: TimestampMs,
-        window_start: TimestampMs,
-        max_failed: u32,
-        max_email_code_attempts: Option<u32>,
-    ) -> HostResult<AttemptReservation>;
-    fn release_two_factor_attempt(&self, user_id: &str, email_code_attempt: bool)
-    -> HostResult<()>;
-    fn reserve_login_attempt(
-        &self,
-        account: &str,
-        address: &str,
-        at: TimestampMs,
-        limits: &LoginLimits,
-    ) -> HostResult<LoginAdmission>;
-    fn login_succeeded(&self, account: &str, address: &str, at: TimestampMs) -> HostResult<()>;
-    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome>;
-    fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()>;
-    fn record_token_use(
-        &self,
-        user_id: &str,
-        hashed_token: &str,
-        at: TimestampMs,
-        stale_before: TimestampMs,
-    ) -> HostResult<()>;
-    fn find_idempotent_reply(
-        &self,
-        user_id: &str,
-        presented_hashed_token: &str,
-        key: &str,
-        not_before: TimestampMs,
-    ) -> HostResult<Option<IdempotentReply>>;
-    fn reserve_idempotency_key(
-        &self,
-        user_id: &str,
-        presented_hashed_token: &str,
-        key: &str,
-        at: TimestampMs,
-        lease_until: TimestampMs,
-        not_before: TimestampMs,
-    ) -> HostResult<KeyReservation>;
-    fn release_idempotency_key(
-        &self,
-        user_id: &str,
-        presented_hashed_token: &str,
-        key: &str,
-    ) -> HostResult<()>;
+/// The storage calls, listed once: each call's name, its name in the WIT,
+/// its parameters and its answer (types in brackets, model types by their
+/// bare names, so a callback can match them token by token). Every layer
+/// that only forwards is generated from this list: the [`Storage`] trait
+/// itself, the fault injector (`rcpat-store`) and the wasmtime host's WIT
+/// imports (`rcpat-wasmtime`). A callback is a macro taking the list:
+/// `storage_calls!(my_macro)` expands to `my_macro! { name "wit-name"
+/// (arg: [Type], ...) -> [Answer]; ... }`.
+#[macro_export]
+macro_rules! storage_calls {
+    ($($callback:tt)*) => {
+        $($callback)*! {
+            authenticate "authenticate"
+                (user_id: [&str], hashed_token: [&str], permission: [Option<&str>])
+                -> [Option<Session>];
+            find_user_for_login "find-user-for-login"
+                (identifier: [&LoginIdentifier]) -> [Option<User>];
+            insert_login_token "insert-login-token"
+                (user_id: [&str], hashed_token: [&str], created_at: [TimestampMs], proof: [&FactorProof])
+                -> [WriteOutcome];
+            find_backup_code "find-backup-code"
+                (user_id: [&str], hashed_code: [&str]) -> [BackupCodeState];
+            list_personal_access_tokens "list-personal-access-tokens"
+                (user_id: [&str]) -> [Vec<PersonalAccessToken>];
+            find_personal_access_token "find-personal-access-token"
+                (user_id: [&str], name: [&str]) -> [Option<PersonalAccessToken>];
+            insert_personal_access_token "insert-personal-access-token"
+                (user_id: [&str], token: [&PersonalAccessToken], proof: [&FactorProof])
+                -> [WriteOutcome];
+            replace_personal_access_token "replace-personal-access-token"
+                (user_id: [&str], expected_hashed_token: [&str], replacement: [&PersonalAccessToken], proof: [&FactorProof])
+                -> [WriteOutcome];
+            remove_personal_access_token "remove-personal-access-token"
+                (user_id: [&str], name: [&str], proof: [&FactorProof]) -> [WriteOutcome];
+            reserve_two_factor_attempt "reserve-two-factor-attempt"
+                (user_id: [&str], at: [TimestampMs], window_start: [TimestampMs], max_failed: [u32], max_email_code_attempts: [Option<u32>])
+                -> [AttemptReservation];
+            release_two_factor_attempt "release-two-factor-attempt"
+                (user_id: [&str], email_code_attempt: [bool]) -> [()];
+            reserve_login_attempt "reserve-login-attempt"
+                (account: [&str], address: [&str], at: [TimestampMs], limits: [&LoginLimits])
+                -> [LoginAdmission];
+            login_succeeded "login-succeeded"
+                (account: [&str], address: [&str], at: [TimestampMs]) -> [()];
+            remove_login_token "remove-login-token"
+                (user_id: [&str], hashed_token: [&str]) -> [WriteOutcome];
+            store_email_code "store-email-code"
+                (user_id: [&str], code: [&EmailCode]) -> [()];
+            record_token_use "record-token-use"
+                (user_id: [&str], hashed_token: [&str], at: [TimestampMs], stale_before: [TimestampMs])
+                -> [()];
+            find_idempotent_reply "find-idempotent-reply"
+                (user_id: [&str], presented_hashed_token: [&str], key: [&str], not_before: [TimestampMs])
+                -> [Option<IdempotentReply>];
+            reserve_idempotency_key "reserve-idempotency-key"
+                (user_id: [&str], presented_hashed_token: [&str], key: [&str], at: [TimestampMs], lease_until: [TimestampMs], not_before: [TimestampMs])
+                -> [KeyReservation];
+            release_idempotency_key "release-idempotency-key"
+                (user_id: [&str], presented_hashed_token: [&str], key: [&str]) -> [()];
+        }
+    };
 }
+
+macro_rules! storage_trait {
+    ($($name:ident $wit:literal ($($arg:ident: [$($ty:tt)*]),*) -> [$($ret:tt)*];)*) => {
+        /// The component's `storage` import (`wit/world.wit`, interface
+        /// `storage`, where each call's semantics are specified), one method
+        /// per call of [`storage_calls!`].
+        pub trait Storage: Send + Sync {
+            $(fn $name(&self, $($arg: $($ty)*),*) -> HostResult<$($ret)*>;)*
+        }
+    };
+}
+
+storage_calls!(storage_trait);
 
 pub mod rules {
     //! The arithmetic of the reservation calls, one place for every backend:
@@ -282,6 +265,58 @@ pub mod rules {
             },
             email_code_attempts: email_attempts.map_or(0, |a| a + 1),
         }
+    }
+
+    /// A store's own steps of spending a write's factor proof, each one
+    /// query or change inside the write's transaction; [`spend_proof`] runs
+    /// them in the contract's order.
+    pub trait ProofSteps {
+        type Error;
+        /// Whether a reply is already kept for `reply`'s token and key.
+        fn reply_kept(&mut self, reply: &IdempotentWrite) -> Result<bool, Self::Error>;
+        /// Whether the login token `hashed_token` (the request's session)
+        /// is still stored for the user.
+        fn session_alive(&mut self, hashed_token: &str) -> Result<bool, Self::Error>;
+        /// Spends `used` if it is still unspent, resetting the failure count
+        /// for a real factor; false (and nothing changed) if it was spent.
+        fn spend_factor(&mut self, used: &FactorUse) -> Result<bool, Self::Error>;
+        /// Marks the login token as recently authorised (`remember`).
+        fn remember(&mut self, grant: &RememberGrant) -> Result<(), Self::Error>;
+        /// Keeps the reply (and ends the key's lease).
+        fn keep_reply(&mut self, reply: &IdempotentWrite) -> Result<(), Self::Error>;
+    }
+
+    /// The order of a conditional write's proof checks (`wit/world.wit`,
+    /// "factor-proof"), one place for every Rust store: a kept reply, then
+    /// revoked credentials, then a spent factor refuse the write with
+    /// nothing changed; otherwise the factor is spent, the session
+    /// remembered and the reply kept. `Some(outcome)`: refused. (The
+    /// PostgreSQL store says the same in its SQL function, the Node host in
+    /// `rules.mjs`.)
+    pub fn spend_proof<S: ProofSteps + ?Sized>(
+        steps: &mut S,
+        proof: &FactorProof,
+    ) -> Result<Option<WriteOutcome>, S::Error> {
+        if let Some(reply) = &proof.reply
+            && steps.reply_kept(reply)?
+        {
+            return Ok(Some(WriteOutcome::ReplyKept));
+        }
+        if let Some(session) = &proof.session
+            && !steps.session_alive(session)?
+        {
+            return Ok(Some(WriteOutcome::CredentialsRevoked));
+        }
+        if !steps.spend_factor(&proof.used)? {
+            return Ok(Some(WriteOutcome::FactorAlreadyUsed));
+        }
+        if let Some(grant) = &proof.remember {
+            steps.remember(grant)?;
+        }
+        if let Some(reply) = &proof.reply {
+            steps.keep_reply(reply)?;
+        }
+        Ok(None)
     }
 
     /// Whether the factor `used` can still be spent on `user` (for stores

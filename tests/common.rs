@@ -148,24 +148,10 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The admin URL of the test PostgreSQL cluster (`./dev test` starts one).
-pub fn postgres_admin_url() -> String {
-    std::env::var("RCPAT_TEST_DATABASE_URL").expect(
-        "RCPAT_TEST_DATABASE_URL is not set: run the tests with ./dev test, \
-         which starts a throw-away PostgreSQL cluster (or point it at one)",
-    )
-}
-
-/// The URL of a fresh, empty database on the test cluster.
-pub fn postgres_url() -> String {
-    let admin = postgres_admin_url();
-    let name = format!("t_{}", admin::random_id(12).to_lowercase());
-    let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("the test cluster");
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    admin.replacen("/postgres", &format!("/{name}"), 1)
-}
+/// The URL of a fresh, empty database on the test cluster (`./dev test`
+/// starts one): the PostgreSQL store crate's helper, shared with its
+/// conformance run.
+pub use rcpat_store_postgres::testing::fresh_database_url as postgres_url;
 
 /// A PostgreSQL store on a fresh database.
 pub fn postgres() -> Arc<PostgresStorage> {

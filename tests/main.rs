@@ -23,7 +23,6 @@ mod multi_host;
 mod operations;
 mod reuse;
 mod shutdown;
-mod storage_conformance;
 pub mod tls;
 mod token_names;
 mod token_prefix;

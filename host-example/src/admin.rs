@@ -73,7 +73,7 @@ pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Re
         crate::mail::validate_address(email)?;
     }
     if services.storage.find_user_id(spec.username)?.is_some() {
-        return Err(Error::UserExists(spec.username.into()));
+        return Err(rcpat_store::Error::UserExists(spec.username.into()).into());
     }
     let id = random_id(17);
     let password_bcrypt = spec
@@ -97,7 +97,7 @@ pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Re
 pub fn user_id(storage: &dyn Admin, username: &str) -> Result<String> {
     storage
         .find_user_id(username)?
-        .ok_or_else(|| Error::NoSuchUser(format!("named {username}")))
+        .ok_or_else(|| rcpat_store::Error::NoSuchUser(format!("named {username}")).into())
 }
 
 /// A fresh TOTP enrolment: what an authenticator app and the user need.

@@ -103,7 +103,7 @@ fn cache_key(dir: &Path) -> Result<Vec<u8>> {
     let path = dir.join(KEY_FILE);
     match files::read_trusted(&path, Exposure::Private)? {
         Some(key) if key.len() == 32 => Ok(key),
-        Some(_) => Err(files::untrusted_error(&path, "not a 32-byte key".into())),
+        Some(_) => Err(files::untrusted_error(&path, "not a 32-byte key".into()).into()),
         None => {
             let key = crate::random::random_bytes(32);
             files::create_private_file(&path, &key)?;
@@ -117,7 +117,7 @@ fn trusted_dir(dir: &Path) -> Result<()> {
     files::create_private_dir(dir)?;
     let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io("inspect", dir, e))?;
     match files::untrusted(&meta, true, Exposure::NotWritable) {
-        Some(why) => Err(files::untrusted_error(dir, why)),
+        Some(why) => Err(files::untrusted_error(dir, why).into()),
         None => Ok(()),
     }
 }

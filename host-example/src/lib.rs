@@ -15,18 +15,19 @@ pub mod config;
 pub mod connections;
 pub mod demo;
 pub mod error;
-pub mod files;
-pub mod keys;
 pub mod loadgen;
 pub mod mail;
 pub mod password_pool;
-pub mod random;
 pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+
+// Owner-only files, the key file and randomness live with the stores
+// (`rcpat-store`); the host uses them under their old names.
+pub use rcpat_store::{files, keys, random};
 
 /// The component, built from the root package by `rcpat-component`.
 pub const COMPONENT: &[u8] = rcpat_component::WASM;

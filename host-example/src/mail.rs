@@ -143,7 +143,7 @@ impl MemoryMailer {
 impl Mailer for MemoryMailer {
     fn send(&self, m: &MailMessage) -> rcpat::storage::HostResult<()> {
         if self.fail.load(Ordering::SeqCst) {
-            return Err(Error::Injected(0).into());
+            return Err(rcpat_store::Error::Injected(0).into());
         }
         self.sent.lock().unwrap().push(m.clone());
         Ok(())

@@ -6,6 +6,7 @@ use crate::RcpatCtx;
 use crate::bindings::rcpat::tokens::{mail, storage as st};
 use crate::bindings::wasi::clocks::wall_clock;
 use crate::bindings::wasi::random::random;
+use rcpat::model::TimestampMs;
 use rcpat::storage::{HostResult, Storage};
 
 /// Largest randomness request served (the component asks for 43 bytes at most).
@@ -51,18 +52,17 @@ impl random::Host for RcpatCtx {
 }
 
 impl RcpatCtx {
-    /// Runs one storage call for the guest: converts its answer, reports
-    /// it, and hides its error.
-    fn call_storage<T, W: From<T>>(
+    /// Runs one storage call for the guest: reports it, and hides its error.
+    fn call_storage<T>(
         &self,
         call: &'static str,
         f: impl FnOnce(&dyn Storage) -> HostResult<T>,
-    ) -> Result<W, String> {
+    ) -> Result<T, String> {
         let started = std::time::Instant::now();
         let answer = f(&*self.storage);
         self.hooks
             .storage_call(call, started.elapsed(), answer.as_ref().map(drop));
-        answer.map(W::from).map_err(|_| IMPORT_FAILED.to_string())
+        answer.map_err(|_| IMPORT_FAILED.to_string())
     }
 }
 
@@ -74,202 +74,65 @@ impl mail::Host for RcpatCtx {
     }
 }
 
-/// Lists convert element by element.
-struct Many<T>(Vec<T>);
-
-impl<T, U: From<T>> From<Many<T>> for Vec<U> {
-    fn from(m: Many<T>) -> Self {
-        m.0.into_iter().map(U::from).collect()
-    }
+// The WIT side of each storage call, from the one list
+// (`rcpat::storage_calls!`): a parameter's WIT type, how it is lent to the
+// storage trait, and how an answer converts back (`conversions.rs`).
+macro_rules! wit_type {
+    (&str) => { String };
+    (Option<&str>) => { Option<String> };
+    (&$t:ident) => { st::$t };
+    ($t:ty) => { $t };
 }
 
-impl st::Host for RcpatCtx {
-    fn authenticate(
-        &mut self,
-        user: String,
-        hash: String,
-        permission: Option<String>,
-    ) -> Result<Option<st::Session>, String> {
-        self.call_storage("authenticate", |s| {
-            Ok(s.authenticate(&user, &hash, permission.as_deref())?
-                .map(Into::into))
-        })
-    }
-    fn find_user_for_login(&mut self, id: st::LoginIdentifier) -> Result<Option<st::User>, String> {
-        self.call_storage("find-user-for-login", |s| {
-            Ok(s.find_user_for_login(&id.into())?.map(Into::into))
-        })
-    }
-    fn insert_login_token(
-        &mut self,
-        user: String,
-        hash: String,
-        created_at: u64,
-        proof: st::FactorProof,
-    ) -> Result<st::WriteOutcome, String> {
-        self.call_storage("insert-login-token", |s| {
-            s.insert_login_token(&user, &hash, created_at, &proof.into())
-        })
-    }
-    fn find_backup_code(
-        &mut self,
-        user: String,
-        hashed_code: String,
-    ) -> Result<st::BackupCodeState, String> {
-        self.call_storage("find-backup-code", |s| {
-            s.find_backup_code(&user, &hashed_code)
-        })
-    }
-    fn list_personal_access_tokens(
-        &mut self,
-        user: String,
-    ) -> Result<Vec<st::PersonalAccessToken>, String> {
-        self.call_storage("list-personal-access-tokens", |s| {
-            s.list_personal_access_tokens(&user).map(Many)
-        })
-    }
-    fn find_personal_access_token(
-        &mut self,
-        user: String,
-        name: String,
-    ) -> Result<Option<st::PersonalAccessToken>, String> {
-        self.call_storage("find-personal-access-token", |s| {
-            Ok(s.find_personal_access_token(&user, &name)?.map(Into::into))
-        })
-    }
-    fn insert_personal_access_token(
-        &mut self,
-        user: String,
-        token: st::PersonalAccessToken,
-        proof: st::FactorProof,
-    ) -> Result<st::WriteOutcome, String> {
-        self.call_storage("insert-personal-access-token", |s| {
-            s.insert_personal_access_token(&user, &token.into(), &proof.into())
-        })
-    }
-    fn replace_personal_access_token(
-        &mut self,
-        user: String,
-        expected: String,
-        replacement: st::PersonalAccessToken,
-        proof: st::FactorProof,
-    ) -> Result<st::WriteOutcome, String> {
-        self.call_storage("replace-personal-access-token", |s| {
-            s.replace_personal_access_token(&user, &expected, &replacement.into(), &proof.into())
-        })
-    }
-    fn remove_personal_access_token(
-        &mut self,
-        user: String,
-        name: String,
-        proof: st::FactorProof,
-    ) -> Result<st::WriteOutcome, String> {
-        self.call_storage("remove-personal-access-token", |s| {
-            s.remove_personal_access_token(&user, &name, &proof.into())
-        })
-    }
-    fn reserve_two_factor_attempt(
-        &mut self,
-        user: String,
-        at: u64,
-        window_start: u64,
-        max_failed: u32,
-        max_email_code_attempts: Option<u32>,
-    ) -> Result<st::AttemptReservation, String> {
-        self.call_storage("reserve-two-factor-attempt", |s| {
-            s.reserve_two_factor_attempt(
-                &user,
-                at,
-                window_start,
-                max_failed,
-                max_email_code_attempts,
-            )
-        })
-    }
-    fn release_two_factor_attempt(&mut self, user: String, email: bool) -> Result<(), String> {
-        self.call_storage("release-two-factor-attempt", |s| {
-            s.release_two_factor_attempt(&user, email)
-        })
-    }
-    fn reserve_login_attempt(
-        &mut self,
-        account: String,
-        address: String,
-        at: u64,
-        limits: st::LoginLimits,
-    ) -> Result<st::LoginAdmission, String> {
-        self.call_storage("reserve-login-attempt", |s| {
-            s.reserve_login_attempt(&account, &address, at, &limits.into())
-        })
-    }
-    fn login_succeeded(&mut self, account: String, address: String, at: u64) -> Result<(), String> {
-        self.call_storage("login-succeeded", |s| {
-            s.login_succeeded(&account, &address, at)
-        })
-    }
-    fn remove_login_token(
-        &mut self,
-        user: String,
-        hash: String,
-    ) -> Result<st::WriteOutcome, String> {
-        self.call_storage("remove-login-token", |s| s.remove_login_token(&user, &hash))
-    }
-    fn store_email_code(&mut self, user: String, code: st::EmailCode) -> Result<(), String> {
-        self.call_storage("store-email-code", |s| {
-            s.store_email_code(&user, &code.into())
-        })
-    }
-    fn record_token_use(
-        &mut self,
-        user: String,
-        hash: String,
-        at: u64,
-        stale: u64,
-    ) -> Result<(), String> {
-        self.call_storage("record-token-use", |s| {
-            s.record_token_use(&user, &hash, at, stale)
-        })
-    }
-    fn find_idempotent_reply(
-        &mut self,
-        user: String,
-        hash: String,
-        key: String,
-        not_before: u64,
-    ) -> Result<Option<st::IdempotentReply>, String> {
-        self.call_storage("find-idempotent-reply", |s| {
-            Ok(s.find_idempotent_reply(&user, &hash, &key, not_before)?
-                .map(Into::into))
-        })
-    }
-    fn reserve_idempotency_key(
-        &mut self,
-        user: String,
-        hash: String,
-        key: String,
-        at: u64,
-        lease_until: u64,
-        not_before: u64,
-    ) -> Result<st::KeyReservation, String> {
-        self.call_storage("reserve-idempotency-key", |s| {
-            Ok(st::KeyReservation::from(s.reserve_idempotency_key(
-                &user,
-                &hash,
-                &key,
-                at,
-                lease_until,
-                not_before,
-            )?))
-        })
-    }
-    fn release_idempotency_key(
-        &mut self,
-        user: String,
-        hash: String,
-        key: String,
-    ) -> Result<(), String> {
-        self.call_storage("release-idempotency-key", |s| {
-            s.release_idempotency_key(&user, &hash, &key)
-        })
-    }
+macro_rules! lend {
+    ([&str] $a:ident) => {
+        &$a
+    };
+    ([Option<&str>] $a:ident) => {
+        $a.as_deref()
+    };
+    ([&$t:ident] $a:ident) => {
+        &rcpat::model::$t::from($a)
+    };
+    ([$($t:tt)*] $a:ident) => {
+        $a
+    };
 }
+
+macro_rules! answer_type {
+    (()) => { () };
+    (Option<$t:ident>) => { Option<st::$t> };
+    (Vec<$t:ident>) => { Vec<st::$t> };
+    ($t:ident) => { st::$t };
+}
+
+macro_rules! answer {
+    ([()] $v:ident) => {
+        $v
+    };
+    ([Option<$t:ident>] $v:ident) => {
+        $v.map(Into::into)
+    };
+    ([Vec<$t:ident>] $v:ident) => {
+        $v.into_iter().map(Into::into).collect()
+    };
+    ([$t:ident] $v:ident) => {
+        $v.into()
+    };
+}
+
+macro_rules! wit_storage {
+    ($($name:ident $wit:literal ($($arg:ident: [$($ty:tt)*]),*) -> [$($ret:tt)*];)*) => {
+        impl st::Host for RcpatCtx {
+            $(fn $name(&mut self, $($arg: wit_type!($($ty)*)),*)
+                -> Result<answer_type!($($ret)*), String>
+            {
+                self.call_storage($wit, |s| {
+                    s.$name($(lend!([$($ty)*] $arg)),*).map(|v| answer!([$($ret)*] v))
+                })
+            })*
+        }
+    };
+}
+
+rcpat::storage_calls!(wit_storage);

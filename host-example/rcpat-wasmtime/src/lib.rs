@@ -53,6 +53,23 @@ use bindings::exports::rcpat::tokens::endpoints as ep;
 /// The endpoint a call answers (Rocket.Chat's route).
 pub use ep::Route;
 
+/// The route Rocket.Chat serves at `path` (`/api/v1/login`,
+/// `/api/v1/users.regeneratePersonalAccessToken`, ...), if any. (Rocket.Chat
+/// answers `me` and `users.getPersonalAccessTokens` to GET, the others to
+/// POST; checking the method is the HTTP server's part.)
+pub fn route_at(path: &str) -> Option<Route> {
+    Some(match path.strip_prefix("/api/v1/")? {
+        "login" => Route::Login,
+        "logout" => Route::Logout,
+        "me" => Route::Me,
+        "users.regeneratePersonalAccessToken" => Route::RegeneratePersonalAccessToken,
+        "users.generatePersonalAccessToken" => Route::GeneratePersonalAccessToken,
+        "users.getPersonalAccessTokens" => Route::GetPersonalAccessTokens,
+        "users.removePersonalAccessToken" => Route::RemovePersonalAccessToken,
+        _ => return None,
+    })
+}
+
 /// Outgoing mail (the component's `mail` import).
 pub trait Mail: Send + Sync {
     /// Sends `message`; an error is logged through [`Hooks`] and answered

@@ -1,22 +1,34 @@
-//! The storage backends (SQLite, memory, and a fault injector that wraps
-//! either). Each implements the component's storage contract,
-//! [`rcpat::storage::Storage`] (semantics in `wit/world.wit`), and the host's
-//! own [`Admin`] operations; a [`Backend`] is both.
+//! Storage for the rcpat component, for any host: the admin trait and its
+//! records ([`Admin`], [`NewUser`], [`TokenRecord`]...), with errors of
+//! this crate's own ([`Error`]); the in-memory store ([`MemoryStorage`]);
+//! the fault injector ([`FaultyStorage`]); the key file and the sealing of
+//! secrets at rest ([`keys`]); owner-only files ([`files`]); and, behind
+//! the `conformance` feature, the storage contract's test kit
+//! ([`conformance`], [`storage_conformance_tests!`]) that any store runs
+//! with a factory of its own.
+//!
+//! A store implements the component's storage contract,
+//! [`rcpat::storage::Storage`] (semantics in `wit/world.wit`), and the
+//! host's own [`Admin`] operations; a [`Backend`] is both. The SQLite and
+//! PostgreSQL stores are crates of their own (`rcpat-store-sqlite`,
+//! `rcpat-store-postgres`).
 
 use rcpat::model::*;
 pub use rcpat::storage::{HostError, HostResult, Storage};
 
-use crate::error::Result;
-
+pub mod error;
 pub mod faulty;
+pub mod files;
+pub mod keys;
 pub mod memory;
-pub mod postgres;
-pub mod sqlite;
+pub mod random;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{Error, Result};
 pub use faulty::{FaultMode, FaultyStorage};
 pub use memory::MemoryStorage;
-pub use postgres::{PostgresConfig, PostgresStorage};
-pub use sqlite::SqliteStorage;
 
 /// The schema version every durable backend migrates to: migration N holds
 /// the same change in each (checked at compile time beside each list).
@@ -28,7 +40,7 @@ pub use rcpat::endpoints::PAT_PERMISSION;
 pub const PAT_PERMISSION_DEFAULT_ROLES: &[&str] = &["admin", "user"];
 
 /// The stored text of a token kind, the same in every SQL backend.
-pub(crate) fn kind_str(kind: TokenKind) -> &'static str {
+pub fn kind_str(kind: TokenKind) -> &'static str {
     match kind {
         TokenKind::Login => "login",
         TokenKind::PersonalAccessToken => "pat",
@@ -37,7 +49,7 @@ pub(crate) fn kind_str(kind: TokenKind) -> &'static str {
 
 /// The stored text of a TOTP algorithm, and back (unknown text is SHA-1,
 /// the enrolment default).
-pub(crate) fn alg_str(a: TotpAlgorithm) -> &'static str {
+pub fn alg_str(a: TotpAlgorithm) -> &'static str {
     match a {
         TotpAlgorithm::Sha1 => "sha1",
         TotpAlgorithm::Sha256 => "sha256",
@@ -45,7 +57,7 @@ pub(crate) fn alg_str(a: TotpAlgorithm) -> &'static str {
     }
 }
 
-pub(crate) fn alg_from(s: &str) -> TotpAlgorithm {
+pub fn alg_from(s: &str) -> TotpAlgorithm {
     match s {
         "sha256" => TotpAlgorithm::Sha256,
         "sha512" => TotpAlgorithm::Sha512,
@@ -64,6 +76,25 @@ pub struct NewUser {
     pub password_bcrypt: Option<String>,
     pub roles: Vec<String>,
     pub created_at: TimestampMs,
+}
+
+impl NewUser {
+    /// A user with an id, a username (also its display name) and roles; no
+    /// email, no password, created at time 0 (set the other fields with
+    /// struct update syntax).
+    pub fn new(id: impl Into<String>, username: impl Into<String>, roles: &[&str]) -> Self {
+        let username = username.into();
+        NewUser {
+            id: id.into(),
+            name: username.clone(),
+            username,
+            email: None,
+            email_verified: false,
+            password_bcrypt: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            created_at: 0,
+        }
+    }
 }
 
 /// A stored login token or PAT, as the host seeds it.

@@ -21,18 +21,48 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use rcpat::model::*;
-use rcpat::storage::rules::{KNOWN_ADDRESSES_KEPT, LoginCount, admit_login, reserve_attempt};
+use rcpat::storage::rules::{
+    KNOWN_ADDRESSES_KEPT, LoginCount, ProofSteps, admit_login, reserve_attempt, spend_proof,
+};
 
-use crate::error::{Error, Result};
-use crate::keys::{Admission, Keys};
-
-use super::{
-    Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
-    Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
+use rcpat_store::keys::{Admission, Keys};
+use rcpat_store::{
+    Admin, Error, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
+    Result, Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
 };
 
 // The backends' schemas move together.
-const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSION);
+const _: () = assert!(MIGRATIONS.len() == rcpat_store::SCHEMA_VERSION);
+
+/// SQLite's own failures, kept as the source of the store's
+/// [`Error::Backend`] (so the store crate names no driver).
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteError {
+    #[error("sqlite: {0}")]
+    Driver(#[from] rusqlite::Error),
+    #[error("the SQLite writer has stopped")]
+    WriterStopped,
+    #[error("sqlite: a write could not be isolated; the batch was rolled back")]
+    BatchRolledBack,
+}
+
+impl From<SqliteError> for Error {
+    fn from(e: SqliteError) -> Self {
+        Error::backend(e)
+    }
+}
+
+/// SQLite's errors as the store's, except our own errors raised inside a
+/// row reader or a write (carried through rusqlite as a conversion
+/// failure), which come back as themselves.
+fn db(err: rusqlite::Error) -> Error {
+    match err {
+        rusqlite::Error::ToSqlConversionFailure(inner) if inner.is::<Error>() => {
+            *inner.downcast::<Error>().expect("checked")
+        }
+        other => SqliteError::Driver(other).into(),
+    }
+}
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
@@ -199,13 +229,16 @@ enum CommitFailure {
 impl From<CommitFailure> for Error {
     fn from(f: CommitFailure) -> Self {
         match f {
-            CommitFailure::Tainted => Error::BatchRolledBack,
+            CommitFailure::Tainted => SqliteError::BatchRolledBack.into(),
             CommitFailure::Commit(why) => {
                 Error::Invalid(format!("sqlite: the commit failed: {why}"))
             }
         }
     }
 }
+
+/// The histogram of writes per commit (`metrics` facade).
+pub const COMMIT_BATCH: &str = "rcpat_sqlite_commit_batch_size";
 
 /// Most writes folded into one commit.
 const MAX_BATCH: usize = 512;
@@ -224,14 +257,17 @@ impl SqliteStorage {
         // Owner-only before SQLite creates it (the WAL and SHM follow its
         // mode); an existing file of ours is narrowed.
         if path.exists() {
-            crate::files::restrict_existing(path)?;
+            rcpat_store::files::restrict_existing(path)?;
         } else {
-            crate::files::create_private_file(path, b"")?;
+            rcpat_store::files::create_private_file(path, b"")?;
         }
         for suffix in ["-wal", "-shm"] {
-            crate::files::restrict_existing(Path::new(&format!("{}{suffix}", path.display())))?;
+            rcpat_store::files::restrict_existing(Path::new(&format!(
+                "{}{suffix}",
+                path.display()
+            )))?;
         }
-        let conn = Connection::open(path)?;
+        let conn = Connection::open(path).map_err(db)?;
         Self::init(conn, path.to_path_buf(), keys)
     }
 
@@ -241,7 +277,7 @@ impl SqliteStorage {
         let path = std::env::temp_dir().join(format!(
             "rcpat-scratch-{}-{}.sqlite",
             std::process::id(),
-            crate::random::random_id(12)
+            rcpat_store::random::random_id(12)
         ));
         let mut storage = Self::open_with_keys(&path, Arc::new(Keys::random()))?;
         storage.scratch = true;
@@ -249,12 +285,18 @@ impl SqliteStorage {
     }
 
     fn init(mut conn: Connection, path: PathBuf, keys: Arc<Keys>) -> Result<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(db)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db)?;
         if version > MIGRATIONS.len() {
             return Err(Error::SchemaTooNew {
                 found: version,
@@ -262,18 +304,21 @@ impl SqliteStorage {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(sql)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            tx.execute_batch(sql).map_err(db)?;
             if i == 0 {
                 for role in PAT_PERMISSION_DEFAULT_ROLES {
                     tx.execute(
                         "INSERT INTO permission_roles VALUES (?1, ?2)",
                         params![PAT_PERMISSION, role],
-                    )?;
+                    )
+                    .map_err(db)?;
                 }
             }
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
+            tx.commit().map_err(db)?;
         }
         encrypt_plaintext_secrets(&mut conn, &keys)?;
         let (sender, receiver) = mpsc::channel::<Job>();
@@ -302,9 +347,9 @@ impl SqliteStorage {
         let conn = match pooled {
             Some(c) => c,
             None => {
-                let c = Connection::open(&self.path).map_err(Error::from)?;
+                let c = Connection::open(&self.path).map_err(db)?;
                 c.busy_timeout(std::time::Duration::from_secs(10))
-                    .map_err(Error::from)?;
+                    .map_err(db)?;
                 c
             }
         };
@@ -326,7 +371,7 @@ impl SqliteStorage {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-        Ok(result.map_err(Error::from)?)
+        Ok(result.map_err(db)?)
     }
 
     /// Queues `f` for the writer and waits until its batch is committed.
@@ -340,7 +385,7 @@ impl SqliteStorage {
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit_error| {
                 let _ = reply.send(match commit_error {
-                    None => result.map_err(Error::from),
+                    None => result.map_err(db),
                     Some(failure) => Err(failure.into()),
                 });
             });
@@ -352,10 +397,12 @@ impl SqliteStorage {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         sender
-            .ok_or(Error::WriterStopped)?
+            .ok_or(Error::from(SqliteError::WriterStopped))?
             .send(job)
-            .map_err(|_| Error::WriterStopped)?;
-        Ok(answer.recv().map_err(|_| Error::WriterStopped)??)
+            .map_err(|_| Error::from(SqliteError::WriterStopped))?;
+        Ok(answer
+            .recv()
+            .map_err(|_| Error::from(SqliteError::WriterStopped))??)
     }
 }
 
@@ -388,7 +435,9 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        crate::telemetry::commit_batch(batch.len());
+        // How many writes shared a commit (the facade only: the host may
+        // install an exporter, or not).
+        metrics::histogram!(COMMIT_BATCH).record(batch.len() as f64);
         let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(err) => {
@@ -484,21 +533,26 @@ fn admit_key(tx: &Connection, keys: &Keys, id: u32) -> rusqlite::Result<()> {
 /// Encrypts every TOTP secret still in plaintext (from before encryption),
 /// then checkpoints so the plaintext leaves the WAL too.
 fn encrypt_plaintext_secrets(conn: &mut Connection, keys: &Keys) -> Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
     let rows: Vec<(String, String)> = tx
         .prepare("SELECT user_id, secret FROM totp WHERE secret_key_id IS NULL")
-        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())?;
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(db)?;
     for (user_id, secret) in &rows {
         let (sealed, id) = seal_secret(keys, user_id, secret);
-        admit_key(&tx, keys, id)?;
+        admit_key(&tx, keys, id).map_err(db)?;
         tx.execute(
             "UPDATE totp SET secret = ?2, secret_key_id = ?3 WHERE user_id = ?1",
             params![user_id, sealed, id],
-        )?;
+        )
+        .map_err(db)?;
     }
-    tx.commit()?;
+    tx.commit().map_err(db)?;
     if !rows.is_empty() {
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .map_err(db)?;
         tracing::info!(
             secrets = rows.len(),
             "encrypted TOTP secrets stored in plaintext"
@@ -612,59 +666,72 @@ const PAT_COLUMNS: &str =
     "name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at, expires_at";
 
 /// Checks and spends `proof` inside the caller's transaction; `Some` (and no
-/// change) when the request's token is gone or the factor was already spent.
+/// change) when refused (`rules::spend_proof` decides the order).
 fn spend(
     tx: &Transaction,
     user_id: &str,
     proof: &FactorProof,
 ) -> rusqlite::Result<Option<WriteOutcome>> {
-    if let Some(r) = &proof.reply {
-        let kept = tx
+    spend_proof(&mut ProofTx { tx, user_id }, proof)
+}
+
+/// A write's proof checks as statements on its transaction.
+struct ProofTx<'a> {
+    tx: &'a Transaction<'a>,
+    user_id: &'a str,
+}
+
+impl ProofSteps for ProofTx<'_> {
+    type Error = rusqlite::Error;
+
+    fn reply_kept(&mut self, r: &IdempotentWrite) -> rusqlite::Result<bool> {
+        self.tx
             .prepare_cached(
                 "SELECT 1 FROM idempotent_replies WHERE user_id = ?1 AND presented_hashed_token = ?2 \
                  AND key = ?3 AND lease_until IS NULL AND created_at >= ?4",
             )?
-            .exists(params![user_id, r.presented_hashed_token, r.key, r.forget_before as i64])?;
-        if kept {
-            return Ok(Some(WriteOutcome::ReplyKept));
-        }
+            .exists(params![self.user_id, r.presented_hashed_token, r.key, r.forget_before as i64])
     }
-    if let Some(session) = &proof.session {
-        let alive = tx
+
+    fn session_alive(&mut self, session: &str) -> rusqlite::Result<bool> {
+        self.tx
             .prepare_cached("SELECT 1 FROM tokens WHERE hashed_token = ?1 AND user_id = ?2")?
-            .exists(params![session, user_id])?;
-        if !alive {
-            return Ok(Some(WriteOutcome::CredentialsRevoked));
+            .exists(params![session, self.user_id])
+    }
+
+    fn spend_factor(&mut self, used: &FactorUse) -> rusqlite::Result<bool> {
+        let (tx, user_id) = (self.tx, self.user_id);
+        let spent = match used {
+            FactorUse::None | FactorUse::Password => 1,
+            FactorUse::TotpStep(step) => tx.execute(
+                "UPDATE totp SET last_used_step = ?2 WHERE user_id = ?1 AND last_used_step < ?2",
+                params![user_id, *step as i64],
+            )?,
+            FactorUse::BackupCode(h) => tx.execute(
+                "UPDATE backup_codes SET spent = 1 WHERE user_id = ?1 AND code_hash = ?2 AND spent = 0",
+                params![user_id, h],
+            )?,
+            FactorUse::EmailCode(h) => tx.execute(
+                "DELETE FROM email_codes WHERE user_id = ?1 AND code_hash = ?2",
+                params![user_id, h],
+            )?,
+        };
+        if spent > 0 && *used != FactorUse::None {
+            tx.execute("UPDATE users SET failed_count = 0 WHERE id = ?1", [user_id])?;
         }
+        Ok(spent > 0)
     }
-    let spent = match &proof.used {
-        FactorUse::None | FactorUse::Password => 1,
-        FactorUse::TotpStep(step) => tx.execute(
-            "UPDATE totp SET last_used_step = ?2 WHERE user_id = ?1 AND last_used_step < ?2",
-            params![user_id, *step as i64],
-        )?,
-        FactorUse::BackupCode(h) => tx.execute(
-            "UPDATE backup_codes SET spent = 1 WHERE user_id = ?1 AND code_hash = ?2 AND spent = 0",
-            params![user_id, h],
-        )?,
-        FactorUse::EmailCode(h) => tx.execute(
-            "DELETE FROM email_codes WHERE user_id = ?1 AND code_hash = ?2",
-            params![user_id, h],
-        )?,
-    };
-    if spent == 0 {
-        return Ok(Some(WriteOutcome::FactorAlreadyUsed));
-    }
-    if proof.used != FactorUse::None {
-        tx.execute("UPDATE users SET failed_count = 0 WHERE id = ?1", [user_id])?;
-    }
-    if let Some(g) = &proof.remember {
-        tx.execute(
+
+    fn remember(&mut self, g: &RememberGrant) -> rusqlite::Result<()> {
+        self.tx.execute(
             "UPDATE tokens SET authorized_hash = ?3, authorized_until = ?4 WHERE user_id = ?1 AND hashed_token = ?2",
-            params![user_id, g.hashed_login_token, g.fingerprint, g.until as i64],
+            params![self.user_id, g.hashed_login_token, g.fingerprint, g.until as i64],
         )?;
+        Ok(())
     }
-    if let Some(r) = &proof.reply {
+
+    fn keep_reply(&mut self, r: &IdempotentWrite) -> rusqlite::Result<()> {
+        let (tx, user_id) = (self.tx, self.user_id);
         tx.prepare_cached("DELETE FROM idempotent_replies WHERE user_id = ?1 AND created_at < ?2")?
             .execute(params![user_id, r.forget_before as i64])?;
         tx.prepare_cached(
@@ -680,8 +747,8 @@ fn spend(
             r.sealed_reply,
             r.created_at as i64
         ])?;
+        Ok(())
     }
-    Ok(None)
 }
 
 fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::Result<usize> {

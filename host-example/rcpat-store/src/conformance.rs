@@ -1,10 +1,25 @@
-//! The storage contract (`wit/world.wit`, `rcpat::storage::Storage`), call
-//! by call, on every backend alike: memory, SQLite and PostgreSQL. Each
-//! function, and each outcome of every conditional write.
+//! The storage contract's conformance kit (`wit/world.wit`,
+//! [`rcpat::storage::Storage`], and this crate's [`Admin`]): call by call,
+//! each function, and each outcome of every conditional write. The rules a
+//! third party gets wrong are all here: compare-and-swap replacement,
+//! factor proofs spent inside the write (exactly once), attempt
+//! reservations, the first-applicable outcome of a conditional write.
+//!
+//! Run it on your own store with one line in a test file:
+//!
+//! ```ignore
+//! rcpat_store::storage_conformance_tests!(my_store::MyStore::new());
+//! ```
+//!
+//! The expression is evaluated once per test and must give a fresh, empty
+//! store, by value (its type implements [`Backend`]). Every case is also a public function taking `&dyn Backend`,
+//! listed in [`CASES`], for harnesses of your own.
 
-use crate::common::*;
-use host_example::storage::{Backend, NewUser, PAT_PERMISSION, TokenRecord};
+use crate::{Backend, NewUser, PAT_PERMISSION, TokenRecord};
 use rcpat::model::*;
+
+/// The time every case starts from (milliseconds since the epoch).
+pub const T0: u64 = 1_800_000_015_000;
 
 const ALICE: &str = "UserAlice00000001";
 
@@ -71,15 +86,14 @@ fn alice(b: &dyn Backend) {
         .unwrap();
 }
 
-fn each(test: impl Fn(&str, &dyn Backend)) {
-    for (name, b) in backends() {
-        test(name, &*b);
-    }
+/// Runs a case's body on the store under test (`name` labels assertion
+/// messages).
+fn each(store: &dyn Backend, test: impl Fn(&str, &dyn Backend)) {
+    test("store under test", store)
 }
 
-#[test]
-fn authenticate_returns_the_user_and_the_presented_token() {
-    each(|name, b| {
+pub fn authenticate_returns_the_user_and_the_presented_token(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         enrol(b, &["b1", "b2"]);
         assert_eq!(b.authenticate(ALICE, "nope", None).unwrap(), None, "{name}");
@@ -108,9 +122,8 @@ fn authenticate_returns_the_user_and_the_presented_token() {
     });
 }
 
-#[test]
-fn find_user_for_login_by_username_or_email_any_case() {
-    each(|name, b| {
+pub fn find_user_for_login_by_username_or_email_any_case(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let by = |id: LoginIdentifier| b.find_user_for_login(&id).unwrap().map(|u| u.id);
         assert_eq!(
@@ -140,9 +153,8 @@ fn find_user_for_login_by_username_or_email_any_case() {
 /// database's locale (PostgreSQL's `lower()` would fold `Ë` to `ë` under
 /// the test cluster's C.UTF-8), so every backend finds the same user and the
 /// component's key for an unknown address (`to_ascii_lowercase`) agrees.
-#[test]
-fn emails_fold_ascii_letters_only() {
-    each(|name, b| {
+pub fn emails_fold_ascii_letters_only(store: &dyn Backend) {
+    each(store, |name, b| {
         new_user(b, "zoe-id", "zoe", "Zoë@Example.org", &["user"]);
         let by = |email: &str| {
             b.find_user_for_login(&LoginIdentifier::Email(email.into()))
@@ -154,9 +166,8 @@ fn emails_fold_ascii_letters_only() {
     });
 }
 
-#[test]
-fn permissions_by_role_then_per_user_override() {
-    each(|name, b| {
+pub fn permissions_by_role_then_per_user_override(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         // `authenticate` answers the permission it is asked about as
         // `has_permission` does, with either token; never one not asked about.
@@ -195,9 +206,8 @@ fn permissions_by_role_then_per_user_override() {
     });
 }
 
-#[test]
-fn personal_access_tokens_list_in_creation_order_and_find_exactly() {
-    each(|name, b| {
+pub fn personal_access_tokens_list_in_creation_order_and_find_exactly(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let mut second = pat("a-second", "p2");
         second.created_at = T0 + 1;
@@ -226,9 +236,8 @@ fn personal_access_tokens_list_in_creation_order_and_find_exactly() {
     });
 }
 
-#[test]
-fn insert_outcomes() {
-    each(|name, b| {
+pub fn insert_outcomes(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let none = FactorProof::none();
         let ins = |t: &PersonalAccessToken, p: &FactorProof| {
@@ -290,9 +299,8 @@ fn insert_outcomes() {
     });
 }
 
-#[test]
-fn replace_is_a_compare_and_swap() {
-    each(|name, b| {
+pub fn replace_is_a_compare_and_swap(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let s1 = proof(Some("s1"), FactorUse::None);
         let rep = |expected: &str, t: &PersonalAccessToken| {
@@ -338,9 +346,8 @@ fn replace_is_a_compare_and_swap() {
     });
 }
 
-#[test]
-fn remove_outcomes() {
-    each(|name, b| {
+pub fn remove_outcomes(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let none = FactorProof::none();
         assert_eq!(
@@ -369,9 +376,8 @@ fn remove_outcomes() {
     });
 }
 
-#[test]
-fn backup_codes_are_looked_up_one_at_a_time() {
-    each(|name, b| {
+pub fn backup_codes_are_looked_up_one_at_a_time(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         new_user(b, "u-bob", "bob", "bob@example.org", &["user"]);
         enrol(b, &["b1", "b2"]);
@@ -404,9 +410,8 @@ fn backup_codes_are_looked_up_one_at_a_time() {
     });
 }
 
-#[test]
-fn every_factor_is_spent_exactly_once_with_the_write() {
-    each(|name, b| {
+pub fn every_factor_is_spent_exactly_once_with_the_write(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         enrol(b, &["b1"]);
         b.store_email_code(
@@ -490,9 +495,8 @@ fn every_factor_is_spent_exactly_once_with_the_write() {
     });
 }
 
-#[test]
-fn a_spent_factor_resets_failures_and_remember_marks_the_session() {
-    each(|name, b| {
+pub fn a_spent_factor_resets_failures_and_remember_marks_the_session(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let r = b
             .reserve_two_factor_attempt(ALICE, T0, 0, 10, None)
@@ -520,9 +524,8 @@ fn a_spent_factor_resets_failures_and_remember_marks_the_session() {
     });
 }
 
-#[test]
-fn two_factor_attempts_are_reserved_and_released() {
-    each(|name, b| {
+pub fn two_factor_attempts_are_reserved_and_released(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let reserve = |at, email| {
             b.reserve_two_factor_attempt(ALICE, at, T0, 3, email)
@@ -604,9 +607,8 @@ fn two_factor_attempts_are_reserved_and_released() {
 /// Issue 26, item 9: counts below the limit decay with their window, and
 /// an address that logged in successfully is exempt from the account's
 /// block (its own limit still applies) for `known-address-ms`.
-#[test]
-fn login_counts_decay_and_known_addresses_keep_the_owner_in() {
-    each(|name, b| {
+pub fn login_counts_decay_and_known_addresses_keep_the_owner_in(store: &dyn Backend) {
+    each(store, |name, b| {
         let limits = LoginLimits {
             max_per_account: 3,
             account_block_ms: 1000,
@@ -673,9 +675,8 @@ fn login_counts_decay_and_known_addresses_keep_the_owner_in() {
     });
 }
 
-#[test]
-fn login_attempts_block_accounts_and_addresses() {
-    each(|name, b| {
+pub fn login_attempts_block_accounts_and_addresses(store: &dyn Backend) {
+    each(store, |name, b| {
         let limits = LoginLimits {
             max_per_account: 2,
             account_block_ms: 1000,
@@ -734,9 +735,8 @@ fn login_attempts_block_accounts_and_addresses() {
     });
 }
 
-#[test]
-fn email_codes_replace_each_other() {
-    each(|name, b| {
+pub fn email_codes_replace_each_other(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let code = |h: &str| EmailCode {
             code_hash: h.into(),
@@ -751,9 +751,8 @@ fn email_codes_replace_each_other() {
     });
 }
 
-#[test]
-fn token_use_is_recorded_when_stale() {
-    each(|name, b| {
+pub fn token_use_is_recorded_when_stale(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let used = || {
             b.authenticate(ALICE, "p1", None)
@@ -789,9 +788,8 @@ fn token_use_is_recorded_when_stale() {
     });
 }
 
-#[test]
-fn admin_calls() {
-    each(|name, b| {
+pub fn admin_calls(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         assert_eq!(
             b.find_user_id("alice").unwrap().as_deref(),
@@ -841,9 +839,8 @@ fn admin_calls() {
     });
 }
 
-#[test]
-fn tokens_list_by_the_current_values_creation() {
-    each(|name, b| {
+pub fn tokens_list_by_the_current_values_creation(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         let mut second = pat("second", "p2");
         second.created_at = T0 + 1;
@@ -877,9 +874,8 @@ fn tokens_list_by_the_current_values_creation() {
     });
 }
 
-#[test]
-fn conditional_writes_answer_the_first_outcome_that_applies() {
-    each(|name, b| {
+pub fn conditional_writes_answer_the_first_outcome_that_applies(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         enrol(b, &[]);
         // A revoked session and a spent factor together.
@@ -931,9 +927,8 @@ fn conditional_writes_answer_the_first_outcome_that_applies() {
     });
 }
 
-#[test]
-fn unknown_users_in_the_other_writes() {
-    each(|name, b| {
+pub fn unknown_users_in_the_other_writes(store: &dyn Backend) {
+    each(store, |name, b| {
         let code = EmailCode {
             code_hash: "e".into(),
             salt: "s".into(),
@@ -955,9 +950,8 @@ fn unknown_users_in_the_other_writes() {
     });
 }
 
-#[test]
-fn email_logins_match_any_stored_address_oldest_user_first() {
-    each(|name, b| {
+pub fn email_logins_match_any_stored_address_oldest_user_first(store: &dyn Backend) {
+    each(store, |name, b| {
         let add = |id: &str, username: &str, created_at: u64| {
             b.create_user(&NewUser {
                 id: id.into(),
@@ -987,9 +981,8 @@ fn email_logins_match_any_stored_address_oldest_user_first() {
 
 /// Contract 0.9.0 (issue 24, points 9 to 11): the rules a third party could
 /// only guess before, each decided in `wit/world.wit` and checked here.
-#[test]
-fn rules_decided_in_contract_0_9() {
-    each(|name, b| {
+pub fn rules_decided_in_contract_0_9(store: &dyn Backend) {
+    each(store, |name, b| {
         alice(b);
         const W: u64 = 1000;
         // A second-factor failure exactly a window old no longer counts, and
@@ -1170,4 +1163,66 @@ fn rules_decided_in_contract_0_9() {
         let found = b.find_personal_access_token(ALICE, "zz").unwrap();
         assert_eq!(found.unwrap().expires_at, Some(T0 + 1), "{name}");
     });
+}
+
+crate::__conformance_cases!(list);
+
+/// Every case of the kit, one `#[test]` each, on fresh stores made by the
+/// expression given (evaluated once per test). See [`conformance`](crate::conformance).
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($make:expr) => {
+        $crate::__conformance_cases!(tests $make);
+    };
+}
+
+/// The one list of cases (both the `#[test]`s and [`CASES`] come from it).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($mode:ident $($make:expr)?) => {
+        $crate::__conformance_emit!($mode ($($make)?) [
+            authenticate_returns_the_user_and_the_presented_token,
+            find_user_for_login_by_username_or_email_any_case,
+            emails_fold_ascii_letters_only,
+            permissions_by_role_then_per_user_override,
+            personal_access_tokens_list_in_creation_order_and_find_exactly,
+            insert_outcomes,
+            replace_is_a_compare_and_swap,
+            remove_outcomes,
+            backup_codes_are_looked_up_one_at_a_time,
+            every_factor_is_spent_exactly_once_with_the_write,
+            a_spent_factor_resets_failures_and_remember_marks_the_session,
+            two_factor_attempts_are_reserved_and_released,
+            login_counts_decay_and_known_addresses_keep_the_owner_in,
+            login_attempts_block_accounts_and_addresses,
+            email_codes_replace_each_other,
+            token_use_is_recorded_when_stale,
+            admin_calls,
+            tokens_list_by_the_current_values_creation,
+            conditional_writes_answer_the_first_outcome_that_applies,
+            unknown_users_in_the_other_writes,
+            email_logins_match_any_stored_address_oldest_user_first,
+            rules_decided_in_contract_0_9,
+
+        ]);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_emit {
+    (tests ($make:expr) [$($case:ident),* $(,)?]) => {
+        $(
+            #[test]
+            fn $case() {
+                let store = $make;
+                $crate::conformance::$case(&store);
+            }
+        )*
+    };
+    (list () [$($case:ident),* $(,)?]) => {
+        /// Every case, by name.
+        pub const CASES: &[(&str, fn(&dyn Backend))] = &[$((stringify!($case), $case)),*];
+    };
 }

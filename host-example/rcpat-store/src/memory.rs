@@ -5,15 +5,16 @@ use std::sync::Mutex;
 
 use rcpat::model::*;
 use rcpat::storage::rules::{
-    KeyLease, LoginCount, admit_login, factor_available, keep_reply, kept_reply, known_since,
-    release_key, remember_address, reply_already_kept, reserve_attempt, reserve_key, spend_factor,
+    KeyLease, LoginCount, ProofSteps, admit_login, factor_available, keep_reply, kept_reply,
+    known_since, release_key, remember_address, reply_already_kept, reserve_attempt, reserve_key,
+    spend_factor, spend_proof,
 };
 
-use super::{
+use crate::error::{Error, Result};
+use crate::{
     Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
     Storage, TokenRecord, UserSummary,
 };
-use crate::error::{Error, Result};
 
 #[derive(Clone)]
 struct Entry {
@@ -125,37 +126,48 @@ fn is_pat_named(e: &Entry, name: &str) -> bool {
     e.record.kind == TokenKind::PersonalAccessToken && e.record.name.as_deref() == Some(name)
 }
 
-/// Why `proof` cannot be spent now, if it cannot (checked before any mutation).
-fn refusal(u: &MemUser, proof: &FactorProof) -> Option<WriteOutcome> {
-    if let Some(reply) = &proof.reply
-        && reply_already_kept(&u.replies, reply)
-    {
-        return Some(WriteOutcome::ReplyKept);
+/// A user's share of a write's proof checks (`rules::spend_proof` runs
+/// them in the contract's order).
+impl ProofSteps for MemUser {
+    type Error = std::convert::Infallible;
+    fn reply_kept(&mut self, reply: &IdempotentWrite) -> Result<bool, Self::Error> {
+        Ok(reply_already_kept(&self.replies, reply))
     }
-    if let Some(session) = &proof.session
-        && !u.tokens.iter().any(|e| &e.record.hashed_token == session)
-    {
-        return Some(WriteOutcome::CredentialsRevoked);
+    fn session_alive(&mut self, hashed_token: &str) -> Result<bool, Self::Error> {
+        Ok(self
+            .tokens
+            .iter()
+            .any(|e| e.record.hashed_token == hashed_token))
     }
-    (!factor_available(&u.user, &u.backup, &proof.used)).then_some(WriteOutcome::FactorAlreadyUsed)
-}
-
-/// Spends a proof that `refusal` accepted.
-fn spend(u: &mut MemUser, proof: &FactorProof) {
-    spend_factor(&mut u.user, &mut u.backup, &proof.used);
-    if let Some(grant) = &proof.remember
-        && let Some(e) = u
+    fn spend_factor(&mut self, used: &FactorUse) -> Result<bool, Self::Error> {
+        let available = factor_available(&self.user, &self.backup, used);
+        if available {
+            spend_factor(&mut self.user, &mut self.backup, used);
+        }
+        Ok(available)
+    }
+    fn remember(&mut self, grant: &RememberGrant) -> Result<(), Self::Error> {
+        if let Some(e) = self
             .tokens
             .iter_mut()
             .find(|e| e.record.hashed_token == grant.hashed_login_token)
-    {
-        e.authorized_hash = Some(grant.fingerprint.clone());
-        e.authorized_until = Some(grant.until);
+        {
+            e.authorized_hash = Some(grant.fingerprint.clone());
+            e.authorized_until = Some(grant.until);
+        }
+        Ok(())
     }
-    if let Some(reply) = &proof.reply {
-        keep_reply(&mut u.replies, reply);
-        release_key(&mut u.leases, &reply.presented_hashed_token, &reply.key);
+    fn keep_reply(&mut self, reply: &IdempotentWrite) -> Result<(), Self::Error> {
+        keep_reply(&mut self.replies, reply);
+        release_key(&mut self.leases, &reply.presented_hashed_token, &reply.key);
+        Ok(())
     }
+}
+
+/// Checks and spends `proof`; `Some(outcome)` (nothing changed) if refused.
+fn spend(u: &mut MemUser, proof: &FactorProof) -> Option<WriteOutcome> {
+    let Ok(refused) = spend_proof(u, proof);
+    refused
 }
 
 impl State {
@@ -236,10 +248,9 @@ impl Storage for MemoryStorage {
             let Some(u) = s.users.get_mut(user_id) else {
                 return Ok(WriteOutcome::NotFound);
             };
-            if let Some(refused) = refusal(u, proof) {
+            if let Some(refused) = spend(u, proof) {
                 return Ok(refused);
             }
-            spend(u, proof);
             u.tokens
                 .push(Entry::new(TokenRecord::login(hashed_token, created_at)));
             Ok(WriteOutcome::Done)
@@ -296,10 +307,9 @@ impl Storage for MemoryStorage {
             if u.tokens.iter().any(|e| is_pat_named(e, &token.name)) {
                 return Ok(WriteOutcome::NameTaken);
             }
-            if let Some(refused) = refusal(u, proof) {
+            if let Some(refused) = spend(u, proof) {
                 return Ok(refused);
             }
-            spend(u, proof);
             u.tokens.push(Entry {
                 last_used_at: token.last_used_at,
                 ..Entry::new(TokenRecord::personal_access_token(token))
@@ -324,10 +334,9 @@ impl Storage for MemoryStorage {
             }) else {
                 return Ok(WriteOutcome::NotFound);
             };
-            if let Some(refused) = refusal(u, proof) {
+            if let Some(refused) = spend(u, proof) {
                 return Ok(refused);
             }
-            spend(u, proof);
             u.tokens[i] = Entry {
                 last_used_at: replacement.last_used_at,
                 ..Entry::new(TokenRecord::personal_access_token(replacement))
@@ -349,10 +358,9 @@ impl Storage for MemoryStorage {
             if !u.tokens.iter().any(|e| is_pat_named(e, name)) {
                 return Ok(WriteOutcome::NotFound);
             }
-            if let Some(refused) = refusal(u, proof) {
+            if let Some(refused) = spend(u, proof) {
                 return Ok(refused);
             }
-            spend(u, proof);
             u.tokens.retain(|e| !is_pat_named(e, name));
             Ok(WriteOutcome::Done)
         })

@@ -30,15 +30,35 @@ use postgres::{Client, Row, Statement};
 use rcpat::model::*;
 use rcpat::storage::rules::{KNOWN_ADDRESSES_KEPT, LoginCount, admit_login, reserve_attempt};
 
-use super::{
-    Admin, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
-    Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
+use rcpat_store::keys::{Admission, Keys};
+use rcpat_store::{
+    Admin, Error, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
+    Result, Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
 };
-use crate::error::{Error, Result};
-use crate::keys::{Admission, Keys};
 
 // The backends' schemas move together.
-const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSION);
+const _: () = assert!(MIGRATIONS.len() == rcpat_store::SCHEMA_VERSION);
+
+/// PostgreSQL's own failures, kept as the source of the store's
+/// [`Error::Backend`] (so the store crate names no driver).
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("postgres: {0}")]
+    Driver(#[from] postgres::Error),
+    #[error("postgres: no connection: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+impl From<PostgresError> for Error {
+    fn from(e: PostgresError) -> Self {
+        Error::backend(e)
+    }
+}
+
+/// A driver error as the store's.
+fn pg(e: impl Into<PostgresError>) -> Error {
+    e.into().into()
+}
 
 /// Schema migrations, in step with SQLite's (`sqlite.rs`): version N here
 /// holds what version N there holds, so both report the same version.
@@ -564,18 +584,24 @@ impl PostgresStorage {
     /// Applies pending migrations in one transaction under an advisory lock,
     /// so hosts starting together migrate once and wait for each other.
     fn migrate(&self) -> Result<()> {
-        let mut conn = self.pool.get()?;
-        let mut tx = conn.client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        let mut conn = self.pool.get().map_err(pg)?;
+        let mut tx = conn.client.transaction().map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(pg)?;
         // (Quietly: the notice that it exists would reach the host's log.)
         tx.batch_execute(
             "SET LOCAL client_min_messages = warning; \
              CREATE TABLE IF NOT EXISTS rcpat_schema (version INTEGER NOT NULL)",
-        )?;
-        let version = match tx.query_opt("SELECT version FROM rcpat_schema", &[])? {
+        )
+        .map_err(pg)?;
+        let version = match tx
+            .query_opt("SELECT version FROM rcpat_schema", &[])
+            .map_err(pg)?
+        {
             Some(row) => row.get::<_, i32>(0) as usize,
             None => {
-                tx.execute("INSERT INTO rcpat_schema VALUES (0)", &[])?;
+                tx.execute("INSERT INTO rcpat_schema VALUES (0)", &[])
+                    .map_err(pg)?;
                 0
             }
         };
@@ -586,21 +612,23 @@ impl PostgresStorage {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.batch_execute(sql)?;
+            tx.batch_execute(sql).map_err(pg)?;
             if i == 0 {
                 for role in PAT_PERMISSION_DEFAULT_ROLES {
                     tx.execute(
                         "INSERT INTO permission_roles VALUES ($1, $2)",
                         &[&PAT_PERMISSION, role],
-                    )?;
+                    )
+                    .map_err(pg)?;
                 }
             }
         }
         tx.execute(
             "UPDATE rcpat_schema SET version = $1",
             &[&(MIGRATIONS.len() as i32)],
-        )?;
-        tx.commit()?;
+        )
+        .map_err(pg)?;
+        tx.commit().map_err(pg)?;
         Ok(())
     }
 
@@ -612,7 +640,7 @@ impl PostgresStorage {
         tx: bool,
         f: impl FnOnce(&mut Db) -> Result<T>,
     ) -> std::result::Result<T, E> {
-        let mut conn = self.pool.get().map_err(Error::from)?;
+        let mut conn = self.pool.get().map_err(pg)?;
         let Conn { client, statements } = &mut *conn;
         if !tx {
             return Ok(f(&mut Db {
@@ -621,12 +649,12 @@ impl PostgresStorage {
             })?);
         }
         let mut db = Db {
-            client: Handle::Tx(client.transaction().map_err(Error::from)?),
+            client: Handle::Tx(client.transaction().map_err(pg)?),
             statements,
         };
         let value = f(&mut db)?;
         if let Handle::Tx(t) = db.client {
-            t.commit().map_err(Error::from)?;
+            t.commit().map_err(pg)?;
         }
         Ok(value)
     }
@@ -677,9 +705,11 @@ impl Db<'_> {
     /// under `KEYS_LOCK`, recording its fingerprint if it is the first.
     fn admit_key(&mut self, keys: &Keys, id: u32) -> Result<()> {
         let id = id as i32;
-        self.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])?;
+        self.execute("SELECT pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+            .map_err(pg)?;
         let recorded: Option<String> = self
-            .query_opt("SELECT fingerprint FROM secret_keys WHERE id = $1", &[&id])?
+            .query_opt("SELECT fingerprint FROM secret_keys WHERE id = $1", &[&id])
+            .map_err(pg)?
             .map(|r| r.get(0));
         let sample: Option<(String, String)> = match recorded {
             Some(_) => None,
@@ -687,7 +717,8 @@ impl Db<'_> {
                 .query_opt(
                     "SELECT user_id, secret FROM totp WHERE secret_key_id = $1 LIMIT 1",
                     &[&id],
-                )?
+                )
+                .map_err(pg)?
                 .map(|r| (r.get(0), r.get(1))),
         };
         let sample = sample.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
@@ -697,7 +728,8 @@ impl Db<'_> {
             self.execute(
                 "INSERT INTO secret_keys (id, fingerprint) VALUES ($1, $2)",
                 &[&id, &fingerprint],
-            )?;
+            )
+            .map_err(pg)?;
         }
         Ok(())
     }
@@ -921,22 +953,25 @@ fn keep_reply(
     db.execute(
         "DELETE FROM idempotent_replies WHERE user_id = $1 AND created_at < $2",
         &[&user_id, &ts(r.forget_before)],
-    )?;
-    let stored = db.execute(
-        "INSERT INTO idempotent_replies \
+    )
+    .map_err(pg)?;
+    let stored = db
+        .execute(
+            "INSERT INTO idempotent_replies \
          (user_id, presented_hashed_token, key, body_hash, sealed_reply, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, presented_hashed_token, key) \
          DO UPDATE SET body_hash = $4, sealed_reply = $5, created_at = $6, lease_until = NULL \
          WHERE idempotent_replies.lease_until IS NOT NULL",
-        &[
-            &user_id,
-            &r.presented_hashed_token,
-            &r.key,
-            &r.body_hash,
-            &r.sealed_reply,
-            &ts(r.created_at),
-        ],
-    )?;
+            &[
+                &user_id,
+                &r.presented_hashed_token,
+                &r.key,
+                &r.body_hash,
+                &r.sealed_reply,
+                &ts(r.created_at),
+            ],
+        )
+        .map_err(pg)?;
     if stored == 0 {
         return Err(Error::ReplyKept);
     }
@@ -980,12 +1015,12 @@ fn insert_with_proof(
             &a.rem_until,
             &t.expires_at.map(ts),
         ],
-    )?;
+    ).map_err(pg)?;
     outcome(row)
 }
 
 fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
-    Ok(db.execute(
+    db.execute(
         "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor, \
          expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
@@ -998,7 +1033,7 @@ fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
             &t.bypass_two_factor,
             &t.expires_at.map(ts),
         ],
-    )?)
+    ).map_err(pg)
 }
 
 impl Storage for PostgresStorage {
@@ -1022,7 +1057,7 @@ impl Storage for PostgresStorage {
                      WHERE k.hashed_token = $1 AND k.user_id = $2"
                 ),
                 &[&hashed_token, &user_id, &permission],
-            )?;
+            ).map_err(pg)?;
             let Some(r) = row else { return Ok(None) };
             let token = LoginToken {
                 hashed_token: hashed_token.to_string(),
@@ -1057,7 +1092,7 @@ impl Storage for PostgresStorage {
                          LEFT JOIN email_codes e ON e.user_id = u.id WHERE u.username = $1"
                     ),
                     &[n],
-                )?,
+                ).map_err(pg)?,
                 // The first match, as SQLite's: addresses are unique in practice.
                 LoginIdentifier::Email(e) => db.query_opt(
                     user_select!(
@@ -1067,7 +1102,7 @@ impl Storage for PostgresStorage {
                          WHERE lower(u.email COLLATE \"C\") = lower($1::text COLLATE \"C\") ORDER BY u.created_at, u.id LIMIT 1"
                     ),
                     &[e],
-                )?,
+                ).map_err(pg)?,
             };
             row.map(|r| user_from_row(&self.keys, &r)).transpose()
         })
@@ -1093,10 +1128,12 @@ impl Storage for PostgresStorage {
 
     fn find_backup_code(&self, user_id: &str, hashed_code: &str) -> HostResult<BackupCodeState> {
         self.single(|db| {
-            let row = db.query_opt(
-                "SELECT spent FROM backup_codes WHERE user_id = $1 AND code_hash = $2",
-                &[&user_id, &hashed_code],
-            )?;
+            let row = db
+                .query_opt(
+                    "SELECT spent FROM backup_codes WHERE user_id = $1 AND code_hash = $2",
+                    &[&user_id, &hashed_code],
+                )
+                .map_err(pg)?;
             Ok(BackupCodeState::of_stored(row.map(|r| r.get(0))))
         })
     }
@@ -1108,7 +1145,7 @@ impl Storage for PostgresStorage {
                     "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at, \
                      expires_at FROM tokens WHERE user_id = $1 AND kind = 'pat' ORDER BY created_at, seq",
                     &[&user_id],
-                )?
+                ).map_err(pg)?
                 .iter()
                 .map(pat_from_row)
                 .collect())
@@ -1126,7 +1163,7 @@ impl Storage for PostgresStorage {
                     "SELECT name, hashed_token, last_token_part, created_at, bypass_two_factor, last_used_at, \
                      expires_at FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
                     &[&user_id, &name],
-                )?
+                ).map_err(pg)?
                 .as_ref()
                 .map(pat_from_row))
         })
@@ -1175,7 +1212,7 @@ impl Storage for PostgresStorage {
                     &a.rem_until,
                     &r.expires_at.map(ts),
                 ],
-            )?;
+            ).map_err(pg)?;
             let done = outcome(row)?;
             keep_reply(db, user_id, proof, done)?;
             Ok(done)
@@ -1190,20 +1227,22 @@ impl Storage for PostgresStorage {
     ) -> HostResult<WriteOutcome> {
         let a = ProofArgs::of(proof);
         self.single(|db| {
-            let row = db.query_one(
-                "SELECT rcpat_remove_pat($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &user_id,
-                    &name,
-                    &a.session,
-                    &a.kind,
-                    &a.step,
-                    &a.code,
-                    &a.rem_token,
-                    &a.rem_fp,
-                    &a.rem_until,
-                ],
-            )?;
+            let row = db
+                .query_one(
+                    "SELECT rcpat_remove_pat($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &user_id,
+                        &name,
+                        &a.session,
+                        &a.kind,
+                        &a.step,
+                        &a.code,
+                        &a.rem_token,
+                        &a.rem_fp,
+                        &a.rem_until,
+                    ],
+                )
+                .map_err(pg)?;
             outcome(row)
         })
     }
@@ -1222,7 +1261,8 @@ impl Storage for PostgresStorage {
                 .query_opt(
                     "SELECT failed_count, failed_last_at FROM users WHERE id = $1 FOR UPDATE",
                     &[&user_id],
-                )?
+                )
+                .map_err(pg)?
                 .ok_or_else(|| Error::NoSuchUser(user_id.into()))?;
             let stored = FailureCount {
                 count: row.get::<_, i32>(0) as u32,
@@ -1233,7 +1273,8 @@ impl Storage for PostgresStorage {
                     .query_opt(
                         "SELECT attempts FROM email_codes WHERE user_id = $1",
                         &[&user_id],
-                    )?
+                    )
+                    .map_err(pg)?
                     .map(|r| r.get::<_, i32>(0) as u32),
                 None => None,
             };
@@ -1249,12 +1290,14 @@ impl Storage for PostgresStorage {
                 db.execute(
                     "UPDATE users SET failed_count = $2, failed_last_at = $3 WHERE id = $1",
                     &[&user_id, &(r.failures.count as i32), &ts(at)],
-                )?;
+                )
+                .map_err(pg)?;
                 if email_attempts.is_some() {
                     db.execute(
                         "UPDATE email_codes SET attempts = $2 WHERE user_id = $1",
                         &[&user_id, &(r.email_code_attempts as i32)],
-                    )?;
+                    )
+                    .map_err(pg)?;
                 }
             }
             Ok(r)
@@ -1270,7 +1313,7 @@ impl Storage for PostgresStorage {
             let n = db.execute(
                 "UPDATE users SET failed_count = GREATEST(failed_count - 1, 0) WHERE id = $1",
                 &[&user_id],
-            )?;
+            ).map_err(pg)?;
             if n == 0 {
                 return Err(Error::NoSuchUser(user_id.into()));
             }
@@ -1278,7 +1321,7 @@ impl Storage for PostgresStorage {
                 db.execute(
                     "UPDATE email_codes SET attempts = GREATEST(attempts - 1, 0) WHERE user_id = $1",
                     &[&user_id],
-                )?;
+                ).map_err(pg)?;
             }
             Ok(())
         })
@@ -1304,12 +1347,12 @@ impl Storage for PostgresStorage {
                     "INSERT INTO login_failures (scope, key, count, last_at) VALUES ($1, $2, 0, 0) \
                      ON CONFLICT (scope, key) DO NOTHING",
                     &[&scope, &key],
-                )?;
+                ).map_err(pg)?;
                 let r = db
                     .query_opt(
                         "SELECT count, last_at FROM login_failures WHERE scope = $1 AND key = $2 FOR UPDATE",
                         &[&scope, &key],
-                    )?
+                    ).map_err(pg)?
                     .ok_or(Error::Corrupt("a login counter vanished under its lock"))?;
                 counts[i] = LoginCount {
                     count: r.get::<_, i32>(0) as u32,
@@ -1320,7 +1363,7 @@ impl Storage for PostgresStorage {
                 .query_opt(
                     "SELECT last_at FROM known_login_addresses WHERE account = $1 AND address = $2",
                     &[&account, &address],
-                )?
+                ).map_err(pg)?
                 .map(|r| r.get::<_, i64>(0) as u64);
             let (acc, adr) = match admit_login(counts[0], counts[1], known, at, limits) {
                 Ok(next) => next,
@@ -1330,7 +1373,7 @@ impl Storage for PostgresStorage {
                 db.execute(
                     "UPDATE login_failures SET count = $3, last_at = $4 WHERE scope = $1 AND key = $2",
                     &[&scope, &key, &(c.count as i32), &ts(c.last_at)],
-                )?;
+                ).map_err(pg)?;
             }
             Ok(LoginAdmission::Admitted)
         })
@@ -1341,22 +1384,22 @@ impl Storage for PostgresStorage {
             db.execute(
                 "DELETE FROM login_failures WHERE scope = 'account' AND key = $1",
                 &[&account],
-            )?;
+            ).map_err(pg)?;
             db.execute(
                 "UPDATE login_failures SET count = GREATEST(count - 1, 0) WHERE scope = 'address' AND key = $1",
                 &[&address],
-            )?;
+            ).map_err(pg)?;
             db.execute(
                 "INSERT INTO known_login_addresses (account, address, last_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (account, address) DO UPDATE SET last_at = $3",
                 &[&account, &address, &ts(at)],
-            )?;
+            ).map_err(pg)?;
             // The newest few only (the contract's minimum).
             db.execute(
                 "DELETE FROM known_login_addresses WHERE account = $1 AND address NOT IN \
                  (SELECT address FROM known_login_addresses WHERE account = $1 ORDER BY last_at DESC LIMIT $2)",
                 &[&account, &(KNOWN_ADDRESSES_KEPT as i64)],
-            )?;
+            ).map_err(pg)?;
             Ok(())
         })
     }
@@ -1366,7 +1409,7 @@ impl Storage for PostgresStorage {
             let n = db.execute(
                 "DELETE FROM tokens WHERE user_id = $1 AND hashed_token = $2 AND kind = 'login'",
                 &[&user_id, &hashed_token],
-            )?;
+            ).map_err(pg)?;
             Ok(if n == 1 {
                 WriteOutcome::Done
             } else {
@@ -1379,14 +1422,14 @@ impl Storage for PostgresStorage {
         // Under the user's lock: a reservation counting this code's attempts
         // never interleaves with its replacement.
         self.write(|db| {
-            if !db.lock_user(user_id)? {
+            if !db.lock_user(user_id).map_err(pg)? {
                 return Err(Error::NoSuchUser(user_id.into()));
             }
             db.execute(
                 "INSERT INTO email_codes (user_id, code_hash, salt, expires_at, attempts) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (user_id) DO UPDATE SET code_hash = $2, salt = $3, expires_at = $4, attempts = $5",
                 &[&user_id, &c.code_hash, &c.salt, &ts(c.expires_at), &(c.attempts as i32)],
-            )?;
+            ).map_err(pg)?;
             Ok(())
         })
     }
@@ -1403,7 +1446,8 @@ impl Storage for PostgresStorage {
                 "UPDATE tokens SET last_used_at = $3 WHERE user_id = $1 AND hashed_token = $2 \
                  AND kind = 'pat' AND (last_used_at IS NULL OR last_used_at < $4)",
                 &[&user_id, &hashed_token, &ts(at), &ts(stale_before)],
-            )?;
+            )
+            .map_err(pg)?;
             Ok(())
         })
     }
@@ -1422,7 +1466,8 @@ impl Storage for PostgresStorage {
                      AND presented_hashed_token = $2 AND key = $3 AND created_at >= $4 \
                      AND lease_until IS NULL",
                     &[&user_id, &presented_hashed_token, &key, &ts(not_before)],
-                )?
+                )
+                .map_err(pg)?
                 .map(|r| IdempotentReply {
                     body_hash: r.get(0),
                     sealed_reply: r.get(1),
@@ -1453,7 +1498,7 @@ impl Storage for PostgresStorage {
                  OR (idempotent_replies.lease_until IS NULL AND idempotent_replies.created_at < $6) \
                  RETURNING 1",
                 &[&user_id, &presented_hashed_token, &key, &ts(at), &ts(lease_until), &ts(not_before)],
-            )?;
+            ).map_err(pg)?;
             if reserved.is_some() {
                 return Ok(KeyReservation::Reserved);
             }
@@ -1461,7 +1506,7 @@ impl Storage for PostgresStorage {
                 "SELECT body_hash, sealed_reply, lease_until FROM idempotent_replies \
                  WHERE user_id = $1 AND presented_hashed_token = $2 AND key = $3",
                 &[&user_id, &presented_hashed_token, &key],
-            )?;
+            ).map_err(pg)?;
             Ok(match row {
                 Some(r) if r.get::<_, Option<i64>>(2).is_none() => {
                     KeyReservation::Kept(IdempotentReply {
@@ -1486,7 +1531,8 @@ impl Storage for PostgresStorage {
                 "DELETE FROM idempotent_replies WHERE user_id = $1 AND presented_hashed_token = $2 \
                  AND key = $3 AND lease_until IS NOT NULL",
                 &[&user_id, &presented_hashed_token, &key],
-            )?;
+            )
+            .map_err(pg)?;
             Ok(())
         })
     }
@@ -1507,12 +1553,12 @@ impl Admin for PostgresStorage {
                     &ts(n.created_at),
                     &n.name,
                 ],
-            )?;
+            ).map_err(pg)?;
             for role in &n.roles {
                 db.execute(
                     "INSERT INTO user_roles VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&n.id, role],
-                )?;
+                ).map_err(pg)?;
             }
             Ok(())
         })
@@ -1524,7 +1570,8 @@ impl Admin for PostgresStorage {
                 .query_one(
                     concat!("SELECT ", permitted!("$1", "$2")),
                     &[&user_id, &permission],
-                )?
+                )
+                .map_err(pg)?
                 .get(0))
         })
     }
@@ -1532,7 +1579,8 @@ impl Admin for PostgresStorage {
     fn find_user_id(&self, username: &str) -> Result<Option<String>> {
         self.single(|db| {
             Ok(db
-                .query_opt("SELECT id FROM users WHERE username = $1", &[&username])?
+                .query_opt("SELECT id FROM users WHERE username = $1", &[&username])
+                .map_err(pg)?
                 .map(|r| r.get(0)))
         })
     }
@@ -1546,7 +1594,8 @@ impl Admin for PostgresStorage {
                      ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role) \
                      FROM users u ORDER BY u.username",
                     &[],
-                )?
+                )
+                .map_err(pg)?
                 .iter()
                 .map(|r| UserSummary {
                     id: r.get(0),
@@ -1566,11 +1615,11 @@ impl Admin for PostgresStorage {
             if let Some((_, id)) = &sealed {
                 db.admit_key(&self.keys, *id)?;
             }
-            if !db.lock_user(user_id)? {
+            if !db.lock_user(user_id).map_err(pg)? {
                 return Err(Error::NoSuchUser(user_id.into()));
             }
-            db.execute("DELETE FROM totp WHERE user_id = $1", &[&user_id])?;
-            db.execute("DELETE FROM backup_codes WHERE user_id = $1", &[&user_id])?;
+            db.execute("DELETE FROM totp WHERE user_id = $1", &[&user_id]).map_err(pg)?;
+            db.execute("DELETE FROM backup_codes WHERE user_id = $1", &[&user_id]).map_err(pg)?;
             if let (Some((t, backup)), Some((secret, key_id))) = (totp, &sealed) {
                 db.execute(
                     "INSERT INTO totp (user_id, secret, secret_key_id, algorithm, digits, period, last_used_step) \
@@ -1584,14 +1633,14 @@ impl Admin for PostgresStorage {
                         &(t.period as i32),
                         &ts(t.last_used_step),
                     ],
-                )?;
+                ).map_err(pg)?;
                 for (codes, spent) in [(&backup.unused, false), (&backup.spent, true)] {
                     for h in codes {
                         db.execute(
                             "INSERT INTO backup_codes (user_id, code_hash, spent) VALUES ($1, $2, $3) \
                              ON CONFLICT DO NOTHING",
                             &[&user_id, h, &spent],
-                        )?;
+                        ).map_err(pg)?;
                     }
                 }
             }
@@ -1601,10 +1650,11 @@ impl Admin for PostgresStorage {
 
     fn set_email_two_factor(&self, user_id: &str, enabled: bool) -> Result<()> {
         let n = self.single::<_, Error>(|db| {
-            Ok(db.execute(
+            db.execute(
                 "UPDATE users SET email_two_factor = $2 WHERE id = $1",
                 &[&user_id, &enabled],
-            )?)
+            )
+            .map_err(pg)
         })?;
         if n == 0 {
             return Err(Error::NoSuchUser(user_id.into()));
@@ -1617,12 +1667,14 @@ impl Admin for PostgresStorage {
             db.execute(
                 "DELETE FROM permission_roles WHERE permission = $1",
                 &[&permission],
-            )?;
+            )
+            .map_err(pg)?;
             for role in roles {
                 db.execute(
                     "INSERT INTO permission_roles VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&permission, role],
-                )?;
+                )
+                .map_err(pg)?;
             }
             Ok(())
         })
@@ -1630,12 +1682,14 @@ impl Admin for PostgresStorage {
 
     fn set_user_roles(&self, user_id: &str, roles: &[String]) -> Result<()> {
         self.write(|db| {
-            db.execute("DELETE FROM user_roles WHERE user_id = $1", &[&user_id])?;
+            db.execute("DELETE FROM user_roles WHERE user_id = $1", &[&user_id])
+                .map_err(pg)?;
             for role in roles {
                 db.execute(
                     "INSERT INTO user_roles VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[&user_id, role],
-                )?;
+                )
+                .map_err(pg)?;
             }
             Ok(())
         })
@@ -1649,15 +1703,19 @@ impl Admin for PostgresStorage {
     ) -> Result<()> {
         self.single(|db| {
             match grant {
-                Some(g) => db.execute(
-                    "INSERT INTO user_permissions VALUES ($1, $2, $3) \
+                Some(g) => db
+                    .execute(
+                        "INSERT INTO user_permissions VALUES ($1, $2, $3) \
                      ON CONFLICT (user_id, permission) DO UPDATE SET granted = $3",
-                    &[&user_id, &permission, &g],
-                )?,
-                None => db.execute(
-                    "DELETE FROM user_permissions WHERE user_id = $1 AND permission = $2",
-                    &[&user_id, &permission],
-                )?,
+                        &[&user_id, &permission, &g],
+                    )
+                    .map_err(pg)?,
+                None => db
+                    .execute(
+                        "DELETE FROM user_permissions WHERE user_id = $1 AND permission = $2",
+                        &[&user_id, &permission],
+                    )
+                    .map_err(pg)?,
             };
             Ok(())
         })
@@ -1676,7 +1734,7 @@ impl Admin for PostgresStorage {
                      WHERE t.kind = 'pat' AND t.expires_at > $1 AND t.expires_at <= $2 \
                      AND t.expiry_notified_at IS NULL ORDER BY t.expires_at, t.user_id, t.name",
                     &[&ts(now), &ts(until)],
-                )?
+                ).map_err(pg)?
                 .iter()
                 .map(|r| ExpiringToken {
                     user_id: r.get(0),
@@ -1701,7 +1759,7 @@ impl Admin for PostgresStorage {
                 "UPDATE tokens SET expiry_notified_at = $3 WHERE user_id = $1 AND hashed_token = $2 \
                  AND expiry_notified_at IS NULL",
                 &[&user_id, &hashed_token, &ts(at)],
-            )? == 1)
+            ).map_err(pg)? == 1)
         })
     }
 
@@ -1712,7 +1770,7 @@ impl Admin for PostgresStorage {
                 &[&user_id, &hashed_token],
             )
             .map(drop)
-            .map_err(Into::into)
+            .map_err(pg)
         })
     }
 
@@ -1722,7 +1780,7 @@ impl Admin for PostgresStorage {
                 .query(
                     "SELECT hashed_token FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
                     &[&user_id, &name],
-                )?
+                ).map_err(pg)?
                 .iter()
                 .map(|r| r.get(0))
                 .collect())
@@ -1732,7 +1790,8 @@ impl Admin for PostgresStorage {
     fn key_fingerprints(&self) -> Result<Vec<(u32, String)>> {
         self.single(|db| {
             Ok(db
-                .query("SELECT id, fingerprint FROM secret_keys ORDER BY id", &[])?
+                .query("SELECT id, fingerprint FROM secret_keys ORDER BY id", &[])
+                .map_err(pg)?
                 .iter()
                 .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
                 .collect())
@@ -1746,7 +1805,7 @@ impl Admin for PostgresStorage {
             let rows = db.query(
                 "SELECT user_id, secret, secret_key_id FROM totp WHERE secret_key_id <> $1 FOR UPDATE",
                 &[&current],
-            )?;
+            ).map_err(pg)?;
             for r in &rows {
                 let user_id: &str = r.get(0);
                 let secret = self
@@ -1756,10 +1815,35 @@ impl Admin for PostgresStorage {
                 db.execute(
                     "UPDATE totp SET secret = $2, secret_key_id = $3 WHERE user_id = $1",
                     &[&user_id, &sealed, &(id as i32)],
-                )?;
+                ).map_err(pg)?;
             }
             Ok(rows.len())
         })
+    }
+}
+
+/// Fresh databases on a throw-away test cluster, for this crate's tests
+/// and the host's (feature `testing`).
+#[cfg(feature = "testing")]
+pub mod testing {
+    /// The admin URL of the test cluster (`./dev test` starts one).
+    pub fn admin_url() -> String {
+        std::env::var("RCPAT_TEST_DATABASE_URL").expect(
+            "RCPAT_TEST_DATABASE_URL is not set: run the tests with ./dev test, \
+             which starts a throw-away PostgreSQL cluster (or point it at one)",
+        )
+    }
+
+    /// The URL of a fresh, empty database on the test cluster.
+    pub fn fresh_database_url() -> String {
+        let admin = admin_url();
+        let name = format!("t_{}", rcpat_store::random::random_id(12).to_lowercase());
+        let mut client =
+            postgres::Client::connect(&admin, postgres::NoTls).expect("the test cluster");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("a fresh database");
+        admin.replacen("/postgres", &format!("/{name}"), 1)
     }
 }
 
