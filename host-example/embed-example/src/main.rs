@@ -23,7 +23,8 @@ impl RcpatView for Data {
 struct PrintMail;
 impl Mail for PrintMail {
     fn send(&self, m: &MailMessage) -> rcpat::storage::HostResult<()> {
-        Ok(println!("mail to {:?}: {}", m.to, m.subject))
+        println!("mail to {:?}: {}", m.to, m.subject);
+        Ok(())
     }
 }
 

@@ -115,3 +115,14 @@ fn the_example_answers_the_documented_replies() {
     let as_pat = |token: &str| post(&ex, "me", &[("X-User-Id", &id), ("X-Auth-Token", token)], "").0;
     assert_eq!((as_pat(&new), as_pat(&old)), (200, 401));
 }
+
+/// The README's "Embedding" section shows this example whole: keep them one.
+#[test]
+fn the_readme_shows_this_example() {
+    let readme = include_str!("../../../README.md");
+    let example = include_str!("../src/main.rs");
+    assert!(
+        readme.contains(&format!("```rust\n{example}```")),
+        "README.md's embedding example differs from host-example/embed-example/src/main.rs"
+    );
+}

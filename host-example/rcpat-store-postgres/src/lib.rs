@@ -60,7 +60,7 @@ fn pg(e: impl Into<PostgresError>) -> Error {
     e.into().into()
 }
 
-/// Schema migrations, in step with SQLite's (`sqlite.rs`): version N here
+/// Schema migrations, in step with SQLite's (`rcpat-store-sqlite`): version N here
 /// holds what version N there holds, so both report the same version.
 const MIGRATIONS: &[&str] = &[
     // 1, 2, 3, 4: users, roles, permissions, TOTP (secrets encrypted, with
@@ -150,7 +150,7 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tokens ADD COLUMN last_used_at BIGINT;",
     // 7: the conditional writes as functions, each one statement (one round
     // trip, its own transaction): lock the user's row, check, spend the
-    // factor, write. `rcpat_spend` is `spend` of `sqlite.rs` in PL/pgSQL;
+    // factor, write. `rcpat_spend` is `rules::spend_proof` (as SQLite runs it) in PL/pgSQL;
     // it refuses before it changes anything. Factor kinds: none, password,
     // totp (a step), backup and email (a code hash).
     r#"
@@ -314,7 +314,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX users_by_email ON users (lower(email COLLATE "C"));
 "#,
     // 11: the fingerprint of each key id secrets were sealed under
-    // (`keys.rs`): a key file whose key N is another key cannot write.
+    // (`rcpat_store::keys`): a key file whose key N is another key cannot write.
     "CREATE TABLE secret_keys (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL);",
     // 12: `Idempotency-Key` reservations, beside the kept replies (see SQLite's 12).
     "ALTER TABLE idempotent_replies ADD COLUMN lease_until BIGINT;",

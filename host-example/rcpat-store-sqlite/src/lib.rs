@@ -12,7 +12,7 @@
 //! At rest: the database and its WAL and SHM files are owner-only (SQLite
 //! gives the WAL and SHM the main file's mode), deleted content is
 //! overwritten (`secure_delete`), and TOTP secrets are encrypted with the
-//! host's keys (`keys.rs`), each beside the id of its key.
+//! host's keys (`rcpat_store::keys`), each beside the id of its key.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -180,7 +180,7 @@ const MIGRATIONS: &[&str] = &[
     // `COLLATE NOCASE` always was; the number keeps both schemas in step.
     "",
     // 11: the fingerprint of each key id secrets were sealed under
-    // (`keys.rs`): a key file whose key N is another key cannot write.
+    // (`rcpat_store::keys`): a key file whose key N is another key cannot write.
     "CREATE TABLE secret_keys (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL);",
     // 12: `Idempotency-Key` reservations, beside the kept replies: a row
     // with a lease (`lease_until` set, no reply yet) until its write keeps
@@ -245,7 +245,7 @@ const MAX_BATCH: usize = 512;
 
 impl SqliteStorage {
     /// Opens (creating and migrating as needed) the database at `path`, with
-    /// the keys of the key file beside it (`<path>.key`; see `keys.rs`).
+    /// the keys of the key file beside it (`<path>.key`; see `rcpat_store::keys`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let keys = Keys::load(&path.as_ref().with_extension("key"))?;
         Self::open_with_keys(path, Arc::new(keys))

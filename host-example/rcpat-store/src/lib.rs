@@ -212,7 +212,7 @@ pub trait Admin: Send + Sync {
         Ok(0)
     }
     /// The fingerprint storage recorded for each key id that secrets were
-    /// sealed under (`keys.rs`), to check a key file against at start.
+    /// sealed under (`keys`), to check a key file against at start.
     fn key_fingerprints(&self) -> Result<Vec<(u32, String)>> {
         Ok(Vec::new())
     }
