@@ -23,6 +23,29 @@ struct Me<'a> {
     status: &'static str,
     active: bool,
     roles: &'a [String],
+    services: Services,
+}
+
+/// Which second factors the user has (Rocket.Chat's `getUserInfo`: a
+/// factor appears only when enabled; whether a password exists, never its
+/// hash), so a client can show the account's 2FA state.
+#[derive(Serialize)]
+struct Services {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email2fa: Option<Enabled>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    totp: Option<Enabled>,
+    password: PasswordExists,
+}
+
+#[derive(Serialize)]
+struct Enabled {
+    enabled: bool,
+}
+
+#[derive(Serialize)]
+struct PasswordExists {
+    exists: bool,
 }
 
 #[derive(Serialize)]
@@ -47,6 +70,13 @@ fn me_of(user: &User) -> Me<'_> {
         status: "online",
         active: true,
         roles: &user.roles,
+        services: Services {
+            email2fa: user.email_two_factor.then_some(Enabled { enabled: true }),
+            totp: user.totp.is_some().then_some(Enabled { enabled: true }),
+            password: PasswordExists {
+                exists: user.password_bcrypt.is_some(),
+            },
+        },
     }
 }
 

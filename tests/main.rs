@@ -29,3 +29,4 @@ mod token_prefix;
 mod trusted_proxies;
 mod two_factor;
 mod vectors;
+mod web_page;

@@ -143,6 +143,9 @@ pub struct Options {
     /// Log format: text (coloured only on a terminal) or json [default: text]
     #[arg(long, env = "RCPAT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve the token page at / (the JSON API is the same either way) [default: true]
+    #[arg(long, env = "RCPAT_WEB", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub web: Option<bool>,
 
     /// Two-factor checks on or off (Accounts_TwoFactorAuthentication_Enabled) [default: true]
     #[arg(long, env = "RCPAT_TWO_FACTOR", value_name = "BOOL")]
@@ -248,7 +251,8 @@ impl Group {
             | "trusted_proxies"
             | "proxy_header"
             | "shutdown_timeout_secs"
-            | "log_format" => Group::Server,
+            | "log_format"
+            | "web" => Group::Server,
             "cache_dir" | "no_cache" | "component" | "native" | "max_instances"
             | "memory_limit_mb" | "timeout_ms" => Group::Component,
             "two_factor"
@@ -296,7 +300,7 @@ impl Options {
         let (a, b) = (self, file);
         merge_fields!(a, b; listen, tls_cert, tls_key, admin_listen, storage, db, database_url, database_pool_size, database_timeout_ms, outbox, smtp, smtp_tls, smtp_ca_file, smtp_user, smtp_password_file, mail_from, secret_key_file, cache_dir, no_cache, component, native,
             max_instances, memory_limit_mb, timeout_ms, max_body_bytes, password_workers, password_wait_ms,
-            request_timeout_secs, max_connections, max_connections_per_address, trusted_proxies, proxy_header, shutdown_timeout_secs, log_format, two_factor, totp, email_2fa, totp_max_delta,
+            request_timeout_secs, max_connections, max_connections_per_address, trusted_proxies, proxy_header, shutdown_timeout_secs, log_format, web, two_factor, totp, email_2fa, totp_max_delta,
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
@@ -435,6 +439,10 @@ impl Options {
         }
         self.cache_dir.clone().or_else(crate::cache::default_dir)
     }
+    pub fn web(&self) -> bool {
+        self.web.unwrap_or(true)
+    }
+
     pub fn native(&self) -> bool {
         self.native.unwrap_or(false)
     }

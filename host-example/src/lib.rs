@@ -24,6 +24,7 @@ pub mod services;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod web;
 
 // Owner-only files, the key file and randomness live with the stores
 // (`rcpat-store`); the host uses them under their old names.

@@ -96,6 +96,8 @@ pub struct App {
     /// Reverse proxies whose forwarding header names the client
     /// (`--trusted-proxies`; none by default).
     pub proxies: crate::client_address::Proxies,
+    /// Whether `/` serves the token page (`--web`; `web.rs`).
+    pub web: bool,
     pub services: Services,
     pub settings: Settings,
     pub limits: Limits,
@@ -122,6 +124,7 @@ impl App {
             backend,
             tls: None,
             proxies: Default::default(),
+            web: true,
             services,
             settings,
             permits: Semaphore::new(limits.concurrency.max(1)),
@@ -168,7 +171,13 @@ fn describe_failure(e: &CallError) -> &'static str {
 }
 
 pub fn router(app: Arc<App>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(app)
+    let api = axum::Router::new().fallback(handle);
+    let routes = if app.web {
+        crate::web::routes().merge(api)
+    } else {
+        api
+    };
+    routes.with_state(app)
 }
 
 pub use crate::connections::Stopped;

@@ -112,6 +112,7 @@ pub fn app_from(
     let mut app = App::new(backend, services, opts.settings(), limits)?;
     app.tls = opts.tls()?.map(tokio_rustls::TlsAcceptor::from);
     app.proxies = opts.proxies()?;
+    app.web = opts.web();
     Ok((app, outcome))
 }
 
