@@ -115,6 +115,7 @@ before(async () => {
   process.env.ALICE_BACKUP = enrolled.split('backup codes')[1].match(/[A-Za-z0-9]{8}/g).join(' ');
   cli('users', 'add', '--db', db, '--username', 'bob', '--email', 'bob@example.org', '--password-stdin');
   cli('users', 'enable-email2fa', '--db', db, 'bob');
+  cli('users', 'add', '--db', db, '--username', 'carol', '--email', 'carol@example.org', '--password-stdin');
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
   server = spawn(HOST, ['serve', '--db', db, '--outbox', outbox, '--listen', `127.0.0.1:${port}`,
@@ -258,6 +259,31 @@ test('emailed codes: log in and add a token with codes read from the outbox', as
     await page.keyboard.press('Escape');
     await page.waitForFunction(() => !document.getElementById('newtoken').open);
     assert.equal(await page.$eval('#newtoken-value', (e) => e.value), '');
+    assert.equal(await page.$$eval('#tokens tbody tr', (rows) => rows.length), 1);
+  });
+  await page.close();
+});
+
+test('no second factor enrolled: the password confirms a change', async () => {
+  const page = await browser.newPage();
+  await page.goto(base + '/');
+  await step(page, '8-password', async () => {
+    await visible(page, '#login-user');
+    await page.type('#login-user', 'carol');
+    await page.type('#login-password', PASSWORD);
+    await page.keyboard.press('Enter');
+    await visible(page, '#account');
+    assert.match(await text(page, '#twofactor'), /^off/);
+    await page.type('#add-name', 'laptop');
+    await page.keyboard.press('Enter');
+    await visible(page, '#twofa[open]');
+    assert.equal(await text(page, '#twofa-code-label'), 'Password');
+    assert.equal(await page.$eval('#twofa-code', (e) => e.type), 'password');
+    await answer(page, 'not the password');
+    await page.waitForFunction(() => document.getElementById('twofa-error').textContent.includes('not valid'));
+    await answer(page, PASSWORD);
+    assert.match(await newTokenShown(page), /^[A-Za-z0-9_-]{43}$/);
+    await page.click('#newtoken-done');
     assert.equal(await page.$$eval('#tokens tbody tr', (rows) => rows.length), 1);
   });
   await page.close();
