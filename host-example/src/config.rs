@@ -560,7 +560,7 @@ mod group_tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 54);
+        assert_eq!(ids.len(), 55);
         for id in ids {
             assert!(Group::of(&id).is_some(), "{id} has no group");
         }
