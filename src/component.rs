@@ -96,21 +96,6 @@ macro_rules! lend {
     };
 }
 
-macro_rules! answer {
-    ([()] $v:ident) => {
-        $v
-    };
-    ([Option<$t:ident>] $v:ident) => {
-        $v.map(Into::into)
-    };
-    ([Vec<$t:ident>] $v:ident) => {
-        $v.into_iter().map(Into::into).collect()
-    };
-    ([$t:ident] $v:ident) => {
-        $v.into()
-    };
-}
-
 macro_rules! wit_storage {
     ($($name:ident $wit:literal ($($arg:ident: [$($ty:tt)*]),*) -> [$($ret:tt)*];)*) => {
         mod forwarded {
@@ -120,7 +105,7 @@ macro_rules! wit_storage {
             impl Storage for WitStorage {
                 $(fn $name(&self, $($arg: $($ty)*),*) -> HostResult<$($ret)*> {
                     st::$name($(lend!([$($ty)*] $arg)),*)
-                        .map(|v| answer!([$($ret)*] v))
+                        .map(|v| crate::__convert_answer!([$($ret)*] v))
                         .map_err(HostError::msg)
                 })*
             }

@@ -116,6 +116,27 @@ macro_rules! storage_calls {
     };
 }
 
+/// A storage call's answer converted between the model's types and a WIT
+/// binding's (element by element), for the adapters generated from
+/// [`storage_calls!`] on both sides of the WIT (the guest's in
+/// `src/component.rs`, the wasmtime host's in `rcpat-wasmtime`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __convert_answer {
+    ([()] $v:ident) => {
+        $v
+    };
+    ([Option<$t:ident>] $v:ident) => {
+        $v.map(Into::into)
+    };
+    ([Vec<$t:ident>] $v:ident) => {
+        $v.into_iter().map(Into::into).collect()
+    };
+    ([$t:ident] $v:ident) => {
+        $v.into()
+    };
+}
+
 macro_rules! storage_trait {
     ($($name:ident $wit:literal ($($arg:ident: [$($ty:tt)*]),*) -> [$($ret:tt)*];)*) => {
         /// The component's `storage` import (`wit/world.wit`, interface

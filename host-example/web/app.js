@@ -273,8 +273,10 @@ async function login(event) {
   }
   $('login-password').value = '';
   session = { userId: reply.json.data.userId, authToken: reply.json.data.authToken };
-  show(true);
+  // The account appears once it is loaded (nothing half-filled to read).
   await loadAccount();
+  if (!session) return;
+  show(true);
   $('add-name').focus();
 }
 

@@ -106,21 +106,6 @@ macro_rules! answer_type {
     ($t:ident) => { st::$t };
 }
 
-macro_rules! answer {
-    ([()] $v:ident) => {
-        $v
-    };
-    ([Option<$t:ident>] $v:ident) => {
-        $v.map(Into::into)
-    };
-    ([Vec<$t:ident>] $v:ident) => {
-        $v.into_iter().map(Into::into).collect()
-    };
-    ([$t:ident] $v:ident) => {
-        $v.into()
-    };
-}
-
 macro_rules! wit_storage {
     ($($name:ident $wit:literal ($($arg:ident: [$($ty:tt)*]),*) -> [$($ret:tt)*];)*) => {
         impl st::Host for RcpatCtx {
@@ -128,7 +113,7 @@ macro_rules! wit_storage {
                 -> Result<answer_type!($($ret)*), String>
             {
                 self.call_storage($wit, |s| {
-                    s.$name($(lend!([$($ty)*] $arg)),*).map(|v| answer!([$($ret)*] v))
+                    s.$name($(lend!([$($ty)*] $arg)),*).map(|v| rcpat::__convert_answer!([$($ret)*] v))
                 })
             })*
         }

@@ -176,6 +176,7 @@ test('TOTP: log in, add, regenerate (a wrong code first), copy, remove, log out'
     if (SHOTS) await page.screenshot({ path: path.join(SHOTS, 'login-2fa.png') });
     await answer(page, totp(secret));
     await visible(page, '#account');
+    // The account is shown only once loaded.
     assert.equal(await text(page, '#who'), 'alice');
     assert.equal(await text(page, '#twofactor'), 'authenticator app');
     assert.match(await text(page, '#no-tokens'), /no personal access tokens/);
