@@ -488,7 +488,7 @@ fn passwords_are_never_flags_and_addresses_cannot_inject_headers() {
     })
     .unwrap();
     let sam = services
-        .storage
+        .storage()
         .find_user_for_login(&rcpat::model::LoginIdentifier::Username("sam".into()))
         .unwrap()
         .unwrap();
@@ -585,7 +585,7 @@ fn secrets_at_rest_are_encrypted_owner_only_and_survive_rotation() {
     .unwrap();
     for (name, secret) in &secrets {
         let user = services
-            .storage
+            .storage()
             .find_user_for_login(&rcpat::model::LoginIdentifier::Username(name.to_string()))
             .unwrap()
             .unwrap();

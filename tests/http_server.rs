@@ -106,7 +106,7 @@ fn add_user(
     let setup =
         totp.then(|| admin::enable_totp(&services, &id, name, TotpAlgorithm::Sha1, 6).unwrap());
     if email_2fa {
-        services.storage.set_email_two_factor(&id, true).unwrap();
+        services.storage().set_email_two_factor(&id, true).unwrap();
     }
     (id, setup)
 }
@@ -447,7 +447,7 @@ fn concurrent_burst_over_http_leaves_one_valid_token() {
         .iter()
         .filter(|t| {
             services
-                .storage
+                .storage()
                 .authenticate(&id, &rcpat::token::hash_token(t), None)
                 .unwrap()
                 .is_some()
@@ -461,7 +461,7 @@ fn concurrent_burst_over_http_leaves_one_valid_token() {
     );
     assert_eq!(
         services
-            .storage
+            .storage()
             .token_hashes_named(&id, "shared")
             .unwrap()
             .len(),

@@ -326,7 +326,7 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
     for (id, token, rotations) in results {
         total += rotations;
         let works = services
-            .storage
+            .storage()
             .authenticate(&id, &rcpat::token::hash_token(&token), None)
             .unwrap()
             .is_some();
@@ -448,7 +448,7 @@ fn concurrent_duplicates_execute_once(
     let token: serde_json::Value = serde_json::from_str(done[0]).unwrap();
     let token = token["token"].as_str().unwrap();
     assert_eq!(
-        services.storage.token_hashes_named(&id, "ci").unwrap(),
+        services.storage().token_hashes_named(&id, "ci").unwrap(),
         [rcpat::token::hash_token(token)],
         "the named token is the one every 200 carried"
     );

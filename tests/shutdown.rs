@@ -110,7 +110,7 @@ fn sigterm_under_load_answers_every_request_in_flight() {
         let hashed = rcpat::token::hash_token(token);
         assert!(
             services
-                .storage
+                .storage()
                 .authenticate(id, &hashed, None)
                 .unwrap()
                 .is_some(),

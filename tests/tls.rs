@@ -258,7 +258,7 @@ fn challenge(opts: &Options) -> (u16, String) {
         roles: &["user"],
     };
     let id = admin::create_user(&services, &spec, 4).unwrap();
-    services.storage.set_email_two_factor(&id, true).unwrap();
+    services.storage().set_email_two_factor(&id, true).unwrap();
     let pat = admin::issue_personal_access_token(&services, &id, "ci", false).unwrap();
     drop(services);
     let server = RunningServer::start(opts).unwrap();
@@ -371,7 +371,7 @@ fn no_delivery_without_a_verified_certificate_the_upgrade_or_the_password() {
         // The code was not stored: nothing is outstanding for the user.
         let services = services_from(&opts).unwrap();
         let user = services
-            .storage
+            .storage()
             .find_user_for_login(&rcpat::model::LoginIdentifier::Username("emma".into()))
             .unwrap()
             .unwrap();

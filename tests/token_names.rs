@@ -105,7 +105,7 @@ fn names_stored_before_are_escaped_in_the_cli_and_the_expiry_mail() {
         expires_at: Some(now + 2 * 86_400_000),
     };
     services
-        .storage
+        .storage()
         .add_token(&id, &TokenRecord::personal_access_token(&pat))
         .unwrap();
     drop(services);

@@ -168,11 +168,11 @@ fn plain_tokens_that_start_with_the_prefix_keep_working_over_http() {
         expires_at: None,
     };
     services
-        .storage
+        .storage()
         .add_token(&id, &TokenRecord::personal_access_token(&pat))
         .unwrap();
     services
-        .storage
+        .storage()
         .add_token(
             &id,
             &TokenRecord::login(&rcpat::token::hash_token(&plain_session), now),

@@ -72,7 +72,7 @@ pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Re
     if let Some(email) = spec.email {
         crate::mail::validate_address(email)?;
     }
-    if services.storage.find_user_id(spec.username)?.is_some() {
+    if services.storage().find_user_id(spec.username)?.is_some() {
         return Err(rcpat_store::Error::UserExists(spec.username.into()).into());
     }
     let id = random_id(17);
@@ -80,7 +80,7 @@ pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Re
         .password
         .map(|p| hash_password(p, bcrypt_cost))
         .transpose()?;
-    services.storage.create_user(&NewUser {
+    services.storage().create_user(&NewUser {
         id: id.clone(),
         username: spec.username.to_string(),
         name: spec.username.to_string(),
@@ -88,7 +88,7 @@ pub fn create_user(services: &Services, spec: &UserSpec, bcrypt_cost: u32) -> Re
         email_verified: spec.email.is_some(),
         password_bcrypt,
         roles: spec.roles.iter().map(|r| r.to_string()).collect(),
-        created_at: services.clock.now_ms(),
+        created_at: services.clock().now_ms(),
     })?;
     Ok(id)
 }
@@ -138,7 +138,7 @@ pub fn enable_totp(
         spent: Vec::new(),
     };
     services
-        .storage
+        .storage()
         .set_totp(user_id, Some((&enrolment, &hashed)))?;
     let uri = otpauth_uri(account, &secret, algorithm, digits);
     Ok(TotpSetup {
@@ -190,14 +190,14 @@ fn issue(
     bypass: bool,
 ) -> Result<String> {
     let plaintext = token::new_token(&random_bytes(token::TOKEN_LEN));
-    services.storage.add_token(
+    services.storage().add_token(
         user_id,
         &TokenRecord {
             hashed_token: token::hash_token(&plaintext),
             kind,
             name: name.map(String::from),
             last_token_part: token::last_part(&plaintext).to_string(),
-            created_at: services.clock.now_ms(),
+            created_at: services.clock().now_ms(),
             bypass_two_factor: bypass,
             expires_at: None,
         },
@@ -267,10 +267,10 @@ pub fn printable(name: &str) -> String {
 }
 
 pub fn notify_expiring(services: &Services, within_days: u32) -> Result<ExpiryNotices> {
-    let now = services.clock.now_ms();
+    let now = services.clock().now_ms();
     let until = now.saturating_add(u64::from(within_days) * rcpat::expiry::DAY_MS);
     let mut report = ExpiryNotices::default();
-    for t in services.storage.expiring_tokens(now, until)? {
+    for t in services.storage().expiring_tokens(now, until)? {
         let name = printable(&t.name);
         let who = (printable(&t.username), name.clone());
         let Some(email) = t.email else {
@@ -278,7 +278,7 @@ pub fn notify_expiring(services: &Services, within_days: u32) -> Result<ExpiryNo
             continue;
         };
         if !services
-            .storage
+            .storage()
             .claim_expiry_notice(&t.user_id, &t.hashed_token, now)?
         {
             continue;
@@ -294,12 +294,12 @@ pub fn notify_expiring(services: &Services, within_days: u32) -> Result<ExpiryNo
                 who.0, name
             ),
         };
-        match services.mailer.send(&message) {
+        match services.mailer().send(&message) {
             Ok(()) => report.sent.push(who),
             Err(e) => {
                 tracing::warn!(event = "expiry_notice_failed", user = %t.user_id, error = %e, "expiry notice not sent");
                 services
-                    .storage
+                    .storage()
                     .release_expiry_notice(&t.user_id, &t.hashed_token)?;
                 report.failed.push(who);
             }

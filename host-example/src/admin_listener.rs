@@ -45,7 +45,7 @@ async fn ready(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     let app = admin.app.clone();
     let probe = tokio::task::spawn_blocking(move || {
         // A read every request makes (it finds nothing).
-        app.services.storage.authenticate("", "", None).is_ok()
+        app.services.storage().authenticate("", "", None).is_ok()
     });
     let storage_ok = matches!(
         tokio::time::timeout(Duration::from_secs(1), probe).await,

@@ -148,7 +148,7 @@ pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
     )?;
 
     d.say("regenerate with a wrong code");
-    let now = services.clock.now_ms();
+    let now = services.clock().now_ms();
     let right = admin::totp_code(&totp.secret, TotpAlgorithm::Sha1, 6, now, 0);
     let wrong = if right == "000000" {
         "000001".to_string()

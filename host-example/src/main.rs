@@ -387,9 +387,9 @@ fn run(command: Command, opts: Options) -> Result<()> {
             command: TokensCommand::List { username, .. },
         } => {
             let services = admin_services(&opts)?;
-            let id = admin::user_id(&*services.storage, &username)?;
+            let id = admin::user_id(&**services.storage(), &username)?;
             let tokens = services
-                .storage
+                .storage()
                 .list_personal_access_tokens(&id)
                 .map_err(Error::from)?;
             if tokens.is_empty() {
@@ -665,7 +665,7 @@ fn admin_services(opts: &Options) -> Result<Services> {
 }
 
 fn users(command: UsersCommand, services: &Services) -> Result<()> {
-    let storage: &Arc<dyn Backend> = &services.storage;
+    let storage: &Arc<dyn Backend> = services.storage();
     match command {
         UsersCommand::Add {
             username,

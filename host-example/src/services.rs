@@ -14,15 +14,19 @@ use crate::keys::Keys;
 use crate::mail::Mailer;
 use crate::storage::Backend;
 
-/// What one request runs against; cheap to clone.
+/// What one request runs against; cheap to clone. Its parts change only
+/// through the `with_` methods, which keep the component's context (`ctx`)
+/// and the native environment's view (the fields) the same.
 #[derive(Clone)]
 pub struct Services {
     /// The store: the component's operations and the host's admin ones.
-    pub storage: Arc<dyn Backend>,
-    pub mailer: Arc<dyn Mailer>,
-    pub clock: Arc<dyn Clock>,
+    storage: Arc<dyn Backend>,
+    mailer: Arc<dyn Mailer>,
+    clock: Arc<dyn Clock>,
     /// The host's secret key material (never in storage).
-    pub keys: Arc<Keys>,
+    keys: Arc<Keys>,
+    /// A code key that overrides the key file's (`with_code_key`).
+    code_key: Option<Arc<[u8]>>,
     /// The same, as the component's imports see it (`rcpat-wasmtime`),
     /// with the telemetry hooks; cloned into each request's store.
     ctx: RcpatCtx,
@@ -44,8 +48,27 @@ impl Services {
             mailer,
             clock,
             keys,
+            code_key: None,
             ctx,
         }
+    }
+
+    /// The store: the component's operations and the host's admin ones.
+    pub fn storage(&self) -> &Arc<dyn Backend> {
+        &self.storage
+    }
+
+    pub fn mailer(&self) -> &Arc<dyn Mailer> {
+        &self.mailer
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The host's secret key material (never in storage).
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -54,8 +77,12 @@ impl Services {
         self
     }
 
+    /// The key file's keys; a code key given by `with_code_key` still wins,
+    /// in whichever order the two are called.
     pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
-        self.ctx = self.ctx.with_unchecked_code_key(keys.code_key());
+        if self.code_key.is_none() {
+            self.ctx = self.ctx.with_unchecked_code_key(keys.code_key());
+        }
         self.keys = keys;
         self
     }
@@ -67,6 +94,7 @@ impl Services {
     /// is what tests pass a shorter one for).
     pub fn with_code_key(mut self, key: &[u8]) -> Self {
         self.ctx = self.ctx.with_unchecked_code_key(key);
+        self.code_key = Some(key.into());
         self
     }
 
@@ -101,5 +129,34 @@ impl Env for NativeEnv<'_> {
     }
     fn send_mail(&mut self, message: &MailMessage) -> HostResult<()> {
         self.0.mailer.send(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A code key given by `with_code_key` is the one both the component and
+    /// the native environment use, whether the key file came before or after.
+    #[test]
+    fn a_given_code_key_wins_in_either_order() {
+        let given = [7u8; 32];
+        let keys = Arc::new(Keys::random());
+        let make = || {
+            Services::new(
+                Arc::new(crate::storage::MemoryStorage::new()),
+                Arc::new(crate::mail::MemoryMailer::default()),
+            )
+        };
+        let before = make().with_code_key(&given).with_keys(keys.clone());
+        let after = make().with_keys(keys.clone()).with_code_key(&given);
+        for s in [&before, &after] {
+            assert_eq!(s.code_key(), given);
+            assert_eq!(s.ctx().code_key(), given);
+            assert_eq!(NativeEnv(s).code_key(), given);
+        }
+        // Without one, the key file's.
+        let plain = make().with_keys(keys.clone());
+        assert_eq!(plain.code_key(), keys.code_key());
     }
 }
