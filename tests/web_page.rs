@@ -86,6 +86,11 @@ fn the_page_and_its_files_carry_the_policy() {
         assert!(csp.contains(directive), "{directive}");
     }
     assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
+    // Another method: the API's 405, in its JSON shape.
+    let mut r = agent.post(format!("{base}/")).send("x").unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers().get("allow").unwrap(), "GET,HEAD");
+    assert!(r.body_mut().read_to_string().unwrap().starts_with('{'));
     // The API is unchanged beside it.
     let r = agent.get(format!("{base}/api/v1/me")).call().unwrap();
     assert_eq!(r.status(), 401);

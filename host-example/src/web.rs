@@ -4,7 +4,7 @@
 //! with a strict policy: scripts and styles from this origin only (no
 //! inline script), no framing, no referrer, nothing cached.
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -39,6 +39,17 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
             "/favicon.svg",
             get(|| async { asset("image/svg+xml", ICON) }),
         )
+        // Another method on the page's paths: the API's 405, in its JSON
+        // shape (axum adds `Allow: GET,HEAD`).
+        .method_not_allowed_fallback(|| async {
+            let reply = rcpat::reply::ApiError::MethodNotAllowed("GET").to_response();
+            let mut resp = (StatusCode::METHOD_NOT_ALLOWED, reply.body).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        })
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
