@@ -13,10 +13,11 @@
 # A throw-away cluster with the defaults that matter (fsync=on,
 # synchronous_commit=on), stopped on exit. Needs a release build:
 #   cargo build --release -p host-example && bench/postgres.sh
+# (BIN=path runs another build, e.g. a copy of the one before a change).
 # Environment: SECS (per run, default 10), USERS (256), CONNECTIONS (32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=$PWD/target/release/host-example
+BIN=${BIN:-$PWD/target/release/host-example}
 PG_BIN=/usr/lib/postgresql/15/bin
 SECS=${SECS:-10}
 USERS=${USERS:-256}
@@ -51,16 +52,39 @@ echo "PostgreSQL $(psql -d postgres -c 'SHOW server_version'), fsync=$(psql -d p
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 
 tick=$(getconf CLK_TCK)
+# CPU (user + system, in clock ticks) of these processes, threads included.
+cpu_ticks() {
+    local t=0 pid
+    for pid in "$@"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$t"
+}
+# The database's CPU: the postmaster, its live children, and what its reaped
+# children used (backends of closed connections).
+database_ticks() {
+    local postmaster
+    postmaster=$(head -1 "$dir/data/postmaster.pid")
+    echo $(( $(awk '{print $16 + $17}' "/proc/$postmaster/stat") \
+        + $(cpu_ticks "$postmaster" $(pgrep -P "$postmaster")) ))
+}
 # pgbench_cpu ARG...: pgbench's throughput and latency, and the machine's CPU per
 # transaction, pgbench's own client included (compare the hosts' µs/req).
 pgbench_cpu() {
-    local before after out txns
+    local before after d0 d1 out txns
     before=$(busy_ticks)
+    d0=$(database_ticks)
     out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U rcpat "$@" 2>/dev/null)
+    # pgbench's backends end as it disconnects: let the postmaster reap
+    # them (their CPU counts once reaped).
+    sleep 1
+    d1=$(database_ticks)
     after=$(busy_ticks)
     echo "$out" | grep -E "^(tps|latency average)"
     txns=$(echo "$out" | awk -F': ' '/^number of transactions actually processed/{print $2+0}')
-    echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns )) µs ($txns transactions)"
+    echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns )) µs ($txns transactions)," \
+        "of which the database $(( (d1 - d0) * 1000000 / tick / txns )) µs"
 }
 
 echo "== pgbench -b simple-update -c 16 -j 2 -T 8 (the database's ceiling)"
@@ -80,23 +104,6 @@ stop_host() {
         echo "  !! host $1 exited with status $status on SIGTERM" >&2
         grep -h -m3 -A1 "panicked" "$dir"/*.log >&2 || true
     fi
-}
-# CPU (user + system, in clock ticks) of these processes, threads included.
-cpu_ticks() {
-    local t=0 pid
-    for pid in "$@"; do
-        [ -r "/proc/$pid/stat" ] || continue
-        t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    done
-    echo "$t"
-}
-# The database's CPU: the postmaster, its live children, and what its reaped
-# children used (backends of closed connections).
-database_ticks() {
-    local postmaster
-    postmaster=$(head -1 "$dir/data/postmaster.pid")
-    echo $(( $(awk '{print $16 + $17}' "/proc/$postmaster/stat") \
-        + $(cpu_ticks "$postmaster" $(pgrep -P "$postmaster")) ))
 }
 # run_hosts N LABEL [SERVE-ARG...]: N hosts on the database, then the bench.
 run_hosts() {

@@ -327,6 +327,70 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, address)
     );
 "#,
+    // 14: what `authenticate` reads from other tables, kept on the user's
+    // row by triggers on the writes that change it (issue 30): the sorted
+    // roles, and whether backup codes exist. And `rcpat_replace_pat` without
+    // the user's row lock when there is nothing but the token to check
+    // (no session, no factor, nothing to remember): the token row's own lock
+    // then orders racing replacements, and each re-checks the value it
+    // expects, so one wins.
+    r#"
+    ALTER TABLE users ADD COLUMN roles TEXT[] NOT NULL DEFAULT '{}';
+    ALTER TABLE users ADD COLUMN has_backup_codes BOOLEAN NOT NULL DEFAULT FALSE;
+    UPDATE users u SET roles = ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role),
+                       has_backup_codes = EXISTS(SELECT 1 FROM backup_codes b WHERE b.user_id = u.id);
+
+    CREATE FUNCTION rcpat_roles_changed() RETURNS trigger AS $$
+    BEGIN
+        UPDATE users u SET roles = ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role)
+            WHERE u.id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.user_id END,
+                           CASE WHEN TG_OP <> 'DELETE' THEN NEW.user_id END);
+        RETURN NULL;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER user_roles_on_user AFTER INSERT OR UPDATE OR DELETE ON user_roles
+        FOR EACH ROW EXECUTE FUNCTION rcpat_roles_changed();
+
+    CREATE FUNCTION rcpat_backup_codes_changed() RETURNS trigger AS $$
+    BEGIN
+        UPDATE users u SET has_backup_codes = EXISTS(SELECT 1 FROM backup_codes b WHERE b.user_id = u.id)
+            WHERE u.id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.user_id END,
+                           CASE WHEN TG_OP <> 'DELETE' THEN NEW.user_id END);
+        RETURN NULL;
+    END $$ LANGUAGE plpgsql;
+    CREATE TRIGGER backup_codes_on_user AFTER INSERT OR DELETE ON backup_codes
+        FOR EACH ROW EXECUTE FUNCTION rcpat_backup_codes_changed();
+
+    CREATE OR REPLACE FUNCTION rcpat_replace_pat(p_u TEXT, p_expected TEXT, p_tname TEXT, p_hash TEXT, p_last_part TEXT,
+                                      p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
+                                      p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
+                                      p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT,
+                                      p_expires BIGINT) RETURNS TEXT AS $$
+    DECLARE refused TEXT;
+    BEGIN
+        IF p_session IS NULL AND p_factor = 'none' AND p_rem_token IS NULL THEN
+            UPDATE tokens SET hashed_token = p_hash, last_token_part = p_last_part, created_at = p_created,
+                              bypass_two_factor = p_bypass, authorized_hash = NULL,
+                              authorized_until = NULL, last_used_at = p_last_used,
+                              expires_at = p_expires, expiry_notified_at = NULL
+                WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
+            IF FOUND THEN RETURN 'done'; END IF;
+            RETURN 'not-found';
+        END IF;
+        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        PERFORM 1 FROM tokens
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
+        IF NOT FOUND THEN RETURN 'not-found'; END IF;
+        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
+        IF refused IS NOT NULL THEN RETURN refused; END IF;
+        UPDATE tokens SET hashed_token = p_hash, last_token_part = p_last_part, created_at = p_created,
+                          bypass_two_factor = p_bypass, authorized_hash = NULL,
+                          authorized_until = NULL, last_used_at = p_last_used,
+                          expires_at = p_expires, expiry_notified_at = NULL
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
+        RETURN 'done';
+    END $$ LANGUAGE plpgsql;
+"#,
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.
@@ -796,9 +860,9 @@ macro_rules! user_select {
         concat!(
             "SELECT u.id, u.username, u.name, u.created_at, u.email, u.email_verified, \
              u.password_bcrypt, u.email_two_factor, u.failed_count, u.failed_last_at, \
-             ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role), \
+             u.roles, \
              t.secret, t.secret_key_id, t.algorithm, t.digits, t.period, t.last_used_step, \
-             EXISTS(SELECT 1 FROM backup_codes b WHERE b.user_id = u.id), \
+             u.has_backup_codes, \
              e.code_hash, e.salt, e.expires_at, e.attempts",
             $extra,
             " ",
@@ -822,6 +886,20 @@ macro_rules! permitted {
             " AND pr.permission = ",
             $permission,
             "))"
+        )
+    };
+}
+
+/// `permitted!` for the user row `u` of the query, through its cached
+/// roles (`users.roles`, migration 14) instead of a join on `user_roles`.
+macro_rules! permitted_by_row {
+    ($permission:literal) => {
+        concat!(
+            "COALESCE((SELECT granted FROM user_permissions WHERE user_id = u.id AND permission = ",
+            $permission,
+            "), EXISTS(SELECT 1 FROM permission_roles pr WHERE pr.permission = ",
+            $permission,
+            " AND pr.role = ANY(u.roles)))"
         )
     };
 }
@@ -1050,7 +1128,7 @@ impl Storage for PostgresStorage {
                         ", k.kind, k.bypass_two_factor, k.authorized_hash, k.authorized_until, \
                          k.name, k.created_at, k.last_used_at, k.expires_at, \
                          $3::TEXT IS NOT NULL AND ",
-                        permitted!("u.id", "$3")
+                        permitted_by_row!("$3")
                     ),
                     "FROM tokens k JOIN users u ON u.id = k.user_id \
                      LEFT JOIN totp t ON t.user_id = u.id LEFT JOIN email_codes e ON e.user_id = u.id \
