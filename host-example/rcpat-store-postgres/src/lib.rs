@@ -329,11 +329,7 @@ const MIGRATIONS: &[&str] = &[
 "#,
     // 14: what `authenticate` reads from other tables, kept on the user's
     // row by triggers on the writes that change it (issue 30): the sorted
-    // roles, and whether backup codes exist. And `rcpat_replace_pat` without
-    // the user's row lock when there is nothing but the token to check
-    // (no session, no factor, nothing to remember): the token row's own lock
-    // then orders racing replacements, and each re-checks the value it
-    // expects, so one wins.
+    // roles, and whether backup codes exist.
     r#"
     ALTER TABLE users ADD COLUMN roles TEXT[] NOT NULL DEFAULT '{}';
     ALTER TABLE users ADD COLUMN has_backup_codes BOOLEAN NOT NULL DEFAULT FALSE;
@@ -360,36 +356,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER backup_codes_on_user AFTER INSERT OR DELETE ON backup_codes
         FOR EACH ROW EXECUTE FUNCTION rcpat_backup_codes_changed();
 
-    CREATE OR REPLACE FUNCTION rcpat_replace_pat(p_u TEXT, p_expected TEXT, p_tname TEXT, p_hash TEXT, p_last_part TEXT,
-                                      p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
-                                      p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
-                                      p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT,
-                                      p_expires BIGINT) RETURNS TEXT AS $$
-    DECLARE refused TEXT;
-    BEGIN
-        IF p_session IS NULL AND p_factor = 'none' AND p_rem_token IS NULL THEN
-            UPDATE tokens SET hashed_token = p_hash, last_token_part = p_last_part, created_at = p_created,
-                              bypass_two_factor = p_bypass, authorized_hash = NULL,
-                              authorized_until = NULL, last_used_at = p_last_used,
-                              expires_at = p_expires, expiry_notified_at = NULL
-                WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
-            IF FOUND THEN RETURN 'done'; END IF;
-            RETURN 'not-found';
-        END IF;
-        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
-        IF NOT FOUND THEN RETURN 'not-found'; END IF;
-        PERFORM 1 FROM tokens
-            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
-        IF NOT FOUND THEN RETURN 'not-found'; END IF;
-        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
-        IF refused IS NOT NULL THEN RETURN refused; END IF;
-        UPDATE tokens SET hashed_token = p_hash, last_token_part = p_last_part, created_at = p_created,
-                          bypass_two_factor = p_bypass, authorized_hash = NULL,
-                          authorized_until = NULL, last_used_at = p_last_used,
-                          expires_at = p_expires, expiry_notified_at = NULL
-            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
-        RETURN 'done';
-    END $$ LANGUAGE plpgsql;
 "#,
 ];
 
@@ -1268,6 +1234,48 @@ impl Storage for PostgresStorage {
         r: &PersonalAccessToken,
         proof: &FactorProof,
     ) -> HostResult<WriteOutcome> {
+        // Nothing to check but the token itself (no factor to spend, nothing
+        // to remember, and the presenting credential, if any, is the token
+        // being replaced: a bypass PAT regenerating itself): one conditional
+        // UPDATE, without `rcpat_replace_pat`'s user-row lock and checks.
+        // Its row lock orders racing replacements, each re-checks the value
+        // it expects, so one wins; the outcomes are the function's.
+        let only_the_token = proof.used == FactorUse::None
+            && proof.remember.is_none()
+            && proof
+                .session
+                .as_deref()
+                .is_none_or(|s| s == expected_hashed_token);
+        if only_the_token {
+            return or_reply_kept(self.run(proof.reply.is_some(), |db| {
+                let replaced = db
+                    .execute(
+                        "UPDATE tokens SET hashed_token = $4, last_token_part = $5, created_at = $6, \
+                         bypass_two_factor = $7, authorized_hash = NULL, authorized_until = NULL, \
+                         last_used_at = $8, expires_at = $9, expiry_notified_at = NULL \
+                         WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3",
+                        &[
+                            &user_id,
+                            &r.name,
+                            &expected_hashed_token,
+                            &r.hashed_token,
+                            &r.last_token_part,
+                            &ts(r.created_at),
+                            &r.bypass_two_factor,
+                            &r.last_used_at.map(ts),
+                            &r.expires_at.map(ts),
+                        ],
+                    )
+                    .map_err(pg)?;
+                let done = if replaced == 1 {
+                    WriteOutcome::Done
+                } else {
+                    WriteOutcome::NotFound
+                };
+                keep_reply(db, user_id, proof, done)?;
+                Ok(done)
+            }));
+        }
         let a = ProofArgs::of(proof);
         or_reply_kept(self.run(proof.reply.is_some(), |db| {
             let row = db.query_one(
