@@ -98,6 +98,28 @@ pub fn collect(lines: Lines<BufReader<ChildStdout>>) -> Arc<std::sync::Mutex<Vec
     log
 }
 
+/// `serve` with `args` (its storage, and anything else), listening on a
+/// free port, no admin listener: the process and its base URL.
+pub fn serve_on(dir: &Path, args: &[&str]) -> (Child, String) {
+    let mut child = serve_command(dir)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .args(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (listening, lines) = wait_listening(&mut child);
+    drain(lines);
+    (child, format!("http://{}", log_field(&listening, "addr")))
+}
+
+/// An HTTP client that hands every status back instead of failing on it.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 /// Reads a server's remaining log lines on a thread of their own.
 pub fn drain(lines: Lines<BufReader<ChildStdout>>) {
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));

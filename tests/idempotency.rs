@@ -354,20 +354,6 @@ fn sigkill_under_load_with_retries_leaves_every_client_a_working_token() {
     );
 }
 
-/// `serve` on `storage` (extra arguments), listening on a free port: the
-/// process and its base URL.
-fn serve_on(dir: &std::path::Path, storage: &[&str]) -> (Child, String) {
-    let mut child = serve_command(dir)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
-        .args(storage)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (listening, lines) = wait_listening(&mut child);
-    drain(lines);
-    (child, format!("http://{}", log_field(&listening, "addr")))
-}
-
 /// Issue 26, item 5: 32 identical requests with one `Idempotency-Key` at
 /// once (a session token regenerating a named PAT with a TOTP code, split
 /// across `bases`). Exactly one executes: every 200 carries the same token,
@@ -536,10 +522,7 @@ fn a_kept_reply_does_not_outlive_its_credential_or_its_first_use() {
     let other_session = admin::issue_login_token(&services, &id).unwrap();
     drop(services);
     let (mut server, base) = serve_on(&dir, &["--db", db.to_str().unwrap()]);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = http_agent();
     let post = |path: &str, token: &str, key: Option<&str>, body: &str| -> (u16, String) {
         let mut req = agent
             .post(format!("{base}/api/v1/{path}"))

@@ -3,41 +3,13 @@
 //! leaving only the JSON API. (The page at work, in a real browser, is
 //! `host-example/web/test/`, which `./dev test` runs in Chromium.)
 
-use std::process::{Child, Stdio};
-
 use crate::common::*;
-
-fn start(dir: &std::path::Path, web: &[&str]) -> (Child, String) {
-    let mut child = serve_command(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--storage",
-            "memory",
-        ])
-        .args(web)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (listening, lines) = wait_listening(&mut child);
-    drain(lines);
-    (child, format!("http://{}", log_field(&listening, "addr")))
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
 
 #[test]
 fn the_page_and_its_files_carry_the_policy() {
     let dir = temp_dir("web-page");
-    let (mut child, base) = start(&dir, &[]);
-    let agent = agent();
+    let (mut child, base) = serve_on(&dir, &["--storage", "memory"]);
+    let agent = http_agent();
     for (path, kind) in [
         ("/", "text/html; charset=utf-8"),
         ("/app.js", "text/javascript; charset=utf-8"),
@@ -101,8 +73,8 @@ fn the_page_and_its_files_carry_the_policy() {
 #[test]
 fn web_false_serves_only_the_api() {
     let dir = temp_dir("web-off");
-    let (mut child, base) = start(&dir, &["--web", "false"]);
-    let agent = agent();
+    let (mut child, base) = serve_on(&dir, &["--storage", "memory", "--web", "false"]);
+    let agent = http_agent();
     for path in ["/", "/app.js", "/app.css"] {
         let mut r = agent.get(format!("{base}{path}")).call().unwrap();
         assert_eq!(r.status(), 404, "{path}");

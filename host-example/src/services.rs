@@ -25,8 +25,9 @@ pub struct Services {
     clock: Arc<dyn Clock>,
     /// The host's secret key material (never in storage).
     keys: Arc<Keys>,
-    /// A code key that overrides the key file's (`with_code_key`).
-    code_key: Option<Arc<[u8]>>,
+    /// Whether `with_code_key` gave a key that overrides the key file's
+    /// (the key itself is in `ctx`).
+    code_key_given: bool,
     /// The same, as the component's imports see it (`rcpat-wasmtime`),
     /// with the telemetry hooks; cloned into each request's store.
     ctx: RcpatCtx,
@@ -48,7 +49,7 @@ impl Services {
             mailer,
             clock,
             keys,
-            code_key: None,
+            code_key_given: false,
             ctx,
         }
     }
@@ -80,7 +81,7 @@ impl Services {
     /// The key file's keys; a code key given by `with_code_key` still wins,
     /// in whichever order the two are called.
     pub fn with_keys(mut self, keys: Arc<Keys>) -> Self {
-        if self.code_key.is_none() {
+        if !self.code_key_given {
             self.ctx = self.ctx.with_unchecked_code_key(keys.code_key());
         }
         self.keys = keys;
@@ -94,7 +95,7 @@ impl Services {
     /// is what tests pass a shorter one for).
     pub fn with_code_key(mut self, key: &[u8]) -> Self {
         self.ctx = self.ctx.with_unchecked_code_key(key);
-        self.code_key = Some(key.into());
+        self.code_key_given = true;
         self
     }
 
