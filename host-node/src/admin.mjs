@@ -79,12 +79,11 @@ export class Admin {
     this.clock = clock;
   }
 
-  /** Creates a user (email verified); answers the id. */
-  createUser({ username, email, password, roles = ['user'], name = username }) {
+  /** Creates a user (email verified); answers the id (`id`: one chosen already, as a sharded host does). */
+  createUser({ username, email, password, roles = ['user'], name = username, id = randomId(17) }) {
     if (!username || /[\u0000-\u001f\u007f]/.test(username)) throw new StoreError('a username must be non-empty, without control characters');
     if (email !== undefined && /[\u0000-\u001f\u007f\s]/.test(email)) throw new StoreError('an email must not contain spaces or control characters');
     if (this.store.userForLogin('username', username)) throw new StoreError(`user ${username} already exists`);
-    const id = randomId(17);
     this.store.insertUser({
       id,
       username,

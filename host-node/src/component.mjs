@@ -10,28 +10,20 @@ import { readFileSync } from 'node:fs';
 import { instantiate } from '../gen/rcpat.js';
 import { storageImport } from './storage/rules.mjs';
 
-const GEN = new URL('../gen/', import.meta.url);
 const compiled = new Map();
 
-function getCoreModule(path) {
+/** gen/'s core modules, compiled from their files once per process (Node). */
+function compileFromFile(path) {
   let m = compiled.get(path);
   if (!m) {
-    m = new WebAssembly.Module(readFileSync(new URL(path, GEN)));
+    // (The URL is made here, not at load: a bundled Worker has no file URL.)
+    m = new WebAssembly.Module(readFileSync(new URL(`../gen/${path}`, import.meta.url)));
     compiled.set(path, m);
   }
   return m;
 }
 
-/** The component's routes (WIT `route`, the argument of `handle`), by path. */
-export const ENDPOINTS = {
-  '/api/v1/login': ['POST', 'login'],
-  '/api/v1/logout': ['POST', 'logout'],
-  '/api/v1/me': ['GET', 'me'],
-  '/api/v1/users.regeneratePersonalAccessToken': ['POST', 'regenerate-personal-access-token'],
-  '/api/v1/users.generatePersonalAccessToken': ['POST', 'generate-personal-access-token'],
-  '/api/v1/users.getPersonalAccessTokens': ['GET', 'get-personal-access-tokens'],
-  '/api/v1/users.removePersonalAccessToken': ['POST', 'remove-personal-access-token'],
-};
+export { ENDPOINTS } from './routes.mjs';
 
 /** A wall clock in ms that tests may move forward. */
 export function systemClock() {
@@ -57,9 +49,12 @@ export class Component {
   /**
    * store: a document store (storage/memory.mjs, storage/sqlite.mjs);
    * mail: {send({to, subject, text})}, throwing on failure;
-   * keys: {codeKey}; clock: {nowMs()}; log: (object) => void.
+   * keys: {codeKey}; clock: {nowMs()}; log: (object) => void;
+   * coreModule: gen/'s core module by file name (a runtime that refuses to
+   * compile wasm from bytes, like workerd, passes in its module bindings).
    */
-  constructor({ store, mail, keys, clock = systemClock(), log = () => {}, settings = {} }) {
+  constructor({ store, mail, keys, clock = systemClock(), log = () => {}, settings = {}, coreModule = compileFromFile }) {
+    this.coreModule = coreModule;
     // Fail closed at start: under a shorter code key the component refuses
     // every second-factor check (500 error-code-key-missing).
     if (!keys?.codeKey || keys.codeKey.length < MIN_CODE_KEY_LEN) {
@@ -114,7 +109,7 @@ export class Component {
         if (instance.exports.memory instanceof WebAssembly.Memory) this.memory = instance.exports.memory;
         return instance;
       };
-      this.instance = instantiate(getCoreModule, this.imports, core).endpoints;
+      this.instance = instantiate(this.coreModule, this.imports, core).endpoints;
       this.instantiations += 1;
     }
     return this.instance;

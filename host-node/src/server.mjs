@@ -5,16 +5,9 @@
 // route, status, latency; never a header or a body (they carry secrets).
 
 import http from 'node:http';
-import { ENDPOINTS } from './component.mjs';
+import { MAX_BODY_BYTES, mediaTypeRefusal, routeOf, tooLarge } from './routes.mjs';
 
-/** Longest accepted body (`rcpat::reply::MAX_BODY_BYTES`; the PAT routes bound theirs tighter inside). */
-export const MAX_BODY_BYTES = 64 * 1024;
-
-function apiError(status, reason, type) {
-  return { status, body: JSON.stringify({ success: false, error: `${reason} [${type}]`, errorType: type }) };
-}
-
-const isJson = (ct) => (ct ?? '').split(';')[0].trim().toLowerCase() === 'application/json';
+export { MAX_BODY_BYTES };
 
 /** The WIT request: raw header bytes as received (duplicates kept), the peer, the body. */
 function witRequest(req, body) {
@@ -32,7 +25,7 @@ function readBody(req, limit) {
   return new Promise((resolve) => {
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > limit) {
-      resolve(apiError(413, `The request body exceeds ${limit} bytes`, 'error-request-too-large'));
+      resolve(tooLarge());
       return;
     }
     const chunks = [];
@@ -42,7 +35,7 @@ function readBody(req, limit) {
       if (size > limit) {
         req.removeAllListeners('data');
         req.resume();
-        resolve(apiError(413, `The request body exceeds ${limit} bytes`, 'error-request-too-large'));
+        resolve(tooLarge());
       } else {
         chunks.push(chunk);
       }
@@ -56,32 +49,26 @@ export function createServer(component, { log = () => {} } = {}) {
   const server = http.createServer(async (req, res) => {
     const started = process.hrtime.bigint();
     const path = new URL(req.url ?? '/', 'http://host').pathname;
-    const route = ENDPOINTS[path];
-    let reply;
-    if (!route) {
-      reply = apiError(404, 'The endpoint was not found', 'error-not-found');
-    } else if (req.method !== route[0]) {
-      reply = apiError(405, `This endpoint only accepts ${route[0]}`, 'error-method-not-allowed');
-      res.setHeader('allow', route[0]);
-    } else {
+    const routed = routeOf(req.method, path);
+    let reply = routed.reply;
+    if (routed.allow) res.setHeader('allow', routed.allow);
+    if (!reply) {
       let body = Buffer.alloc(0);
-      if (route[0] === 'POST') {
+      if (routed.method === 'POST') {
         const read = await readBody(req, MAX_BODY_BYTES);
         if (read === null) return; // the client went away
         if (Buffer.isBuffer(read)) body = read;
         else reply = read;
       }
-      if (!reply && body.length > 0 && !isJson(req.headers['content-type'])) {
-        reply = apiError(415, 'The request body must be sent as application/json', 'error-unsupported-media-type');
-      }
-      reply ??= component.call(route[1], witRequest(req, body));
+      reply ??= mediaTypeRefusal(req.headers['content-type'], body.length);
+      reply ??= component.call(routed.route, witRequest(req, body));
     }
     res.writeHead(reply.status, { 'content-type': 'application/json' });
     res.end(reply.body);
     log({
       event: 'request',
       method: req.method,
-      route: route ? path : '(unknown)',
+      route: routed.route ? path : '(unknown)',
       status: reply.status,
       latency_us: Number((process.hrtime.bigint() - started) / 1000n),
     });

@@ -14,6 +14,8 @@
 //   count(kind, key) / setCount(kind, key, c) / deleteCount(kind, key)
 //                              failed logins, kind 'account' or 'address',
 //                              and known login addresses, kind 'known'
+//   addressGate (optional)     where 'address' counts live, if not in count
+//                              records (see localAddressGate)
 // and, for the admin side (admin.mjs), insertUser(doc) and users().
 //
 // Functions return the `ok` value; an `err` is thrown as {payload} (jco's
@@ -135,6 +137,30 @@ function currentCount(c, at, max, blockMs) {
   return max > 0 && at >= c.lastAt + blockMs ? 0 : c.count;
 }
 
+/**
+ * The per-address half of login admission, over a store's 'address' count
+ * records: `admit` counts one attempt unless the address is at its limit
+ * (then false, nothing counted); `credit` takes one back after a right
+ * password. A store whose address counts live elsewhere supplies its own
+ * `addressGate` with the same two calls (host-workers: one Durable Object
+ * per address, which runs this one over its own records).
+ */
+export function localAddressGate(store) {
+  return {
+    admit(address, at, max, blockMs) {
+      const adr = store.count('address', address) ?? { count: 0, lastAt: 0 };
+      const now = currentCount(adr, at, max, blockMs);
+      if (max > 0 && now >= max) return false;
+      store.setCount('address', address, { count: now + 1, lastAt: at });
+      return true;
+    },
+    credit(address) {
+      const adr = store.count('address', address);
+      if (adr) store.setCount('address', address, { ...adr, count: Math.max(0, adr.count - 1) });
+    },
+  };
+}
+
 /** The record key of `address` as a known login address of `account`. */
 const knownKey = (account, address) => `${account}\n${address}`;
 
@@ -192,30 +218,26 @@ export function storageFunctions(store) {
     reserveLoginAttempt(account, address, at, limits) {
       at = Number(at);
       const maxAcc = limits.maxPerAccount;
-      const maxAdr = limits.maxPerAddress;
       const accMs = Number(limits.accountBlockMs);
-      const adrMs = Number(limits.addressBlockMs);
       const knownMs = Number(limits.knownAddressMs);
+      const gate = store.addressGate ?? localAddressGate(store);
       return store.transaction(() => {
         const acc = store.count('account', account) ?? { count: 0, lastAt: 0 };
-        const adr = store.count('address', address) ?? { count: 0, lastAt: 0 };
         const since = store.count('known', knownKey(account, address));
         const known = since !== undefined && knownMs > 0 && at < since.lastAt + knownMs;
         const accNow = currentCount(acc, at, maxAcc, accMs);
-        const adrNow = currentCount(adr, at, maxAdr, adrMs);
         if (!known && maxAcc > 0 && accNow >= maxAcc) return 'account-blocked';
-        if (maxAdr > 0 && adrNow >= maxAdr) return 'address-blocked';
+        if (!gate.admit(address, at, limits.maxPerAddress, Number(limits.addressBlockMs))) return 'address-blocked';
         if (!known) store.setCount('account', account, { count: accNow + 1, lastAt: at });
-        store.setCount('address', address, { count: adrNow + 1, lastAt: at });
         return 'admitted';
       });
     },
 
     loginSucceeded(account, address, at) {
+      const gate = store.addressGate ?? localAddressGate(store);
       store.transaction(() => {
         store.deleteCount('account', account);
-        const adr = store.count('address', address);
-        if (adr) store.setCount('address', address, { ...adr, count: Math.max(0, adr.count - 1) });
+        gate.credit(address);
         // Known since `at` (one record per account and address; a right
         // password is needed to add one, so they cannot be flooded).
         store.setCount('known', knownKey(account, address), { count: 0, lastAt: Number(at) });
