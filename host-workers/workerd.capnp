@@ -14,6 +14,9 @@ const config :Workerd.Config = (
   services = [
     (name = "rcpat", worker = .worker),
     (name = "state", disk = (writable = true)),
+    # The outbox's mail API may be on this machine or network (the tests'
+    # recorder is on 127.0.0.1); workerd's default reaches public addresses only.
+    (name = "outbound", network = (allow = ["public", "private", "local"])),
   ],
   sockets = [(name = "http", address = "127.0.0.1:8787", http = (), service = "rcpat")],
 );
@@ -26,6 +29,7 @@ const worker :Workerd.Worker = (
     (name = "rcpat.core3.wasm", wasm = embed "dist/rcpat.core3.wasm"),
   ],
   compatibilityDate = "2026-11-01",
+  globalOutbound = "outbound",
   bindings = [
     (name = "USERS", durableObjectNamespace = "UserObject"),
     (name = "DIRECTORY", durableObjectNamespace = "Directory"),

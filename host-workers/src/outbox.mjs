@@ -13,6 +13,8 @@ import { openSecret, sealSecret } from '../../host-node/src/keys.mjs';
 const MAX_BACKOFF_MS = 60 * 60 * 1000;
 /** Messages one alarm delivers before it yields (the rest: the next alarm, at once). */
 const BATCH = 16;
+/** A mail API that does not answer within this is a failed attempt. */
+const ATTEMPT_TIMEOUT_MS = 10_000;
 
 /** Adds `message` ({to, subject, text}) to the outbox, due now. */
 export function enqueue(storage, secretKey, message, now) {
@@ -49,7 +51,12 @@ export async function deliverDue(storage, secretKey, mail, now) {
     try {
       const headers = { 'content-type': 'application/json' };
       if (mail.token) headers.authorization = `Bearer ${mail.token}`;
-      const res = await fetch(mail.url, { method: 'POST', headers, body: JSON.stringify({ from: mail.from, ...message }) });
+      const res = await fetch(mail.url, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ from: mail.from, ...message }),
+        signal: AbortSignal.timeout(ATTEMPT_TIMEOUT_MS),
+      });
       await res.body?.cancel();
       ok = res.ok;
     } catch {

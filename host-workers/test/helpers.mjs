@@ -83,17 +83,22 @@ export async function startWorkerd({ state, env, port }) {
   const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
   const url = `http://127.0.0.1:${port}`;
   const ready = (async () => {
-    for (;;) {
+    const until = Date.now() + 20_000;
+    while (Date.now() < until && child.exitCode === null && child.signalCode === null) {
       try {
-        await fetch(`${url}/api/v1/me`);
-        return;
+        await fetch(`${url}/api/v1/me`, { signal: AbortSignal.timeout(2000) });
+        return 'ready';
       } catch {
         await new Promise((r) => setTimeout(r, 25));
       }
     }
+    return 'not answering after 20 s';
   })();
-  const first = await Promise.race([ready.then(() => 'ready'), exited]);
-  if (first !== 'ready') throw Object.assign(new Error(`workerd exited (${JSON.stringify(first)}): ${output}`), { output });
+  const first = await Promise.race([ready, exited]);
+  if (first !== 'ready') {
+    child.kill('SIGKILL');
+    throw Object.assign(new Error(`workerd did not start (${JSON.stringify(first)}): ${output}`), { output });
+  }
   return {
     url,
     port,
