@@ -6,6 +6,8 @@
 #   RCPAT_MAIL_URL                     the HTTP mail API the outbox posts to
 #   RCPAT_ADMIN_TOKEN (optional)       turns on POST /_rcpat/admin
 #   RCPAT_MAIL_RETRY_BASE_MS (optional) the outbox's first back-off (1000)
+#   RCPAT_SETTINGS (optional)          the component's settings, a JSON object
+#                                      (WIT `settings` in camelCase)
 # Durable Objects keep their SQLite files in DIR, so state survives a restart.
 # On Cloudflare, wrangler.jsonc says the same to the platform.
 using Workerd = import "/workerd/workerd.capnp";
@@ -40,6 +42,7 @@ const worker :Workerd.Worker = (
     (name = "MAIL_TOKEN", fromEnvironment = "RCPAT_MAIL_TOKEN"),
     (name = "ADMIN_TOKEN", fromEnvironment = "RCPAT_ADMIN_TOKEN"),
     (name = "MAIL_RETRY_BASE_MS", fromEnvironment = "RCPAT_MAIL_RETRY_BASE_MS"),
+    (name = "SETTINGS", fromEnvironment = "RCPAT_SETTINGS"),
   ],
   durableObjectNamespaces = [
     (className = "UserObject", uniqueKey = "rcpat-users", enableSql = true),

@@ -21,9 +21,10 @@ let shared = null;
 
 const log = (fields) => console.log(JSON.stringify({ time: new Date().toISOString(), ...fields }));
 
-/** The isolate's component (made at the first call: not at load, where randomness is refused). */
-function component(config) {
-  shared ??= new Component({
+/** The isolate's component, made on first use (config.mjs makes it at load, to check the settings). */
+export function component(config) {
+  if (shared) return shared;
+  shared = new Component({
     store,
     mail,
     keys: config.keys,
@@ -31,7 +32,14 @@ function component(config) {
       if (!active.quiet) log(fields);
     },
     coreModule: (name) => CORE[name],
+    settings: config.settings,
   });
+  const known = Object.keys(shared.endpoints().defaultSettings());
+  const unknown = Object.keys(config.settings).filter((name) => !known.includes(name));
+  if (unknown.length > 0) {
+    shared = null;
+    throw new Error(`SETTINGS names ${unknown.join(', ')}, which the component does not know (it knows ${known.join(', ')}); refusing to start`);
+  }
   return shared;
 }
 

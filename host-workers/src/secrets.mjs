@@ -21,6 +21,25 @@ function ms(value, fallback) {
   return Number.isInteger(n) && n > 0 ? n : fallback;
 }
 
+/**
+ * Rocket.Chat's settings the component takes (WIT `settings`, camelCase,
+ * e.g. {"rememberForSeconds": 1800}) as the SETTINGS var's JSON object;
+ * component.mjs refuses a name the component does not know.
+ */
+function settings(text) {
+  if (text === undefined || text === null || text === '') return {};
+  let parsed;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new Error('SETTINGS is not JSON; refusing to start');
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new Error('SETTINGS must be a JSON object; refusing to start');
+  }
+  return parsed;
+}
+
 /** Reads and checks the configuration; throws (the Worker does not start) when a secret is missing. */
 export function configure(env) {
   const codeKey = key(env, 'CODE_KEY');
@@ -39,5 +58,6 @@ export function configure(env) {
       retryBaseMs: ms(env.MAIL_RETRY_BASE_MS, 1000),
     },
     adminToken: admin,
+    settings: settings(env.SETTINGS),
   };
 }

@@ -163,9 +163,31 @@ test('workerd refuses to start without its secrets or mail API', async () => {
         return true;
       });
     }
-    const short = { ...full, RCPAT_CODE_KEY: 'ab'.repeat(16) };
-    await assert.rejects(startWorkerd({ state: mkdtempSync(join(tmpdir(), 'rcpat-workers-')), env: short }), /refusing to start/);
+    for (const [change, message] of [
+      [{ RCPAT_CODE_KEY: 'ab'.repeat(16) }, /CODE_KEY must be 64 hex digits/],
+      [{ RCPAT_SETTINGS: '{"twoFactorEnabeld":false}' }, /SETTINGS names twoFactorEnabeld, which the component does not know/],
+      [{ RCPAT_SETTINGS: '[1]' }, /SETTINGS must be a JSON object/],
+      [{ RCPAT_ADMIN_TOKEN: 'short' }, /ADMIN_TOKEN must be 32 characters or more/],
+    ]) {
+      await assert.rejects(startWorkerd({ state: mkdtempSync(join(tmpdir(), 'rcpat-workers-')), env: { ...full, ...change } }), (e) => {
+        assert.match(e.output, message);
+        assert.match(e.output, /refusing to start/);
+        return true;
+      });
+    }
   } finally {
     await mail.close();
+  }
+});
+
+test('SETTINGS reach the component: with two-factor off a session regenerates without a code', async () => {
+  const host = await startHost({ env: { RCPAT_SETTINGS: '{"twoFactorEnabled":false}' } });
+  try {
+    const u = await host.user('sam', { password: PASSWORD });
+    await host.issueToken(u.id, { kind: 'personal-access-token', name: 'ci' });
+    const r = await regenerate(host, u, 'ci');
+    assert.equal(r.status, 200, r.body);
+  } finally {
+    await host.close();
   }
 });
