@@ -82,7 +82,10 @@ export class Admin {
   /** Creates a user (email verified); answers the id (`id`: one chosen already, as a sharded host does). */
   createUser({ username, email, password, roles = ['user'], name = username, id = randomId(17) }) {
     if (!username || /[\u0000-\u001f\u007f]/.test(username)) throw new StoreError('a username must be non-empty, without control characters');
-    if (email !== undefined && /[\u0000-\u001f\u007f\s]/.test(email)) throw new StoreError('an email must not contain spaces or control characters');
+    if (typeof username !== 'string' || (email != null && typeof email !== 'string') || (password != null && typeof password !== 'string')) {
+      throw new StoreError('a username, email and password must be strings');
+    }
+    if (email != null && /[\u0000-\u001f\u007f\s]/.test(email)) throw new StoreError('an email must not contain spaces or control characters');
     if (this.store.userForLogin('username', username)) throw new StoreError(`user ${username} already exists`);
     this.store.insertUser({
       id,
@@ -90,9 +93,9 @@ export class Admin {
       name,
       roles: [...new Set(roles)].sort(),
       createdAt: this.clock.nowMs(),
-      emails: email ? [{ address: email, verified: true }] : [],
+      emails: email != null && email !== '' ? [{ address: email, verified: true }] : [],
       // Rocket.Chat's cost 10 over the SHA-256 digest clients send.
-      passwordBcrypt: password === undefined ? null : bcrypt.hashSync(passwordDigest(password), 10),
+      passwordBcrypt: password == null ? null : bcrypt.hashSync(passwordDigest(password), 10),
       totp: null,
       emailTwoFactor: false,
       emailCode: null,

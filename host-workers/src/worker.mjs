@@ -109,14 +109,26 @@ function adminAllowed(request) {
  * then creates the user in its object, and gives the names back if that fails.
  */
 async function admin(request, env) {
-  if (!adminAllowed(request)) return respond({ status: 404, body: JSON.stringify({ success: false, error: 'The endpoint was not found [error-not-found]', errorType: 'error-not-found' }) });
+  if (!adminAllowed(request)) return respond(routeOf(request.method, '/_rcpat/admin').reply);
   let args;
   try {
     args = await request.json();
   } catch {
     return Response.json({ error: 'the body must be JSON' }, { status: 400 });
   }
+  try {
+    const answer = await adminOp(env, args);
+    return Response.json(answer, { status: answer.error ? 400 : 200 });
+  } catch (e) {
+    log({ event: 'admin_failed', op: String(args?.op), error: e instanceof Error ? e.message : String(e) });
+    return Response.json({ error: 'the operation failed (see the log)' }, { status: 500 });
+  }
+}
+
+/** One admin operation: {ok} or {error}. */
+async function adminOp(env, args) {
   let answer;
+  if (args === null || typeof args !== 'object') return { error: 'the body must be a JSON object' };
   if (args.op === 'createUser') {
     const id = randomId(17);
     const emails = args.email ? [args.email] : [];
@@ -130,7 +142,7 @@ async function admin(request, env) {
   } else {
     answer = await userObject(env, String(args.userId)).admin(args.op, args);
   }
-  return Response.json(answer, { status: answer.error ? 400 : 200 });
+  return answer;
 }
 
 export default {
