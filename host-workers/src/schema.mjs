@@ -5,7 +5,7 @@
 // (SQLITE_AUTH), and `BEGIN` too (transactionSync is the way).
 //
 // Versions follow the other hosts' schema numbering
-// (`rcpat_store::SCHEMA_VERSION`, test/schema.test.mjs keeps them in step):
+// (`rcpat_store::SCHEMA_VERSION`, test/durability.test.mjs keeps them in step):
 // this host's first schema is version 14, so a contract change that bumps
 // the project's version adds its step here under the same number.
 
