@@ -10,7 +10,7 @@
 // the project's version adds its step here under the same number.
 
 /** The schema version this host writes (the project's, see above). */
-export const SCHEMA_VERSION = 14;
+export const SCHEMA_VERSION = 15;
 
 /** Each version's step, by the version it brings the schema to. */
 const MIGRATIONS = {
@@ -49,6 +49,8 @@ const MIGRATIONS = {
     );
     CREATE INDEX names_by_user ON names (user_id);
   `,
+  // 15: nothing here (PostgreSQL's indexes and flags for issue 30).
+  15: '',
 };
 
 /** The first version this host has a schema for. */

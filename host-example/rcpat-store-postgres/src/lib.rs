@@ -357,6 +357,68 @@ const MIGRATIONS: &[&str] = &[
         FOR EACH ROW EXECUTE FUNCTION rcpat_backup_codes_changed();
 
 "#,
+    // 15 (issue 30): `authenticate` probes the TOTP, emailed-code and
+    // per-user permission tables only for a user who has rows there (flags
+    // on the user's row), and a regeneration writes one index entry fewer:
+    // its new hash makes the UPDATE non-HOT, so every index of `tokens` gets
+    // an entry, and `tokens_by_user` and `pat_names` become one unique index
+    // on (user_id, kind, name) (a login token has no name, so NULLs never
+    // collide; PAT names stay unique per user).
+    //
+    // One trigger function derives every such column from the rows, and
+    // first locks the user's row: a concurrent change to the same user's rows
+    // holds that lock until it commits, and the statement after the lock
+    // takes a fresh snapshot (READ COMMITTED), so the last writer derives
+    // from both changes. Migration 14's triggers derived inside the UPDATE,
+    // from a snapshot taken before the wait: a role granted while another
+    // was revoked could be lost from `users.roles`.
+    r#"
+    ALTER TABLE users ADD COLUMN has_totp BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE users ADD COLUMN has_email_code BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE users ADD COLUMN has_user_permissions BOOLEAN NOT NULL DEFAULT FALSE;
+
+    CREATE FUNCTION rcpat_derive_user(p_u TEXT) RETURNS VOID AS $$
+    BEGIN
+        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
+        UPDATE users u SET
+            roles = ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role),
+            has_backup_codes = EXISTS(SELECT 1 FROM backup_codes b WHERE b.user_id = u.id),
+            has_totp = EXISTS(SELECT 1 FROM totp t WHERE t.user_id = u.id),
+            has_email_code = EXISTS(SELECT 1 FROM email_codes e WHERE e.user_id = u.id),
+            has_user_permissions = EXISTS(SELECT 1 FROM user_permissions p WHERE p.user_id = u.id)
+            WHERE u.id = p_u;
+    END $$ LANGUAGE plpgsql;
+    SELECT rcpat_derive_user(id) FROM users;
+
+    CREATE FUNCTION rcpat_user_rows_changed() RETURNS trigger AS $$
+    BEGIN
+        IF TG_OP <> 'INSERT' THEN PERFORM rcpat_derive_user(OLD.user_id); END IF;
+        IF TG_OP <> 'DELETE' AND (TG_OP = 'INSERT' OR NEW.user_id IS DISTINCT FROM OLD.user_id) THEN
+            PERFORM rcpat_derive_user(NEW.user_id);
+        END IF;
+        RETURN NULL;
+    END $$ LANGUAGE plpgsql;
+    DROP TRIGGER user_roles_on_user ON user_roles;
+    DROP TRIGGER backup_codes_on_user ON backup_codes;
+    DROP FUNCTION rcpat_roles_changed();
+    DROP FUNCTION rcpat_backup_codes_changed();
+    CREATE TRIGGER user_roles_on_user AFTER INSERT OR DELETE OR UPDATE OF user_id, role ON user_roles
+        FOR EACH ROW EXECUTE FUNCTION rcpat_user_rows_changed();
+    CREATE TRIGGER backup_codes_on_user AFTER INSERT OR DELETE OR UPDATE OF user_id ON backup_codes
+        FOR EACH ROW EXECUTE FUNCTION rcpat_user_rows_changed();
+    CREATE TRIGGER totp_on_user AFTER INSERT OR DELETE OR UPDATE OF user_id ON totp
+        FOR EACH ROW EXECUTE FUNCTION rcpat_user_rows_changed();
+    CREATE TRIGGER email_codes_on_user AFTER INSERT OR DELETE OR UPDATE OF user_id ON email_codes
+        FOR EACH ROW EXECUTE FUNCTION rcpat_user_rows_changed();
+    CREATE TRIGGER user_permissions_on_user AFTER INSERT OR DELETE OR UPDATE OF user_id ON user_permissions
+        FOR EACH ROW EXECUTE FUNCTION rcpat_user_rows_changed();
+
+    UPDATE tokens SET name = NULL WHERE kind = 'login' AND name IS NOT NULL;
+    ALTER TABLE tokens ADD CONSTRAINT login_tokens_unnamed CHECK (kind = 'pat' OR name IS NULL);
+    CREATE UNIQUE INDEX tokens_by_user_kind_name ON tokens (user_id, kind, name);
+    DROP INDEX tokens_by_user;
+    DROP INDEX pat_names;
+"#,
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.
@@ -822,7 +884,7 @@ impl Db<'_> {
 /// TOTP (whether backup codes were issued, not the codes), the outstanding
 /// emailed code (columns 0 to 21; `$extra` columns follow).
 macro_rules! user_select {
-    ($extra:expr, $from_where:literal) => {
+    ($extra:expr, $from:literal, $where:literal) => {
         concat!(
             "SELECT u.id, u.username, u.name, u.created_at, u.email, u.email_verified, \
              u.password_bcrypt, u.email_two_factor, u.failed_count, u.failed_last_at, \
@@ -832,7 +894,16 @@ macro_rules! user_select {
              e.code_hash, e.salt, e.expires_at, e.attempts",
             $extra,
             " ",
-            $from_where
+            $from,
+            // The user's TOTP and emailed-code rows, probed only when the
+            // user's row says they exist (migration 15): `OFFSET 0` keeps each
+            // subquery whole, so its condition on `u` is a one-time filter
+            // that skips the index scan, not a filter after it.
+            " LEFT JOIN LATERAL (SELECT secret, secret_key_id, algorithm, digits, period, last_used_step \
+             FROM totp WHERE totp.user_id = u.id AND u.has_totp OFFSET 0) t ON TRUE \
+             LEFT JOIN LATERAL (SELECT code_hash, salt, expires_at, attempts FROM email_codes \
+             WHERE email_codes.user_id = u.id AND u.has_email_code OFFSET 0) e ON TRUE ",
+            $where
         )
     };
 }
@@ -857,13 +928,16 @@ macro_rules! permitted {
 }
 
 /// `permitted!` for the user row `u` of the query, through its cached
-/// roles (`users.roles`, migration 14) instead of a join on `user_roles`.
+/// roles (`users.roles`, migration 14) instead of a join on `user_roles`,
+/// and probing `user_permissions` only for a user who has rows there
+/// (`users.has_user_permissions`, migration 15; `CASE` skips the subquery).
 macro_rules! permitted_by_row {
     ($permission:literal) => {
         concat!(
-            "COALESCE((SELECT granted FROM user_permissions WHERE user_id = u.id AND permission = ",
+            "COALESCE(CASE WHEN u.has_user_permissions THEN \
+             (SELECT granted FROM user_permissions WHERE user_id = u.id AND permission = ",
             $permission,
-            "), EXISTS(SELECT 1 FROM permission_roles pr WHERE pr.permission = ",
+            ") END, EXISTS(SELECT 1 FROM permission_roles pr WHERE pr.permission = ",
             $permission,
             " AND pr.role = ANY(u.roles)))"
         )
@@ -1088,20 +1162,21 @@ impl Storage for PostgresStorage {
         permission: Option<&str>,
     ) -> HostResult<Option<Session>> {
         self.single(|db| {
-            let row = db.query_opt(
-                user_select!(
-                    concat!(
-                        ", k.kind, k.bypass_two_factor, k.authorized_hash, k.authorized_until, \
+            let row = db
+                .query_opt(
+                    user_select!(
+                        concat!(
+                            ", k.kind, k.bypass_two_factor, k.authorized_hash, k.authorized_until, \
                          k.name, k.created_at, k.last_used_at, k.expires_at, \
                          $3::TEXT IS NOT NULL AND ",
-                        permitted_by_row!("$3")
+                            permitted_by_row!("$3")
+                        ),
+                        "FROM tokens k JOIN users u ON u.id = k.user_id",
+                        "WHERE k.hashed_token = $1 AND k.user_id = $2"
                     ),
-                    "FROM tokens k JOIN users u ON u.id = k.user_id \
-                     LEFT JOIN totp t ON t.user_id = u.id LEFT JOIN email_codes e ON e.user_id = u.id \
-                     WHERE k.hashed_token = $1 AND k.user_id = $2"
-                ),
-                &[&hashed_token, &user_id, &permission],
-            ).map_err(pg)?;
+                    &[&hashed_token, &user_id, &permission],
+                )
+                .map_err(pg)?;
             let Some(r) = row else { return Ok(None) };
             let token = LoginToken {
                 hashed_token: hashed_token.to_string(),
@@ -1132,8 +1207,8 @@ impl Storage for PostgresStorage {
                 LoginIdentifier::Username(n) => db.query_opt(
                     user_select!(
                         "",
-                        "FROM users u LEFT JOIN totp t ON t.user_id = u.id \
-                         LEFT JOIN email_codes e ON e.user_id = u.id WHERE u.username = $1"
+                        "FROM users u",
+                        "WHERE u.username = $1"
                     ),
                     &[n],
                 ).map_err(pg)?,
@@ -1141,9 +1216,8 @@ impl Storage for PostgresStorage {
                 LoginIdentifier::Email(e) => db.query_opt(
                     user_select!(
                         "",
-                        "FROM users u LEFT JOIN totp t ON t.user_id = u.id \
-                         LEFT JOIN email_codes e ON e.user_id = u.id \
-                         WHERE lower(u.email COLLATE \"C\") = lower($1::text COLLATE \"C\") ORDER BY u.created_at, u.id LIMIT 1"
+                        "FROM users u",
+                        "WHERE lower(u.email COLLATE \"C\") = lower($1::text COLLATE \"C\") ORDER BY u.created_at, u.id LIMIT 1"
                     ),
                     &[e],
                 ).map_err(pg)?,
