@@ -9,7 +9,10 @@
 #      request between the hosts and the database's processes;
 #   3. the database's floor for a request's statements: pgbench running a
 #      bare pair (an indexed SELECT of a token with its user, a conditional
-#      UPDATE of that token) with no host in between.
+#      UPDATE of that token) with no host in between, at full speed and
+#      paced (-R) at the one host's rate, where the database's per-second
+#      costs are spread over as many requests as the host's; the last line
+#      gives the host's database CPU per request against both.
 # A throw-away cluster with the defaults that matter (fsync=on,
 # synchronous_commit=on), stopped on exit. Needs a release build:
 #   cargo build --release -p host-example && bench/postgres.sh
@@ -83,8 +86,9 @@ pgbench_cpu() {
     after=$(busy_ticks)
     echo "$out" | grep -E "^(tps|latency average)"
     txns=$(echo "$out" | awk -F': ' '/^number of transactions actually processed/{print $2+0}')
+    last_pg_db=$(( (d1 - d0) * 1000000 / tick / txns ))
     echo "machine CPU per transaction: $(( (after - before) * 1000000 / tick / txns )) µs ($txns transactions)," \
-        "of which the database $(( (d1 - d0) * 1000000 / tick / txns )) µs"
+        "of which the database $last_pg_db µs"
 }
 
 echo "== pgbench -b simple-update -c 16 -j 2 -T 8 (the database's ceiling)"
@@ -130,8 +134,10 @@ run_hosts() {
     echo "$out"
     requests=$(echo "$out" | awk '$1 == "requests" {print $2}')
     # Seeding is counted too (a few ms of each: negligible against the run).
+    last_db=$(( ($(database_ticks) - d0) * 1000000 / tick / requests ))
+    last_rate=$(( requests / SECS ))
     echo "  split           hosts $(( ($(cpu_ticks "${hosts[@]}") - h0) * 1000000 / tick / requests )) µs," \
-        "database $(( ($(database_ticks) - d0) * 1000000 / tick / requests )) µs per request"
+        "database $last_db µs per request"
     for pid in "${hosts[@]}"; do stop_host "$pid"; done
     hosts=()
 }
@@ -148,6 +154,7 @@ echo "== host-example bench: 1 host on SQLite, $USERS users, $CONNECTIONS connec
 stop_host "${hosts[0]}"
 hosts=()
 run_hosts 1 "synchronous_commit=on"
+host_db=$last_db host_rate=$last_rate
 run_hosts 2 "synchronous_commit=on"
 run_hosts 1 "synchronous_commit=on, --native (the same logic without the component)" --native
 
@@ -168,8 +175,22 @@ printf '%s\n' "$pick" \
 floor=(-n -M prepared -c "$CONNECTIONS" -j 2 -T "$SECS")
 echo "== pgbench: the bare pair (SELECT a token and its user; UPDATE the token), -c $CONNECTIONS -j 2, $SECS s"
 pgbench_cpu "${floor[@]}" -f "$dir/pair.sql" rcpat
+pair_db=$last_pg_db
 echo "== pgbench: the pick alone (the pair's figure includes it)"
 pgbench_cpu "${floor[@]}" -f "$dir/pick.sql" rcpat
+pick_db=$last_pg_db
+# The same pair at the one host's request rate: a database's fixed costs
+# (WAL writer, flushes shared by fewer commits, background processes) are
+# per second, so at the pair's full rate they are spread over more requests.
+echo "== pgbench: the bare pair at the 1-host rate (-R $host_rate)"
+pgbench_cpu "${floor[@]}" -R "$host_rate" -f "$dir/pair.sql" rcpat
+paced_db=$last_pg_db
+echo "== pgbench: the pick alone at that rate"
+pgbench_cpu "${floor[@]}" -R "$host_rate" -f "$dir/pick.sql" rcpat
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+echo "== database CPU per regeneration (1 host, component: $host_db µs) against the bare pair less its pick:"
+echo "   at full rate $(ratio "$host_db" $((pair_db - pick_db)))x ($((pair_db - pick_db)) µs)," \
+    "at the host's rate $(ratio "$host_db" $((paced_db - last_pg_db)))x ($((paced_db - last_pg_db)) µs)"
 psql -d rcpat -c "DROP TABLE bench_pick"
 # What durability costs: the same with commits acknowledged before the WAL
 # is flushed (a crash may lose the last ~0.6 s of acknowledged writes).
