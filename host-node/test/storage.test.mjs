@@ -183,6 +183,21 @@ for (const kind of ['memory', 'sqlite']) {
         t.close();
       }
     });
+
+    test('admin: a login token has no name, a PAT has one (as rcpat_store::TokenRecord::check)', () => {
+      const t = open(kind);
+      try {
+        const id = t.admin.createUser({ username: 'u' });
+        assert.throws(() => t.admin.issueToken(id, { kind: 'login', name: 'x' }), /a login token has no name/);
+        assert.throws(() => t.admin.issueToken(id, { kind: 'personal-access-token' }), /needs a name/);
+        assert.throws(() => t.admin.issueToken(id, { kind: 'other' }), /unknown token kind/);
+        assert.equal(t.store.user(id).tokens.length, 0);
+        t.admin.issueToken(id, { kind: 'personal-access-token', name: 'ci' });
+        assert.deepEqual(t.s.listPersonalAccessTokens(id).map((p) => p.name), ['ci']);
+      } finally {
+        t.close();
+      }
+    });
   });
 }
 

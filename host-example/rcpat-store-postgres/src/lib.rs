@@ -1882,6 +1882,7 @@ impl Admin for PostgresStorage {
     }
 
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()> {
+        token.check()?;
         self.single(|db| insert_token(db, user_id, token).map(drop))
     }
 

@@ -1446,6 +1446,7 @@ let n = &n;
     }
 
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()> {
+        token.check()?;
         let (user_id, token) = (user_id.to_owned(), token.clone());
         self.write(move |tx| {
             let (user_id, token) = (user_id.as_str(), &token);

@@ -826,6 +826,32 @@ pub fn admin_calls(store: &dyn Backend) {
             (vec!["admin".to_string()], true, true),
             "{name}"
         );
+        let mut named_login = TokenRecord::login("s9", T0);
+        named_login.name = Some("x".into());
+        assert!(
+            b.add_token(ALICE, &named_login).is_err(),
+            "{name}: a login token has no name"
+        );
+        let mut unnamed_pat = TokenRecord::personal_access_token(&pat("y", "p9"));
+        unnamed_pat.name = None;
+        assert!(
+            b.add_token(ALICE, &unnamed_pat).is_err(),
+            "{name}: a PAT has a name"
+        );
+        assert_eq!(
+            b.authenticate(ALICE, "s9", None)
+                .unwrap()
+                .map(|s| s.user.id),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            b.authenticate(ALICE, "p9", None)
+                .unwrap()
+                .map(|s| s.user.id),
+            None,
+            "{name}"
+        );
         b.set_totp(ALICE, None).unwrap();
         assert_eq!(
             b.authenticate(ALICE, "s1", None)

@@ -112,6 +112,20 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// Refuses a record no backend stores: a login token with a name, or a
+    /// personal access token without one. Every `Admin::add_token` checks it
+    /// first, so the backends agree (PostgreSQL's token index relies on
+    /// login tokens having no name, migration 15).
+    pub fn check(&self) -> Result<()> {
+        match (self.kind, &self.name) {
+            (TokenKind::Login, Some(_)) => Err(Error::invalid("a login token has no name")),
+            (TokenKind::PersonalAccessToken, None) => {
+                Err(Error::invalid("a personal access token needs a name"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The stored form of a personal access token.
     pub fn personal_access_token(t: &PersonalAccessToken) -> Self {
         TokenRecord {

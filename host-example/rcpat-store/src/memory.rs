@@ -676,6 +676,7 @@ impl Admin for MemoryStorage {
     }
 
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()> {
+        token.check()?;
         self.with(|s| {
             let u = user_mut(s, user_id)?;
             if let Some(name) = &token.name
