@@ -60,3 +60,23 @@ export function openSecret(key, sealed) {
   d.setAuthTag(raw.subarray(raw.length - 16));
   return Buffer.concat([d.update(raw.subarray(12, raw.length - 16)), d.final()]).toString('utf8');
 }
+
+/**
+ * A user document as stored, and back: JSON with the TOTP secret sealed
+ * under `keys.secretKey` (the one place both document stores, SQLite here
+ * and the Worker's Durable Objects, turn a row into a user and back).
+ */
+export function userDocuments(keys) {
+  return {
+    decode(row) {
+      if (!row) return undefined;
+      const doc = JSON.parse(row.doc);
+      if (doc.totp) doc.totp.secret = openSecret(keys.secretKey, doc.totp.secret);
+      return doc;
+    },
+    encode(doc) {
+      if (!doc.totp) return JSON.stringify(doc);
+      return JSON.stringify({ ...doc, totp: { ...doc.totp, secret: sealSecret(keys.secretKey, doc.totp.secret) } });
+    },
+  };
+}

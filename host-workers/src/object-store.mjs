@@ -11,7 +11,7 @@
 // keys.mjs) before they reach storage.
 
 import { asciiLower, StoreError } from '../../host-node/src/storage/store.mjs';
-import { openSecret, sealSecret } from '../../host-node/src/keys.mjs';
+import { userDocuments } from '../../host-node/src/keys.mjs';
 import { schema } from './schema.mjs';
 
 /** The store of the object whose state is `storage` (ctx.storage). */
@@ -21,16 +21,7 @@ export function objectStore(storage, keys) {
   const rows = (query, ...args) => sql.exec(query, ...args).toArray();
   const first = (query, ...args) => (shape.exists() ? rows(query, ...args)[0] : undefined);
 
-  const decode = (row) => {
-    if (!row) return undefined;
-    const doc = JSON.parse(row.doc);
-    if (doc.totp) doc.totp.secret = openSecret(keys.secretKey, doc.totp.secret);
-    return doc;
-  };
-  const encode = (doc) => {
-    if (!doc.totp) return JSON.stringify(doc);
-    return JSON.stringify({ ...doc, totp: { ...doc.totp, secret: sealSecret(keys.secretKey, doc.totp.secret) } });
-  };
+  const { decode, encode } = userDocuments(keys);
   const transaction = (fn) => {
     shape.ensure();
     return storage.transactionSync(fn);

@@ -9,7 +9,7 @@
 import Database from 'better-sqlite3';
 import { closeSync, openSync } from 'node:fs';
 import { asciiLower } from './store.mjs';
-import { openSecret, sealSecret } from '../keys.mjs';
+import { userDocuments } from '../keys.mjs';
 
 const SCHEMA_VERSION = 1;
 const MIGRATIONS = [
@@ -63,16 +63,7 @@ export function openSqlite(path, keys) {
     users: db.prepare('SELECT doc FROM users ORDER BY username'),
   };
 
-  const decode = (row) => {
-    if (!row) return undefined;
-    const doc = JSON.parse(row.doc);
-    if (doc.totp) doc.totp.secret = openSecret(keys.secretKey, doc.totp.secret);
-    return doc;
-  };
-  const encode = (doc) => {
-    if (!doc.totp) return JSON.stringify(doc);
-    return JSON.stringify({ ...doc, totp: { ...doc.totp, secret: sealSecret(keys.secretKey, doc.totp.secret) } });
-  };
+  const { decode, encode } = userDocuments(keys);
   // Nested calls (a storage call inside an admin transaction) join the outer one.
   const immediate = (fn) => (db.inTransaction ? fn() : db.transaction(fn).immediate());
 
