@@ -18,6 +18,7 @@ pub mod error;
 pub mod loadgen;
 pub mod mail;
 pub mod password_pool;
+pub mod refused;
 pub mod runtime;
 pub mod server;
 pub mod services;

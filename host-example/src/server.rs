@@ -237,7 +237,7 @@ async fn handle(
     });
     let reply = match endpoint {
         None => {
-            drain_refused(req.into_body()).await;
+            crate::refused::drain(req.into_body()).await;
             ApiError::NotFound.to_response()
         }
         Some(ep) => dispatch(&app, ep, client, req).await,
@@ -298,7 +298,7 @@ async fn dispatch(
         (Method::GET, "GET")
     };
     if req.method() != expected {
-        drain_refused(req.into_body()).await;
+        crate::refused::drain(req.into_body()).await;
         return ApiError::MethodNotAllowed(allowed).to_response();
     }
     let (parts, body) = req.into_parts();
@@ -428,24 +428,6 @@ fn log_security_event(
 
 /// Whether reading a body failed because it exceeded the limit (rather than
 /// because it ended early or the connection broke).
-/// The most of a refused request's body read before its reply (a larger one
-/// is left unread, and its connection closed).
-const DRAINED_BODY_BYTES: usize = 16 * 1024;
-/// The longest a refused request's body is waited for.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Reads the small body of a request refused without it (404, 405) to its
-/// end, bounded in size and time: a reply sent before the body arrived
-/// makes hyper close the connection, and a client reusing it for its next
-/// request would find it gone.
-pub(crate) async fn drain_refused(body: Body) {
-    let _ = tokio::time::timeout(
-        DRAIN_TIMEOUT,
-        axum::body::to_bytes(body, DRAINED_BODY_BYTES),
-    )
-    .await;
-}
-
 fn is_length_limit(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {

@@ -42,7 +42,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
         // Another method on the page's paths: the API's 405, in its JSON
         // shape (axum adds `Allow: GET,HEAD`).
         .method_not_allowed_fallback(|body: axum::body::Body| async move {
-            crate::server::drain_refused(body).await;
+            crate::refused::drain(body).await;
             let reply = rcpat::reply::ApiError::MethodNotAllowed("GET").to_response();
             let mut resp = (StatusCode::METHOD_NOT_ALLOWED, reply.body).into_response();
             resp.headers_mut().insert(
