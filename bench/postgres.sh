@@ -187,10 +187,11 @@ pgbench_cpu "${floor[@]}" -R "$host_rate" -f "$dir/pair.sql" rcpat
 paced_db=$last_pg_db
 echo "== pgbench: the pick alone at that rate"
 pgbench_cpu "${floor[@]}" -R "$host_rate" -f "$dir/pick.sql" rcpat
+paced_pick_db=$last_pg_db
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 echo "== database CPU per regeneration (1 host, component: $host_db µs) against the bare pair less its pick:"
 echo "   at full rate $(ratio "$host_db" $((pair_db - pick_db)))x ($((pair_db - pick_db)) µs)," \
-    "at the host's rate $(ratio "$host_db" $((paced_db - last_pg_db)))x ($((paced_db - last_pg_db)) µs)"
+    "at the host's rate $(ratio "$host_db" $((paced_db - paced_pick_db)))x ($((paced_db - paced_pick_db)) µs)"
 psql -d rcpat -c "DROP TABLE bench_pick"
 # What durability costs: the same with commits acknowledged before the WAL
 # is flushed (a crash may lose the last ~0.6 s of acknowledged writes).

@@ -150,11 +150,11 @@ export class Admin {
   /** Issues a token outside the API (a session, or a PAT); answers its plaintext. */
   issueToken(userId, { kind = 'login', name = null, bypassTwoFactor = false } = {}) {
     // As rcpat_store's TokenRecord::check: every host refuses the same records.
+    if (kind !== 'login' && kind !== 'personal-access-token') throw new StoreError(`unknown token kind ${kind}`);
     if (kind === 'login' && name !== null) throw new StoreError('a login token has no name');
     if (kind === 'personal-access-token' && (typeof name !== 'string' || name === '')) {
       throw new StoreError('a personal access token needs a name');
     }
-    if (kind !== 'login' && kind !== 'personal-access-token') throw new StoreError(`unknown token kind ${kind}`);
     const { token, hashed } = newToken();
     this.#update(userId, (u) => {
       if (kind === 'personal-access-token' && u.tokens.some((t) => t.kind === kind && t.name === name)) {

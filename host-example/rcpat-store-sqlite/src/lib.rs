@@ -199,7 +199,8 @@ const MIGRATIONS: &[&str] = &[
     // 14: nothing here. PostgreSQL keeps the roles and whether backup codes
     // exist on the user's row (its `authenticate` then reads one row less
     // per table); SQLite reads them in the same snapshot at no round trip.
-    "", // 15: nothing here either: PostgreSQL's flags for TOTP, emailed-code
+    "",
+    // 15: nothing here either: PostgreSQL's flags for TOTP, emailed-code
     // and per-user permission rows, and its merged token index.
     "",
 ];
