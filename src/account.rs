@@ -106,6 +106,7 @@ pub fn me(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
                 me: me_of(&session.user),
                 success: true,
             }),
+            events: Vec::new(),
         })
     })())
 }
@@ -266,6 +267,7 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
                 status: "success",
                 data,
             }),
+            events: Vec::new(),
         })
     })();
     result.unwrap_or_else(|e| e.to_login_response())

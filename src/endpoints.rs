@@ -59,11 +59,20 @@ fn authenticate_unmarked(
     {
         return Err(ApiError::NotLoggedIn);
     }
-    let session = env
+    let hashed_token = token::hash_token(token);
+    let Some(session) = env
         .storage()
-        .authenticate(user_id, &token::hash_token(token), permission)
+        .authenticate(user_id, &hashed_token, permission)
         .map_err(|_| ApiError::StorageFailure)?
-        .ok_or(ApiError::NotLoggedIn)?;
+    else {
+        return Err(crate::reuse::unknown_token(
+            env,
+            settings,
+            user_id,
+            &hashed_token,
+            &req.client_address,
+        ));
+    };
     if session.token.kind == TokenKind::Login && settings.login_expiration_days > 0 {
         let lifetime_ms = u64::from(settings.login_expiration_days) * 86_400_000;
         if env.now_ms() >= session.token.created_at.saturating_add(lifetime_ms) {
@@ -413,6 +422,7 @@ impl Retry {
         Ok(Some(Response {
             status: 200,
             body: opened.body,
+            events: Vec::new(),
         }))
     }
 
@@ -518,10 +528,18 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         let created = reply::token_created(&plaintext);
         passed.proof.reply = retry.map(|r| r.keep(env, settings, &created, retires_presented));
         // One compare-and-swap: the old value is replaced by the new one at
-        // once, and the reply kept for retries with it.
+        // once, kept as superseded (reuse detection), and the reply kept
+        // for retries with it.
+        let keep_superseded = crate::reuse::retention(settings, replacement.created_at);
         match env
             .storage()
-            .replace_personal_access_token(user_id, &old.hashed_token, &replacement, &passed.proof)
+            .replace_personal_access_token(
+                user_id,
+                &old.hashed_token,
+                &replacement,
+                &passed.proof,
+                keep_superseded,
+            )
             .map_err(|_| ApiError::StorageFailure)?
         {
             WriteOutcome::Done => Ok(created),
@@ -676,6 +694,7 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
                 tokens: items,
                 success: true,
             }),
+            events: Vec::new(),
         })
     })())
 }

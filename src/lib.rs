@@ -18,6 +18,7 @@ pub mod idempotency;
 pub mod model;
 pub mod reply;
 pub mod request;
+pub mod reuse;
 pub mod storage;
 pub mod time;
 pub mod token;

@@ -295,6 +295,47 @@ impl Request {
 pub struct Response {
     pub status: u16,
     pub body: String,
+    /// What the reply does not show, for the host's log and metrics.
+    pub events: Vec<SecurityEvent>,
+}
+
+impl Response {
+    /// A reply with no security event.
+    pub fn new(status: u16, body: String) -> Self {
+        Response {
+            status,
+            body,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// `security-event`: what a reply hides from the client but the host logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecurityEvent {
+    /// A superseded value of the PAT with this name came back; its family was revoked.
+    SupersededTokenReused(String),
+}
+
+/// `superseded-retention`: how a replacement keeps the value it replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SupersededRetention {
+    pub forget_before: TimestampMs,
+    pub max_per_user: u32,
+}
+
+/// `superseded-token`: a kept superseded value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupersededToken {
+    pub name: String,
+    pub superseded_at: TimestampMs,
+}
+
+/// `revoked-token`: what reuse detection removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedToken {
+    pub name: String,
+    pub verified_emails: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,6 +363,10 @@ pub struct Settings {
     pub max_token_lifetime_days: u32,
     /// Hours a reply is kept for `Idempotency-Key` retries; 0: the header is ignored.
     pub idempotency_key_hours: u32,
+    /// Whether a superseded PAT value that comes back revokes its family.
+    pub reuse_detection: bool,
+    /// Days a superseded value is kept for reuse detection.
+    pub superseded_token_retention_days: u32,
 }
 
 /// Builds a `$to` from every setting of `$from`, plus `$extra` fields: the
@@ -354,6 +399,8 @@ macro_rules! copy_settings {
             token_prefix: ::core::convert::Into::into(::core::clone::Clone::clone(&s.token_prefix)),
             max_token_lifetime_days: s.max_token_lifetime_days,
             idempotency_key_hours: s.idempotency_key_hours,
+            reuse_detection: s.reuse_detection,
+            superseded_token_retention_days: s.superseded_token_retention_days,
             $($extra)*
         }
     }};
@@ -399,6 +446,8 @@ impl Default for Settings {
             token_prefix: crate::token::TokenPrefix::default(),
             max_token_lifetime_days: 0,
             idempotency_key_hours: 24,
+            reuse_detection: true,
+            superseded_token_retention_days: 30,
         }
     }
 }

@@ -60,6 +60,10 @@ pub struct TwoFactorDetails {
 pub enum ApiError {
     /// 401: no or unknown credentials.
     NotLoggedIn,
+    /// 401, exactly `NotLoggedIn`'s: a superseded value of the PAT with
+    /// this name was presented and its family revoked (`reuse.rs`); the
+    /// reply's `events` tell the host.
+    SupersededTokenReused(String),
     /// 400: a 2FA challenge or failure.
     TwoFactor(TwoFactorFailure, TwoFactorDetails),
     /// 400: `tokenName` missing or falsy (Rocket.Chat's exact text, no errorType).
@@ -160,12 +164,24 @@ struct LoginErrorBody<'a> {
 impl ApiError {
     /// The HTTP status and JSON body of this error.
     pub fn to_response(&self) -> Response {
-        if *self == ApiError::NotLoggedIn {
+        let events = match self {
+            ApiError::SupersededTokenReused(name) => {
+                vec![crate::model::SecurityEvent::SupersededTokenReused(
+                    name.clone(),
+                )]
+            }
+            _ => Vec::new(),
+        };
+        if matches!(
+            self,
+            ApiError::NotLoggedIn | ApiError::SupersededTokenReused(_)
+        ) {
             // The documented body; Rocket.Chat's oldest and documented shape.
             return Response {
                 status: 401,
                 body: r#"{"status":"error","message":"You must be logged in to do this."}"#
                     .to_string(),
+                events,
             };
         }
         let (status, reason, error_type, details) = self.parts();
@@ -189,6 +205,7 @@ impl ApiError {
         Response {
             status,
             body: to_json(&body),
+            events: Vec::new(),
         }
     }
 
@@ -197,7 +214,9 @@ impl ApiError {
     pub fn to_login_response(&self) -> Response {
         let (status, reason, error_type, details) = self.parts();
         let (status, error, message) = match self {
-            ApiError::NotLoggedIn => (401, "Unauthorized", "Unauthorized".to_string()),
+            ApiError::NotLoggedIn | ApiError::SupersededTokenReused(_) => {
+                (401, "Unauthorized", "Unauthorized".to_string())
+            }
             ApiError::TwoFactor(..) => (401, error_type.unwrap_or_default(), reason),
             _ => (status, error_type.unwrap_or("error"), reason),
         };
@@ -210,6 +229,7 @@ impl ApiError {
         Response {
             status,
             body: to_json(&body),
+            events: Vec::new(),
         }
     }
 
@@ -217,7 +237,7 @@ impl ApiError {
     fn parts(&self) -> (u16, String, Option<&'static str>, Option<Details<'_>>) {
         use ApiError::*;
         match self {
-            NotLoggedIn => (
+            NotLoggedIn | SupersededTokenReused(_) => (
                 401,
                 "You must be logged in to do this.".into(),
                 Some("unauthorized"),
@@ -407,6 +427,7 @@ pub fn token_created(token: &str) -> Response {
             token,
             success: true,
         }),
+        events: Vec::new(),
     }
 }
 
@@ -415,6 +436,7 @@ pub fn logged_out() -> Response {
     Response {
         status: 200,
         body: r#"{"status":"success","data":{"message":"You've been logged out!"}}"#.to_string(),
+        events: Vec::new(),
     }
 }
 
@@ -423,6 +445,7 @@ pub fn success() -> Response {
     Response {
         status: 200,
         body: r#"{"success":true}"#.to_string(),
+        events: Vec::new(),
     }
 }
 

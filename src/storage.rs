@@ -83,10 +83,16 @@ macro_rules! storage_calls {
                 (user_id: [&str], token: [&PersonalAccessToken], proof: [&FactorProof])
                 -> [WriteOutcome];
             replace_personal_access_token "replace-personal-access-token"
-                (user_id: [&str], expected_hashed_token: [&str], replacement: [&PersonalAccessToken], proof: [&FactorProof])
+                (user_id: [&str], expected_hashed_token: [&str], replacement: [&PersonalAccessToken], proof: [&FactorProof], keep_superseded: [Option<SupersededRetention>])
                 -> [WriteOutcome];
             remove_personal_access_token "remove-personal-access-token"
                 (user_id: [&str], name: [&str], proof: [&FactorProof]) -> [WriteOutcome];
+            find_superseded_token "find-superseded-token"
+                (user_id: [&str], hashed_token: [&str], not_before: [TimestampMs])
+                -> [Option<SupersededToken>];
+            revoke_superseded_family "revoke-superseded-family"
+                (user_id: [&str], hashed_token: [&str], not_before: [TimestampMs])
+                -> [Option<RevokedToken>];
             reserve_two_factor_attempt "reserve-two-factor-attempt"
                 (user_id: [&str], at: [TimestampMs], window_start: [TimestampMs], max_failed: [u32], max_email_code_attempts: [Option<u32>])
                 -> [AttemptReservation];

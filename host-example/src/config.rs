@@ -207,6 +207,12 @@ pub struct Options {
     /// Hours a generate or regenerate reply is kept for retries with the same Idempotency-Key header (sealed for the presented token's holder); 0 ignores the header, as Rocket.Chat does [default: 24]
     #[arg(long, env = "RCPAT_IDEMPOTENCY_KEY_HOURS", value_name = "HOURS")]
     pub idempotency_key_hours: Option<u32>,
+    /// Reuse detection: a regeneration keeps the value it replaced, and that value presented again revokes the token (401 as for an unknown token, the owner mailed, a security log line) [default: true]
+    #[arg(long, env = "RCPAT_REUSE_DETECTION", value_name = "BOOL")]
+    pub reuse_detection: Option<bool>,
+    /// Days a regenerated token's old value is kept for reuse detection (at most 256 values per user) [default: 30]
+    #[arg(long, env = "RCPAT_SUPERSEDED_TOKEN_RETENTION_DAYS", value_name = "DAYS")]
+    pub superseded_token_retention_days: Option<u32>,
 }
 
 /// Which commands an option belongs to: each command shows (in `--help`)
@@ -274,7 +280,9 @@ impl Group {
             | "show_token_last_use"
             | "token_prefix"
             | "max_token_lifetime_days"
-            | "idempotency_key_hours" => Group::Settings,
+            | "idempotency_key_hours"
+            | "reuse_detection"
+            | "superseded_token_retention_days" => Group::Settings,
             _ => return None,
         })
     }
@@ -304,7 +312,8 @@ impl Options {
             email_code_expiration, email_code_max_attempts, password_fallback, remember_for, max_failed_attempts,
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
-            show_token_last_use, token_prefix, max_token_lifetime_days, idempotency_key_hours)
+            show_token_last_use, token_prefix, max_token_lifetime_days, idempotency_key_hours, reuse_detection,
+            superseded_token_retention_days)
     }
 
     /// The trusted reverse proxies (`client_address.rs`).
@@ -544,6 +553,10 @@ impl Options {
             idempotency_key_hours: self
                 .idempotency_key_hours
                 .unwrap_or(d.idempotency_key_hours),
+            reuse_detection: self.reuse_detection.unwrap_or(d.reuse_detection),
+            superseded_token_retention_days: self
+                .superseded_token_retention_days
+                .unwrap_or(d.superseded_token_retention_days),
         }
     }
 }

@@ -255,6 +255,7 @@ async fn handle(
         "request"
     );
     log_security_event(client, via, route, &user_id, &reply);
+    log_hidden_events(client, via, route, &user_id, &reply);
     if reply.status == 500 && reply.body.contains("error-code-key-missing") {
         tracing::error!(
             event = "configuration_error",
@@ -424,6 +425,35 @@ fn log_security_event(
         reason = kind,
         "security"
     );
+}
+
+/// The events a reply does not show (the component names them beside it):
+/// each a security log line and a count.
+fn log_hidden_events(
+    client: IpAddr,
+    via: Option<IpAddr>,
+    route: &str,
+    user_id: &str,
+    reply: &Response,
+) {
+    for event in &reply.events {
+        match event {
+            rcpat::model::SecurityEvent::SupersededTokenReused(token_name) => {
+                crate::telemetry::token_reuse_detected();
+                tracing::warn!(
+                    event = "token_reuse_detected",
+                    client = %client,
+                    via = via.map(tracing::field::display),
+                    user_id,
+                    route = %route,
+                    // Debug: a name stored before control characters were
+                    // refused is escaped, not written raw into the log.
+                    token_name = ?token_name,
+                    "security: a regenerated token's old value came back; the token was revoked"
+                );
+            }
+        }
+    }
 }
 
 /// Whether reading a body failed because it exceeded the limit (rather than

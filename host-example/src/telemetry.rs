@@ -35,11 +35,17 @@ const TWO_FACTOR: &str = "rcpat_two_factor_total";
 const MAIL: &str = "rcpat_mail_total";
 const CACHE: &str = "rcpat_component_cache_total";
 const CONNECTIONS_REFUSED: &str = "rcpat_connections_refused_total";
+const TOKEN_REUSE: &str = "rcpat_token_reuse_detected_total";
 
 /// One answered request.
 pub fn request(route: &'static str, status: u16, elapsed: Duration) {
     counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
     histogram!(REQUEST_SECONDS, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// A superseded token value came back and its token was revoked.
+pub fn token_reuse_detected() {
+    counter!(TOKEN_REUSE).increment(1);
 }
 
 /// A connection over the cap (answered 503 and closed).

@@ -41,6 +41,42 @@ impl From<m::Response> for ep::Response {
         ep::Response {
             status: r.status,
             body: r.body,
+            events: r
+                .events
+                .into_iter()
+                .map(|e| match e {
+                    m::SecurityEvent::SupersededTokenReused(name) => {
+                        ep::SecurityEvent::SupersededTokenReused(name)
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<m::SupersededRetention> for st::SupersededRetention {
+    fn from(r: m::SupersededRetention) -> Self {
+        st::SupersededRetention {
+            forget_before: r.forget_before,
+            max_per_user: r.max_per_user,
+        }
+    }
+}
+
+impl From<st::SupersededToken> for m::SupersededToken {
+    fn from(t: st::SupersededToken) -> Self {
+        m::SupersededToken {
+            name: t.name,
+            superseded_at: t.superseded_at,
+        }
+    }
+}
+
+impl From<st::RevokedToken> for m::RevokedToken {
+    fn from(t: st::RevokedToken) -> Self {
+        m::RevokedToken {
+            name: t.name,
+            verified_emails: t.verified_emails,
         }
     }
 }

@@ -27,6 +27,7 @@ fn misbehave(req: Request) -> Response {
         _ => Response {
             status: 200,
             body: r#"{"success":true}"#.into(),
+            events: Vec::new(),
         },
     }
 }
@@ -54,6 +55,8 @@ impl Guest for Hostile {
             token_prefix: String::new(),
             max_token_lifetime_days: 0,
             idempotency_key_hours: 24,
+            reuse_detection: true,
+            superseded_token_retention_days: 30,
             code_key: Vec::new(),
         }
     }

@@ -203,6 +203,18 @@ const MIGRATIONS: &[&str] = &[
     // 15: nothing here either: PostgreSQL's flags for TOTP, emailed-code
     // and per-user permission rows, and its merged token index.
     "",
+    // 16: superseded PAT values, for reuse detection (contract 0.10.0):
+    // found by their hash, pruned by their age per user.
+    r#"
+    CREATE TABLE superseded_tokens (
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        hashed_token TEXT NOT NULL,
+        name TEXT NOT NULL,
+        superseded_at INTEGER NOT NULL,
+        PRIMARY KEY (user_id, hashed_token)
+    ) WITHOUT ROWID;
+    CREATE INDEX superseded_by_age ON superseded_tokens (user_id, superseded_at);
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -759,6 +771,9 @@ impl ProofSteps for ProofTx<'_> {
 }
 
 fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::Result<usize> {
+    if let Some(name) = &t.name {
+        forget_superseded(tx, user_id, name)?;
+    }
     tx.prepare_cached(
         "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor, \
          expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -773,6 +788,32 @@ fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::R
         t.bypass_two_factor,
         t.expires_at.map(|v| v as i64)
     ])
+}
+
+/// A new family for the PAT `name`: its superseded values are forgotten.
+fn forget_superseded(tx: &Connection, user_id: &str, name: &str) -> rusqlite::Result<usize> {
+    tx.prepare_cached("DELETE FROM superseded_tokens WHERE user_id = ?1 AND name = ?2")?
+        .execute(params![user_id, name])
+}
+
+/// The superseded value of the user hashing to `hashed_token`, in the window.
+fn superseded(
+    tx: &Connection,
+    user_id: &str,
+    hashed_token: &str,
+    not_before: TimestampMs,
+) -> rusqlite::Result<Option<SupersededToken>> {
+    tx.prepare_cached(
+        "SELECT name, superseded_at FROM superseded_tokens \
+         WHERE user_id = ?1 AND hashed_token = ?2 AND superseded_at >= ?3",
+    )?
+    .query_row(params![user_id, hashed_token, not_before as i64], |r| {
+        Ok(SupersededToken {
+            name: r.get(0)?,
+            superseded_at: r.get::<_, i64>(1)? as u64,
+        })
+    })
+    .optional()
 }
 
 fn user_exists(tx: &Connection, user_id: &str) -> rusqlite::Result<bool> {
@@ -937,6 +978,7 @@ impl Storage for SqliteStorage {
         expected_hashed_token: &str,
         r: &PersonalAccessToken,
         proof: &FactorProof,
+        keep_superseded: Option<SupersededRetention>,
     ) -> HostResult<WriteOutcome> {
         let (user_id, expected_hashed_token, r, proof) = (
             user_id.to_owned(),
@@ -975,6 +1017,20 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 r.last_used_at.map(|v| v as i64),
                 r.expires_at.map(|v| v as i64)
             ])?;
+            if let Some(keep) = keep_superseded {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO superseded_tokens (user_id, hashed_token, name, superseded_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![user_id, expected_hashed_token, r.name, r.created_at as i64])?;
+                // The bounds: by age, then the newest `max_per_user`.
+                tx.prepare_cached(
+                    "DELETE FROM superseded_tokens WHERE user_id = ?1 AND (superseded_at < ?2 \
+                     OR hashed_token IN (SELECT hashed_token FROM superseded_tokens WHERE user_id = ?1 \
+                     ORDER BY superseded_at DESC LIMIT -1 OFFSET ?3))",
+                )?
+                .execute(params![user_id, keep.forget_before as i64, keep.max_per_user])?;
+            }
             Ok(WriteOutcome::Done)
         })
     }
@@ -998,7 +1054,48 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
                 params![user_id, name],
             )?;
+            forget_superseded(tx, user_id, name)?;
             Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn find_superseded_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<SupersededToken>> {
+        self.read(|tx| superseded(tx, user_id, hashed_token, not_before))
+    }
+
+    fn revoke_superseded_family(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<RevokedToken>> {
+        let (user_id, hashed_token) = (user_id.to_owned(), hashed_token.to_owned());
+        self.write(move |tx| {
+            let Some(found) = superseded(tx, &user_id, &hashed_token, not_before)? else {
+                return Ok(None);
+            };
+            let removed = tx
+                .prepare_cached(
+                    "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
+                )?
+                .execute(params![user_id, found.name])?;
+            if removed == 0 {
+                return Ok(None);
+            }
+            let email: Option<String> = tx
+                .prepare_cached(
+                    "SELECT CASE WHEN email_verified THEN email END FROM users WHERE id = ?1",
+                )?
+                .query_row([&user_id], |r| r.get(0))?;
+            Ok(Some(RevokedToken {
+                name: found.name,
+                verified_emails: email.into_iter().collect(),
+            }))
         })
     }
 

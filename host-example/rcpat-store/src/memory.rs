@@ -50,6 +50,22 @@ struct MemUser {
     leases: Vec<KeyLease>,
     /// Hashed backup codes (while TOTP is enrolled).
     backup: BackupCodes,
+    /// Superseded PAT values (hash, name, when), for reuse detection.
+    superseded: Vec<(String, SupersededToken)>,
+}
+
+impl MemUser {
+    /// A new family for `name`: its superseded values are forgotten.
+    fn forget_superseded(&mut self, name: &str) {
+        self.superseded.retain(|(_, t)| t.name != name);
+    }
+
+    fn superseded(&self, hashed_token: &str, not_before: TimestampMs) -> Option<&SupersededToken> {
+        self.superseded
+            .iter()
+            .find(|(h, t)| h == hashed_token && t.superseded_at >= not_before)
+            .map(|(_, t)| t)
+    }
 }
 
 #[derive(Default)]
@@ -310,6 +326,7 @@ impl Storage for MemoryStorage {
             if let Some(refused) = spend(u, proof) {
                 return Ok(refused);
             }
+            u.forget_superseded(&token.name);
             u.tokens.push(Entry {
                 last_used_at: token.last_used_at,
                 ..Entry::new(TokenRecord::personal_access_token(token))
@@ -324,6 +341,7 @@ impl Storage for MemoryStorage {
         expected_hashed_token: &str,
         replacement: &PersonalAccessToken,
         proof: &FactorProof,
+        keep_superseded: Option<SupersededRetention>,
     ) -> HostResult<WriteOutcome> {
         self.with(|s| {
             let Some(u) = s.users.get_mut(user_id) else {
@@ -341,6 +359,21 @@ impl Storage for MemoryStorage {
                 last_used_at: replacement.last_used_at,
                 ..Entry::new(TokenRecord::personal_access_token(replacement))
             };
+            if let Some(retention) = keep_superseded {
+                u.superseded.push((
+                    expected_hashed_token.to_string(),
+                    SupersededToken {
+                        name: replacement.name.clone(),
+                        superseded_at: replacement.created_at,
+                    },
+                ));
+                // Newest first, then the age and count bounds.
+                u.superseded
+                    .sort_by_key(|(_, t)| std::cmp::Reverse(t.superseded_at));
+                u.superseded
+                    .retain(|(_, t)| t.superseded_at >= retention.forget_before);
+                u.superseded.truncate(retention.max_per_user as usize);
+            }
             Ok(WriteOutcome::Done)
         })
     }
@@ -362,7 +395,48 @@ impl Storage for MemoryStorage {
                 return Ok(refused);
             }
             u.tokens.retain(|e| !is_pat_named(e, name));
+            u.forget_superseded(name);
             Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn find_superseded_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<SupersededToken>> {
+        self.with(|s| {
+            Ok(s.users
+                .get(user_id)
+                .and_then(|u| u.superseded(hashed_token, not_before).cloned()))
+        })
+    }
+
+    fn revoke_superseded_family(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        not_before: TimestampMs,
+    ) -> HostResult<Option<RevokedToken>> {
+        self.with(|s| {
+            let Some(u) = s.users.get_mut(user_id) else {
+                return Ok(None);
+            };
+            let Some(name) = u
+                .superseded(hashed_token, not_before)
+                .map(|t| t.name.clone())
+            else {
+                return Ok(None);
+            };
+            if !u.tokens.iter().any(|e| is_pat_named(e, &name)) {
+                return Ok(None);
+            }
+            u.tokens.retain(|e| !is_pat_named(e, &name));
+            Ok(Some(RevokedToken {
+                name,
+                verified_emails: u.user.verified_emails.clone(),
+            }))
         })
     }
 
@@ -588,6 +662,7 @@ impl Admin for MemoryStorage {
                     },
                     email: n.email.clone(),
                     tokens: Vec::new(),
+                    superseded: Vec::new(),
                     overrides: HashMap::new(),
                     replies: Vec::new(),
                     leases: Vec::new(),
@@ -683,6 +758,9 @@ impl Admin for MemoryStorage {
                 && u.tokens.iter().any(|e| is_pat_named(e, name))
             {
                 return Err(Error::invalid(format!("a token named {name} exists")));
+            }
+            if let Some(name) = &token.name {
+                u.forget_superseded(name);
             }
             u.tokens.push(Entry::new(token.clone()));
             Ok(())

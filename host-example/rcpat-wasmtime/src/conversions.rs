@@ -41,6 +41,42 @@ impl From<ep::Response> for m::Response {
         m::Response {
             status: r.status,
             body: r.body,
+            events: r
+                .events
+                .into_iter()
+                .map(|e| match e {
+                    ep::SecurityEvent::SupersededTokenReused(name) => {
+                        m::SecurityEvent::SupersededTokenReused(name)
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<st::SupersededRetention> for m::SupersededRetention {
+    fn from(r: st::SupersededRetention) -> Self {
+        m::SupersededRetention {
+            forget_before: r.forget_before,
+            max_per_user: r.max_per_user,
+        }
+    }
+}
+
+impl From<m::SupersededToken> for st::SupersededToken {
+    fn from(t: m::SupersededToken) -> Self {
+        st::SupersededToken {
+            name: t.name,
+            superseded_at: t.superseded_at,
+        }
+    }
+}
+
+impl From<m::RevokedToken> for st::RevokedToken {
+    fn from(t: m::RevokedToken) -> Self {
+        st::RevokedToken {
+            name: t.name,
+            verified_emails: t.verified_emails,
         }
     }
 }

@@ -1,0 +1,105 @@
+//! Reuse detection: a personal access token value that a regeneration
+//! replaced should never be seen again. If it is, two parties held it (the
+//! token was stolen, and whoever regenerated it may be the thief), so the
+//! token's current value is revoked and its owner told.
+//!
+//! A regeneration keeps the value it replaced (`retention`, passed to
+//! `replace-personal-access-token`); a request whose token `authenticate`
+//! does not know asks whether it is such a value (`unknown_token`). The
+//! reply is the unknown token's 401 either way: the presenter learns nothing.
+
+use crate::env::Env;
+use crate::model::*;
+use crate::reply::ApiError;
+use crate::time::iso8601;
+
+/// Superseded values kept per user, all names together: a bound on the
+/// table and on the pruning each regeneration does.
+pub const SUPERSEDED_PER_USER: u32 = 256;
+
+/// The oldest superseded instant that still counts.
+fn not_before(settings: &Settings, now: TimestampMs) -> TimestampMs {
+    now.saturating_sub(u64::from(settings.superseded_token_retention_days) * 86_400_000)
+}
+
+/// How a regeneration keeps the value it replaces; none with detection off.
+pub(crate) fn retention(settings: &Settings, now: TimestampMs) -> Option<SupersededRetention> {
+    settings.reuse_detection.then(|| SupersededRetention {
+        forget_before: not_before(settings, now),
+        max_per_user: SUPERSEDED_PER_USER,
+    })
+}
+
+/// The error for a token `authenticate` did not find: the unknown token's
+/// 401, after revoking the family if it is a kept superseded value. Only a
+/// storage failure answers otherwise (500, nothing half-done: the
+/// revocation is one atomic call, and the mail goes after it commits).
+pub(crate) fn unknown_token(
+    env: &mut dyn Env,
+    settings: &Settings,
+    user_id: &str,
+    hashed_token: &str,
+    client_address: &str,
+) -> ApiError {
+    if !settings.reuse_detection {
+        return ApiError::NotLoggedIn;
+    }
+    let now = env.now_ms();
+    let not_before = not_before(settings, now);
+    // A read first: an unknown token (the common 401) writes nothing.
+    let superseded = match env
+        .storage()
+        .find_superseded_token(user_id, hashed_token, not_before)
+    {
+        Ok(Some(superseded)) => superseded,
+        Ok(None) => return ApiError::NotLoggedIn,
+        Err(_) => return ApiError::StorageFailure,
+    };
+    let revoked = match env
+        .storage()
+        .revoke_superseded_family(user_id, hashed_token, not_before)
+    {
+        Ok(Some(revoked)) => revoked,
+        // Revoked already (a twin presentation won), or removed meanwhile.
+        Ok(None) => return ApiError::NotLoggedIn,
+        Err(_) => return ApiError::StorageFailure,
+    };
+    if !revoked.verified_emails.is_empty() {
+        // Best effort: the revocation stands whether or not the mail goes
+        // (the host's hooks report a failed send).
+        let _ = env.send_mail(&notice(&revoked, &superseded, now, client_address));
+    }
+    ApiError::SupersededTokenReused(revoked.name)
+}
+
+/// The owner's mail: which token, when, from where; never a token value.
+fn notice(
+    revoked: &RevokedToken,
+    superseded: &SupersededToken,
+    now: TimestampMs,
+    client_address: &str,
+) -> MailMessage {
+    // Names stored before control characters were refused could hold a
+    // line break; a mail header must not.
+    let name: String = revoked
+        .name
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    MailMessage {
+        to: revoked.verified_emails.clone(),
+        subject: format!("Personal access token \"{name}\" revoked"),
+        text: format!(
+            "Your personal access token \"{name}\" was revoked at {now}.\n\n\
+             A value this token had until it was regenerated at {superseded_at} \
+             was presented again, from {client_address}. Once regenerated, an old \
+             value is never used again by its legitimate holder, so someone else \
+             had a copy of it: the token may have been stolen, and the \
+             regeneration may have been made by whoever stole it.\n\n\
+             The token no longer works. If you use it, generate a new one, and \
+             check where its values were stored.\n",
+            now = iso8601(now),
+            superseded_at = iso8601(superseded.superseded_at),
+        ),
+    }
+}
