@@ -367,6 +367,9 @@ pub struct Settings {
     pub reuse_detection: bool,
     /// Days a superseded value is kept for reuse detection.
     pub superseded_token_retention_days: u32,
+    /// Seconds after its replacement during which a superseded value is
+    /// only an unknown token (requests already in flight with it).
+    pub superseded_token_grace_seconds: u32,
 }
 
 /// Builds a `$to` from every setting of `$from`, plus `$extra` fields: the
@@ -401,6 +404,7 @@ macro_rules! copy_settings {
             idempotency_key_hours: s.idempotency_key_hours,
             reuse_detection: s.reuse_detection,
             superseded_token_retention_days: s.superseded_token_retention_days,
+            superseded_token_grace_seconds: s.superseded_token_grace_seconds,
             $($extra)*
         }
     }};
@@ -448,6 +452,7 @@ impl Default for Settings {
             idempotency_key_hours: 24,
             reuse_detection: true,
             superseded_token_retention_days: 30,
+            superseded_token_grace_seconds: 10,
         }
     }
 }

@@ -5,8 +5,10 @@
 //!
 //! A regeneration keeps the value it replaced (`retention`, passed to
 //! `replace-personal-access-token`); a request whose token `authenticate`
-//! does not know asks whether it is such a value (`unknown_token`). The
-//! reply is the unknown token's 401 either way: the presenter learns nothing.
+//! does not know asks whether it is such a value (`unknown_token`), and
+//! past the grace period after its replacement (requests already in flight
+//! with it are no theft) revokes the family. The reply is the unknown
+//! token's 401 either way: the presenter learns nothing.
 
 use crate::env::Env;
 use crate::model::*;
@@ -55,6 +57,12 @@ pub(crate) fn unknown_token(
         Ok(None) => return ApiError::NotLoggedIn,
         Err(_) => return ApiError::StorageFailure,
     };
+    // Within the grace period, a request that set out before the
+    // regeneration committed; after it, a second holder.
+    let grace_ms = u64::from(settings.superseded_token_grace_seconds) * 1000;
+    if now < superseded.superseded_at.saturating_add(grace_ms) {
+        return ApiError::NotLoggedIn;
+    }
     let revoked = match env
         .storage()
         .revoke_superseded_family(user_id, hashed_token, not_before)

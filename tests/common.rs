@@ -232,6 +232,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub json: Value,
+    /// What the component told the host beside the reply.
+    pub events: Vec<rcpat::model::SecurityEvent>,
 }
 
 impl Fx {
@@ -325,6 +327,7 @@ impl Fx {
             status: r.status,
             body: r.body,
             json,
+            events: r.events,
         }
     }
 

@@ -22,6 +22,7 @@ mod login_lockout;
 mod multi_host;
 mod operations;
 mod reuse;
+mod reuse_detection;
 mod shutdown;
 pub mod tls;
 mod token_names;

@@ -211,8 +211,19 @@ pub struct Options {
     #[arg(long, env = "RCPAT_REUSE_DETECTION", value_name = "BOOL")]
     pub reuse_detection: Option<bool>,
     /// Days a regenerated token's old value is kept for reuse detection (at most 256 values per user) [default: 30]
-    #[arg(long, env = "RCPAT_SUPERSEDED_TOKEN_RETENTION_DAYS", value_name = "DAYS")]
+    #[arg(
+        long,
+        env = "RCPAT_SUPERSEDED_TOKEN_RETENTION_DAYS",
+        value_name = "DAYS"
+    )]
     pub superseded_token_retention_days: Option<u32>,
+    /// Seconds after a regeneration during which its old value is only an unknown token, not reuse (requests already on their way with it); 0 revokes at once [default: 10]
+    #[arg(
+        long,
+        env = "RCPAT_SUPERSEDED_TOKEN_GRACE_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub superseded_token_grace_seconds: Option<u32>,
 }
 
 /// Which commands an option belongs to: each command shows (in `--help`)
@@ -282,7 +293,8 @@ impl Group {
             | "max_token_lifetime_days"
             | "idempotency_key_hours"
             | "reuse_detection"
-            | "superseded_token_retention_days" => Group::Settings,
+            | "superseded_token_retention_days"
+            | "superseded_token_grace_seconds" => Group::Settings,
             _ => return None,
         })
     }
@@ -313,7 +325,7 @@ impl Options {
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
             show_token_last_use, token_prefix, max_token_lifetime_days, idempotency_key_hours, reuse_detection,
-            superseded_token_retention_days)
+            superseded_token_retention_days, superseded_token_grace_seconds)
     }
 
     /// The trusted reverse proxies (`client_address.rs`).
@@ -557,6 +569,9 @@ impl Options {
             superseded_token_retention_days: self
                 .superseded_token_retention_days
                 .unwrap_or(d.superseded_token_retention_days),
+            superseded_token_grace_seconds: self
+                .superseded_token_grace_seconds
+                .unwrap_or(d.superseded_token_grace_seconds),
         }
     }
 }

@@ -45,6 +45,13 @@ const INTERNAL = JSON.stringify({
 /** The shortest `settings.code-key` second-factor checks run with (`rcpat::codes::MIN_CODE_KEY_LEN`). */
 export const MIN_CODE_KEY_LEN = 32;
 
+/** The user id a request names, for security lines (as host-example logs it: an id, not a secret). */
+function userIdOf(request) {
+  const h = request.headers.find((h) => h.name.toLowerCase() === 'x-user-id');
+  const id = h ? Buffer.from(h.value).toString('latin1') : '';
+  return id.length <= 64 && /^[A-Za-z0-9]*$/.test(id) ? id : '';
+}
+
 export class Component {
   /**
    * store: a document store (storage/memory.mjs, storage/sqlite.mjs);
@@ -63,6 +70,8 @@ export class Component {
     this.clock = clock;
     this.log = log;
     this.instantiations = 0;
+    /** Security events the component reported, by kind (`superseded-token-reused`). */
+    this.securityEvents = {};
     this.instance = null;
     const wrap = (name, fn) => (...args) => {
       try {
@@ -95,7 +104,7 @@ export class Component {
       ['wasi:random/random', random],
     ]) {
       this.imports[name] = value;
-      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.9.0'}`] = value;
+      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.10.0'}`] = value;
     }
     this.settings = { ...this.endpoints().defaultSettings(), ...settings, codeKey: new Uint8Array(keys.codeKey) };
   }
@@ -121,6 +130,26 @@ export class Component {
   }
 
   /**
+   * What a reply does not show (WIT `security-event`s): each a security
+   * log line, counted in `securityEvents` by kind.
+   */
+  logEvents(route, request, events) {
+    for (const e of events) {
+      this.securityEvents[e.tag] = (this.securityEvents[e.tag] ?? 0) + 1;
+      if (e.tag === 'superseded-token-reused') {
+        this.log({
+          event: 'token_reuse_detected',
+          endpoint: route,
+          client: request.clientAddress,
+          user_id: userIdOf(request),
+          // (A name is the user's text, never a secret; JSON escapes it.)
+          token_name: e.val,
+        });
+      }
+    }
+  }
+
+  /**
    * Calls `handle` for `route` (e.g. 'regenerate-personal-access-token')
    * with a WIT `request` ({headers: [{name, value}], clientAddress, body});
    * answers {status, body}. A trap is answered 500 and the instance dropped.
@@ -131,7 +160,8 @@ export class Component {
       if (reply.status === 500 && reply.body.includes('error-code-key-missing')) {
         this.log({ event: 'configuration_error', setting: 'code-key', endpoint: route });
       }
-      return reply;
+      this.logEvents(route, request, reply.events ?? []);
+      return { status: reply.status, body: reply.body };
     } catch (e) {
       this.instance = null;
       this.log({ event: 'component_trapped', endpoint: route, error: e instanceof Error ? e.message : String(e) });

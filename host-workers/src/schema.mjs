@@ -10,7 +10,7 @@
 // the project's version adds its step here under the same number.
 
 /** The schema version this host writes (the project's, see above). */
-export const SCHEMA_VERSION = 15;
+export const SCHEMA_VERSION = 16;
 
 /** Each version's step, by the version it brings the schema to. */
 const MIGRATIONS = {
@@ -51,6 +51,9 @@ const MIGRATIONS = {
   `,
   // 15: nothing here (PostgreSQL's indexes and flags for issue 30).
   15: '',
+  // 16: nothing here either: superseded values (reuse detection) live in
+  // the user's document, as its tokens do.
+  16: '',
 };
 
 /** The first version this host has a schema for. */

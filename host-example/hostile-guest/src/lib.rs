@@ -57,6 +57,7 @@ impl Guest for Hostile {
             idempotency_key_hours: 24,
             reuse_detection: true,
             superseded_token_retention_days: 30,
+            superseded_token_grace_seconds: 10,
             code_key: Vec::new(),
         }
     }

@@ -424,9 +424,14 @@ const MIGRATIONS: &[&str] = &[
     // replacement function gains its two arguments as an overload (hosts
     // still on 15 keep calling the old one during a rolling upgrade), and
     // the insert and removal functions forget the name's family.
+    //
+    // No foreign key to `users`: its check would take a share lock on the
+    // user's row from the plain-UPDATE replacement, which holds the token's
+    // row lock, while a write of the same user that locked the user's row
+    // first waits for the token's: a deadlock (users are never deleted).
     r#"
     CREATE TABLE superseded_tokens (
-        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
         hashed_token TEXT NOT NULL,
         name TEXT NOT NULL,
         superseded_at BIGINT NOT NULL,

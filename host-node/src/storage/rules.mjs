@@ -31,6 +31,31 @@ export const PERMISSION_ROLES = {
 
 const isPatNamed = (t, name) => t.kind === 'personal-access-token' && t.name === name;
 
+/**
+ * A new family for PAT `name` of document `u` (an insert, a removal, a
+ * revocation): its superseded values are forgotten. Exported for the
+ * admin side, whose seeded tokens start families too.
+ */
+export function forgetSuperseded(u, name) {
+  if (u.superseded) u.superseded = u.superseded.filter((s) => s.name !== name);
+}
+
+/** The superseded value of `u` hashing to `hashed`, superseded at or after `notBefore`. */
+function supersededValue(u, hashed, notBefore) {
+  return (u?.superseded ?? []).find((s) => s.hashedToken === hashed && s.supersededAt >= Number(notBefore));
+}
+
+/** Keeps `hashed` as a superseded value of `name` at `at`, within `retention`'s bounds. */
+function keepSuperseded(u, hashed, name, at, retention) {
+  const kept = (u.superseded ?? []).filter((s) => s.hashedToken !== hashed);
+  kept.push({ hashedToken: hashed, name, supersededAt: at });
+  // Newest first; then the age and count bounds (wit: superseded-retention).
+  kept.sort((a, b) => b.supersededAt - a.supersededAt);
+  u.superseded = kept
+    .filter((s) => s.supersededAt >= Number(retention.forgetBefore))
+    .slice(0, retention.maxPerUser);
+}
+
 function noSuchUser(id) {
   return new StorageError(`no such user ${JSON.stringify(id)}`);
 }
@@ -193,7 +218,7 @@ function holds(u, permission) {
   return u.roles.some((r) => roles.includes(r));
 }
 
-/** The 16 functions of the WIT `storage` interface, over `store`. */
+/** The functions of the WIT `storage` interface, over `store`. */
 export function storageFunctions(store) {
   return {
     authenticate(userId, hashedToken, permission) {
@@ -281,11 +306,14 @@ export function storageFunctions(store) {
         userId,
         proof,
         (u) => (u.tokens.some((t) => isPatNamed(t, token.name)) ? 'name-taken' : null),
-        (u) => u.tokens.push(wit.patEntry(token)),
+        (u) => {
+          forgetSuperseded(u, token.name);
+          u.tokens.push(wit.patEntry(token));
+        },
       );
     },
 
-    replacePersonalAccessToken(userId, expectedHashedToken, replacement, proof) {
+    replacePersonalAccessToken(userId, expectedHashedToken, replacement, proof, keepSupersededAs) {
       const matches = (t) => isPatNamed(t, replacement.name) && t.hashedToken === expectedHashedToken;
       return conditionalWrite(
         store,
@@ -294,8 +322,28 @@ export function storageFunctions(store) {
         (u) => (u.tokens.some(matches) ? null : 'not-found'),
         (u) => {
           u.tokens[u.tokens.findIndex(matches)] = wit.patEntry(replacement);
+          if (keepSupersededAs) {
+            keepSuperseded(u, expectedHashedToken, replacement.name, Number(replacement.createdAt), keepSupersededAs);
+          }
         },
       );
+    },
+
+    findSupersededToken(userId, hashedToken, notBefore) {
+      const s = supersededValue(store.user(userId), hashedToken, notBefore);
+      return s ? { name: s.name, supersededAt: BigInt(s.supersededAt) } : undefined;
+    },
+
+    revokeSupersededFamily(userId, hashedToken, notBefore) {
+      return store.transaction(() => {
+        const u = store.user(userId);
+        const s = supersededValue(u, hashedToken, notBefore);
+        if (!s || !u.tokens.some((t) => isPatNamed(t, s.name))) return undefined;
+        // The family's values stay known (a second presentation finds no token).
+        u.tokens = u.tokens.filter((t) => !isPatNamed(t, s.name));
+        store.save(u);
+        return { name: s.name, verifiedEmails: wit.user(u).verifiedEmails };
+      });
     },
 
     removePersonalAccessToken(userId, name, proof) {
@@ -306,6 +354,7 @@ export function storageFunctions(store) {
         (u) => (u.tokens.some((t) => isPatNamed(t, name)) ? null : 'not-found'),
         (u) => {
           u.tokens = u.tokens.filter((t) => !isPatNamed(t, name));
+          forgetSuperseded(u, name);
         },
       );
     },
