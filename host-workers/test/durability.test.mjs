@@ -191,3 +191,29 @@ test('SETTINGS reach the component: with two-factor off a session regenerates wi
     await host.close();
   }
 });
+
+test('reuse detection: an old value revokes the token, the outbox mails the owner, the log says so', async () => {
+  const host = await startHost({ env: { RCPAT_SETTINGS: '{"supersededTokenGraceSeconds":0}' } });
+  try {
+    const u = await host.user('rita');
+    const old = await host.issueToken(u.id, { kind: 'personal-access-token', name: 'ci' });
+    const current = tokenOf(await regenerate(host, u, 'ci', { token: old }));
+    const me = (token) => call(host, 'GET', '/api/v1/me', { user: u, token });
+    const reused = await me(old);
+    assert.deepEqual([reused.status, reused.body], [401, '{"status":"error","message":"You must be logged in to do this."}']);
+    assert.equal((await me(current)).status, 401, 'the current value is revoked');
+    assert.equal((await me(u.login)).status, 200, 'the session stays');
+    const [mail] = await host.mail.waitFor(1);
+    assert.deepEqual(mail.to, ['rita@example.com']);
+    assert.equal(mail.subject, 'Personal access token "ci" revoked');
+    assert.ok(!mail.text.includes(old) && !mail.text.includes(current), 'a token in the mail');
+    assert.match(host.workerd.output(), /"event":"token_reuse_detected"[^\n]*"token_name":"ci"/);
+    assert.ok(!host.workerd.output().includes(old), 'a token in the log');
+    // Again: nothing left to revoke.
+    assert.equal((await me(old)).status, 401);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(host.mail.messages.length, 1);
+  } finally {
+    await host.close();
+  }
+});
