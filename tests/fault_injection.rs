@@ -159,3 +159,64 @@ fn host_error_text_never_reaches_the_client() {
     }
     assert_eq!(bodies.len(), 1, "one fixed reply: {bodies:?}");
 }
+
+/// Reuse detection against a storage failing at each of its calls
+/// (authenticate, find-superseded-token, revoke-superseded-family): a
+/// failure answers 500 and either nothing changed (the next presentation
+/// revokes) or the revocation committed whole; no event or mail without it.
+#[test]
+fn reuse_detection_survives_a_failure_at_every_storage_call() {
+    for mode in [FaultMode::Before, FaultMode::After] {
+        for (label, _) in backends() {
+            for n in 1..=3 {
+                let backend = backends().into_iter().find(|(l, _)| *l == label).unwrap().1;
+                let setup = Fx::with_storage(backend.clone());
+                let u = setup.user("rex", None);
+                let old = setup.pat(&u, "ci", false);
+                let current = setup.regenerate(&u, &old, None, "ci").token();
+                let faulty = Arc::new(FaultyStorage::new(backend.clone(), n, mode));
+                let fx = Fx::with_storage(faulty.clone());
+                fx.clock.advance_ms(10_001);
+                let ctx = format!("{label} {mode:?} failing at call {n}");
+                let r = fx.call(Me, &u, &old, None, "");
+                assert_eq!(faulty.calls(), n, "{ctx}: the flow reached the call");
+                let revoked = !setup.authenticates(&u, &current);
+                let reported = r.status == 401 && r.events.len() == 1;
+                if n == 1 || mode == FaultMode::Before {
+                    // Before anything changed: a 500 (the last call's "after"
+                    // is the only one whose change committed).
+                    assert_eq!(
+                        (r.status, r.error_type()),
+                        (500, "error-storage-failure"),
+                        "{ctx}"
+                    );
+                    assert!(!revoked, "{ctx}: nothing changed");
+                    assert_eq!(fx.mailer.count(), 0, "{ctx}");
+                    setup.clock.advance_ms(10_001);
+                    let again = setup.call(Me, &u, &old, None, "");
+                    assert_eq!(
+                        again.events.len(),
+                        1,
+                        "{ctx}: the next presentation revokes"
+                    );
+                    assert!(!setup.authenticates(&u, &current), "{ctx}");
+                } else if n == 2 {
+                    // A read failed after it ran: nothing changed either.
+                    assert_eq!(r.status, 500, "{ctx}");
+                    assert!(!revoked && !reported, "{ctx}");
+                } else {
+                    // The revocation committed, its answer was lost: revoked
+                    // whole, but neither reported nor mailed (the host saw a failure).
+                    assert_eq!(r.status, 500, "{ctx}");
+                    assert!(revoked && !reported, "{ctx}");
+                    assert_eq!(fx.mailer.count(), 0, "{ctx}");
+                    assert_eq!(
+                        backend.token_hashes_named(&u.id, "ci").unwrap().len(),
+                        0,
+                        "{ctx}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -42,7 +42,12 @@ impl Host {
     }
 
     fn start_on(listen: &str, url: &str, key_file: &Path, dir: &Path) -> Host {
+        Self::start_with(listen, url, key_file, dir, &[])
+    }
+
+    fn start_with(listen: &str, url: &str, key_file: &Path, dir: &Path, args: &[&str]) -> Host {
         let mut child = host_command(listen, url, key_file, dir)
+            .args(args)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -140,6 +145,47 @@ fn user(services: &Services, name: &str, password: Option<&str>) -> String {
         4,
     )
     .unwrap()
+}
+
+/// Reuse detection between hosts: a value replaced through one host and
+/// presented to another revokes the token everywhere.
+#[test]
+fn a_value_replaced_on_one_host_and_reused_on_another_revokes_the_token() {
+    let dir = temp_dir("multi-reuse");
+    let (url, key_file, services) = shared_database(&dir);
+    let rae = user(&services, "rae", None);
+    let old = admin::issue_personal_access_token(&services, &rae, "ci", false).unwrap();
+    let no_grace = ["--superseded-token-grace-seconds", "0"];
+    let hosts: Vec<Host> = (0..2)
+        .map(|_| Host::start_with("127.0.0.1:0", &url, &key_file, &dir, &no_grace))
+        .collect();
+    let client = agent();
+    let (status, json) = send(
+        &client,
+        &hosts[0].base,
+        "/api/v1/users.regeneratePersonalAccessToken",
+        &[("X-User-Id", &rae), ("X-Auth-Token", &old)],
+        Some(r#"{"tokenName":"ci"}"#),
+    );
+    assert_eq!(status, 200, "{json}");
+    let current = json["token"].as_str().unwrap().to_string();
+    assert_eq!(me(&client, &hosts[0].base, &rae, &current), 200);
+    assert_eq!(me(&client, &hosts[1].base, &rae, &old), 401);
+    for host in &hosts {
+        assert_eq!(
+            me(&client, &host.base, &rae, &current),
+            401,
+            "{}: revoked",
+            host.base
+        );
+    }
+    assert!(
+        services
+            .storage()
+            .find_personal_access_token(&rae, "ci")
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

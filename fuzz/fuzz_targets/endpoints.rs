@@ -51,6 +51,10 @@ fuzz_target!(|input: Input| {
             0
         },
         idempotency_key_hours: u32::from(s[7] % 3) * 24,
+        // Reuse detection mostly on (the default), its grace now and then off.
+        reuse_detection: s[1] & 4 == 0,
+        superseded_token_retention_days: 30,
+        superseded_token_grace_seconds: if s[1] & 8 == 0 { 10 } else { 0 },
     };
     let mut headers: Vec<Header> = input
         .headers
