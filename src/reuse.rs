@@ -97,14 +97,17 @@ fn notice(
     MailMessage {
         to: revoked.verified_emails.clone(),
         subject: format!("Personal access token \"{name}\" revoked"),
+        // Short lines: mail clients (and quoted-printable) wrap long ones.
         text: format!(
             "Your personal access token \"{name}\" was revoked at {now}.\n\n\
-             A value this token had until it was regenerated at {superseded_at} \
-             was presented again, from {client_address}. Once regenerated, an old \
-             value is never used again by its legitimate holder, so someone else \
-             had a copy of it: the token may have been stolen, and the \
-             regeneration may have been made by whoever stole it.\n\n\
-             The token no longer works. If you use it, generate a new one, and \
+             An old value of this token, replaced when the token was\n\
+             regenerated at {superseded_at}, was presented again\n\
+             from {client_address}.\n\n\
+             Once a token is regenerated, its old value is never used again by\n\
+             its legitimate holder: someone else had a copy. The token may have\n\
+             been stolen, and the regeneration may have been made by whoever\n\
+             stole it.\n\n\
+             The token no longer works. If you use it, generate a new one, and\n\
              check where its values were stored.\n",
             now = iso8601(now),
             superseded_at = iso8601(superseded.superseded_at),

@@ -245,6 +245,27 @@ pub fn run(db: &Path, outbox: &Path, out: &mut impl Write) -> Result<()> {
     let (status, _) = d.call(Endpoint::List, &bob, &bob_pat, None, "")?;
     expect(status == 401, "bob's old token is dead")?;
 
+    d.say("reuse detection: a regenerated token's old value comes back (grace period 0 here)");
+    expect(
+        storage.token_hashes_named(&bob, "deploy")?.len() == 1,
+        "bob holds his new deploy token",
+    )?;
+    let (status, _) = d.call(Endpoint::Me, &bob, &bob_session, None, "")?;
+    expect(status == 200, "bob's session works")?;
+    d.settings.superseded_token_grace_seconds = 0;
+    let (status, _) = d.call(Endpoint::List, &bob, &bob_pat, None, "")?;
+    expect(status == 401, "the old value gets the unknown token's 401")?;
+    expect(
+        storage.token_hashes_named(&bob, "deploy")?.is_empty(),
+        "the token's current value is revoked",
+    )?;
+    let (path, _) = outbox
+        .messages()
+        .into_iter()
+        .find(|(_, text)| text.contains("\"deploy\" was revoked"))
+        .context("bob is told: no notice in the outbox")?;
+    let _ = writeln!(d.out, "outbox: {} (\"deploy\" revoked)", path.display());
+
     let _ = writeln!(
         d.out,
         "\ndemo complete: every step behaved as Rocket.Chat documents"

@@ -367,12 +367,15 @@ impl Storage for MemoryStorage {
                         superseded_at: replacement.created_at,
                     },
                 ));
-                // Newest first, then the age and count bounds.
-                u.superseded
-                    .sort_by_key(|(_, t)| std::cmp::Reverse(t.superseded_at));
+                // The age bound, then the count bound (the oldest go first).
                 u.superseded
                     .retain(|(_, t)| t.superseded_at >= retention.forget_before);
-                u.superseded.truncate(retention.max_per_user as usize);
+                while u.superseded.len() > retention.max_per_user as usize {
+                    let oldest = (0..u.superseded.len())
+                        .min_by_key(|&i| u.superseded[i].1.superseded_at)
+                        .unwrap_or(0);
+                    u.superseded.swap_remove(oldest);
+                }
             }
             Ok(WriteOutcome::Done)
         })
