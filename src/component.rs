@@ -91,9 +91,6 @@ macro_rules! lend {
     ([&$t:ident] $a:ident) => {
         &$a.into()
     };
-    ([Option<SupersededRetention>] $a:ident) => {
-        $a.map(Into::into)
-    };
     ([$($t:tt)*] $a:ident) => {
         $a
     };

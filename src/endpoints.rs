@@ -530,7 +530,7 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         // One compare-and-swap: the old value is replaced by the new one at
         // once, kept as superseded (reuse detection), and the reply kept
         // for retries with it.
-        let keep_superseded = crate::reuse::retention(settings, replacement.created_at);
+        let keep_superseded = crate::reuse::keep(settings);
         match env
             .storage()
             .replace_personal_access_token(

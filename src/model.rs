@@ -317,13 +317,6 @@ pub enum SecurityEvent {
     SupersededTokenReused(String),
 }
 
-/// `superseded-retention`: how a replacement keeps the value it replaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SupersededRetention {
-    pub forget_before: TimestampMs,
-    pub max_per_user: u32,
-}
-
 /// `superseded-token`: a kept superseded value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SupersededToken {

@@ -3,8 +3,8 @@
 //! token was stolen, and whoever regenerated it may be the thief), so the
 //! token's current value is revoked and its owner told.
 //!
-//! A regeneration keeps the value it replaced (`retention`, passed to
-//! `replace-personal-access-token`); a request whose token `authenticate`
+//! A regeneration keeps the value it replaced on the token's record (`keep`,
+//! passed to `replace-personal-access-token`); a request whose token `authenticate`
 //! does not know asks whether it is such a value (`unknown_token`), and
 //! past the grace period after its replacement (requests already in flight
 //! with it are no theft) revokes the family. The reply is the unknown
@@ -15,21 +15,22 @@ use crate::model::*;
 use crate::reply::ApiError;
 use crate::time::iso8601;
 
-/// Superseded values kept per user, all names together: a bound on the
-/// table and on the pruning each regeneration does.
-pub const SUPERSEDED_PER_USER: u32 = 256;
+/// Superseded values a token keeps (its newest): a bound on the row, and
+/// on how far back a reuse is recognised for a token rotated often.
+pub const SUPERSEDED_PER_TOKEN: u32 = 32;
 
 /// The oldest superseded instant that still counts.
 fn not_before(settings: &Settings, now: TimestampMs) -> TimestampMs {
     now.saturating_sub(u64::from(settings.superseded_token_retention_days) * 86_400_000)
 }
 
-/// How a regeneration keeps the value it replaces; none with detection off.
-pub(crate) fn retention(settings: &Settings, now: TimestampMs) -> Option<SupersededRetention> {
-    settings.reuse_detection.then(|| SupersededRetention {
-        forget_before: not_before(settings, now),
-        max_per_user: SUPERSEDED_PER_USER,
-    })
+/// How many superseded values a regeneration keeps; none with detection off.
+pub(crate) fn keep(settings: &Settings) -> u32 {
+    if settings.reuse_detection {
+        SUPERSEDED_PER_TOKEN
+    } else {
+        0
+    }
 }
 
 /// The error for a token `authenticate` did not find: the unknown token's

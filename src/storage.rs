@@ -83,7 +83,7 @@ macro_rules! storage_calls {
                 (user_id: [&str], token: [&PersonalAccessToken], proof: [&FactorProof])
                 -> [WriteOutcome];
             replace_personal_access_token "replace-personal-access-token"
-                (user_id: [&str], expected_hashed_token: [&str], replacement: [&PersonalAccessToken], proof: [&FactorProof], keep_superseded: [Option<SupersededRetention>])
+                (user_id: [&str], expected_hashed_token: [&str], replacement: [&PersonalAccessToken], proof: [&FactorProof], keep_superseded: [u32])
                 -> [WriteOutcome];
             remove_personal_access_token "remove-personal-access-token"
                 (user_id: [&str], name: [&str], proof: [&FactorProof]) -> [WriteOutcome];

@@ -164,7 +164,7 @@ fn a_write_from_a_replaced_session_is_refused() {
         // Request A (authenticated with T0) replaces T0 by T1.
         assert_eq!(
             storage
-                .replace_personal_access_token(&u.id, &h0, &record("h1"), &proof, None)
+                .replace_personal_access_token(&u.id, &h0, &record("h1"), &proof, 0)
                 .unwrap(),
             WriteOutcome::Done
         );
@@ -172,7 +172,7 @@ fn a_write_from_a_replaced_session_is_refused() {
         // its compare matches, but its credentials are gone.
         assert_eq!(
             storage
-                .replace_personal_access_token(&u.id, "h1", &record("h2"), &proof, None)
+                .replace_personal_access_token(&u.id, "h1", &record("h2"), &proof, 0)
                 .unwrap(),
             WriteOutcome::CredentialsRevoked
         );

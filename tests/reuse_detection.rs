@@ -258,12 +258,29 @@ fn a_value_older_than_the_retention_is_unknown() {
         let r = list(&fx, &u, &old);
         assert_eq!((r.status, r.events.len()), (401, 0), "{name}");
         assert!(fx.authenticates(&u, &current), "{name}");
-        // The next regeneration prunes it.
-        let newer = fx.regenerate(&u, &current, None, "ci").token();
-        assert!(!superseded_kept(&fx, &u, &old), "{name}: pruned by age");
-        assert!(superseded_kept(&fx, &u, &current), "{name}");
-        assert!(fx.authenticates(&u, &newer), "{name}");
-        assert!(fx.clock.now_ms() > T0, "{name}");
+        // A token keeps its newest 32 values: 33 regenerations later, a
+        // value is no longer recognised; the one after it still is.
+        let mut values = vec![current];
+        for _ in 0..33 {
+            let next = fx
+                .regenerate(&u, values.last().unwrap(), None, "ci")
+                .token();
+            values.push(next);
+        }
+        fx.clock.advance_ms(AFTER_GRACE_MS);
+        let pushed_out = list(&fx, &u, &values[0]);
+        assert_eq!(
+            (pushed_out.status, pushed_out.events.len()),
+            (401, 0),
+            "{name}"
+        );
+        assert!(fx.authenticates(&u, &values[33]), "{name}");
+        assert_eq!(
+            list(&fx, &u, &values[1]).events.len(),
+            1,
+            "{name}: the 32nd newest"
+        );
+        assert!(!fx.authenticates(&u, &values[33]), "{name}");
     }
 }
 

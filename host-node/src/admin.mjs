@@ -5,7 +5,6 @@
 import bcrypt from 'bcryptjs';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { StoreError } from './storage/store.mjs';
-import { forgetSuperseded } from './storage/rules.mjs';
 
 /** Meteor's `Random.id` alphabet (user ids, backup codes). */
 const ID_ALPHABET = '23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz';
@@ -161,7 +160,6 @@ export class Admin {
       if (kind === 'personal-access-token' && u.tokens.some((t) => t.kind === kind && t.name === name)) {
         throw new StoreError(`a token named ${name} exists`);
       }
-      if (kind === 'personal-access-token') forgetSuperseded(u, name);
       u.tokens.push({
         hashedToken: hashed,
         kind,

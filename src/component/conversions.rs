@@ -54,15 +54,6 @@ impl From<m::Response> for ep::Response {
     }
 }
 
-impl From<m::SupersededRetention> for st::SupersededRetention {
-    fn from(r: m::SupersededRetention) -> Self {
-        st::SupersededRetention {
-            forget_before: r.forget_before,
-            max_per_user: r.max_per_user,
-        }
-    }
-}
-
 impl From<st::SupersededToken> for m::SupersededToken {
     fn from(t: st::SupersededToken) -> Self {
         m::SupersededToken {

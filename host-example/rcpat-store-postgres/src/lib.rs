@@ -31,6 +31,7 @@ use rcpat::model::*;
 use rcpat::storage::rules::{KNOWN_ADDRESSES_KEPT, LoginCount, admit_login, reserve_attempt};
 
 use rcpat_store::keys::{Admission, Keys};
+use rcpat_store::superseded;
 use rcpat_store::{
     Admin, Error, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
     Result, Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
@@ -419,110 +420,36 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX tokens_by_user;
     DROP INDEX pat_names;
 "#,
-    // 16: superseded PAT values, for reuse detection (contract 0.10.0).
-    // `rcpat_keep_superseded` keeps one and applies the bounds; the
-    // replacement function gains its two arguments as an overload (hosts
-    // still on 15 keep calling the old one during a rolling upgrade), and
-    // the insert and removal functions forget the name's family.
-    //
-    // No foreign key to `users`: its check would take a share lock on the
-    // user's row from the plain-UPDATE replacement, which holds the token's
-    // row lock, while a write of the same user that locked the user's row
-    // first waits for the token's: a deadlock (users are never deleted).
+    // 16: each PAT's superseded values, for reuse detection (contract
+    // 0.10.0), on its own row (`rcpat_store::superseded`: 24-byte entries,
+    // newest first). The replacement function gains the entry and the
+    // bound as an overload (hosts still on 15 keep calling the old one
+    // during a rolling upgrade; the row's values then carry over as they are).
     r#"
-    CREATE TABLE superseded_tokens (
-        user_id TEXT NOT NULL,
-        hashed_token TEXT NOT NULL,
-        name TEXT NOT NULL,
-        superseded_at BIGINT NOT NULL,
-        PRIMARY KEY (user_id, hashed_token)
-    );
-    CREATE INDEX superseded_by_age ON superseded_tokens (user_id, superseded_at);
-
-    CREATE FUNCTION rcpat_keep_superseded(p_u TEXT, p_hash TEXT, p_tname TEXT, p_at BIGINT,
-                                          p_before BIGINT, p_max INT) RETURNS INT AS $$
-    BEGIN
-        IF p_before IS NULL THEN RETURN 1; END IF;
-        INSERT INTO superseded_tokens (user_id, hashed_token, name, superseded_at)
-            VALUES (p_u, p_hash, p_tname, p_at)
-            ON CONFLICT (user_id, hashed_token)
-            DO UPDATE SET name = EXCLUDED.name, superseded_at = EXCLUDED.superseded_at;
-        DELETE FROM superseded_tokens WHERE user_id = p_u AND hashed_token IN
-            (SELECT hashed_token FROM superseded_tokens WHERE user_id = p_u
-             ORDER BY superseded_at DESC OFFSET p_max)
-            OR user_id = p_u AND superseded_at < p_before;
-        RETURN 1;
-    END $$ LANGUAGE plpgsql;
+    ALTER TABLE tokens ADD COLUMN superseded BYTEA;
 
     CREATE FUNCTION rcpat_replace_pat(p_u TEXT, p_expected TEXT, p_tname TEXT, p_hash TEXT, p_last_part TEXT,
                                       p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
                                       p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
                                       p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT,
-                                      p_expires BIGINT, p_keep_before BIGINT, p_keep_max INT) RETURNS TEXT AS $$
-    DECLARE refused TEXT;
-    BEGIN
-        refused := rcpat_replace_pat(p_u, p_expected, p_tname, p_hash, p_last_part, p_created, p_bypass,
-                                     p_last_used, p_session, p_factor, p_step, p_code, p_rem_token,
-                                     p_rem_fp, p_rem_until, p_expires);
-        IF refused = 'done' THEN
-            PERFORM rcpat_keep_superseded(p_u, p_expected, p_tname, p_created, p_keep_before, p_keep_max);
-        END IF;
-        RETURN refused;
-    END $$ LANGUAGE plpgsql;
-
-    CREATE OR REPLACE FUNCTION rcpat_insert_token(p_u TEXT, p_hash TEXT, p_tkind TEXT, p_tname TEXT, p_last_part TEXT,
-                                       p_created BIGINT, p_bypass BOOLEAN, p_last_used BIGINT,
-                                       p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
-                                       p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT,
-                                       p_expires BIGINT) RETURNS TEXT AS $$
+                                      p_expires BIGINT, p_entry BYTEA, p_keep INT) RETURNS TEXT AS $$
     DECLARE refused TEXT;
     BEGIN
         PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
         IF NOT FOUND THEN RETURN 'not-found'; END IF;
-        IF p_tkind = 'pat' AND EXISTS
-            (SELECT 1 FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname) THEN
-            RETURN 'name-taken';
-        END IF;
-        refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
-        IF refused IS NOT NULL THEN RETURN refused; END IF;
-        IF p_tkind = 'pat' THEN
-            DELETE FROM superseded_tokens WHERE user_id = p_u AND name = p_tname;
-        END IF;
-        INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at,
-                            bypass_two_factor, last_used_at, expires_at)
-            VALUES (p_hash, p_u, p_tkind, p_tname, p_last_part, p_created, p_bypass, p_last_used, p_expires);
-        RETURN 'done';
-    END $$ LANGUAGE plpgsql;
-
-    CREATE OR REPLACE FUNCTION rcpat_remove_pat(p_u TEXT, p_tname TEXT,
-                                     p_session TEXT, p_factor TEXT, p_step BIGINT, p_code TEXT,
-                                     p_rem_token TEXT, p_rem_fp TEXT, p_rem_until BIGINT) RETURNS TEXT AS $$
-    DECLARE refused TEXT;
-    BEGIN
-        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
-        IF NOT FOUND THEN RETURN 'not-found'; END IF;
-        PERFORM 1 FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname;
+        PERFORM 1 FROM tokens
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
         IF NOT FOUND THEN RETURN 'not-found'; END IF;
         refused := rcpat_spend(p_u, p_session, p_factor, p_step, p_code, p_rem_token, p_rem_fp, p_rem_until);
         IF refused IS NOT NULL THEN RETURN refused; END IF;
-        DELETE FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = p_tname;
-        DELETE FROM superseded_tokens WHERE user_id = p_u AND name = p_tname;
+        UPDATE tokens SET hashed_token = p_hash, last_token_part = p_last_part, created_at = p_created,
+                          bypass_two_factor = p_bypass, authorized_hash = NULL,
+                          authorized_until = NULL, last_used_at = p_last_used,
+                          expires_at = p_expires, expiry_notified_at = NULL,
+                          superseded = CASE WHEN p_keep > 0 THEN
+                              substring(p_entry || coalesce(superseded, ''::bytea) FROM 1 FOR p_keep * 24) END
+            WHERE user_id = p_u AND kind = 'pat' AND name = p_tname AND hashed_token = p_expected;
         RETURN 'done';
-    END $$ LANGUAGE plpgsql;
-
-    -- Reuse detected: the user's row locked (as every write), the value
-    -- looked up, the family's current token removed; its name, or NULL.
-    CREATE FUNCTION rcpat_revoke_family(p_u TEXT, p_hash TEXT, p_before BIGINT) RETURNS TEXT AS $$
-    DECLARE v_name TEXT;
-    BEGIN
-        PERFORM 1 FROM users WHERE id = p_u FOR UPDATE;
-        IF NOT FOUND THEN RETURN NULL; END IF;
-        SELECT name INTO v_name FROM superseded_tokens
-            WHERE user_id = p_u AND hashed_token = p_hash AND superseded_at >= p_before;
-        IF NOT FOUND THEN RETURN NULL; END IF;
-        DELETE FROM tokens WHERE user_id = p_u AND kind = 'pat' AND name = v_name;
-        IF NOT FOUND THEN RETURN NULL; END IF;
-        RETURN v_name;
     END $$ LANGUAGE plpgsql;
 "#,
 ];
@@ -1243,15 +1170,35 @@ fn insert_with_proof(
     outcome(row)
 }
 
-fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
-    if let Some(name) = &t.name {
-        // A new family for the name (the caller's transaction).
-        db.execute(
-            "DELETE FROM superseded_tokens WHERE user_id = $1 AND name = $2",
-            &[&user_id, name],
-        )
+/// The PAT of the user that keeps `hashed_token` as a superseded value at
+/// or after `not_before` (`position` narrows to rows holding the key's
+/// bytes; `superseded::find` checks the entry); `lock`: "" or " FOR UPDATE".
+fn superseded_in(
+    db: &mut Db,
+    user_id: &str,
+    hashed_token: &str,
+    not_before: TimestampMs,
+    lock: &'static str,
+) -> Result<Option<SupersededToken>> {
+    let sql = if lock.is_empty() {
+        "SELECT name, superseded FROM tokens WHERE user_id = $1 AND kind = 'pat' AND position($2 IN superseded) > 0"
+    } else {
+        "SELECT name, superseded FROM tokens WHERE user_id = $1 AND kind = 'pat' AND position($2 IN superseded) > 0 \
+         FOR UPDATE"
+    };
+    let rows = db
+        .query(sql, &[&user_id, &superseded::search_key(hashed_token)])
         .map_err(pg)?;
-    }
+    Ok(rows.iter().find_map(|row| {
+        let kept: &[u8] = row.get(1);
+        superseded::find(kept, hashed_token, not_before).map(|superseded_at| SupersededToken {
+            name: row.get(0),
+            superseded_at,
+        })
+    }))
+}
+
+fn insert_token(db: &mut Db, user_id: &str, t: &TokenRecord) -> Result<u64> {
     db.execute(
         "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor, \
          expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -1421,10 +1368,11 @@ impl Storage for PostgresStorage {
         expected_hashed_token: &str,
         r: &PersonalAccessToken,
         proof: &FactorProof,
-        keep_superseded: Option<SupersededRetention>,
+        keep_superseded: u32,
     ) -> HostResult<WriteOutcome> {
-        let keep_before = keep_superseded.map(|k| ts(k.forget_before));
-        let keep_max = keep_superseded.map(|k| i32::try_from(k.max_per_user).unwrap_or(i32::MAX));
+        // The entry the row's superseded values start with, and their bound.
+        let entry = superseded::entry(expected_hashed_token, r.created_at);
+        let keep = i32::try_from(keep_superseded).unwrap_or(i32::MAX);
         // Nothing to check but the token itself (no factor to spend, nothing
         // to remember, and the presenting credential, if any, is the token
         // being replaced: a bypass PAT regenerating itself): one conditional
@@ -1437,49 +1385,15 @@ impl Storage for PostgresStorage {
                 .session
                 .as_deref()
                 .is_none_or(|s| s == expected_hashed_token);
-        if only_the_token && keep_superseded.is_some() {
-            // The same UPDATE, and the replaced value kept by the same
-            // statement (a function over the replaced row: none, nothing kept).
-            return or_reply_kept(self.run(proof.reply.is_some(), |db| {
-                let replaced = db
-                    .query(
-                        "WITH replaced AS (UPDATE tokens SET hashed_token = $4, last_token_part = $5, \
-                         created_at = $6, bypass_two_factor = $7, authorized_hash = NULL, \
-                         authorized_until = NULL, last_used_at = $8, expires_at = $9, expiry_notified_at = NULL \
-                         WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3 RETURNING 1) \
-                         SELECT rcpat_keep_superseded($1, $3, $2, $6, $10, $11) FROM replaced",
-                        &[
-                            &user_id,
-                            &r.name,
-                            &expected_hashed_token,
-                            &r.hashed_token,
-                            &r.last_token_part,
-                            &ts(r.created_at),
-                            &r.bypass_two_factor,
-                            &r.last_used_at.map(ts),
-                            &r.expires_at.map(ts),
-                            &keep_before,
-                            &keep_max,
-                        ],
-                    )
-                    .map_err(pg)?
-                    .len();
-                let done = if replaced == 1 {
-                    WriteOutcome::Done
-                } else {
-                    WriteOutcome::NotFound
-                };
-                keep_reply(db, user_id, proof, done)?;
-                Ok(done)
-            }));
-        }
         if only_the_token {
             return or_reply_kept(self.run(proof.reply.is_some(), |db| {
                 let replaced = db
                     .execute(
                         "UPDATE tokens SET hashed_token = $4, last_token_part = $5, created_at = $6, \
                          bypass_two_factor = $7, authorized_hash = NULL, authorized_until = NULL, \
-                         last_used_at = $8, expires_at = $9, expiry_notified_at = NULL \
+                         last_used_at = $8, expires_at = $9, expiry_notified_at = NULL, \
+                         superseded = CASE WHEN $11 > 0 THEN \
+                         substring($10 || coalesce(superseded, ''::bytea) FROM 1 FOR $11 * 24) END \
                          WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3",
                         &[
                             &user_id,
@@ -1491,6 +1405,8 @@ impl Storage for PostgresStorage {
                             &r.bypass_two_factor,
                             &r.last_used_at.map(ts),
                             &r.expires_at.map(ts),
+                            &entry,
+                            &keep,
                         ],
                     )
                     .map_err(pg)?;
@@ -1525,8 +1441,8 @@ impl Storage for PostgresStorage {
                     &a.rem_fp,
                     &a.rem_until,
                     &r.expires_at.map(ts),
-                    &keep_before,
-                    &keep_max,
+                    &entry,
+                    &keep,
                 ],
             ).map_err(pg)?;
             let done = outcome(row)?;
@@ -1774,19 +1690,7 @@ impl Storage for PostgresStorage {
         hashed_token: &str,
         not_before: TimestampMs,
     ) -> HostResult<Option<SupersededToken>> {
-        self.single(|db| {
-            Ok(db
-                .query_opt(
-                    "SELECT name, superseded_at FROM superseded_tokens \
-                     WHERE user_id = $1 AND hashed_token = $2 AND superseded_at >= $3",
-                    &[&user_id, &hashed_token, &ts(not_before)],
-                )
-                .map_err(pg)?
-                .map(|r| SupersededToken {
-                    name: r.get(0),
-                    superseded_at: r.get::<_, i64>(1) as u64,
-                }))
-        })
+        self.single(|db| superseded_in(db, user_id, hashed_token, not_before, ""))
     }
 
     fn revoke_superseded_family(
@@ -1795,20 +1699,30 @@ impl Storage for PostgresStorage {
         hashed_token: &str,
         not_before: TimestampMs,
     ) -> HostResult<Option<RevokedToken>> {
-        // One statement: the function's transaction is the statement's.
-        self.single(|db| {
-            Ok(db
+        // Rare (a reuse): one transaction, the user's row locked first as
+        // every write does, then the token's row, found and removed.
+        self.write(|db| {
+            let Some(email) = db
                 .query_opt(
-                    "SELECT r.name, CASE WHEN u.email_verified THEN u.email END \
-                     FROM (SELECT rcpat_revoke_family($1, $2, $3) AS name) r JOIN users u ON u.id = $1 \
-                     WHERE r.name IS NOT NULL",
-                    &[&user_id, &hashed_token, &ts(not_before)],
+                    "SELECT CASE WHEN email_verified THEN email END FROM users WHERE id = $1 FOR UPDATE",
+                    &[&user_id],
                 )
                 .map_err(pg)?
-                .map(|r| RevokedToken {
-                    name: r.get(0),
-                    verified_emails: r.get::<_, Option<String>>(1).into_iter().collect(),
-                }))
+            else {
+                return Ok(None);
+            };
+            let Some(found) = superseded_in(db, user_id, hashed_token, not_before, " FOR UPDATE")? else {
+                return Ok(None);
+            };
+            db.execute(
+                "DELETE FROM tokens WHERE user_id = $1 AND kind = 'pat' AND name = $2",
+                &[&user_id, &found.name],
+            )
+            .map_err(pg)?;
+            Ok(Some(RevokedToken {
+                name: found.name,
+                verified_emails: email.get::<_, Option<String>>(0).into_iter().collect(),
+            }))
         })
     }
 

@@ -26,6 +26,7 @@ use rcpat::storage::rules::{
 };
 
 use rcpat_store::keys::{Admission, Keys};
+use rcpat_store::superseded;
 use rcpat_store::{
     Admin, Error, ExpiringToken, HostResult, NewUser, PAT_PERMISSION, PAT_PERMISSION_DEFAULT_ROLES,
     Result, Storage, TokenRecord, UserSummary, alg_from, alg_str, kind_str,
@@ -203,18 +204,9 @@ const MIGRATIONS: &[&str] = &[
     // 15: nothing here either: PostgreSQL's flags for TOTP, emailed-code
     // and per-user permission rows, and its merged token index.
     "",
-    // 16: superseded PAT values, for reuse detection (contract 0.10.0):
-    // found by their hash, pruned by their age per user.
-    r#"
-    CREATE TABLE superseded_tokens (
-        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        hashed_token TEXT NOT NULL,
-        name TEXT NOT NULL,
-        superseded_at INTEGER NOT NULL,
-        PRIMARY KEY (user_id, hashed_token)
-    ) WITHOUT ROWID;
-    CREATE INDEX superseded_by_age ON superseded_tokens (user_id, superseded_at);
-"#,
+    // 16: each PAT's superseded values, for reuse detection (contract
+    // 0.10.0), on its own row (`rcpat_store::superseded`).
+    "ALTER TABLE tokens ADD COLUMN superseded BLOB;",
 ];
 
 pub struct SqliteStorage {
@@ -771,9 +763,6 @@ impl ProofSteps for ProofTx<'_> {
 }
 
 fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::Result<usize> {
-    if let Some(name) = &t.name {
-        forget_superseded(tx, user_id, name)?;
-    }
     tx.prepare_cached(
         "INSERT INTO tokens (hashed_token, user_id, kind, name, last_token_part, created_at, bypass_two_factor, \
          expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -790,30 +779,31 @@ fn insert_token(tx: &Transaction, user_id: &str, t: &TokenRecord) -> rusqlite::R
     ])
 }
 
-/// A new family for the PAT `name`: its superseded values are forgotten.
-fn forget_superseded(tx: &Connection, user_id: &str, name: &str) -> rusqlite::Result<usize> {
-    tx.prepare_cached("DELETE FROM superseded_tokens WHERE user_id = ?1 AND name = ?2")?
-        .execute(params![user_id, name])
-}
-
-/// The superseded value of the user hashing to `hashed_token`, in the window.
+/// The PAT of the user that keeps `hashed_token` as a superseded value at
+/// or after `not_before`: its name and when it was superseded.
 fn superseded(
     tx: &Connection,
     user_id: &str,
     hashed_token: &str,
     not_before: TimestampMs,
 ) -> rusqlite::Result<Option<SupersededToken>> {
-    tx.prepare_cached(
-        "SELECT name, superseded_at FROM superseded_tokens \
-         WHERE user_id = ?1 AND hashed_token = ?2 AND superseded_at >= ?3",
-    )?
-    .query_row(params![user_id, hashed_token, not_before as i64], |r| {
-        Ok(SupersededToken {
-            name: r.get(0)?,
-            superseded_at: r.get::<_, i64>(1)? as u64,
-        })
-    })
-    .optional()
+    // `instr` on blobs narrows to rows holding the key's bytes; `find` checks
+    // that they are an entry's, and its instant.
+    let mut stmt = tx.prepare_cached(
+        "SELECT name, superseded FROM tokens WHERE user_id = ?1 AND kind = 'pat' \
+         AND instr(superseded, ?2) > 0",
+    )?;
+    let mut rows = stmt.query(params![user_id, superseded::search_key(hashed_token)])?;
+    while let Some(row) = rows.next()? {
+        let kept: Vec<u8> = row.get(1)?;
+        if let Some(superseded_at) = superseded::find(&kept, hashed_token, not_before) {
+            return Ok(Some(SupersededToken {
+                name: row.get(0)?,
+                superseded_at,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 fn user_exists(tx: &Connection, user_id: &str) -> rusqlite::Result<bool> {
@@ -978,7 +968,7 @@ impl Storage for SqliteStorage {
         expected_hashed_token: &str,
         r: &PersonalAccessToken,
         proof: &FactorProof,
-        keep_superseded: Option<SupersededRetention>,
+        keep_superseded: u32,
     ) -> HostResult<WriteOutcome> {
         let (user_id, expected_hashed_token, r, proof) = (
             user_id.to_owned(),
@@ -989,12 +979,14 @@ impl Storage for SqliteStorage {
         self.write(move |tx| {
 let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_hashed_token.as_str(), &r, &proof);
             // The compare: the named token must still hold the expected value.
-            let current = tx
-                .prepare_cached("SELECT 1 FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3")?
-                .exists(params![user_id, r.name, expected_hashed_token])?;
-            if !current {
+            let Some(kept) = tx
+                .prepare_cached("SELECT superseded FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3")?
+                .query_row(params![user_id, r.name, expected_hashed_token], |row| row.get::<_, Option<Vec<u8>>>(0))
+                .optional()?
+            else {
                 return Ok(WriteOutcome::NotFound);
-            }
+            };
+            let kept = superseded::prepend(kept.as_deref(), expected_hashed_token, r.created_at, keep_superseded);
             if let Some(refused) = spend(tx, user_id, proof)? {
                 return Ok(refused);
             }
@@ -1003,7 +995,7 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             tx.prepare_cached(
                 "UPDATE tokens SET hashed_token = ?4, last_token_part = ?5, created_at = ?6, bypass_two_factor = ?7, \
                  authorized_hash = NULL, authorized_until = NULL, last_used_at = ?8, expires_at = ?9, \
-                 expiry_notified_at = NULL \
+                 expiry_notified_at = NULL, superseded = ?10 \
                  WHERE user_id = ?1 AND kind = 'pat' AND name = ?2 AND hashed_token = ?3",
             )?
             .execute(params![
@@ -1015,22 +1007,9 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 r.created_at as i64,
                 r.bypass_two_factor,
                 r.last_used_at.map(|v| v as i64),
-                r.expires_at.map(|v| v as i64)
+                r.expires_at.map(|v| v as i64),
+                kept
             ])?;
-            if let Some(keep) = keep_superseded {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO superseded_tokens (user_id, hashed_token, name, superseded_at) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![user_id, expected_hashed_token, r.name, r.created_at as i64])?;
-                // The bounds: by age, then the newest `max_per_user`.
-                tx.prepare_cached(
-                    "DELETE FROM superseded_tokens WHERE user_id = ?1 AND (superseded_at < ?2 \
-                     OR hashed_token IN (SELECT hashed_token FROM superseded_tokens WHERE user_id = ?1 \
-                     ORDER BY superseded_at DESC LIMIT -1 OFFSET ?3))",
-                )?
-                .execute(params![user_id, keep.forget_before as i64, keep.max_per_user])?;
-            }
             Ok(WriteOutcome::Done)
         })
     }
@@ -1054,7 +1033,6 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
                 params![user_id, name],
             )?;
-            forget_superseded(tx, user_id, name)?;
             Ok(WriteOutcome::Done)
         })
     }

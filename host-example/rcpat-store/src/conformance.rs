@@ -304,7 +304,7 @@ pub fn replace_is_a_compare_and_swap(store: &dyn Backend) {
         alice(b);
         let s1 = proof(Some("s1"), FactorUse::None);
         let rep = |expected: &str, t: &PersonalAccessToken| {
-            b.replace_personal_access_token(ALICE, expected, t, &s1, None)
+            b.replace_personal_access_token(ALICE, expected, t, &s1, 0)
                 .unwrap()
         };
         b.record_token_use(ALICE, "p1", T0, T0).unwrap();
@@ -337,7 +337,7 @@ pub fn replace_is_a_compare_and_swap(store: &dyn Backend) {
                 "p2",
                 &pat("ci", "p3"),
                 &proof(Some("p1"), FactorUse::None),
-                None
+                0
             )
             .unwrap(),
             WriteOutcome::CredentialsRevoked,
@@ -886,7 +886,7 @@ pub fn tokens_list_by_the_current_values_creation(store: &dyn Backend) {
         );
         let mut ci = pat("ci", "p9");
         ci.created_at = T0 + 5;
-        b.replace_personal_access_token(ALICE, "p1", &ci, &FactorProof::none(), None)
+        b.replace_personal_access_token(ALICE, "p1", &ci, &FactorProof::none(), 0)
             .unwrap();
         assert_eq!(
             names(),
@@ -920,7 +920,7 @@ pub fn conditional_writes_answer_the_first_outcome_that_applies(store: &dyn Back
             "{name}"
         );
         let rep = |expected: &str, p: &FactorProof| {
-            b.replace_personal_access_token(ALICE, expected, &pat("ci", "n2"), p, None)
+            b.replace_personal_access_token(ALICE, expected, &pat("ci", "n2"), p, 0)
                 .unwrap()
         };
         assert_eq!(rep("stale", &bad), WriteOutcome::NotFound, "{name}");
@@ -1112,7 +1112,7 @@ pub fn rules_decided_in_contract_0_9(store: &dyn Backend) {
             until: T0 + W,
         });
         assert_eq!(
-            b.replace_personal_access_token(ALICE, "p1", &pat("ci", "p2"), &p, None)
+            b.replace_personal_access_token(ALICE, "p1", &pat("ci", "p2"), &p, 0)
                 .unwrap(),
             WriteOutcome::Done,
             "{name}"
@@ -1170,7 +1170,7 @@ pub fn rules_decided_in_contract_0_9(store: &dyn Backend) {
                 "z1",
                 &renewed,
                 &proof(Some("s1"), FactorUse::None),
-                None
+                0
             )
             .unwrap(),
             WriteOutcome::Done,
@@ -1189,49 +1189,40 @@ pub fn rules_decided_in_contract_0_9(store: &dyn Backend) {
 }
 
 /// Contract 0.10.0's superseded values (reuse detection): kept by a
-/// replacement that asks, found within their window, pruned by age and
-/// count, forgotten with the name's family, and revoking the family's
-/// current token once.
+/// replacement that asks, the newest `keep-superseded` per token, found
+/// within their window, gone with the token (its family), and revoking the
+/// family's current token once.
 pub fn superseded_values_and_their_family(store: &dyn Backend) {
     each(store, |name, b| {
         alice(b);
-        let keep = |forget_before, max_per_user| {
-            Some(SupersededRetention {
-                forget_before,
-                max_per_user,
-            })
-        };
-        let at = |hash: &str, t: u64| PersonalAccessToken {
+        let at = |token: &str, hash: &str, t: u64| PersonalAccessToken {
             created_at: t,
-            ..pat("ci", hash)
+            ..pat(token, hash)
         };
         let none = FactorProof::none();
-        // Without retention nothing is kept.
+        let found =
+            |hash: &str, not_before| b.find_superseded_token(ALICE, hash, not_before).unwrap();
+        // Keeping none: nothing is kept.
         assert_eq!(
-            b.replace_personal_access_token(ALICE, "p1", &at("p2", T0 + 10), &none, None)
+            b.replace_personal_access_token(ALICE, "p1", &at("ci", "p2", T0 + 10), &none, 0)
                 .unwrap(),
             WriteOutcome::Done,
             "{name}"
         );
-        assert_eq!(
-            b.find_superseded_token(ALICE, "p1", 0).unwrap(),
-            None,
-            "{name}"
-        );
-        // p2 -> p3 -> p4 keeps p2 and p3, each with the time of its replacement.
-        // (Presented by the session: a store may take another path for a
-        // proof with more to check than the token itself, as PostgreSQL does.)
+        assert_eq!(found("p1", 0), None, "{name}");
+        // p2 -> p3 -> p4 keeps p3 and p2, each with the time of its
+        // replacement. (Presented by the session: a store may take another
+        // path for a proof with more to check than the token itself, as
+        // PostgreSQL does.)
         let by_session = proof(Some("s1"), FactorUse::None);
         for (old, new, t) in [("p2", "p3", T0 + 20), ("p3", "p4", T0 + 30)] {
             assert_eq!(
-                b.replace_personal_access_token(ALICE, old, &at(new, t), &by_session, keep(0, 8))
+                b.replace_personal_access_token(ALICE, old, &at("ci", new, t), &by_session, 8)
                     .unwrap(),
                 WriteOutcome::Done,
                 "{name}"
             );
         }
-        let found =
-            |hash: &str, not_before| b.find_superseded_token(ALICE, hash, not_before).unwrap();
         assert_eq!(
             found("p2", 0),
             Some(SupersededToken {
@@ -1258,14 +1249,27 @@ pub fn superseded_values_and_their_family(store: &dyn Backend) {
         );
         // A failed compare-and-swap keeps nothing.
         assert_eq!(
-            b.replace_personal_access_token(ALICE, "p1", &at("p9", T0 + 40), &none, keep(0, 8))
+            b.replace_personal_access_token(ALICE, "p1", &at("ci", "p9", T0 + 40), &none, 8)
                 .unwrap(),
             WriteOutcome::NotFound,
             "{name}"
         );
         assert_eq!(found("p1", 0), None, "{name}");
-        // Revocation: not before the window, not for an unknown value; then
-        // the family's current value (p4) goes, once.
+        // Another token's values are its own.
+        b.add_token(
+            ALICE,
+            &TokenRecord::personal_access_token(&pat("other", "o1")),
+        )
+        .unwrap();
+        b.replace_personal_access_token(ALICE, "o1", &at("other", "o2", T0 + 41), &none, 8)
+            .unwrap();
+        assert_eq!(
+            found("o1", 0).map(|t| t.name),
+            Some("other".into()),
+            "{name}"
+        );
+        // Revocation: not before the window, not for an unknown or current
+        // value; then the family's current value (p4) goes, once.
         assert_eq!(
             b.revoke_superseded_family(ALICE, "p2", T0 + 21).unwrap(),
             None,
@@ -1273,6 +1277,11 @@ pub fn superseded_values_and_their_family(store: &dyn Backend) {
         );
         assert_eq!(
             b.revoke_superseded_family(ALICE, "p4", 0).unwrap(),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            b.revoke_superseded_family("nobody", "p2", 0).unwrap(),
             None,
             "{name}"
         );
@@ -1299,101 +1308,66 @@ pub fn superseded_values_and_their_family(store: &dyn Backend) {
             None,
             "{name}: once"
         );
-        assert!(found("p3", 0).is_some(), "{name}: the values stay known");
+        assert_eq!(
+            found("p3", 0),
+            None,
+            "{name}: the values went with the token"
+        );
         assert!(
             b.authenticate(ALICE, "s1", None).unwrap().is_some(),
             "{name}: sessions stay"
         );
-        // A token generated under the name is a new family: the old values are forgotten.
+        assert!(
+            b.authenticate(ALICE, "o2", None).unwrap().is_some(),
+            "{name}: other tokens stay"
+        );
+        // A token generated under the name starts a new family.
         assert_eq!(
-            b.insert_personal_access_token(ALICE, &at("q1", T0 + 50), &none)
+            b.insert_personal_access_token(ALICE, &at("ci", "q1", T0 + 50), &none)
                 .unwrap(),
             WriteOutcome::Done,
             "{name}"
         );
-        assert_eq!(found("p2", 0), None, "{name}: insert starts a new family");
-        assert_eq!(
-            b.revoke_superseded_family(ALICE, "p2", 0).unwrap(),
-            None,
-            "{name}"
-        );
-        // Removal forgets the family too.
-        b.replace_personal_access_token(ALICE, "q1", &at("q2", T0 + 60), &none, keep(0, 8))
+        b.replace_personal_access_token(ALICE, "q1", &at("ci", "q2", T0 + 60), &none, 8)
             .unwrap();
         assert!(found("q1", 0).is_some(), "{name}");
+        assert_eq!(found("p2", 0), None, "{name}");
+        // Removal ends the family; so does it for a seeded token.
         assert_eq!(
             b.remove_personal_access_token(ALICE, "ci", &none).unwrap(),
             WriteOutcome::Done,
             "{name}"
         );
         assert_eq!(found("q1", 0), None, "{name}: removal ends the family");
-        // So does a seeded token (a host-side insert) under the name.
         b.add_token(
             ALICE,
-            &TokenRecord::personal_access_token(&at("r1", T0 + 70)),
-        )
-        .unwrap();
-        b.replace_personal_access_token(ALICE, "r1", &at("r2", T0 + 80), &none, keep(0, 8))
-            .unwrap();
-        assert!(found("r1", 0).is_some(), "{name}");
-        b.remove_personal_access_token(ALICE, "ci", &none).unwrap();
-        b.add_token(
-            ALICE,
-            &TokenRecord::personal_access_token(&at("r3", T0 + 90)),
+            &TokenRecord::personal_access_token(&at("ci", "r1", T0 + 70)),
         )
         .unwrap();
         assert_eq!(
-            found("r1", 0),
+            found("q1", 0),
             None,
-            "{name}: a seeded token starts a new family"
+            "{name}: a seeded token starts with none"
         );
-        // Bounds: the user's values older than forget-before go, and only
-        // the newest max-per-user stay (all names together).
-        b.add_token(
-            ALICE,
-            &TokenRecord::personal_access_token(&pat("other", "o1")),
-        )
-        .unwrap();
-        let other = |hash: &str, t: u64| PersonalAccessToken {
-            created_at: t,
-            ..pat("other", hash)
-        };
-        b.replace_personal_access_token(ALICE, "o1", &other("o2", T0 + 100), &none, keep(0, 3))
-            .unwrap();
-        b.replace_personal_access_token(ALICE, "r3", &at("r4", T0 + 110), &none, keep(0, 3))
-            .unwrap();
-        b.replace_personal_access_token(ALICE, "o2", &other("o3", T0 + 120), &none, keep(0, 3))
-            .unwrap();
-        for hash in ["o1", "r3", "o2"] {
+        // The bound: a token keeps its newest `keep-superseded`, and a
+        // replacement keeping none drops what the token kept.
+        for (old, new, t) in [
+            ("r1", "r2", 80),
+            ("r2", "r3", 90),
+            ("r3", "r4", 100),
+            ("r4", "r5", 110),
+        ] {
+            b.replace_personal_access_token(ALICE, old, &at("ci", new, T0 + t), &none, 3)
+                .unwrap();
+        }
+        assert_eq!(found("r1", 0), None, "{name}: beyond the newest 3");
+        for hash in ["r2", "r3", "r4"] {
             assert!(found(hash, 0).is_some(), "{name}: {hash} kept");
         }
-        b.replace_personal_access_token(ALICE, "r4", &at("r5", T0 + 130), &none, keep(0, 3))
+        b.replace_personal_access_token(ALICE, "r5", &at("ci", "r6", T0 + 120), &none, 0)
             .unwrap();
-        assert_eq!(
-            found("o1", 0),
-            None,
-            "{name}: the oldest beyond max-per-user goes"
-        );
-        for hash in ["r3", "o2", "r4"] {
-            assert!(found(hash, 0).is_some(), "{name}: {hash} kept");
-        }
-        b.replace_personal_access_token(
-            ALICE,
-            "o3",
-            &other("o4", T0 + 140),
-            &none,
-            keep(T0 + 125, 3),
-        )
-        .unwrap();
-        for hash in ["r3", "o2"] {
-            assert_eq!(
-                found(hash, 0),
-                None,
-                "{name}: {hash} is older than forget-before"
-            );
-        }
-        for hash in ["r4", "o3"] {
-            assert!(found(hash, 0).is_some(), "{name}: {hash} kept");
+        for hash in ["r2", "r3", "r4", "r5"] {
+            assert_eq!(found(hash, 0), None, "{name}: {hash} dropped");
         }
     });
 }

@@ -22,6 +22,7 @@ pub mod files;
 pub mod keys;
 pub mod memory;
 pub mod random;
+pub mod superseded;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

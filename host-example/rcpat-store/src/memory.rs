@@ -24,6 +24,8 @@ struct Entry {
     last_used_at: Option<TimestampMs>,
     /// When the owner was told this value expires soon (`tokens notify-expiring`).
     expiry_notified_at: Option<TimestampMs>,
+    /// Values this token had, newest first (hash, when superseded): reuse detection.
+    superseded: Vec<(String, TimestampMs)>,
 }
 
 impl Entry {
@@ -35,6 +37,7 @@ impl Entry {
             authorized_until: None,
             last_used_at: None,
             expiry_notified_at: None,
+            superseded: Vec::new(),
         }
     }
 }
@@ -50,22 +53,6 @@ struct MemUser {
     leases: Vec<KeyLease>,
     /// Hashed backup codes (while TOTP is enrolled).
     backup: BackupCodes,
-    /// Superseded PAT values (hash, name, when), for reuse detection.
-    superseded: Vec<(String, SupersededToken)>,
-}
-
-impl MemUser {
-    /// A new family for `name`: its superseded values are forgotten.
-    fn forget_superseded(&mut self, name: &str) {
-        self.superseded.retain(|(_, t)| t.name != name);
-    }
-
-    fn superseded(&self, hashed_token: &str, not_before: TimestampMs) -> Option<&SupersededToken> {
-        self.superseded
-            .iter()
-            .find(|(h, t)| h == hashed_token && t.superseded_at >= not_before)
-            .map(|(_, t)| t)
-    }
 }
 
 #[derive(Default)]
@@ -136,6 +123,22 @@ fn pat(e: &Entry) -> PersonalAccessToken {
         last_used_at: e.last_used_at,
         expires_at: e.record.expires_at,
     }
+}
+
+/// The PAT of `u` that keeps `hashed_token` as a superseded value at or
+/// after `not_before`: its index and when it was superseded.
+fn superseded_in(
+    u: &MemUser,
+    hashed_token: &str,
+    not_before: TimestampMs,
+) -> Option<(usize, TimestampMs)> {
+    u.tokens.iter().enumerate().find_map(|(i, e)| {
+        let kept = e
+            .superseded
+            .iter()
+            .find(|(h, at)| h == hashed_token && *at >= not_before)?;
+        (e.record.kind == TokenKind::PersonalAccessToken).then_some((i, kept.1))
+    })
 }
 
 fn is_pat_named(e: &Entry, name: &str) -> bool {
@@ -326,7 +329,6 @@ impl Storage for MemoryStorage {
             if let Some(refused) = spend(u, proof) {
                 return Ok(refused);
             }
-            u.forget_superseded(&token.name);
             u.tokens.push(Entry {
                 last_used_at: token.last_used_at,
                 ..Entry::new(TokenRecord::personal_access_token(token))
@@ -341,7 +343,7 @@ impl Storage for MemoryStorage {
         expected_hashed_token: &str,
         replacement: &PersonalAccessToken,
         proof: &FactorProof,
-        keep_superseded: Option<SupersededRetention>,
+        keep_superseded: u32,
     ) -> HostResult<WriteOutcome> {
         self.with(|s| {
             let Some(u) = s.users.get_mut(user_id) else {
@@ -355,28 +357,17 @@ impl Storage for MemoryStorage {
             if let Some(refused) = spend(u, proof) {
                 return Ok(refused);
             }
+            let mut superseded = std::mem::take(&mut u.tokens[i].superseded);
+            superseded.insert(
+                0,
+                (expected_hashed_token.to_string(), replacement.created_at),
+            );
+            superseded.truncate(keep_superseded as usize);
             u.tokens[i] = Entry {
                 last_used_at: replacement.last_used_at,
+                superseded,
                 ..Entry::new(TokenRecord::personal_access_token(replacement))
             };
-            if let Some(retention) = keep_superseded {
-                u.superseded.push((
-                    expected_hashed_token.to_string(),
-                    SupersededToken {
-                        name: replacement.name.clone(),
-                        superseded_at: replacement.created_at,
-                    },
-                ));
-                // The age bound, then the count bound (the oldest go first).
-                u.superseded
-                    .retain(|(_, t)| t.superseded_at >= retention.forget_before);
-                while u.superseded.len() > retention.max_per_user as usize {
-                    let oldest = (0..u.superseded.len())
-                        .min_by_key(|&i| u.superseded[i].1.superseded_at)
-                        .unwrap_or(0);
-                    u.superseded.swap_remove(oldest);
-                }
-            }
             Ok(WriteOutcome::Done)
         })
     }
@@ -398,7 +389,6 @@ impl Storage for MemoryStorage {
                 return Ok(refused);
             }
             u.tokens.retain(|e| !is_pat_named(e, name));
-            u.forget_superseded(name);
             Ok(WriteOutcome::Done)
         })
     }
@@ -412,7 +402,15 @@ impl Storage for MemoryStorage {
         self.with(|s| {
             Ok(s.users
                 .get(user_id)
-                .and_then(|u| u.superseded(hashed_token, not_before).cloned()))
+                .and_then(|u| superseded_in(u, hashed_token, not_before))
+                .map(|(i, superseded_at)| SupersededToken {
+                    name: s.users[user_id].tokens[i]
+                        .record
+                        .name
+                        .clone()
+                        .unwrap_or_default(),
+                    superseded_at,
+                }))
         })
     }
 
@@ -426,18 +424,12 @@ impl Storage for MemoryStorage {
             let Some(u) = s.users.get_mut(user_id) else {
                 return Ok(None);
             };
-            let Some(name) = u
-                .superseded(hashed_token, not_before)
-                .map(|t| t.name.clone())
-            else {
+            let Some((i, _)) = superseded_in(u, hashed_token, not_before) else {
                 return Ok(None);
             };
-            if !u.tokens.iter().any(|e| is_pat_named(e, &name)) {
-                return Ok(None);
-            }
-            u.tokens.retain(|e| !is_pat_named(e, &name));
+            let removed = u.tokens.remove(i);
             Ok(Some(RevokedToken {
-                name,
+                name: removed.record.name.unwrap_or_default(),
                 verified_emails: u.user.verified_emails.clone(),
             }))
         })
@@ -665,7 +657,6 @@ impl Admin for MemoryStorage {
                     },
                     email: n.email.clone(),
                     tokens: Vec::new(),
-                    superseded: Vec::new(),
                     overrides: HashMap::new(),
                     replies: Vec::new(),
                     leases: Vec::new(),
@@ -761,9 +752,6 @@ impl Admin for MemoryStorage {
                 && u.tokens.iter().any(|e| is_pat_named(e, name))
             {
                 return Err(Error::invalid(format!("a token named {name} exists")));
-            }
-            if let Some(name) = &token.name {
-                u.forget_superseded(name);
             }
             u.tokens.push(Entry::new(token.clone()));
             Ok(())

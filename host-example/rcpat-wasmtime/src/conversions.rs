@@ -54,15 +54,6 @@ impl From<ep::Response> for m::Response {
     }
 }
 
-impl From<st::SupersededRetention> for m::SupersededRetention {
-    fn from(r: st::SupersededRetention) -> Self {
-        m::SupersededRetention {
-            forget_before: r.forget_before,
-            max_per_user: r.max_per_user,
-        }
-    }
-}
-
 impl From<m::SupersededToken> for st::SupersededToken {
     fn from(t: m::SupersededToken) -> Self {
         st::SupersededToken {

@@ -80,7 +80,6 @@ impl mail::Host for RcpatCtx {
 macro_rules! wit_type {
     (&str) => { String };
     (Option<&str>) => { Option<String> };
-    (Option<SupersededRetention>) => { Option<st::SupersededRetention> };
     (&$t:ident) => { st::$t };
     ($t:ty) => { $t };
 }
@@ -91,9 +90,6 @@ macro_rules! lend {
     };
     ([Option<&str>] $a:ident) => {
         $a.as_deref()
-    };
-    ([Option<SupersededRetention>] $a:ident) => {
-        $a.map(rcpat::model::SupersededRetention::from)
     };
     ([&$t:ident] $a:ident) => {
         &rcpat::model::$t::from($a)

@@ -32,28 +32,17 @@ export const PERMISSION_ROLES = {
 const isPatNamed = (t, name) => t.kind === 'personal-access-token' && t.name === name;
 
 /**
- * A new family for PAT `name` of document `u` (an insert, a removal, a
- * revocation): its superseded values are forgotten. Exported for the
- * admin side, whose seeded tokens start families too.
+ * The PAT of document `u` that keeps `hashed` as a superseded value at or
+ * after `notBefore` (reuse detection: a token keeps its values on its own
+ * entry, newest first, so they go with it): {token, supersededAt}.
  */
-export function forgetSuperseded(u, name) {
-  if (u.superseded) u.superseded = u.superseded.filter((s) => s.name !== name);
-}
-
-/** The superseded value of `u` hashing to `hashed`, superseded at or after `notBefore`. */
-function supersededValue(u, hashed, notBefore) {
-  return (u?.superseded ?? []).find((s) => s.hashedToken === hashed && s.supersededAt >= Number(notBefore));
-}
-
-/** Keeps `hashed` as a superseded value of `name` at `at`, within `retention`'s bounds. */
-function keepSuperseded(u, hashed, name, at, retention) {
-  const kept = (u.superseded ?? []).filter((s) => s.hashedToken !== hashed);
-  kept.push({ hashedToken: hashed, name, supersededAt: at });
-  // Newest first; then the age and count bounds (wit: superseded-retention).
-  kept.sort((a, b) => b.supersededAt - a.supersededAt);
-  u.superseded = kept
-    .filter((s) => s.supersededAt >= Number(retention.forgetBefore))
-    .slice(0, retention.maxPerUser);
+function supersededIn(u, hashed, notBefore) {
+  for (const t of u?.tokens ?? []) {
+    if (t.kind !== 'personal-access-token') continue;
+    const kept = (t.superseded ?? []).find((s) => s.hashedToken === hashed && s.supersededAt >= Number(notBefore));
+    if (kept) return { token: t, supersededAt: kept.supersededAt };
+  }
+  return undefined;
 }
 
 function noSuchUser(id) {
@@ -306,14 +295,11 @@ export function storageFunctions(store) {
         userId,
         proof,
         (u) => (u.tokens.some((t) => isPatNamed(t, token.name)) ? 'name-taken' : null),
-        (u) => {
-          forgetSuperseded(u, token.name);
-          u.tokens.push(wit.patEntry(token));
-        },
+        (u) => u.tokens.push(wit.patEntry(token)),
       );
     },
 
-    replacePersonalAccessToken(userId, expectedHashedToken, replacement, proof, keepSupersededAs) {
+    replacePersonalAccessToken(userId, expectedHashedToken, replacement, proof, keepSuperseded) {
       const matches = (t) => isPatNamed(t, replacement.name) && t.hashedToken === expectedHashedToken;
       return conditionalWrite(
         store,
@@ -321,28 +307,30 @@ export function storageFunctions(store) {
         proof,
         (u) => (u.tokens.some(matches) ? null : 'not-found'),
         (u) => {
-          u.tokens[u.tokens.findIndex(matches)] = wit.patEntry(replacement);
-          if (keepSupersededAs) {
-            keepSuperseded(u, expectedHashedToken, replacement.name, Number(replacement.createdAt), keepSupersededAs);
-          }
+          const i = u.tokens.findIndex(matches);
+          const kept = [
+            { hashedToken: expectedHashedToken, supersededAt: Number(replacement.createdAt) },
+            ...(u.tokens[i].superseded ?? []),
+          ].slice(0, keepSuperseded);
+          u.tokens[i] = wit.patEntry(replacement);
+          if (kept.length > 0) u.tokens[i].superseded = kept;
         },
       );
     },
 
     findSupersededToken(userId, hashedToken, notBefore) {
-      const s = supersededValue(store.user(userId), hashedToken, notBefore);
-      return s ? { name: s.name, supersededAt: BigInt(s.supersededAt) } : undefined;
+      const found = supersededIn(store.user(userId), hashedToken, notBefore);
+      return found ? { name: found.token.name, supersededAt: BigInt(found.supersededAt) } : undefined;
     },
 
     revokeSupersededFamily(userId, hashedToken, notBefore) {
       return store.transaction(() => {
         const u = store.user(userId);
-        const s = supersededValue(u, hashedToken, notBefore);
-        if (!s || !u.tokens.some((t) => isPatNamed(t, s.name))) return undefined;
-        // The family's values stay known (a second presentation finds no token).
-        u.tokens = u.tokens.filter((t) => !isPatNamed(t, s.name));
+        const found = supersededIn(u, hashedToken, notBefore);
+        if (!found) return undefined;
+        u.tokens = u.tokens.filter((t) => t !== found.token);
         store.save(u);
-        return { name: s.name, verifiedEmails: wit.user(u).verifiedEmails };
+        return { name: found.token.name, verifiedEmails: wit.user(u).verifiedEmails };
       });
     },
 
@@ -354,7 +342,6 @@ export function storageFunctions(store) {
         (u) => (u.tokens.some((t) => isPatNamed(t, name)) ? null : 'not-found'),
         (u) => {
           u.tokens = u.tokens.filter((t) => !isPatNamed(t, name));
-          forgetSuperseded(u, name);
         },
       );
     },
