@@ -12,7 +12,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use crate::common::*;
-use host_example::clock::Clock;
 use host_example::storage::Backend;
 use rcpat::model::{Request, SecurityEvent};
 
