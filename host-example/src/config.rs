@@ -210,7 +210,7 @@ pub struct Options {
     /// Reuse detection: a regeneration keeps the value it replaced, and that value presented again revokes the token (401 as for an unknown token, the owner mailed, a security log line) [default: true]
     #[arg(long, env = "RCPAT_REUSE_DETECTION", value_name = "BOOL")]
     pub reuse_detection: Option<bool>,
-    /// Days a regenerated token's old value is kept for reuse detection (at most 256 values per user) [default: 30]
+    /// Days a regenerated token's old value counts for reuse detection (a token keeps its newest 32) [default: 30]
     #[arg(
         long,
         env = "RCPAT_SUPERSEDED_TOKEN_RETENTION_DAYS",
