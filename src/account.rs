@@ -100,14 +100,13 @@ pub fn me(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     }
     respond((|| {
         let session = authenticate(env, settings, req, None)?.session;
-        Ok(Response {
-            status: 200,
-            body: reply::to_json(&Body {
+        Ok(Response::new(
+            200,
+            reply::to_json(&Body {
                 me: me_of(&session.user),
                 success: true,
             }),
-            events: Vec::new(),
-        })
+        ))
     })())
 }
 
@@ -261,14 +260,13 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
             auth_token: &plaintext,
             me: me_of(&user),
         };
-        Ok(Response {
-            status: 200,
-            body: reply::to_json(&Body {
+        Ok(Response::new(
+            200,
+            reply::to_json(&Body {
                 status: "success",
                 data,
             }),
-            events: Vec::new(),
-        })
+        ))
     })();
     result.unwrap_or_else(|e| e.to_login_response())
 }

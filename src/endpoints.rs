@@ -419,11 +419,7 @@ impl Retry {
                 ApiError::IdempotencyKeySpent
             });
         }
-        Ok(Some(Response {
-            status: 200,
-            body: opened.body,
-            events: Vec::new(),
-        }))
+        Ok(Some(Response::new(200, opened.body)))
     }
 
     /// Whether the token in a kept reply's `body` is still the current
@@ -688,13 +684,12 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
                 expires_at: t.expires_at.map(iso8601),
             })
             .collect();
-        Ok(Response {
-            status: 200,
-            body: reply::to_json(&Body {
+        Ok(Response::new(
+            200,
+            reply::to_json(&Body {
                 tokens: items,
                 success: true,
             }),
-            events: Vec::new(),
-        })
+        ))
     })())
 }

@@ -164,25 +164,24 @@ struct LoginErrorBody<'a> {
 impl ApiError {
     /// The HTTP status and JSON body of this error.
     pub fn to_response(&self) -> Response {
-        let events = match self {
-            ApiError::SupersededTokenReused(name) => {
-                vec![crate::model::SecurityEvent::SupersededTokenReused(
-                    name.clone(),
-                )]
-            }
-            _ => Vec::new(),
-        };
         if matches!(
             self,
             ApiError::NotLoggedIn | ApiError::SupersededTokenReused(_)
         ) {
             // The documented body; Rocket.Chat's oldest and documented shape.
-            return Response {
-                status: 401,
-                body: r#"{"status":"error","message":"You must be logged in to do this."}"#
-                    .to_string(),
-                events,
-            };
+            let mut reply = Response::new(
+                401,
+                r#"{"status":"error","message":"You must be logged in to do this."}"#.to_string(),
+            );
+            // A revoked family answers the same body; only the host hears of it.
+            if let ApiError::SupersededTokenReused(name) = self {
+                reply
+                    .events
+                    .push(crate::model::SecurityEvent::SupersededTokenReused(
+                        name.clone(),
+                    ));
+            }
+            return reply;
         }
         let (status, reason, error_type, details) = self.parts();
         let error = match error_type {
@@ -202,11 +201,7 @@ impl ApiError {
             error_type,
             details,
         };
-        Response {
-            status,
-            body: to_json(&body),
-            events: Vec::new(),
-        }
+        Response::new(status, to_json(&body))
     }
 
     /// The same error as `/api/v1/login` renders it: wrong credentials and
@@ -226,11 +221,7 @@ impl ApiError {
             details,
             message: &message,
         };
-        Response {
-            status,
-            body: to_json(&body),
-            events: Vec::new(),
-        }
+        Response::new(status, to_json(&body))
     }
 
     /// (status, reason, errorType, details); errorType None = plain `error` text.
@@ -421,32 +412,26 @@ pub fn token_created(token: &str) -> Response {
         token: &'a str,
         success: bool,
     }
-    Response {
-        status: 200,
-        body: to_json(&Body {
+    Response::new(
+        200,
+        to_json(&Body {
             token,
             success: true,
         }),
-        events: Vec::new(),
-    }
+    )
 }
 
 /// 200 `/api/v1/logout`: Rocket.Chat's exact body.
 pub fn logged_out() -> Response {
-    Response {
-        status: 200,
-        body: r#"{"status":"success","data":{"message":"You've been logged out!"}}"#.to_string(),
-        events: Vec::new(),
-    }
+    Response::new(
+        200,
+        r#"{"status":"success","data":{"message":"You've been logged out!"}}"#.to_string(),
+    )
 }
 
 /// 200 with `{"success":true}`.
 pub fn success() -> Response {
-    Response {
-        status: 200,
-        body: r#"{"success":true}"#.to_string(),
-        events: Vec::new(),
-    }
+    Response::new(200, r#"{"success":true}"#.to_string())
 }
 
 /// Serialises a reply. Replies hold only strings, bools and vectors, which

@@ -425,6 +425,8 @@ const MIGRATIONS: &[&str] = &[
     // newest first). The replacement function gains the entry and the
     // bound as an overload (hosts still on 15 keep calling the old one
     // during a rolling upgrade; the row's values then carry over as they are).
+    // It repeats the old one's body rather than calling it and updating
+    // the row again: a second UPDATE would write a second row version.
     r#"
     ALTER TABLE tokens ADD COLUMN superseded BYTEA;
 

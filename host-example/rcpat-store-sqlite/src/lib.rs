@@ -1057,14 +1057,11 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
             let Some(found) = superseded(tx, &user_id, &hashed_token, not_before)? else {
                 return Ok(None);
             };
-            let removed = tx
-                .prepare_cached(
-                    "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
-                )?
-                .execute(params![user_id, found.name])?;
-            if removed == 0 {
-                return Ok(None);
-            }
+            // Found in this write's transaction: the row is there to remove.
+            tx.prepare_cached(
+                "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
+            )?
+            .execute(params![user_id, found.name])?;
             let email: Option<String> = tx
                 .prepare_cached(
                     "SELECT CASE WHEN email_verified THEN email END FROM users WHERE id = ?1",

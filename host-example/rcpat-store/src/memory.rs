@@ -400,17 +400,13 @@ impl Storage for MemoryStorage {
         not_before: TimestampMs,
     ) -> HostResult<Option<SupersededToken>> {
         self.with(|s| {
-            Ok(s.users
-                .get(user_id)
-                .and_then(|u| superseded_in(u, hashed_token, not_before))
-                .map(|(i, superseded_at)| SupersededToken {
-                    name: s.users[user_id].tokens[i]
-                        .record
-                        .name
-                        .clone()
-                        .unwrap_or_default(),
+            Ok(s.users.get(user_id).and_then(|u| {
+                let (i, superseded_at) = superseded_in(u, hashed_token, not_before)?;
+                Some(SupersededToken {
+                    name: u.tokens[i].record.name.clone().unwrap_or_default(),
                     superseded_at,
-                }))
+                })
+            }))
         })
     }
 
