@@ -120,7 +120,7 @@ fn authenticate_with_second_factor(
     sensitive: fn(&Body, &LoginToken) -> bool,
     retires_presented: bool,
     retry: Option<&Retry>,
-) -> Result<(Session, Body, twofactor::Passed), ApiError> {
+) -> Result<(Session, Body, twofactor::Passed, crate::audit::Origin), ApiError> {
     // Body syntax (and size) is checked before authentication, as Express'
     // JSON parser runs before Rocket.Chat's routes; its fields only after 2FA.
     let body = request::body(&req.body, MAX_PAT_BODY_BYTES)?;
@@ -139,7 +139,8 @@ fn authenticate_with_second_factor(
     let attempt =
         twofactor::Attempt::of_request(&headers, &session.token, &req.client_address, sensitive);
     let passed = twofactor::check(env, settings, &mut session.user, &attempt)?;
-    Ok((session, body, passed))
+    let origin = crate::audit::Origin::of(&headers, req);
+    Ok((session, body, passed, origin))
 }
 
 /// `create-personal-access-tokens` (asked for when the session was read),
@@ -487,7 +488,7 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
 /// `POST users.regeneratePersonalAccessToken`.
 pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     keyed(env, settings, req, PatMethod::Regenerate, |env, retry| {
-        let (session, body, mut passed) = authenticate_with_second_factor(
+        let (session, body, mut passed, origin) = authenticate_with_second_factor(
             env,
             settings,
             req,
@@ -527,6 +528,13 @@ pub fn regenerate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Resp
         // once, kept as superseded (reuse detection), and the reply kept
         // for retries with it.
         let keep_superseded = crate::reuse::keep(settings);
+        passed.proof.events = origin.token_write(
+            replacement.created_at,
+            user_id,
+            passed.method,
+            AuditKind::TokenRegenerated,
+            &replacement,
+        );
         match env
             .storage()
             .replace_personal_access_token(
@@ -585,7 +593,7 @@ fn keyed(
 /// `POST users.generatePersonalAccessToken`.
 pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     keyed(env, settings, req, PatMethod::Generate, |env, retry| {
-        let (session, body, mut passed) =
+        let (session, body, mut passed, origin) =
             authenticate_with_second_factor(env, settings, req, mints_bypass_token, false, retry)?;
         let name = request::new_token_name(&body)?;
         let bypass = request::bypass_two_factor(&body)?;
@@ -599,6 +607,13 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
         let (plaintext, record) = mint(env, settings, name, bypass, expires_at)?;
         let created = reply::token_created(&plaintext);
         passed.proof.reply = retry.map(|r| r.keep(env, settings, &created, false));
+        passed.proof.events = origin.token_write(
+            record.created_at,
+            user_id,
+            passed.method,
+            AuditKind::TokenGenerated,
+            &record,
+        );
         match env
             .storage()
             .insert_personal_access_token(user_id, &record, &passed.proof)
@@ -617,11 +632,22 @@ pub fn generate(env: &mut dyn Env, settings: &Settings, req: &Request) -> Respon
 /// `POST users.removePersonalAccessToken`.
 pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let (session, body, passed) =
+        let (session, body, mut passed, origin) =
             authenticate_with_second_factor(env, settings, req, targets_another_token, true, None)?;
         let name = request::token_name(&body)?;
         let user_id = session.user.id.as_str();
         require_permission(&session, ApiError::NotAuthorized(PatMethod::Remove))?;
+        let now = env.now_ms();
+        if let Some(method) = passed.method {
+            passed.proof.events.push(AuditEvent {
+                method: Some(method),
+                ..origin.event(now, user_id, AuditKind::TwoFactorPassed)
+            });
+        }
+        passed.proof.events.push(AuditEvent {
+            token_name: Some(name.clone()),
+            ..origin.event(now, user_id, AuditKind::TokenRemoved)
+        });
         match env
             .storage()
             .remove_personal_access_token(user_id, &name, &passed.proof)

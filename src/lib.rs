@@ -10,6 +10,7 @@
 //! comparison) and [`reply`] (Rocket.Chat's exact replies).
 
 pub mod account;
+pub mod audit;
 pub mod codes;
 pub mod endpoints;
 pub mod env;

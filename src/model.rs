@@ -176,6 +176,49 @@ pub struct FactorProof {
     pub remember: Option<RememberGrant>,
     /// The reply to keep for retries (the request carried `Idempotency-Key`).
     pub reply: Option<IdempotentWrite>,
+    /// The audit trail's events for the write's change, stored with it.
+    pub events: Vec<AuditEvent>,
+}
+
+/// `audit-kind`: what an audit event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    LoginSucceeded,
+    LoginFailed,
+    LoginBlocked,
+    LoggedOut,
+    TokenGenerated,
+    TokenRegenerated,
+    TokenRemoved,
+    TokenExpiredOnUse,
+    TokenRevokedOnReuse,
+    TwoFactorPassed,
+    TwoFactorWrongCode,
+    TwoFactorLockedOut,
+}
+
+/// `two-factor-method`, as an audit event names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TwoFactorMethod {
+    Totp,
+    BackupCode,
+    Email,
+    Password,
+    Remembered,
+    Bypass,
+}
+
+/// `audit-event`: one entry of the audit trail (never a secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: TimestampMs,
+    pub account: String,
+    pub kind: AuditKind,
+    pub token_name: Option<String>,
+    pub token_last_part: Option<String>,
+    pub method: Option<TwoFactorMethod>,
+    pub client_address: String,
+    pub user_agent: String,
 }
 
 /// A reply kept for retries of a request, stored with its write.
@@ -212,6 +255,7 @@ impl FactorProof {
             used: FactorUse::None,
             remember: None,
             reply: None,
+            events: Vec::new(),
         }
     }
 }

@@ -41,13 +41,17 @@ impl Method {
 pub struct Passed {
     pub proof: FactorProof,
     pub details: Option<TwoFactorDetails>,
+    /// How the second factor was passed, for the audit trail (none: none
+    /// was asked for: 2FA off, or no method for this user).
+    pub method: Option<TwoFactorMethod>,
 }
 
 impl Passed {
-    fn without_factor() -> Self {
+    fn without_factor(method: Option<TwoFactorMethod>) -> Self {
         Passed {
             proof: FactorProof::none(),
             details: None,
+            method,
         }
     }
 
@@ -125,8 +129,11 @@ fn check_code(
 ) -> Result<Passed, ApiError> {
     let bypass = attempt.token.is_some_and(|t| t.bypass_two_factor)
         && (settings.bypass_tokens_unrestricted || !attempt.sensitive);
-    if !settings.two_factor_enabled || bypass {
-        return Ok(Passed::without_factor());
+    if !settings.two_factor_enabled {
+        return Ok(Passed::without_factor(None));
+    }
+    if bypass {
+        return Ok(Passed::without_factor(Some(TwoFactorMethod::Bypass)));
     }
     let now = env.now_ms();
     let fingerprint = fingerprint(attempt.user_agent, attempt.client_address);
@@ -138,13 +145,13 @@ fn check_code(
         _ => false,
     };
     if remembered {
-        return Ok(Passed::without_factor());
+        return Ok(Passed::without_factor(Some(TwoFactorMethod::Remembered)));
     }
 
     let fallback = attempt.password_fallback && settings.enforce_password_fallback;
     let Some(method) = select_method(fallback, user, attempt.method, &enabled)? else {
         // No method for this user: Rocket.Chat lets the request through.
-        return Ok(Passed::without_factor());
+        return Ok(Passed::without_factor(None));
     };
     // Fail closed: without a real code key, stored codes could be tested
     // offline by anyone with the database. Before any mail, count or write.
@@ -218,11 +225,13 @@ fn check_code(
                     until: now + u64::from(settings.remember_for_seconds) * 1000,
                 });
             Ok(Passed {
+                method: crate::audit::method_of(&used),
                 proof: FactorProof {
                     session: None,
                     used,
                     remember,
                     reply: None,
+                    events: Vec::new(),
                 },
                 details: Some(details),
             })

@@ -210,6 +210,31 @@ impl From<&m::FactorProof> for st::FactorProof {
                 created_at: w.created_at,
                 forget_before: w.forget_before,
             }),
+            events: p.events.iter().map(st::AuditEvent::from).collect(),
+        }
+    }
+}
+
+/// The same variant, by name, from one enum to its mirror.
+macro_rules! same_variant {
+    ($v:expr, $from:path => $to:path; $($name:ident),*) => {{
+        use $from as F;
+        use $to as T;
+        match $v { $(F::$name => T::$name),* }
+    }};
+}
+
+impl From<&m::AuditEvent> for st::AuditEvent {
+    fn from(e: &m::AuditEvent) -> Self {
+        st::AuditEvent {
+            at: e.at,
+            account: e.account.clone(),
+            kind: same_variant!(e.kind, m::AuditKind => st::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut),
+            token_name: e.token_name.clone(),
+            token_last_part: e.token_last_part.clone(),
+            method: e.method.map(|m| same_variant!(m, m::TwoFactorMethod => st::TwoFactorMethod; Totp, BackupCode, Email, Password, Remembered, Bypass)),
+            client_address: e.client_address.clone(),
+            user_agent: e.user_agent.clone(),
         }
     }
 }

@@ -220,6 +220,31 @@ impl From<st::FactorProof> for m::FactorProof {
                 created_at: w.created_at,
                 forget_before: w.forget_before,
             }),
+            events: p.events.into_iter().map(m::AuditEvent::from).collect(),
+        }
+    }
+}
+
+/// The same variant, by name, from one enum to its mirror.
+macro_rules! same_variant {
+    ($v:expr, $from:path => $to:path; $($name:ident),*) => {{
+        use $from as F;
+        use $to as T;
+        match $v { $(F::$name => T::$name),* }
+    }};
+}
+
+impl From<st::AuditEvent> for m::AuditEvent {
+    fn from(e: st::AuditEvent) -> Self {
+        m::AuditEvent {
+            at: e.at,
+            account: e.account,
+            kind: same_variant!(e.kind, st::AuditKind => m::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut),
+            token_name: e.token_name,
+            token_last_part: e.token_last_part,
+            method: e.method.map(|m| same_variant!(m, st::TwoFactorMethod => m::TwoFactorMethod; Totp, BackupCode, Email, Password, Remembered, Bypass)),
+            client_address: e.client_address,
+            user_agent: e.user_agent,
         }
     }
 }
