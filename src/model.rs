@@ -208,6 +208,40 @@ pub enum TwoFactorMethod {
     Bypass,
 }
 
+impl AuditKind {
+    /// The WIT name, as stores keep it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditKind::LoginSucceeded => "login-succeeded",
+            AuditKind::LoginFailed => "login-failed",
+            AuditKind::LoginBlocked => "login-blocked",
+            AuditKind::LoggedOut => "logged-out",
+            AuditKind::TokenGenerated => "token-generated",
+            AuditKind::TokenRegenerated => "token-regenerated",
+            AuditKind::TokenRemoved => "token-removed",
+            AuditKind::TokenExpiredOnUse => "token-expired-on-use",
+            AuditKind::TokenRevokedOnReuse => "token-revoked-on-reuse",
+            AuditKind::TwoFactorPassed => "two-factor-passed",
+            AuditKind::TwoFactorWrongCode => "two-factor-wrong-code",
+            AuditKind::TwoFactorLockedOut => "two-factor-locked-out",
+        }
+    }
+}
+
+impl TwoFactorMethod {
+    /// The WIT name, as stores keep it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TwoFactorMethod::Totp => "totp",
+            TwoFactorMethod::BackupCode => "backup-code",
+            TwoFactorMethod::Email => "email",
+            TwoFactorMethod::Password => "password",
+            TwoFactorMethod::Remembered => "remembered",
+            TwoFactorMethod::Bypass => "bypass",
+        }
+    }
+}
+
 /// `audit-event`: one entry of the audit trail (never a secret).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {

@@ -311,6 +311,8 @@ pub mod rules {
         fn remember(&mut self, grant: &RememberGrant) -> Result<(), Self::Error>;
         /// Keeps the reply (and ends the key's lease).
         fn keep_reply(&mut self, reply: &IdempotentWrite) -> Result<(), Self::Error>;
+        /// Stores the write's audit events (contract 0.11.0).
+        fn record_events(&mut self, events: &[AuditEvent]) -> Result<(), Self::Error>;
     }
 
     /// The order of a conditional write's proof checks (`wit/world.wit`,
@@ -342,6 +344,10 @@ pub mod rules {
         }
         if let Some(reply) = &proof.reply {
             steps.keep_reply(reply)?;
+        }
+        // Last: only a write that happens records its change.
+        if !proof.events.is_empty() {
+            steps.record_events(&proof.events)?;
         }
         Ok(None)
     }

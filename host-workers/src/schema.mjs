@@ -10,7 +10,7 @@
 // the project's version adds its step here under the same number.
 
 /** The schema version this host writes (the project's, see above). */
-export const SCHEMA_VERSION = 16;
+export const SCHEMA_VERSION = 17;
 
 /** Each version's step, by the version it brings the schema to. */
 const MIGRATIONS = {
@@ -54,6 +54,8 @@ const MIGRATIONS = {
   // 16: nothing here either: superseded values (reuse detection) live in
   // the user's document, as its tokens do.
   16: '',
+  // 17: the audit trail (branch audit-trail: not stored here yet).
+  17: '',
 };
 
 /** The first version this host has a schema for. */

@@ -454,6 +454,25 @@ const MIGRATIONS: &[&str] = &[
         RETURN 'done';
     END $$ LANGUAGE plpgsql;
 "#,
+    // 17: the audit trail (issue 28, part 2; see SQLite's 17). The write
+    // functions do not store events yet (branch audit-trail).
+    r#"
+    CREATE TABLE audit_events (
+        id BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        account TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        token_name TEXT,
+        token_last_part TEXT,
+        method TEXT,
+        address TEXT NOT NULL,
+        user_agent TEXT NOT NULL,
+        host_id TEXT NOT NULL DEFAULT '',
+        count INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX audit_by_time ON audit_events (at);
+    CREATE INDEX audit_by_account ON audit_events (account, at);
+"#,
 ];
 
 /// The advisory lock that makes one host migrate while the others wait.

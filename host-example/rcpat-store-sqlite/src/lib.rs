@@ -207,6 +207,25 @@ const MIGRATIONS: &[&str] = &[
     // 16: each PAT's superseded values, for reuse detection (contract
     // 0.10.0), on its own row (`rcpat_store::superseded`).
     "ALTER TABLE tokens ADD COLUMN superseded BLOB;",
+    // 17: the audit trail (issue 28, part 2), written by the writes that
+    // make the changes it records.
+    r#"
+    CREATE TABLE audit_events (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        account TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        token_name TEXT,
+        token_last_part TEXT,
+        method TEXT,
+        address TEXT NOT NULL,
+        user_agent TEXT NOT NULL,
+        host_id TEXT NOT NULL DEFAULT '',
+        count INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX audit_by_time ON audit_events (at);
+    CREATE INDEX audit_by_account ON audit_events (account, at);
+"#,
 ];
 
 pub struct SqliteStorage {
@@ -694,6 +713,26 @@ struct ProofTx<'a> {
 
 impl ProofSteps for ProofTx<'_> {
     type Error = rusqlite::Error;
+
+    fn record_events(&mut self, events: &[AuditEvent]) -> rusqlite::Result<()> {
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for e in events {
+            insert.execute(params![
+                e.at as i64,
+                e.account,
+                e.kind.name(),
+                e.token_name,
+                e.token_last_part,
+                e.method.map(TwoFactorMethod::name),
+                e.client_address,
+                e.user_agent
+            ])?;
+        }
+        Ok(())
+    }
 
     fn reply_kept(&mut self, r: &IdempotentWrite) -> rusqlite::Result<bool> {
         self.tx

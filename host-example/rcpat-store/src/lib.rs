@@ -33,7 +33,7 @@ pub use memory::MemoryStorage;
 
 /// The schema version every durable backend migrates to: migration N holds
 /// the same change in each (checked at compile time beside each list).
-pub const SCHEMA_VERSION: usize = 16;
+pub const SCHEMA_VERSION: usize = 17;
 
 /// The permission the endpoints check (the component's name for it).
 pub use rcpat::endpoints::PAT_PERMISSION;

@@ -53,6 +53,8 @@ struct MemUser {
     leases: Vec<KeyLease>,
     /// Hashed backup codes (while TOTP is enrolled).
     backup: BackupCodes,
+    /// The user's audit events, oldest first (stored by the writes that made them).
+    audit: Vec<AuditEvent>,
 }
 
 #[derive(Default)]
@@ -179,6 +181,10 @@ impl ProofSteps for MemUser {
     fn keep_reply(&mut self, reply: &IdempotentWrite) -> Result<(), Self::Error> {
         keep_reply(&mut self.replies, reply);
         release_key(&mut self.leases, &reply.presented_hashed_token, &reply.key);
+        Ok(())
+    }
+    fn record_events(&mut self, events: &[AuditEvent]) -> Result<(), Self::Error> {
+        self.audit.extend_from_slice(events);
         Ok(())
     }
 }
@@ -653,6 +659,7 @@ impl Admin for MemoryStorage {
                     },
                     email: n.email.clone(),
                     tokens: Vec::new(),
+                    audit: Vec::new(),
                     overrides: HashMap::new(),
                     replies: Vec::new(),
                     leases: Vec::new(),
