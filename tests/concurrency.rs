@@ -160,6 +160,7 @@ fn a_write_from_a_replaced_session_is_refused() {
             used: FactorUse::None,
             remember: None,
             reply: None,
+            events: Vec::new(),
         };
         // Request A (authenticated with T0) replaces T0 by T1.
         assert_eq!(

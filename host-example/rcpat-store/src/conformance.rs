@@ -55,6 +55,7 @@ fn proof(session: Option<&str>, used: FactorUse) -> FactorProof {
         used,
         remember: None,
         reply: None,
+        events: Vec::new(),
     }
 }
 
