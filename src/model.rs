@@ -228,7 +228,43 @@ impl AuditKind {
     }
 }
 
+impl AuditKind {
+    pub const ALL: [AuditKind; 12] = [
+        AuditKind::LoginSucceeded,
+        AuditKind::LoginFailed,
+        AuditKind::LoginBlocked,
+        AuditKind::LoggedOut,
+        AuditKind::TokenGenerated,
+        AuditKind::TokenRegenerated,
+        AuditKind::TokenRemoved,
+        AuditKind::TokenExpiredOnUse,
+        AuditKind::TokenRevokedOnReuse,
+        AuditKind::TwoFactorPassed,
+        AuditKind::TwoFactorWrongCode,
+        AuditKind::TwoFactorLockedOut,
+    ];
+
+    /// The kind a stored name names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
 impl TwoFactorMethod {
+    pub const ALL: [TwoFactorMethod; 6] = [
+        TwoFactorMethod::Totp,
+        TwoFactorMethod::BackupCode,
+        TwoFactorMethod::Email,
+        TwoFactorMethod::Password,
+        TwoFactorMethod::Remembered,
+        TwoFactorMethod::Bypass,
+    ];
+
+    /// The method a stored name names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     /// The WIT name, as stores keep it.
     pub fn name(self) -> &'static str {
         match self {

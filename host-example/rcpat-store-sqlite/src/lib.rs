@@ -1566,6 +1566,30 @@ let n = &n;
         })
     }
 
+    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT at, account, kind, token_name, token_last_part, method, address, user_agent \
+                 FROM audit_events WHERE account = ?1 ORDER BY at, id",
+            )?;
+            stmt.query_map([account], |r| {
+                let kind: String = r.get(2)?;
+                let method: Option<String> = r.get(5)?;
+                Ok(AuditEvent {
+                    at: r.get::<_, i64>(0)? as u64,
+                    account: r.get(1)?,
+                    kind: AuditKind::from_name(&kind).unwrap_or(AuditKind::LoginFailed),
+                    token_name: r.get(3)?,
+                    token_last_part: r.get(4)?,
+                    method: method.as_deref().and_then(TwoFactorMethod::from_name),
+                    client_address: r.get(6)?,
+                    user_agent: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {
         self.read(|tx| {
             let mut stmt = tx.prepare_cached(

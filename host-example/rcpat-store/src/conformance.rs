@@ -1373,6 +1373,92 @@ pub fn superseded_values_and_their_family(store: &dyn Backend) {
     });
 }
 
+/// Contract 0.11.0 (audit trail): a conditional write stores its proof's
+/// events in its transaction when it answers `done`, and never otherwise.
+pub fn write_events_are_stored_only_with_their_write(store: &dyn Backend) {
+    each(store, |name, b| {
+        alice(b);
+        let event = |kind, token: Option<&str>| AuditEvent {
+            at: T0,
+            account: ALICE.into(),
+            kind,
+            token_name: token.map(String::from),
+            token_last_part: token.map(|_| "abcdef".to_string()),
+            method: Some(TwoFactorMethod::Totp),
+            client_address: "192.0.2.7".into(),
+            user_agent: "curl/8".into(),
+        };
+        let with = |events: Vec<AuditEvent>| FactorProof {
+            events,
+            ..FactorProof::none()
+        };
+        let generated = event(AuditKind::TokenGenerated, Some("new"));
+        let taken = event(AuditKind::TokenGenerated, Some("ci"));
+        assert_eq!(
+            b.insert_personal_access_token(
+                ALICE,
+                &pat("new", "n1"),
+                &with(vec![generated.clone()])
+            )
+            .unwrap(),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        assert_eq!(
+            b.insert_personal_access_token(ALICE, &pat("ci", "x1"), &with(vec![taken]))
+                .unwrap(),
+            WriteOutcome::NameTaken,
+            "{name}"
+        );
+        let regenerated = vec![
+            event(AuditKind::TwoFactorPassed, None),
+            event(AuditKind::TokenRegenerated, Some("ci")),
+        ];
+        assert_eq!(
+            b.replace_personal_access_token(
+                ALICE,
+                "p1",
+                &pat("ci", "p2"),
+                &with(regenerated.clone()),
+                0
+            )
+            .unwrap(),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        assert_eq!(
+            b.replace_personal_access_token(
+                ALICE,
+                "p1",
+                &pat("ci", "p3"),
+                &with(regenerated.clone()),
+                0
+            )
+            .unwrap(),
+            WriteOutcome::NotFound,
+            "{name}"
+        );
+        let removed = event(AuditKind::TokenRemoved, Some("new"));
+        assert_eq!(
+            b.remove_personal_access_token(ALICE, "new", &with(vec![removed.clone()]))
+                .unwrap(),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        let login = event(AuditKind::LoginSucceeded, None);
+        assert_eq!(
+            b.insert_login_token(ALICE, "s9", T0, &with(vec![login.clone()]))
+                .unwrap(),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        let mut expected = vec![generated];
+        expected.extend(regenerated);
+        expected.extend([removed, login]);
+        assert_eq!(b.audit_events(ALICE).unwrap(), expected, "{name}");
+    });
+}
+
 crate::__conformance_cases!(list);
 
 /// Every case of the kit, one `#[test]` each, on fresh stores made by the
@@ -1413,6 +1499,7 @@ macro_rules! __conformance_cases {
             email_logins_match_any_stored_address_oldest_user_first,
             rules_decided_in_contract_0_9,
             superseded_values_and_their_family,
+            write_events_are_stored_only_with_their_write,
 
         ]);
     };

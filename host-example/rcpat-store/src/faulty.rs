@@ -102,6 +102,9 @@ impl Admin for FaultyStorage {
     fn token_hashes_named(&self, u: &str, n: &str) -> Result<Vec<String>> {
         self.inner.token_hashes_named(u, n)
     }
+    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
+        self.inner.audit_events(account)
+    }
     fn reencrypt_secrets(&self) -> Result<usize> {
         self.inner.reencrypt_secrets()
     }

@@ -206,6 +206,9 @@ pub trait Admin: Send + Sync {
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()>;
     /// All stored token hashes of the user with that PAT name (for checks).
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>>;
+    /// The audit events of `account`, oldest first (issue 28, part 2; the
+    /// read side with filters and paging is to come).
+    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>>;
     /// PATs still valid at `now` that expire by `until` and whose owner has
     /// not been sent a notice for that token value, by expiry.
     fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>>;

@@ -761,6 +761,14 @@ impl Admin for MemoryStorage {
         })
     }
 
+    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
+        self.with(|s| {
+            Ok(s.users
+                .get(account)
+                .map_or_else(Vec::new, |u| u.audit.clone()))
+        })
+    }
+
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {
         self.with(|s| {
             Ok(s.users.get(user_id).map_or_else(Vec::new, |u| {
