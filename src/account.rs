@@ -276,13 +276,16 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
 /// holds it remove it without the second factor its removal requires).
 pub fn logout(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
     respond((|| {
-        let session = authenticate(env, settings, req, None)?.session;
+        let authenticated = authenticate(env, settings, req, None)?;
+        let session = authenticated.session;
         if session.token.kind != TokenKind::Login {
             return Err(ApiError::LogoutPersonalAccessToken);
         }
+        let origin = crate::audit::Origin::of(&authenticated.headers, req);
+        let event = origin.event(env.now_ms(), &session.user.id, AuditKind::LoggedOut);
         match env
             .storage()
-            .remove_login_token(&session.user.id, &session.token.hashed_token)
+            .remove_login_token(&session.user.id, &session.token.hashed_token, &[event])
             .map_err(|_| ApiError::StorageFailure)?
         {
             WriteOutcome::Done => Ok(reply::logged_out()),

@@ -88,6 +88,9 @@ macro_rules! lend {
     ([&LoginLimits] $a:ident) => {
         $a.into()
     };
+    ([&[$t:ident]] $a:ident) => {
+        &$a.iter().map(Into::into).collect::<Vec<st::$t>>()
+    };
     ([&$t:ident] $a:ident) => {
         &$a.into()
     };

@@ -70,7 +70,7 @@ fn authenticate_unmarked(
             settings,
             user_id,
             &hashed_token,
-            &req.client_address,
+            &crate::audit::Origin::of(&headers, req),
         ));
     };
     if session.token.kind == TokenKind::Login && settings.login_expiration_days > 0 {

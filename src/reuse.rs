@@ -42,7 +42,7 @@ pub(crate) fn unknown_token(
     settings: &Settings,
     user_id: &str,
     hashed_token: &str,
-    client_address: &str,
+    origin: &crate::audit::Origin,
 ) -> ApiError {
     if !settings.reuse_detection {
         return ApiError::NotLoggedIn;
@@ -64,19 +64,24 @@ pub(crate) fn unknown_token(
     if now < superseded.superseded_at.saturating_add(grace_ms) {
         return ApiError::NotLoggedIn;
     }
-    let revoked = match env
-        .storage()
-        .revoke_superseded_family(user_id, hashed_token, not_before)
-    {
-        Ok(Some(revoked)) => revoked,
-        // Revoked already (a twin presentation won), or removed meanwhile.
-        Ok(None) => return ApiError::NotLoggedIn,
-        Err(_) => return ApiError::StorageFailure,
+    let event = AuditEvent {
+        token_name: Some(superseded.name.clone()),
+        ..origin.event(now, user_id, AuditKind::TokenRevokedOnReuse)
     };
+    let revoked =
+        match env
+            .storage()
+            .revoke_superseded_family(user_id, hashed_token, not_before, &[event])
+        {
+            Ok(Some(revoked)) => revoked,
+            // Revoked already (a twin presentation won), or removed meanwhile.
+            Ok(None) => return ApiError::NotLoggedIn,
+            Err(_) => return ApiError::StorageFailure,
+        };
     if !revoked.verified_emails.is_empty() {
         // Best effort: the revocation stands whether or not the mail goes
         // (the host's hooks report a failed send).
-        let _ = env.send_mail(&notice(&revoked, &superseded, now, client_address));
+        let _ = env.send_mail(&notice(&revoked, &superseded, now, &origin.client_address));
     }
     ApiError::SupersededTokenReused(revoked.name)
 }

@@ -91,8 +91,10 @@ macro_rules! storage_calls {
                 (user_id: [&str], hashed_token: [&str], not_before: [TimestampMs])
                 -> [Option<SupersededToken>];
             revoke_superseded_family "revoke-superseded-family"
-                (user_id: [&str], hashed_token: [&str], not_before: [TimestampMs])
+                (user_id: [&str], hashed_token: [&str], not_before: [TimestampMs], events: [&[AuditEvent]])
                 -> [Option<RevokedToken>];
+            record_audit_events "record-audit-events"
+                (events: [&[AuditEvent]]) -> [()];
             reserve_two_factor_attempt "reserve-two-factor-attempt"
                 (user_id: [&str], at: [TimestampMs], window_start: [TimestampMs], max_failed: [u32], max_email_code_attempts: [Option<u32>])
                 -> [AttemptReservation];
@@ -104,7 +106,7 @@ macro_rules! storage_calls {
             login_succeeded "login-succeeded"
                 (account: [&str], address: [&str], at: [TimestampMs]) -> [()];
             remove_login_token "remove-login-token"
-                (user_id: [&str], hashed_token: [&str]) -> [WriteOutcome];
+                (user_id: [&str], hashed_token: [&str], events: [&[AuditEvent]]) -> [WriteOutcome];
             store_email_code "store-email-code"
                 (user_id: [&str], code: [&EmailCode]) -> [()];
             record_token_use "record-token-use"

@@ -264,8 +264,8 @@ fn component_imports_exactly_its_world() {
     assert_eq!(
         imports,
         [
-            "rcpat:tokens/mail@0.10.0",
-            "rcpat:tokens/storage@0.10.0",
+            "rcpat:tokens/mail@0.11.0",
+            "rcpat:tokens/storage@0.11.0",
             "wasi:clocks/wall-clock@0.2.12",
             "wasi:random/random@0.2.12"
         ]
@@ -274,7 +274,7 @@ fn component_imports_exactly_its_world() {
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    assert_eq!(exports, ["rcpat:tokens/endpoints@0.10.0"]);
+    assert_eq!(exports, ["rcpat:tokens/endpoints@0.11.0"]);
 }
 
 #[test]

@@ -104,7 +104,7 @@ export class Component {
       ['wasi:random/random', random],
     ]) {
       this.imports[name] = value;
-      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.10.0'}`] = value;
+      this.imports[`${name}@${name.startsWith('wasi') ? '0.2.12' : '0.11.0'}`] = value;
     }
     this.settings = { ...this.endpoints().defaultSettings(), ...settings, codeKey: new Uint8Array(keys.codeKey) };
   }

@@ -468,10 +468,13 @@ const MIGRATIONS: &[&str] = &[
         address TEXT NOT NULL,
         user_agent TEXT NOT NULL,
         host_id TEXT NOT NULL DEFAULT '',
-        count INTEGER NOT NULL DEFAULT 1
+        count INTEGER NOT NULL DEFAULT 1,
+        minute BIGINT
     );
     CREATE INDEX audit_by_time ON audit_events (at);
     CREATE INDEX audit_by_account ON audit_events (account, at);
+    CREATE UNIQUE INDEX audit_failed_logins ON audit_events (account, address, minute)
+        WHERE kind = 'login-failed';
 "#,
 ];
 
@@ -1165,10 +1168,19 @@ fn record_events(db: &mut Db, proof: &FactorProof, outcome: WriteOutcome) -> Res
     if outcome != WriteOutcome::Done {
         return Ok(());
     }
-    for e in &proof.events {
+    insert_events(db, &proof.events)
+}
+
+/// Stores audit events on `db` (a transaction when beside a write); a
+/// failed login counts on the row of its (account, address, minute).
+fn insert_events(db: &mut Db, events: &[AuditEvent]) -> Result<()> {
+    for e in events {
+        let minute = (e.kind == AuditKind::LoginFailed).then_some(ts(e.at / 60_000));
         db.execute(
-            "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (account, address, minute) WHERE kind = 'login-failed' \
+             DO UPDATE SET count = audit_events.count + 1",
             &[
                 &ts(e.at),
                 &e.account,
@@ -1178,6 +1190,7 @@ fn record_events(db: &mut Db, proof: &FactorProof, outcome: WriteOutcome) -> Res
                 &e.method.map(TwoFactorMethod::name),
                 &e.client_address,
                 &e.user_agent,
+                &minute,
             ],
         )
         .map_err(pg)?;
@@ -1698,18 +1711,27 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome> {
-        self.single(|db| {
+    fn remove_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        events: &[AuditEvent],
+    ) -> HostResult<WriteOutcome> {
+        self.run(!events.is_empty(), |db| {
             let n = db.execute(
                 "DELETE FROM tokens WHERE user_id = $1 AND hashed_token = $2 AND kind = 'login'",
                 &[&user_id, &hashed_token],
             ).map_err(pg)?;
-            Ok(if n == 1 {
-                WriteOutcome::Done
-            } else {
-                WriteOutcome::NotFound
-            })
+            if n != 1 {
+                return Ok(WriteOutcome::NotFound);
+            }
+            insert_events(db, events)?;
+            Ok(WriteOutcome::Done)
         })
+    }
+
+    fn record_audit_events(&self, events: &[AuditEvent]) -> HostResult<()> {
+        self.run(events.len() > 1, |db| insert_events(db, events))
     }
 
     fn store_email_code(&self, user_id: &str, c: &EmailCode) -> HostResult<()> {
@@ -1760,6 +1782,7 @@ impl Storage for PostgresStorage {
         user_id: &str,
         hashed_token: &str,
         not_before: TimestampMs,
+        events: &[AuditEvent],
     ) -> HostResult<Option<RevokedToken>> {
         // Rare (a reuse): one transaction, the user's row locked first as
         // every write does, then the token's row, found and removed.
@@ -1781,6 +1804,7 @@ impl Storage for PostgresStorage {
                 &[&user_id, &found.name],
             )
             .map_err(pg)?;
+            insert_events(db, events)?;
             Ok(Some(RevokedToken {
                 name: found.name,
                 verified_emails: email.get::<_, Option<String>>(0).into_iter().collect(),

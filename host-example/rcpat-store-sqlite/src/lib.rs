@@ -221,10 +221,13 @@ const MIGRATIONS: &[&str] = &[
         address TEXT NOT NULL,
         user_agent TEXT NOT NULL,
         host_id TEXT NOT NULL DEFAULT '',
-        count INTEGER NOT NULL DEFAULT 1
+        count INTEGER NOT NULL DEFAULT 1,
+        minute INTEGER
     );
     CREATE INDEX audit_by_time ON audit_events (at);
     CREATE INDEX audit_by_account ON audit_events (account, at);
+    CREATE UNIQUE INDEX audit_failed_logins ON audit_events (account, address, minute)
+        WHERE kind = 'login-failed';
 "#,
 ];
 
@@ -705,6 +708,31 @@ fn spend(
     spend_proof(&mut ProofTx { tx, user_id }, proof)
 }
 
+/// Stores audit events in the caller's transaction; a failed login counts
+/// on the row of its (account, address, minute) when there is one.
+fn insert_events(tx: &Connection, events: &[AuditEvent]) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT (account, address, minute) WHERE kind = 'login-failed' DO UPDATE SET count = count + 1",
+    )?;
+    for e in events {
+        let minute = (e.kind == AuditKind::LoginFailed).then_some((e.at / 60_000) as i64);
+        insert.execute(params![
+            e.at as i64,
+            e.account,
+            e.kind.name(),
+            e.token_name,
+            e.token_last_part,
+            e.method.map(TwoFactorMethod::name),
+            e.client_address,
+            e.user_agent,
+            minute
+        ])?;
+    }
+    Ok(())
+}
+
 /// A write's proof checks as statements on its transaction.
 struct ProofTx<'a> {
     tx: &'a Transaction<'a>,
@@ -715,23 +743,7 @@ impl ProofSteps for ProofTx<'_> {
     type Error = rusqlite::Error;
 
     fn record_events(&mut self, events: &[AuditEvent]) -> rusqlite::Result<()> {
-        let mut insert = self.tx.prepare_cached(
-            "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for e in events {
-            insert.execute(params![
-                e.at as i64,
-                e.account,
-                e.kind.name(),
-                e.token_name,
-                e.token_last_part,
-                e.method.map(TwoFactorMethod::name),
-                e.client_address,
-                e.user_agent
-            ])?;
-        }
-        Ok(())
+        insert_events(self.tx, events)
     }
 
     fn reply_kept(&mut self, r: &IdempotentWrite) -> rusqlite::Result<bool> {
@@ -1090,8 +1102,10 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
         user_id: &str,
         hashed_token: &str,
         not_before: TimestampMs,
+        events: &[AuditEvent],
     ) -> HostResult<Option<RevokedToken>> {
-        let (user_id, hashed_token) = (user_id.to_owned(), hashed_token.to_owned());
+        let (user_id, hashed_token, events) =
+            (user_id.to_owned(), hashed_token.to_owned(), events.to_vec());
         self.write(move |tx| {
             let Some(found) = superseded(tx, &user_id, &hashed_token, not_before)? else {
                 return Ok(None);
@@ -1101,6 +1115,7 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
                 "DELETE FROM tokens WHERE user_id = ?1 AND kind = 'pat' AND name = ?2",
             )?
             .execute(params![user_id, found.name])?;
+            insert_events(tx, &events)?;
             let email: Option<String> = tx
                 .prepare_cached(
                     "SELECT CASE WHEN email_verified THEN email END FROM users WHERE id = ?1",
@@ -1256,14 +1271,29 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
         })
     }
 
-    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome> {
-        let (user_id, hashed_token) = (user_id.to_owned(), hashed_token.to_owned());
+    fn remove_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        events: &[AuditEvent],
+    ) -> HostResult<WriteOutcome> {
+        let (user_id, hashed_token, events) =
+            (user_id.to_owned(), hashed_token.to_owned(), events.to_vec());
         self.write(move |tx| {
             let n = tx
                 .prepare_cached("DELETE FROM tokens WHERE user_id = ?1 AND hashed_token = ?2 AND kind = 'login'")?
                 .execute(params![user_id, hashed_token])?;
-            Ok(if n == 1 { WriteOutcome::Done } else { WriteOutcome::NotFound })
+            if n != 1 {
+                return Ok(WriteOutcome::NotFound);
+            }
+            insert_events(tx, &events)?;
+            Ok(WriteOutcome::Done)
         })
+    }
+
+    fn record_audit_events(&self, events: &[AuditEvent]) -> HostResult<()> {
+        let events = events.to_vec();
+        self.write(move |tx| insert_events(tx, &events))
     }
 
     fn store_email_code(&self, user_id: &str, c: &EmailCode) -> HostResult<()> {

@@ -280,16 +280,16 @@ pub fn insert_outcomes(store: &dyn Backend) {
             "{name}"
         );
         assert_eq!(
-            b.remove_login_token(ALICE, "p1").unwrap(),
+            b.remove_login_token(ALICE, "p1", &[]).unwrap(),
             WriteOutcome::NotFound,
             "{name}: not a PAT"
         );
         assert_eq!(
-            b.remove_login_token(ALICE, "s2").unwrap(),
+            b.remove_login_token(ALICE, "s2", &[]).unwrap(),
             WriteOutcome::Done
         );
         assert_eq!(
-            b.remove_login_token(ALICE, "s2").unwrap(),
+            b.remove_login_token(ALICE, "s2", &[]).unwrap(),
             WriteOutcome::NotFound,
             "{name}"
         );
@@ -1272,17 +1272,18 @@ pub fn superseded_values_and_their_family(store: &dyn Backend) {
         // Revocation: not before the window, not for an unknown or current
         // value; then the family's current value (p4) goes, once.
         assert_eq!(
-            b.revoke_superseded_family(ALICE, "p2", T0 + 21).unwrap(),
+            b.revoke_superseded_family(ALICE, "p2", T0 + 21, &[])
+                .unwrap(),
             None,
             "{name}"
         );
         assert_eq!(
-            b.revoke_superseded_family(ALICE, "p4", 0).unwrap(),
+            b.revoke_superseded_family(ALICE, "p4", 0, &[]).unwrap(),
             None,
             "{name}"
         );
         assert_eq!(
-            b.revoke_superseded_family("nobody", "p2", 0).unwrap(),
+            b.revoke_superseded_family("nobody", "p2", 0, &[]).unwrap(),
             None,
             "{name}"
         );
@@ -1291,7 +1292,7 @@ pub fn superseded_values_and_their_family(store: &dyn Backend) {
             "{name}"
         );
         assert_eq!(
-            b.revoke_superseded_family(ALICE, "p2", 0).unwrap(),
+            b.revoke_superseded_family(ALICE, "p2", 0, &[]).unwrap(),
             Some(RevokedToken {
                 name: "ci".into(),
                 verified_emails: vec!["Alice@Example.org".into()],
@@ -1305,7 +1306,7 @@ pub fn superseded_values_and_their_family(store: &dyn Backend) {
         );
         assert_eq!(b.authenticate(ALICE, "p4", None).unwrap(), None, "{name}");
         assert_eq!(
-            b.revoke_superseded_family(ALICE, "p3", 0).unwrap(),
+            b.revoke_superseded_family(ALICE, "p3", 0, &[]).unwrap(),
             None,
             "{name}: once"
         );

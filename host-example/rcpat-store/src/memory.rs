@@ -53,8 +53,9 @@ struct MemUser {
     leases: Vec<KeyLease>,
     /// Hashed backup codes (while TOTP is enrolled).
     backup: BackupCodes,
-    /// The user's audit events, oldest first (stored by the writes that made them).
-    audit: Vec<AuditEvent>,
+    /// The user's audit events, oldest first (stored by the writes that
+    /// made them), each with its count (failed logins aggregate per minute).
+    audit: Vec<(AuditEvent, u32)>,
 }
 
 #[derive(Default)]
@@ -66,6 +67,8 @@ struct State {
     address_logins: HashMap<String, LoginCount>,
     /// Addresses that logged in successfully, by account (newest last).
     known_addresses: HashMap<String, Vec<(String, TimestampMs)>>,
+    /// Audit events of accounts that are no user (logins naming nobody).
+    other_audit: Vec<(AuditEvent, u32)>,
 }
 
 pub struct MemoryStorage {
@@ -184,9 +187,29 @@ impl ProofSteps for MemUser {
         Ok(())
     }
     fn record_events(&mut self, events: &[AuditEvent]) -> Result<(), Self::Error> {
-        self.audit.extend_from_slice(events);
+        for e in events {
+            record_event(&mut self.audit, e);
+        }
         Ok(())
     }
+}
+
+/// Appends `e`, or for a failed login counts it on the row of its
+/// (account, address, minute) if there is one.
+fn record_event(audit: &mut Vec<(AuditEvent, u32)>, e: &AuditEvent) {
+    if e.kind == AuditKind::LoginFailed {
+        let minute = e.at / 60_000;
+        if let Some((_, count)) = audit.iter_mut().find(|(a, _)| {
+            a.kind == AuditKind::LoginFailed
+                && a.account == e.account
+                && a.client_address == e.client_address
+                && a.at / 60_000 == minute
+        }) {
+            *count += 1;
+            return;
+        }
+    }
+    audit.push((e.clone(), 1));
 }
 
 /// Checks and spends `proof`; `Some(outcome)` (nothing changed) if refused.
@@ -421,6 +444,7 @@ impl Storage for MemoryStorage {
         user_id: &str,
         hashed_token: &str,
         not_before: TimestampMs,
+        events: &[AuditEvent],
     ) -> HostResult<Option<RevokedToken>> {
         self.with(|s| {
             let Some(u) = s.users.get_mut(user_id) else {
@@ -430,6 +454,9 @@ impl Storage for MemoryStorage {
                 return Ok(None);
             };
             let removed = u.tokens.remove(i);
+            for e in events {
+                record_event(&mut u.audit, e);
+            }
             Ok(Some(RevokedToken {
                 name: removed.record.name.unwrap_or_default(),
                 verified_emails: u.user.verified_emails.clone(),
@@ -520,7 +547,12 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn remove_login_token(&self, user_id: &str, hashed_token: &str) -> HostResult<WriteOutcome> {
+    fn remove_login_token(
+        &self,
+        user_id: &str,
+        hashed_token: &str,
+        events: &[AuditEvent],
+    ) -> HostResult<WriteOutcome> {
         self.with(|s| {
             let Some(u) = s.users.get_mut(user_id) else {
                 return Ok(WriteOutcome::NotFound);
@@ -529,11 +561,25 @@ impl Storage for MemoryStorage {
             u.tokens.retain(|e| {
                 !(e.record.kind == TokenKind::Login && e.record.hashed_token == hashed_token)
             });
-            Ok(if u.tokens.len() < before {
-                WriteOutcome::Done
-            } else {
-                WriteOutcome::NotFound
-            })
+            if u.tokens.len() == before {
+                return Ok(WriteOutcome::NotFound);
+            }
+            for e in events {
+                record_event(&mut u.audit, e);
+            }
+            Ok(WriteOutcome::Done)
+        })
+    }
+
+    fn record_audit_events(&self, events: &[AuditEvent]) -> HostResult<()> {
+        self.with(|s| {
+            for e in events {
+                match s.users.get_mut(&e.account) {
+                    Some(u) => record_event(&mut u.audit, e),
+                    None => record_event(&mut s.other_audit, e),
+                }
+            }
+            Ok(())
         })
     }
 
@@ -763,9 +809,15 @@ impl Admin for MemoryStorage {
 
     fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
         self.with(|s| {
-            Ok(s.users
-                .get(account)
-                .map_or_else(Vec::new, |u| u.audit.clone()))
+            let audit = match s.users.get(account) {
+                Some(u) => &u.audit,
+                None => &s.other_audit,
+            };
+            Ok(audit
+                .iter()
+                .filter(|(e, _)| e.account == account)
+                .map(|(e, _)| e.clone())
+                .collect())
         })
     }
 

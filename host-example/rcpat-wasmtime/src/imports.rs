@@ -80,6 +80,7 @@ impl mail::Host for RcpatCtx {
 macro_rules! wit_type {
     (&str) => { String };
     (Option<&str>) => { Option<String> };
+    (&[$t:ident]) => { Vec<st::$t> };
     (&$t:ident) => { st::$t };
     ($t:ty) => { $t };
 }
@@ -90,6 +91,11 @@ macro_rules! lend {
     };
     ([Option<&str>] $a:ident) => {
         $a.as_deref()
+    };
+    ([&[$t:ident]] $a:ident) => {
+        &$a.into_iter()
+            .map(rcpat::model::$t::from)
+            .collect::<Vec<_>>()
     };
     ([&$t:ident] $a:ident) => {
         &rcpat::model::$t::from($a)

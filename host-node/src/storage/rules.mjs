@@ -193,9 +193,33 @@ function conditionalWrite(store, userId, proof, find, change) {
     if (refused) return refused;
     spend(u, proof);
     change(u);
+    recordEvents(u, proof.events ?? []);
     store.save(u);
     return 'done';
   });
+}
+
+/**
+ * Appends audit events to user document `u` (a failed login counts on the
+ * entry of its account, address and minute). Branch audit-trail: kept in
+ * the document for now; a table beside the documents is the plan.
+ */
+function recordEvents(u, events) {
+  u.audit ??= [];
+  for (const e of events ?? []) {
+    const at = Number(e.at);
+    if (e.kind === 'login-failed') {
+      const same = u.audit.find(
+        (a) => a.kind === 'login-failed' && a.account === e.account && a.clientAddress === e.clientAddress &&
+          Math.floor(a.at / 60_000) === Math.floor(at / 60_000),
+      );
+      if (same) {
+        same.count += 1;
+        continue;
+      }
+    }
+    u.audit.push({ ...e, at, count: 1 });
+  }
 }
 
 /** Whether user `u` holds `permission`: a per-user grant or revocation
@@ -258,12 +282,13 @@ export function storageFunctions(store) {
       });
     },
 
-    removeLoginToken(userId, hashedToken) {
+    removeLoginToken(userId, hashedToken, events) {
       return store.transaction(() => {
         const u = store.user(userId);
         const i = u ? u.tokens.findIndex((t) => t.kind === 'login' && t.hashedToken === hashedToken) : -1;
         if (i < 0) return 'not-found';
         u.tokens.splice(i, 1);
+        recordEvents(u, events);
         store.save(u);
         return 'done';
       });
@@ -318,17 +343,31 @@ export function storageFunctions(store) {
       );
     },
 
+    recordAuditEvents(events) {
+      store.transaction(() => {
+        // Branch audit-trail: events of accounts that are no user (logins
+        // naming nobody) are not kept yet.
+        for (const e of events) {
+          const u = store.user(e.account);
+          if (!u) continue;
+          recordEvents(u, [e]);
+          store.save(u);
+        }
+      });
+    },
+
     findSupersededToken(userId, hashedToken, notBefore) {
       const found = supersededIn(store.user(userId), hashedToken, notBefore);
       return found ? { name: found.token.name, supersededAt: BigInt(found.supersededAt) } : undefined;
     },
 
-    revokeSupersededFamily(userId, hashedToken, notBefore) {
+    revokeSupersededFamily(userId, hashedToken, notBefore, events) {
       return store.transaction(() => {
         const u = store.user(userId);
         const found = supersededIn(u, hashedToken, notBefore);
         if (!found) return undefined;
         u.tokens = u.tokens.filter((t) => t !== found.token);
+        recordEvents(u, events);
         store.save(u);
         return { name: found.token.name, verifiedEmails: wit.user(u).verifiedEmails };
       });
