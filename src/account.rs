@@ -197,14 +197,19 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
             }
         };
         let now = env.now_ms();
-        match env
+        let origin = crate::audit::Origin::of(&headers, req);
+        let refused = match env
             .storage()
             .reserve_login_attempt(&account, &req.client_address, now, &settings.login_limits())
             .map_err(|_| ApiError::StorageFailure)?
         {
-            LoginAdmission::Admitted => {}
-            LoginAdmission::AccountBlocked => return Err(ApiError::LoginBlockedForUser),
-            LoginAdmission::AddressBlocked => return Err(ApiError::LoginBlockedForAddress),
+            LoginAdmission::Admitted => None,
+            LoginAdmission::AccountBlocked => Some(ApiError::LoginBlockedForUser),
+            LoginAdmission::AddressBlocked => Some(ApiError::LoginBlockedForAddress),
+        };
+        if let Some(refused) = refused {
+            crate::audit::record(env, &[origin.event(now, &account, AuditKind::LoginBlocked)]);
+            return Err(refused);
         }
         // One bcrypt check whatever is found, so that an unknown user or one
         // without a password answers as slowly as a wrong password.
@@ -216,7 +221,10 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         let mut user = match found {
             Some(user) if matches && user.password_bcrypt.is_some() => user,
             // The reserved attempt stays counted as a failed login.
-            _ => return Err(ApiError::NotLoggedIn),
+            _ => {
+                crate::audit::record(env, &[origin.event(now, &account, AuditKind::LoginFailed)]);
+                return Err(ApiError::NotLoggedIn);
+            }
         };
         // A right password resets the account's count. Should this fail the
         // login still stands: the count only errs on the side of blocking.
@@ -232,9 +240,19 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
             password_fallback: false,
             sensitive: false,
         };
-        let passed = twofactor::check(env, settings, &mut user, &attempt)?;
+        let mut passed = twofactor::check(env, settings, &mut user, &attempt)?;
         let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
         let issued_at = env.now_ms();
+        if let Some(method) = passed.method {
+            passed.proof.events.push(AuditEvent {
+                method: Some(method),
+                ..origin.event(issued_at, &user.id, AuditKind::TwoFactorPassed)
+            });
+        }
+        passed
+            .proof
+            .events
+            .push(origin.event(issued_at, &user.id, AuditKind::LoginSucceeded));
         match env
             .storage()
             .insert_login_token(

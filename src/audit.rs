@@ -19,13 +19,17 @@ pub(crate) struct Origin {
 
 impl Origin {
     pub(crate) fn of(headers: &Headers, req: &Request) -> Self {
-        let agent = headers.user_agent.as_deref().unwrap_or("");
+        Self::new(&req.client_address, headers.user_agent.as_deref())
+    }
+
+    pub(crate) fn new(client_address: &str, user_agent: Option<&str>) -> Self {
+        let agent = user_agent.unwrap_or("");
         let mut end = agent.len().min(MAX_USER_AGENT_BYTES);
         while !agent.is_char_boundary(end) {
             end -= 1;
         }
         Origin {
-            client_address: req.client_address.clone(),
+            client_address: client_address.to_string(),
             user_agent: agent[..end].to_string(),
         }
     }
@@ -68,6 +72,13 @@ impl Origin {
         });
         events
     }
+}
+
+/// Records events that are their own change. Best effort: if storage
+/// fails, the change (the event) did not happen, and the request's reply
+/// is what it was going to be.
+pub(crate) fn record(env: &mut dyn crate::env::Env, events: &[AuditEvent]) {
+    let _ = env.storage().record_audit_events(events);
 }
 
 /// The method a spent factor was passed by.

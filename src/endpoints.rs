@@ -80,7 +80,17 @@ fn authenticate_unmarked(
         }
     }
     // An expired PAT is refused as an unknown one is.
-    if crate::expiry::is_expired(session.token.expires_at, env.now_ms()) {
+    let now = env.now_ms();
+    if crate::expiry::is_expired(session.token.expires_at, now) {
+        let event = AuditEvent {
+            token_name: session.token.name.clone(),
+            ..crate::audit::Origin::of(&headers, req).event(
+                now,
+                user_id,
+                AuditKind::TokenExpiredOnUse,
+            )
+        };
+        crate::audit::record(env, &[event]);
         return Err(ApiError::NotLoggedIn);
     }
     Ok(Authenticated { headers, session })

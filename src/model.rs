@@ -229,6 +229,18 @@ impl AuditKind {
 }
 
 impl AuditKind {
+    /// Kinds a flood could repeat without bound (a refusal changes nothing
+    /// else): stores count them per account, address and minute.
+    pub fn aggregated(self) -> bool {
+        matches!(
+            self,
+            AuditKind::LoginFailed
+                | AuditKind::LoginBlocked
+                | AuditKind::TwoFactorLockedOut
+                | AuditKind::TokenExpiredOnUse
+        )
+    }
+
     pub const ALL: [AuditKind; 12] = [
         AuditKind::LoginSucceeded,
         AuditKind::LoginFailed,

@@ -178,7 +178,19 @@ fn check_code(
     if code.is_empty() {
         return Err(ApiError::TwoFactor(TwoFactorFailure::Required, details));
     }
+    // What the audit trail records of a refused or wrong code.
+    let origin = crate::audit::Origin::new(attempt.client_address, attempt.user_agent);
+    let audit_method = match method {
+        Method::Totp => TwoFactorMethod::Totp,
+        Method::Email => TwoFactorMethod::Email,
+        Method::Password => TwoFactorMethod::Password,
+    };
+    let event = |kind| AuditEvent {
+        method: Some(audit_method),
+        ..origin.event(now, &user.id, kind)
+    };
     if locked {
+        crate::audit::record(env, &[event(AuditKind::TwoFactorLockedOut)]);
         return Err(ApiError::TwoFactor(TwoFactorFailure::MaxAttempts, details));
     }
 
@@ -196,6 +208,7 @@ fn check_code(
         )
         .map_err(|_| ApiError::StorageFailure)?;
     if !reservation.granted {
+        crate::audit::record(env, &[event(AuditKind::TwoFactorLockedOut)]);
         return Err(ApiError::TwoFactor(TwoFactorFailure::MaxAttempts, details));
     }
 
@@ -244,6 +257,12 @@ fn check_code(
             } else {
                 TwoFactorFailure::Invalid
             };
+            // The reservation already counted it; the event records it.
+            let mut events = vec![event(AuditKind::TwoFactorWrongCode)];
+            if kind == TwoFactorFailure::MaxAttempts {
+                events.push(event(AuditKind::TwoFactorLockedOut));
+            }
+            crate::audit::record(env, &events);
             Err(ApiError::TwoFactor(kind, details))
         }
     }

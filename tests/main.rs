@@ -3,6 +3,7 @@
 //! fixture (`common`).
 
 mod attacks;
+mod audit_trail;
 mod bad_input;
 mod cache_trust;
 mod cli;

@@ -473,8 +473,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_time ON audit_events (at);
     CREATE INDEX audit_by_account ON audit_events (account, at);
-    CREATE UNIQUE INDEX audit_failed_logins ON audit_events (account, address, minute)
-        WHERE kind = 'login-failed';
+    CREATE UNIQUE INDEX audit_per_minute ON audit_events (account, address, kind, minute)
+        WHERE minute IS NOT NULL;
 "#,
 ];
 
@@ -1175,11 +1175,11 @@ fn record_events(db: &mut Db, proof: &FactorProof, outcome: WriteOutcome) -> Res
 /// failed login counts on the row of its (account, address, minute).
 fn insert_events(db: &mut Db, events: &[AuditEvent]) -> Result<()> {
     for e in events {
-        let minute = (e.kind == AuditKind::LoginFailed).then_some(ts(e.at / 60_000));
+        let minute = e.kind.aggregated().then_some(ts(e.at / 60_000));
         db.execute(
             "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (account, address, minute) WHERE kind = 'login-failed' \
+             ON CONFLICT (account, address, kind, minute) WHERE minute IS NOT NULL \
              DO UPDATE SET count = audit_events.count + 1",
             &[
                 &ts(e.at),

@@ -226,8 +226,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_time ON audit_events (at);
     CREATE INDEX audit_by_account ON audit_events (account, at);
-    CREATE UNIQUE INDEX audit_failed_logins ON audit_events (account, address, minute)
-        WHERE kind = 'login-failed';
+    CREATE UNIQUE INDEX audit_per_minute ON audit_events (account, address, kind, minute)
+        WHERE minute IS NOT NULL;
 "#,
 ];
 
@@ -714,10 +714,10 @@ fn insert_events(tx: &Connection, events: &[AuditEvent]) -> rusqlite::Result<()>
     let mut insert = tx.prepare_cached(
         "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-         ON CONFLICT (account, address, minute) WHERE kind = 'login-failed' DO UPDATE SET count = count + 1",
+         ON CONFLICT (account, address, kind, minute) WHERE minute IS NOT NULL DO UPDATE SET count = count + 1",
     )?;
     for e in events {
-        let minute = (e.kind == AuditKind::LoginFailed).then_some((e.at / 60_000) as i64);
+        let minute = e.kind.aggregated().then_some((e.at / 60_000) as i64);
         insert.execute(params![
             e.at as i64,
             e.account,

@@ -194,13 +194,13 @@ impl ProofSteps for MemUser {
     }
 }
 
-/// Appends `e`, or for a failed login counts it on the row of its
-/// (account, address, minute) if there is one.
+/// Appends `e`, or for an aggregated kind counts it on the row of its
+/// (account, address, kind, minute) if there is one.
 fn record_event(audit: &mut Vec<(AuditEvent, u32)>, e: &AuditEvent) {
-    if e.kind == AuditKind::LoginFailed {
+    if e.kind.aggregated() {
         let minute = e.at / 60_000;
         if let Some((_, count)) = audit.iter_mut().find(|(a, _)| {
-            a.kind == AuditKind::LoginFailed
+            a.kind == e.kind
                 && a.account == e.account
                 && a.client_address == e.client_address
                 && a.at / 60_000 == minute

@@ -204,13 +204,15 @@ function conditionalWrite(store, userId, proof, find, change) {
  * entry of its account, address and minute). Branch audit-trail: kept in
  * the document for now; a table beside the documents is the plan.
  */
+const AGGREGATED = ['login-failed', 'login-blocked', 'two-factor-locked-out', 'token-expired-on-use'];
+
 function recordEvents(u, events) {
   u.audit ??= [];
   for (const e of events ?? []) {
     const at = Number(e.at);
-    if (e.kind === 'login-failed') {
+    if (AGGREGATED.includes(e.kind)) {
       const same = u.audit.find(
-        (a) => a.kind === 'login-failed' && a.account === e.account && a.clientAddress === e.clientAddress &&
+        (a) => a.kind === e.kind && a.account === e.account && a.clientAddress === e.clientAddress &&
           Math.floor(a.at / 60_000) === Math.floor(at / 60_000),
       );
       if (same) {
