@@ -1460,6 +1460,101 @@ pub fn write_events_are_stored_only_with_their_write(store: &dyn Backend) {
     });
 }
 
+/// Contract 0.11.0: logout and revocation store their events with their
+/// change (none without it), and `record-audit-events` counts a
+/// flood-prone kind per account, address, kind and minute.
+pub fn events_of_logout_revocation_and_refusals(store: &dyn Backend) {
+    each(store, |name, b| {
+        alice(b);
+        let event = |kind, at: u64, address: &str| AuditEvent {
+            at,
+            account: ALICE.into(),
+            kind,
+            token_name: None,
+            token_last_part: None,
+            method: None,
+            client_address: address.into(),
+            user_agent: String::new(),
+        };
+        let out = event(AuditKind::LoggedOut, T0, "192.0.2.1");
+        assert_eq!(
+            b.remove_login_token(ALICE, "s1", std::slice::from_ref(&out)).unwrap(),
+            WriteOutcome::Done,
+            "{name}"
+        );
+        assert_eq!(
+            b.remove_login_token(ALICE, "s1", std::slice::from_ref(&out)).unwrap(),
+            WriteOutcome::NotFound,
+            "{name}: nothing removed, nothing recorded"
+        );
+        b.replace_personal_access_token(ALICE, "p1", &pat("ci", "p2"), &FactorProof::none(), 8)
+            .unwrap();
+        let revoked = event(AuditKind::TokenRevokedOnReuse, T0 + 1, "192.0.2.2");
+        assert!(
+            b.revoke_superseded_family(ALICE, "p1", 0, std::slice::from_ref(&revoked))
+                .unwrap()
+                .is_some(),
+            "{name}"
+        );
+        assert!(
+            b.revoke_superseded_family(ALICE, "p1", 0, std::slice::from_ref(&revoked))
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+        // Three failed logins in one minute from one address: one row; another
+        // address, another kind or the next minute: rows of their own.
+        let failed = |at, address| event(AuditKind::LoginFailed, at, address);
+        b.record_audit_events(&[failed(T0 + 2, "192.0.2.3"), failed(T0 + 3, "192.0.2.3")])
+            .unwrap();
+        b.record_audit_events(&[failed(T0 + 4, "192.0.2.3")])
+            .unwrap();
+        b.record_audit_events(&[failed(T0 + 5, "192.0.2.4")])
+            .unwrap();
+        b.record_audit_events(&[event(AuditKind::LoginBlocked, T0 + 6, "192.0.2.3")])
+            .unwrap();
+        b.record_audit_events(&[failed(T0 + 60_000, "192.0.2.3")])
+            .unwrap();
+        // Kinds that are not flood-prone are never merged.
+        let wrong = event(AuditKind::TwoFactorWrongCode, T0 + 7, "192.0.2.3");
+        b.record_audit_events(&[wrong.clone(), wrong.clone()])
+            .unwrap();
+        let got: Vec<(AuditKind, String)> = b
+            .audit_events(ALICE)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.client_address))
+            .collect();
+        let want = |kind, address: &str| (kind, address.to_string());
+        assert_eq!(
+            got,
+            [
+                want(AuditKind::LoggedOut, "192.0.2.1"),
+                want(AuditKind::TokenRevokedOnReuse, "192.0.2.2"),
+                want(AuditKind::LoginFailed, "192.0.2.3"),
+                want(AuditKind::LoginFailed, "192.0.2.4"),
+                want(AuditKind::LoginBlocked, "192.0.2.3"),
+                want(AuditKind::TwoFactorWrongCode, "192.0.2.3"),
+                want(AuditKind::TwoFactorWrongCode, "192.0.2.3"),
+                want(AuditKind::LoginFailed, "192.0.2.3"),
+            ],
+            "{name}"
+        );
+        // An account that is no user (a login naming nobody) is kept too.
+        let nobody = AuditEvent {
+            account: "unknown-username:mallory".into(),
+            ..failed(T0, "192.0.2.9")
+        };
+        b.record_audit_events(&[nobody.clone(), nobody.clone()])
+            .unwrap();
+        assert_eq!(
+            b.audit_events("unknown-username:mallory").unwrap(),
+            [nobody],
+            "{name}"
+        );
+    });
+}
+
 crate::__conformance_cases!(list);
 
 /// Every case of the kit, one `#[test]` each, on fresh stores made by the
@@ -1501,6 +1596,7 @@ macro_rules! __conformance_cases {
             rules_decided_in_contract_0_9,
             superseded_values_and_their_family,
             write_events_are_stored_only_with_their_write,
+            events_of_logout_revocation_and_refusals,
 
         ]);
     };

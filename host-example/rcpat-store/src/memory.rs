@@ -813,11 +813,14 @@ impl Admin for MemoryStorage {
                 Some(u) => &u.audit,
                 None => &s.other_audit,
             };
-            Ok(audit
+            let mut events: Vec<AuditEvent> = audit
                 .iter()
                 .filter(|(e, _)| e.account == account)
                 .map(|(e, _)| e.clone())
-                .collect())
+                .collect();
+            // By time, then as stored (a stable sort), as the SQL stores order.
+            events.sort_by_key(|e| e.at);
+            Ok(events)
         })
     }
 
