@@ -1478,12 +1478,14 @@ pub fn events_of_logout_revocation_and_refusals(store: &dyn Backend) {
         };
         let out = event(AuditKind::LoggedOut, T0, "192.0.2.1");
         assert_eq!(
-            b.remove_login_token(ALICE, "s1", std::slice::from_ref(&out)).unwrap(),
+            b.remove_login_token(ALICE, "s1", std::slice::from_ref(&out))
+                .unwrap(),
             WriteOutcome::Done,
             "{name}"
         );
         assert_eq!(
-            b.remove_login_token(ALICE, "s1", std::slice::from_ref(&out)).unwrap(),
+            b.remove_login_token(ALICE, "s1", std::slice::from_ref(&out))
+                .unwrap(),
             WriteOutcome::NotFound,
             "{name}: nothing removed, nothing recorded"
         );
