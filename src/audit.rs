@@ -65,9 +65,12 @@ impl Origin {
                 ..self.event(at, account, AuditKind::TwoFactorPassed)
             });
         }
+        // The change names its factor too: one row answers "who changed
+        // this token, when, from where, with which factor".
         events.push(AuditEvent {
             token_name: Some(token.name.clone()),
             token_last_part: Some(token.last_token_part.clone()),
+            method: passed_by,
             ..self.event(at, account, kind)
         });
         events

@@ -31,6 +31,7 @@ impl ep::Guest for Component {
             ep::Route::GeneratePersonalAccessToken => crate::endpoints::generate,
             ep::Route::GetPersonalAccessTokens => crate::endpoints::list,
             ep::Route::RemovePersonalAccessToken => crate::endpoints::remove,
+            ep::Route::AuditPersonalAccessTokens => crate::audit_route::list,
         };
         run(endpoint, config, req)
     }

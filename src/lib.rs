@@ -11,6 +11,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod audit_route;
 pub mod codes;
 pub mod endpoints;
 pub mod env;

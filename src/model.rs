@@ -303,6 +303,38 @@ pub struct AuditEvent {
     pub user_agent: String,
 }
 
+/// `audit-filter`: which events `list-audit-events` answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub account: Option<String>,
+    pub since: Option<TimestampMs>,
+    pub kind: Option<AuditKind>,
+}
+
+impl AuditFilter {
+    /// Whether `e` passes every condition (for stores that filter in memory).
+    pub fn admits(&self, e: &AuditEvent) -> bool {
+        self.account.as_ref().is_none_or(|a| *a == e.account)
+            && self.since.is_none_or(|s| e.at >= s)
+            && self.kind.is_none_or(|k| k == e.kind)
+    }
+}
+
+/// `stored-audit-event`: an event with the host that stored it and its count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAuditEvent {
+    pub event: AuditEvent,
+    pub host_id: String,
+    pub count: u32,
+}
+
+/// `audit-page`: one page of the audit trail, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    pub total: u32,
+    pub events: Vec<StoredAuditEvent>,
+}
+
 /// A reply kept for retries of a request, stored with its write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotentWrite {
@@ -398,6 +430,8 @@ pub struct Request {
     pub headers: Vec<Header>,
     pub client_address: String,
     pub body: Vec<u8>,
+    /// The query string without its `?` (only the audit route reads it).
+    pub query: String,
 }
 
 impl Request {
@@ -413,6 +447,7 @@ impl Request {
                 .collect(),
             client_address: "127.0.0.1".to_string(),
             body: body.to_vec(),
+            query: String::new(),
         }
     }
 }

@@ -95,6 +95,8 @@ macro_rules! storage_calls {
                 -> [Option<RevokedToken>];
             record_audit_events "record-audit-events"
                 (events: [&[AuditEvent]]) -> [()];
+            list_audit_events "list-audit-events"
+                (filter: [&AuditFilter], offset: [u32], count: [u32]) -> [AuditPage];
             reserve_two_factor_attempt "reserve-two-factor-attempt"
                 (user_id: [&str], at: [TimestampMs], window_start: [TimestampMs], max_failed: [u32], max_email_code_attempts: [Option<u32>])
                 -> [AttemptReservation];

@@ -224,6 +224,12 @@ pub struct Options {
         value_name = "SECONDS"
     )]
     pub superseded_token_grace_seconds: Option<u32>,
+    /// This host's name on the audit events it stores (1-64 of [A-Za-z0-9._-]) [default: the machine's hostname]
+    #[arg(long, env = "RCPAT_HOST_ID")]
+    pub host_id: Option<String>,
+    /// Days audit events are kept; `serve` prunes older ones in the background every 10 minutes. 0 keeps them forever [default: 365]
+    #[arg(long, env = "RCPAT_AUDIT_RETENTION_DAYS", value_name = "DAYS")]
+    pub audit_retention_days: Option<u32>,
 }
 
 /// Which commands an option belongs to: each command shows (in `--help`)
@@ -252,7 +258,9 @@ impl Group {
             | "database_url"
             | "database_pool_size"
             | "database_timeout_ms"
-            | "secret_key_file" => Group::Storage,
+            | "secret_key_file"
+            | "host_id"
+            | "audit_retention_days" => Group::Storage,
             "outbox" | "smtp" | "smtp_tls" | "smtp_ca_file" | "smtp_user"
             | "smtp_password_file" | "mail_from" => Group::Mail,
             "listen"
@@ -325,7 +333,7 @@ impl Options {
             failed_attempts_window, login_expiration_days, max_failed_logins_per_user, user_login_block_minutes,
             max_failed_logins_per_address, address_login_block_minutes, bypass_tokens_unrestricted,
             show_token_last_use, token_prefix, max_token_lifetime_days, idempotency_key_hours, reuse_detection,
-            superseded_token_retention_days, superseded_token_grace_seconds)
+            superseded_token_retention_days, superseded_token_grace_seconds, host_id, audit_retention_days)
     }
 
     /// The trusted reverse proxies (`client_address.rs`).
@@ -389,6 +397,33 @@ impl Options {
     pub fn storage(&self) -> StorageKind {
         self.storage.unwrap_or(StorageKind::Sqlite)
     }
+    /// The id stamped on stored audit events: `--host-id`, else the
+    /// machine's hostname, checked (it is shown to administrators).
+    pub fn host_id(&self) -> crate::error::Result<String> {
+        let id = match &self.host_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| is_host_id(h))
+                .unwrap_or_else(|| "host-example".into()),
+        };
+        if !is_host_id(&id) {
+            return Err(crate::error::Error::invalid(
+                "--host-id must be 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-'",
+            ));
+        }
+        Ok(id)
+    }
+
+    /// How long audit events are kept (`None`: forever).
+    pub fn audit_retention(&self) -> Option<std::time::Duration> {
+        match self.audit_retention_days.unwrap_or(365) {
+            0 => None,
+            days => Some(std::time::Duration::from_secs(u64::from(days) * 86_400)),
+        }
+    }
+
     pub fn db(&self) -> PathBuf {
         self.db.clone().unwrap_or_else(|| "rcpat.sqlite".into())
     }
@@ -593,4 +628,11 @@ mod group_tests {
             assert!(Group::of(&id).is_some(), "{id} has no group");
         }
     }
+}
+
+fn is_host_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admin_listener;
+pub mod audit;
 pub mod cache;
 pub mod client_address;
 pub mod clock;

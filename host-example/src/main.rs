@@ -60,6 +60,12 @@ enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Read and prune the audit trail (who changed which token, when, from
+    /// where, with which second factor).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Manage the secret keys (the key file beside the database).
     Keys {
         #[command(subcommand)]
@@ -215,6 +221,36 @@ enum TokensCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// The audit events, newest first.
+    List {
+        /// Only this user's events (a username; else an account as stored)
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Only events at or after this date or instant (2026-12-07, 2026-12-07T10:00:00Z)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only events of this type (token-regenerated, login-failed, ...)
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        /// At most this many events
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line (the REST route's fields)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        opts: Options,
+    },
+    /// Remove the events older than --audit-retention-days now (`serve`
+    /// does it every 10 minutes; this is for hosts that run no server).
+    Prune {
+        #[command(flatten)]
+        opts: Options,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Add a new key to the key file and re-encrypt every TOTP secret under
     /// it (one host; with several, `keys add`, copy the file, `keys reencrypt`).
@@ -252,6 +288,9 @@ impl Command {
                 command:
                     TokensCommand::List { opts, .. } | TokensCommand::NotifyExpiring { opts, .. },
             } => std::mem::take(opts),
+            Command::Audit {
+                command: AuditCommand::List { opts, .. } | AuditCommand::Prune { opts },
+            } => std::mem::take(opts),
             Command::Users { command } => command.take_options(),
             Command::Wit | Command::Info | Command::Export { .. } => Options::default(),
         }
@@ -275,6 +314,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Users { .. }
             | Command::Tokens { .. }
+            | Command::Audit { .. }
             | Command::Keys { .. }
             | Command::Wit
             | Command::Info
@@ -311,7 +351,7 @@ fn groups(path: &[&str]) -> &'static [Group] {
         ["serve"] | ["bench"] => &[Storage, Mail, Server, Component, Settings],
         ["demo"] => &[Storage, Mail],
         ["tokens", "notify-expiring"] => &[Storage, Mail],
-        ["users", ..] | ["tokens", ..] | ["keys", ..] => &[Storage],
+        ["users", ..] | ["tokens", ..] | ["keys", ..] | ["audit", ..] => &[Storage],
         _ => &[],
     }
 }
@@ -409,6 +449,56 @@ fn run(command: Command, opts: Options) -> Result<()> {
                     println!("{:<24} expires {}", "", rcpat::time::iso8601(at));
                 }
             }
+            Ok(())
+        }
+        Command::Audit {
+            command:
+                AuditCommand::List {
+                    user,
+                    since,
+                    kind,
+                    limit,
+                    json,
+                    ..
+                },
+        } => {
+            let services = admin_services(&opts)?;
+            let storage = &**services.storage();
+            let filter = host_example::audit::filter(
+                storage,
+                user.as_deref(),
+                since.as_deref(),
+                kind.as_deref(),
+            )?;
+            let page = storage
+                .list_audit_events(&filter, 0, limit)
+                .map_err(Error::from)?;
+            for e in &page.events {
+                if json {
+                    println!("{}", host_example::audit::json(e));
+                } else {
+                    println!("{}", host_example::audit::line(e));
+                }
+            }
+            if !json {
+                eprintln!("{} of {} events", page.events.len(), page.total);
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Prune { .. },
+        } => {
+            let services = admin_services(&opts)?;
+            let Some(keep) = opts.audit_retention() else {
+                println!("--audit-retention-days is 0: events are kept forever");
+                return Ok(());
+            };
+            let now = services.clock().now_ms();
+            let removed = host_example::audit::prune(&**services.storage(), now, keep)?;
+            println!(
+                "{removed} audit events older than {} days removed",
+                keep.as_secs() / 86_400
+            );
             Ok(())
         }
         Command::Tokens {

@@ -96,10 +96,11 @@ pub enum Endpoint {
     Generate,
     List,
     Remove,
+    Audit,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::Login,
         Endpoint::Logout,
         Endpoint::Me,
@@ -107,6 +108,7 @@ impl Endpoint {
         Endpoint::Generate,
         Endpoint::List,
         Endpoint::Remove,
+        Endpoint::Audit,
     ];
 
     /// Rocket.Chat's path for the endpoint.
@@ -119,6 +121,7 @@ impl Endpoint {
             Endpoint::Generate => "/api/v1/users.generatePersonalAccessToken",
             Endpoint::List => "/api/v1/users.getPersonalAccessTokens",
             Endpoint::Remove => "/api/v1/users.removePersonalAccessToken",
+            Endpoint::Audit => "/api/v1/audit.personalAccessTokens",
         }
     }
 
@@ -132,12 +135,13 @@ impl Endpoint {
             Endpoint::Generate => Route::GeneratePersonalAccessToken,
             Endpoint::List => Route::GetPersonalAccessTokens,
             Endpoint::Remove => Route::RemovePersonalAccessToken,
+            Endpoint::Audit => Route::AuditPersonalAccessTokens,
         }
     }
 
     /// Whether the endpoint is `POST` (with a JSON body) rather than `GET`.
     pub fn is_post(self) -> bool {
-        !matches!(self, Endpoint::Me | Endpoint::List)
+        !matches!(self, Endpoint::Me | Endpoint::List | Endpoint::Audit)
     }
 
     /// Runs the same logic natively (the baseline, and a cross-check).
@@ -151,6 +155,7 @@ impl Endpoint {
             Endpoint::Generate => rcpat::endpoints::generate(env, settings, req),
             Endpoint::List => rcpat::endpoints::list(env, settings, req),
             Endpoint::Remove => rcpat::endpoints::remove(env, settings, req),
+            Endpoint::Audit => rcpat::audit_route::list(env, settings, req),
         }
     }
 }

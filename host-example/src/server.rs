@@ -98,6 +98,9 @@ pub struct App {
     pub proxies: crate::client_address::Proxies,
     /// Whether `/` serves the token page (`--web`; `web.rs`).
     pub web: bool,
+    /// How long audit events are kept (`--audit-retention-days`; `None`:
+    /// forever); `serve` prunes older ones in the background (`audit.rs`).
+    pub audit_retention: Option<Duration>,
     pub services: Services,
     pub settings: Settings,
     pub limits: Limits,
@@ -125,6 +128,7 @@ impl App {
             tls: None,
             proxies: Default::default(),
             web: true,
+            audit_retention: None,
             services,
             settings,
             permits: Semaphore::new(limits.concurrency.max(1)),
@@ -332,6 +336,7 @@ async fn dispatch(
             .collect(),
         client_address: client.to_string(),
         body,
+        query: parts.uri.query().unwrap_or("").to_string(),
     };
     if ep == Endpoint::Login {
         let pool_app = app.clone();

@@ -56,6 +56,7 @@ pub fn open_backend(
             )?)
         }
     };
+    backend.set_host_id(&opts.host_id()?)?;
     // A key file whose key N is not the key N storage sealed secrets under
     // would fail every such user, or write under a key no other host has.
     let missing = keys.check_recorded(&backend.key_fingerprints()?)?;
@@ -110,6 +111,7 @@ pub fn app_from(
         limits.max_connections = limits.max_connections.min(room);
     }
     let mut app = App::new(backend, services, opts.settings(), limits)?;
+    app.audit_retention = opts.audit_retention();
     app.tls = opts.tls()?.map(tokio_rustls::TlsAcceptor::from);
     app.proxies = opts.proxies()?;
     app.web = opts.web();
@@ -207,10 +209,17 @@ impl RunningServer {
                         },
                     ))
                 });
+                // Dies with the runtime; each batch is its own short write.
+                let pruner = app
+                    .audit_retention
+                    .map(|keep| tokio::spawn(crate::audit::prune_every(app.clone(), keep)));
                 let stopped = serve(listener, app, async move {
                     let _ = rx.await;
                 })
                 .await;
+                if let Some(p) = pruner {
+                    p.abort();
+                }
                 // Probes answer until the requests have drained.
                 let _ = admin_stop.send(());
                 if let Some(task) = admin_task {

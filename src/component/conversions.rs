@@ -32,6 +32,7 @@ impl From<ep::Request> for m::Request {
                 .collect(),
             client_address: r.client_address,
             body: r.body,
+            query: r.query,
         }
     }
 }
@@ -224,12 +225,57 @@ macro_rules! same_variant {
     }};
 }
 
+// Each audit enum, both ways (events go out in writes, come back in pages).
+fn kind_to_wit(k: m::AuditKind) -> st::AuditKind {
+    same_variant!(k, m::AuditKind => st::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut)
+}
+
+fn kind_from_wit(k: st::AuditKind) -> m::AuditKind {
+    same_variant!(k, st::AuditKind => m::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut)
+}
+
+impl From<&m::AuditFilter> for st::AuditFilter {
+    fn from(f: &m::AuditFilter) -> Self {
+        st::AuditFilter {
+            account: f.account.clone(),
+            since: f.since,
+            kind: f.kind.map(kind_to_wit),
+        }
+    }
+}
+
+impl From<st::AuditPage> for m::AuditPage {
+    fn from(p: st::AuditPage) -> Self {
+        m::AuditPage {
+            total: p.total,
+            events: p
+                .events
+                .into_iter()
+                .map(|s| m::StoredAuditEvent {
+                    event: m::AuditEvent {
+                        at: s.event.at,
+                        account: s.event.account,
+                        kind: kind_from_wit(s.event.kind),
+                        token_name: s.event.token_name,
+                        token_last_part: s.event.token_last_part,
+                        method: s.event.method.map(|m| same_variant!(m, st::TwoFactorMethod => m::TwoFactorMethod; Totp, BackupCode, Email, Password, Remembered, Bypass)),
+                        client_address: s.event.client_address,
+                        user_agent: s.event.user_agent,
+                    },
+                    host_id: s.host_id,
+                    count: s.count,
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<&m::AuditEvent> for st::AuditEvent {
     fn from(e: &m::AuditEvent) -> Self {
         st::AuditEvent {
             at: e.at,
             account: e.account.clone(),
-            kind: same_variant!(e.kind, m::AuditKind => st::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut),
+            kind: kind_to_wit(e.kind),
             token_name: e.token_name.clone(),
             token_last_part: e.token_last_part.clone(),
             method: e.method.map(|m| same_variant!(m, m::TwoFactorMethod => st::TwoFactorMethod; Totp, BackupCode, Email, Password, Remembered, Bypass)),

@@ -63,8 +63,12 @@ async fn handle(
 ) -> Result<(StatusCode, [(axum::http::HeaderName, &'static str); 1], String), StatusCode> {
     let route = rcpat_wasmtime::route_at(uri.path()).ok_or(StatusCode::NOT_FOUND)?;
     let headers = headers.iter().map(|(n, v)| Header { name: n.to_string(), value: v.as_bytes().to_vec() });
-    let request =
-        Request { headers: headers.collect(), client_address: peer.ip().to_string(), body: body.into() };
+    let request = Request {
+        headers: headers.collect(),
+        client_address: peer.ip().to_string(),
+        body: body.into(),
+        query: uri.query().unwrap_or("").into(),
+    };
     // A fresh instance in a fresh store per request, off the async threads.
     let reply = tokio::task::spawn_blocking(move || {
         let (engine, pre, ctx, settings) = &*app;

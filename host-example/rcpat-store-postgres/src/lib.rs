@@ -475,6 +475,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_account ON audit_events (account, at);
     CREATE UNIQUE INDEX audit_per_minute ON audit_events (account, address, kind, minute)
         WHERE minute IS NOT NULL;
+    INSERT INTO permission_roles VALUES ('view-personal-access-token-audit', 'admin')
+        ON CONFLICT DO NOTHING;
 "#,
 ];
 
@@ -513,6 +515,8 @@ impl PostgresConfig {
 pub struct PostgresStorage {
     pool: r2d2::Pool<Manager>,
     keys: Arc<Keys>,
+    /// The id stamped on the audit events this host stores (`set_host_id`).
+    host_id: std::sync::RwLock<Arc<str>>,
 }
 
 /// A pooled connection and its prepared statements.
@@ -725,7 +729,11 @@ impl PostgresStorage {
             // check on every checkout would cost a round trip per call.
             .test_on_check_out(false)
             .build_unchecked(manager);
-        let storage = PostgresStorage { pool, keys };
+        let storage = PostgresStorage {
+            pool,
+            keys,
+            host_id: std::sync::RwLock::new(Arc::from("")),
+        };
         storage.migrate()?;
         Ok(storage)
     }
@@ -791,15 +799,22 @@ impl PostgresStorage {
     ) -> std::result::Result<T, E> {
         let mut conn = self.pool.get().map_err(pg)?;
         let Conn { client, statements } = &mut *conn;
+        let host_id = self
+            .host_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if !tx {
             return Ok(f(&mut Db {
                 client: Handle::Plain(client),
                 statements,
+                host_id,
             })?);
         }
         let mut db = Db {
             client: Handle::Tx(client.transaction().map_err(pg)?),
             statements,
+            host_id,
         };
         let value = f(&mut db)?;
         if let Handle::Tx(t) = db.client {
@@ -834,6 +849,8 @@ enum Handle<'a> {
 struct Db<'a> {
     client: Handle<'a>,
     statements: &'a mut HashMap<&'static str, Statement>,
+    /// The host id its audit events are stamped with.
+    host_id: Arc<str>,
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -1174,11 +1191,12 @@ fn record_events(db: &mut Db, proof: &FactorProof, outcome: WriteOutcome) -> Res
 /// Stores audit events on `db` (a transaction when beside a write); a
 /// failed login counts on the row of its (account, address, minute).
 fn insert_events(db: &mut Db, events: &[AuditEvent]) -> Result<()> {
+    let host_id = db.host_id.clone();
     for e in events {
         let minute = e.kind.aggregated().then_some(ts(e.at / 60_000));
         db.execute(
-            "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute, host_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (account, address, kind, minute) WHERE minute IS NOT NULL \
              DO UPDATE SET count = audit_events.count + 1",
             &[
@@ -1191,6 +1209,7 @@ fn insert_events(db: &mut Db, events: &[AuditEvent]) -> Result<()> {
                 &e.client_address,
                 &e.user_agent,
                 &minute,
+                &&*host_id,
             ],
         )
         .map_err(pg)?;
@@ -1734,6 +1753,74 @@ impl Storage for PostgresStorage {
         self.run(events.len() > 1, |db| insert_events(db, events))
     }
 
+    fn list_audit_events(
+        &self,
+        filter: &AuditFilter,
+        offset: u32,
+        count: u32,
+    ) -> HostResult<AuditPage> {
+        use rcpat_store::audit_sql::{self, Param};
+        let (clause, args) = audit_sql::where_clause(filter, |n| format!("${n}"));
+        let args: Vec<Box<dyn ToSql + Sync>> = args
+            .into_iter()
+            .map(|p| -> Box<dyn ToSql + Sync> {
+                match p {
+                    Param::Text(t) => Box::new(t),
+                    Param::Int(i) => Box::new(i),
+                }
+            })
+            .chain([
+                Box::new(i64::from(count)) as Box<dyn ToSql + Sync>,
+                Box::new(i64::from(offset)),
+            ])
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|b| &**b).collect();
+        let n = refs.len() - 2;
+        // One statement, one snapshot: the total and the page agree.
+        let sql = format!(
+            "SELECT {}, count(*) OVER () FROM audit_events {clause} {} LIMIT ${} OFFSET ${}",
+            audit_sql::COLUMNS,
+            audit_sql::ORDER,
+            n + 1,
+            n + 2
+        );
+        let (total_sql, total_refs) = (
+            format!("SELECT count(*) FROM audit_events {clause}"),
+            &refs[..n],
+        );
+        self.single(|db| {
+            let rows = on_handle!(db, c => c.query(&sql, &refs)).map_err(pg)?;
+            // Past the last row, the window has nothing to count.
+            let total: i64 = match rows.first() {
+                Some(r) => r.get(10),
+                None => on_handle!(db, c => c.query_one(&total_sql, total_refs))
+                    .map_err(pg)?
+                    .get(0),
+            };
+            let mut events = Vec::with_capacity(rows.len());
+            for r in &rows {
+                events.push(StoredAuditEvent {
+                    event: AuditEvent {
+                        at: r.get::<_, i64>(0) as u64,
+                        account: r.get(1),
+                        kind: audit_sql::kind(r.get(2))?,
+                        token_name: r.get(3),
+                        token_last_part: r.get(4),
+                        method: audit_sql::method(r.get(5))?,
+                        client_address: r.get(6),
+                        user_agent: r.get(7),
+                    },
+                    host_id: r.get(8),
+                    count: u32::try_from(r.get::<_, i32>(9)).unwrap_or(0),
+                });
+            }
+            Ok(AuditPage {
+                total: u32::try_from(total).unwrap_or(u32::MAX),
+                events,
+            })
+        })
+    }
+
     fn store_email_code(&self, user_id: &str, c: &EmailCode) -> HostResult<()> {
         // Under the user's lock: a reservation counting this code's attempts
         // never interleaves with its replacement.
@@ -2135,28 +2222,28 @@ impl Admin for PostgresStorage {
         })
     }
 
-    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
-        self.single(|db| {
-            Ok(db
-                .query(
-                    "SELECT at, account, kind, token_name, token_last_part, method, address, user_agent \
-                     FROM audit_events WHERE account = $1 ORDER BY at, id",
-                    &[&account],
+    fn set_host_id(&self, host_id: &str) -> Result<()> {
+        *self.host_id.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(host_id);
+        Ok(())
+    }
+
+    fn prune_audit_events(&self, before: TimestampMs, batch: u32) -> Result<u64> {
+        let mut removed = 0;
+        loop {
+            // One short statement per batch (autocommit): no long lock.
+            let n = self.single::<_, Error>(|db| {
+                db.execute(
+                    "DELETE FROM audit_events WHERE id IN \
+                     (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)",
+                    &[&ts(before), &i64::from(batch)],
                 )
-                .map_err(pg)?
-                .iter()
-                .map(|r| AuditEvent {
-                    at: r.get::<_, i64>(0) as u64,
-                    account: r.get(1),
-                    kind: AuditKind::from_name(r.get(2)).unwrap_or(AuditKind::LoginFailed),
-                    token_name: r.get(3),
-                    token_last_part: r.get(4),
-                    method: r.get::<_, Option<&str>>(5).and_then(TwoFactorMethod::from_name),
-                    client_address: r.get(6),
-                    user_agent: r.get(7),
-                })
-                .collect())
-        })
+                .map_err(pg)
+            })?;
+            removed += n;
+            if n < u64::from(batch) {
+                return Ok(removed);
+            }
+        }
     }
 
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {

@@ -228,6 +228,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_account ON audit_events (account, at);
     CREATE UNIQUE INDEX audit_per_minute ON audit_events (account, address, kind, minute)
         WHERE minute IS NOT NULL;
+    INSERT OR IGNORE INTO permission_roles VALUES ('view-personal-access-token-audit', 'admin');
 "#,
 ];
 
@@ -354,6 +355,12 @@ impl SqliteStorage {
             tx.commit().map_err(db)?;
         }
         encrypt_plaintext_secrets(&mut conn, &keys)?;
+        // The host id the writer stamps on audit events (`set_host_id`):
+        // a table of the writer's own connection, never in the file.
+        conn.execute_batch(
+            "CREATE TEMP TABLE host (id TEXT NOT NULL); INSERT INTO temp.host VALUES ('');",
+        )
+        .map_err(db)?;
         let (sender, receiver) = mpsc::channel::<Job>();
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -712,8 +719,8 @@ fn spend(
 /// on the row of its (account, address, minute) when there is one.
 fn insert_events(tx: &Connection, events: &[AuditEvent]) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
-        "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+        "INSERT INTO audit_events (at, account, kind, token_name, token_last_part, method, address, user_agent, minute, host_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, (SELECT id FROM temp.host)) \
          ON CONFLICT (account, address, kind, minute) WHERE minute IS NOT NULL DO UPDATE SET count = count + 1",
     )?;
     for e in events {
@@ -1296,6 +1303,81 @@ let (user_id, expected_hashed_token, r, proof) = (user_id.as_str(), expected_has
         self.write(move |tx| insert_events(tx, &events))
     }
 
+    fn list_audit_events(
+        &self,
+        filter: &AuditFilter,
+        offset: u32,
+        count: u32,
+    ) -> HostResult<AuditPage> {
+        use rcpat_store::audit_sql::{self, Param};
+        let (clause, args) = audit_sql::where_clause(filter, |n| format!("?{n}"));
+        let args: Vec<rusqlite::types::Value> = args
+            .into_iter()
+            .map(|p| match p {
+                Param::Text(t) => t.into(),
+                Param::Int(i) => i.into(),
+            })
+            .collect();
+        let rows = self.read::<_, Error>(|tx| {
+            let total: i64 = tx
+                .prepare_cached(&format!("SELECT count(*) FROM audit_events {clause}"))?
+                .query_row(rusqlite::params_from_iter(&args), |r| r.get(0))?;
+            let n = args.len();
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {} FROM audit_events {clause} {} LIMIT ?{} OFFSET ?{}",
+                audit_sql::COLUMNS,
+                audit_sql::ORDER,
+                n + 1,
+                n + 2
+            ))?;
+            let page = args
+                .iter()
+                .cloned()
+                .chain([i64::from(count).into(), i64::from(offset).into()]);
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(page), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, String>(7)?,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, i64>(9)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((total, rows))
+        })?;
+        let (total, rows) = rows;
+        let mut events = Vec::with_capacity(rows.len());
+        for (at, account, kind, token_name, token_last_part, method, address, agent, host_id, n) in
+            rows
+        {
+            events.push(StoredAuditEvent {
+                event: AuditEvent {
+                    at: at as u64,
+                    account,
+                    kind: audit_sql::kind(&kind)?,
+                    token_name,
+                    token_last_part,
+                    method: audit_sql::method(method.as_deref())?,
+                    client_address: address,
+                    user_agent: agent,
+                },
+                host_id,
+                count: u32::try_from(n).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(AuditPage {
+            total: u32::try_from(total).unwrap_or(u32::MAX),
+            events,
+        })
+    }
+
     fn store_email_code(&self, user_id: &str, c: &EmailCode) -> HostResult<()> {
         let (user_id, c) = (user_id.to_owned(), c.clone());
         self.write(move |tx| {
@@ -1596,28 +1678,30 @@ let n = &n;
         })
     }
 
-    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "SELECT at, account, kind, token_name, token_last_part, method, address, user_agent \
-                 FROM audit_events WHERE account = ?1 ORDER BY at, id",
-            )?;
-            stmt.query_map([account], |r| {
-                let kind: String = r.get(2)?;
-                let method: Option<String> = r.get(5)?;
-                Ok(AuditEvent {
-                    at: r.get::<_, i64>(0)? as u64,
-                    account: r.get(1)?,
-                    kind: AuditKind::from_name(&kind).unwrap_or(AuditKind::LoginFailed),
-                    token_name: r.get(3)?,
-                    token_last_part: r.get(4)?,
-                    method: method.as_deref().and_then(TwoFactorMethod::from_name),
-                    client_address: r.get(6)?,
-                    user_agent: r.get(7)?,
-                })
-            })?
-            .collect()
+    fn set_host_id(&self, host_id: &str) -> Result<()> {
+        let host_id = host_id.to_owned();
+        self.write(move |tx| {
+            tx.execute("UPDATE temp.host SET id = ?1", [host_id])
+                .map(drop)
         })
+    }
+
+    fn prune_audit_events(&self, before: TimestampMs, batch: u32) -> Result<u64> {
+        let mut removed = 0;
+        loop {
+            // One short write per batch: requests' writes go between them.
+            let n = self.write::<_, Error>(move |tx| {
+                tx.prepare_cached(
+                    "DELETE FROM audit_events WHERE id IN \
+                     (SELECT id FROM audit_events WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                )?
+                .execute(params![before as i64, batch])
+            })?;
+            removed += n as u64;
+            if n < batch as usize {
+                return Ok(removed);
+            }
+        }
     }
 
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>> {

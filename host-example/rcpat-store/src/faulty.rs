@@ -102,8 +102,11 @@ impl Admin for FaultyStorage {
     fn token_hashes_named(&self, u: &str, n: &str) -> Result<Vec<String>> {
         self.inner.token_hashes_named(u, n)
     }
-    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
-        self.inner.audit_events(account)
+    fn set_host_id(&self, host_id: &str) -> Result<()> {
+        self.inner.set_host_id(host_id)
+    }
+    fn prune_audit_events(&self, before: TimestampMs, batch: u32) -> Result<u64> {
+        self.inner.prune_audit_events(before, batch)
     }
     fn reencrypt_secrets(&self) -> Result<usize> {
         self.inner.reencrypt_secrets()

@@ -16,6 +16,7 @@
 use rcpat::model::*;
 pub use rcpat::storage::{HostError, HostResult, Storage};
 
+pub mod audit_sql;
 pub mod error;
 pub mod faulty;
 pub mod files;
@@ -206,9 +207,13 @@ pub trait Admin: Send + Sync {
     fn add_token(&self, user_id: &str, token: &TokenRecord) -> Result<()>;
     /// All stored token hashes of the user with that PAT name (for checks).
     fn token_hashes_named(&self, user_id: &str, name: &str) -> Result<Vec<String>>;
-    /// The audit events of `account`, oldest first (issue 28, part 2; the
-    /// read side with filters and paging is to come).
-    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>>;
+    /// The id stamped on every audit event this store stores from now on
+    /// (`stored-audit-event.host-id`): the host's own name for itself.
+    fn set_host_id(&self, host_id: &str) -> Result<()>;
+    /// Removes audit events older than `before`, at most `batch` per
+    /// statement, each batch its own short write (so pruning never holds
+    /// a write lock long); answers how many were removed.
+    fn prune_audit_events(&self, before: TimestampMs, batch: u32) -> Result<u64>;
     /// PATs still valid at `now` that expire by `until` and whose owner has
     /// not been sent a notice for that token value, by expiry.
     fn expiring_tokens(&self, now: TimestampMs, until: TimestampMs) -> Result<Vec<ExpiringToken>>;
@@ -237,6 +242,19 @@ pub trait Admin: Send + Sync {
 }
 
 /// A complete store: the component's operations and the host's.
-pub trait Backend: Storage + Admin {}
+pub trait Backend: Storage + Admin {
+    /// The audit events of `account`, oldest first (tests and checks; the
+    /// read side is `list-audit-events`).
+    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
+        let filter = AuditFilter {
+            account: Some(account.to_string()),
+            ..AuditFilter::default()
+        };
+        let page = self
+            .list_audit_events(&filter, 0, u32::MAX)
+            .map_err(Error::Storage)?;
+        Ok(page.events.into_iter().rev().map(|s| s.event).collect())
+    }
+}
 
 impl<T: Storage + Admin + ?Sized> Backend for T {}

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use rcpat::audit_route::{AUDIT_PERMISSION, AUDIT_PERMISSION_DEFAULT_ROLES};
 use rcpat::model::*;
 use rcpat::storage::rules::{
     KeyLease, LoginCount, ProofSteps, admit_login, factor_available, keep_reply, kept_reply,
@@ -55,7 +56,7 @@ struct MemUser {
     backup: BackupCodes,
     /// The user's audit events, oldest first (stored by the writes that
     /// made them), each with its count (failed logins aggregate per minute).
-    audit: Vec<(AuditEvent, u32)>,
+    audit: Vec<MemEvent>,
 }
 
 #[derive(Default)]
@@ -68,8 +69,21 @@ struct State {
     /// Addresses that logged in successfully, by account (newest last).
     known_addresses: HashMap<String, Vec<(String, TimestampMs)>>,
     /// Audit events of accounts that are no user (logins naming nobody).
-    other_audit: Vec<(AuditEvent, u32)>,
+    other_audit: Vec<MemEvent>,
+    /// The id stamped on the events this store lists (it serves one host).
+    host_id: String,
 }
+
+/// A stored audit event: its count, and its place in the order of storing
+/// (which breaks ties of time, as the SQL stores' row ids do).
+struct MemEvent {
+    event: AuditEvent,
+    count: u32,
+    seq: u64,
+}
+
+/// The order of storing, across every store in the process.
+static AUDIT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub struct MemoryStorage {
     state: Mutex<State>,
@@ -81,6 +95,13 @@ impl Default for MemoryStorage {
         state.permissions.insert(
             PAT_PERMISSION.into(),
             PAT_PERMISSION_DEFAULT_ROLES
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+        );
+        state.permissions.insert(
+            AUDIT_PERMISSION.into(),
+            AUDIT_PERMISSION_DEFAULT_ROLES
                 .iter()
                 .map(|r| r.to_string())
                 .collect(),
@@ -196,20 +217,24 @@ impl ProofSteps for MemUser {
 
 /// Appends `e`, or for an aggregated kind counts it on the row of its
 /// (account, address, kind, minute) if there is one.
-fn record_event(audit: &mut Vec<(AuditEvent, u32)>, e: &AuditEvent) {
+fn record_event(audit: &mut Vec<MemEvent>, e: &AuditEvent) {
     if e.kind.aggregated() {
         let minute = e.at / 60_000;
-        if let Some((_, count)) = audit.iter_mut().find(|(a, _)| {
-            a.kind == e.kind
-                && a.account == e.account
-                && a.client_address == e.client_address
-                && a.at / 60_000 == minute
+        if let Some(row) = audit.iter_mut().find(|r| {
+            r.event.kind == e.kind
+                && r.event.account == e.account
+                && r.event.client_address == e.client_address
+                && r.event.at / 60_000 == minute
         }) {
-            *count += 1;
+            row.count += 1;
             return;
         }
     }
-    audit.push((e.clone(), 1));
+    audit.push(MemEvent {
+        event: e.clone(),
+        count: 1,
+        seq: AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    });
 }
 
 /// Checks and spends `proof`; `Some(outcome)` (nothing changed) if refused.
@@ -583,6 +608,36 @@ impl Storage for MemoryStorage {
         })
     }
 
+    fn list_audit_events(
+        &self,
+        filter: &AuditFilter,
+        offset: u32,
+        count: u32,
+    ) -> HostResult<AuditPage> {
+        self.with(|s| {
+            let lists = s.users.values().map(|u| &u.audit);
+            let mut found: Vec<&MemEvent> = lists
+                .chain(std::iter::once(&s.other_audit))
+                .flatten()
+                .filter(|r| filter.admits(&r.event))
+                .collect();
+            found.sort_by_key(|r| std::cmp::Reverse((r.event.at, r.seq)));
+            Ok(AuditPage {
+                total: u32::try_from(found.len()).unwrap_or(u32::MAX),
+                events: found
+                    .into_iter()
+                    .skip(offset as usize)
+                    .take(count as usize)
+                    .map(|r| StoredAuditEvent {
+                        event: r.event.clone(),
+                        host_id: s.host_id.clone(),
+                        count: r.count,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
     fn store_email_code(&self, user_id: &str, code: &EmailCode) -> HostResult<()> {
         self.with(|s| {
             user_mut(s, user_id)?.user.email_code = Some(code.clone());
@@ -807,20 +862,23 @@ impl Admin for MemoryStorage {
         })
     }
 
-    fn audit_events(&self, account: &str) -> Result<Vec<AuditEvent>> {
+    fn set_host_id(&self, host_id: &str) -> Result<()> {
         self.with(|s| {
-            let audit = match s.users.get(account) {
-                Some(u) => &u.audit,
-                None => &s.other_audit,
-            };
-            let mut events: Vec<AuditEvent> = audit
-                .iter()
-                .filter(|(e, _)| e.account == account)
-                .map(|(e, _)| e.clone())
-                .collect();
-            // By time, then as stored (a stable sort), as the SQL stores order.
-            events.sort_by_key(|e| e.at);
-            Ok(events)
+            s.host_id = host_id.to_string();
+            Ok(())
+        })
+    }
+
+    fn prune_audit_events(&self, before: TimestampMs, _batch: u32) -> Result<u64> {
+        self.with(|s| {
+            let mut removed = 0;
+            let lists = s.users.values_mut().map(|u| &mut u.audit);
+            for list in lists.chain(std::iter::once(&mut s.other_audit)) {
+                let len = list.len();
+                list.retain(|r| r.event.at >= before);
+                removed += (len - list.len()) as u64;
+            }
+            Ok(removed)
         })
     }
 

@@ -31,6 +31,7 @@ impl From<&m::Request> for ep::Request {
                 })
                 .collect(),
             client_address: r.client_address.clone(),
+            query: r.query.clone(),
             body: r.body.clone(),
         }
     }
@@ -234,12 +235,57 @@ macro_rules! same_variant {
     }};
 }
 
+// Each audit enum, both ways (events come in with writes, go out in pages).
+fn kind_from_wit(k: st::AuditKind) -> m::AuditKind {
+    same_variant!(k, st::AuditKind => m::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut)
+}
+
+fn kind_to_wit(k: m::AuditKind) -> st::AuditKind {
+    same_variant!(k, m::AuditKind => st::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut)
+}
+
+impl From<st::AuditFilter> for m::AuditFilter {
+    fn from(f: st::AuditFilter) -> Self {
+        m::AuditFilter {
+            account: f.account,
+            since: f.since,
+            kind: f.kind.map(kind_from_wit),
+        }
+    }
+}
+
+impl From<m::AuditPage> for st::AuditPage {
+    fn from(p: m::AuditPage) -> Self {
+        st::AuditPage {
+            total: p.total,
+            events: p
+                .events
+                .into_iter()
+                .map(|s| st::StoredAuditEvent {
+                    event: st::AuditEvent {
+                        at: s.event.at,
+                        account: s.event.account,
+                        kind: kind_to_wit(s.event.kind),
+                        token_name: s.event.token_name,
+                        token_last_part: s.event.token_last_part,
+                        method: s.event.method.map(|m| same_variant!(m, m::TwoFactorMethod => st::TwoFactorMethod; Totp, BackupCode, Email, Password, Remembered, Bypass)),
+                        client_address: s.event.client_address,
+                        user_agent: s.event.user_agent,
+                    },
+                    host_id: s.host_id,
+                    count: s.count,
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<st::AuditEvent> for m::AuditEvent {
     fn from(e: st::AuditEvent) -> Self {
         m::AuditEvent {
             at: e.at,
             account: e.account,
-            kind: same_variant!(e.kind, st::AuditKind => m::AuditKind; LoginSucceeded, LoginFailed, LoginBlocked, LoggedOut, TokenGenerated, TokenRegenerated, TokenRemoved, TokenExpiredOnUse, TokenRevokedOnReuse, TwoFactorPassed, TwoFactorWrongCode, TwoFactorLockedOut),
+            kind: kind_from_wit(e.kind),
             token_name: e.token_name,
             token_last_part: e.token_last_part,
             method: e.method.map(|m| same_variant!(m, st::TwoFactorMethod => m::TwoFactorMethod; Totp, BackupCode, Email, Password, Remembered, Bypass)),

@@ -66,6 +66,7 @@ pub fn route_at(path: &str) -> Option<Route> {
         "users.generatePersonalAccessToken" => Route::GeneratePersonalAccessToken,
         "users.getPersonalAccessTokens" => Route::GetPersonalAccessTokens,
         "users.removePersonalAccessToken" => Route::RemovePersonalAccessToken,
+        "audit.personalAccessTokens" => Route::AuditPersonalAccessTokens,
         _ => return None,
     })
 }
