@@ -611,6 +611,13 @@ impl Options {
     }
 }
 
+fn is_host_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod group_tests {
     use super::*;
@@ -628,11 +635,4 @@ mod group_tests {
             assert!(Group::of(&id).is_some(), "{id} has no group");
         }
     }
-}
-
-fn is_host_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
