@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use crate::common::*;
 use host_example::storage::{Backend, FaultMode, FaultyStorage, MemoryStorage};
+use host_example::runtime::Endpoint;
+use rcpat::model::AuditKind;
 
 /// Regenerates with a TOTP code against a storage failing at call `n`;
 /// returns whether the failure was reached.
@@ -28,6 +30,25 @@ fn regenerate_failing_at(
 
     let hashes = backend.token_hashes_named(&u.id, "ci").unwrap();
     assert_eq!(hashes.len(), 1, "exactly one token named ci: {ctx}");
+    // The audit trail agrees: the regeneration's events exist if and only
+    // if it committed (one each), whatever call failed.
+    let committed = hashes[0] != rcpat::token::hash_token(&old);
+    let events = backend.audit_events(&u.id).unwrap();
+    for kind in [AuditKind::TokenRegenerated, AuditKind::TwoFactorPassed] {
+        let n = events.iter().filter(|e| e.kind == kind).count();
+        assert_eq!(n, usize::from(committed), "{kind:?} events: {ctx}");
+    }
+    if r.status == 200 {
+        let new = r.token();
+        let event = events
+            .iter()
+            .find(|e| e.kind == AuditKind::TokenRegenerated);
+        assert_eq!(
+            event.unwrap().token_last_part.as_deref(),
+            Some(&new[new.len() - 6..]),
+            "{ctx}"
+        );
+    }
     let old_works = setup_fx.authenticates(&u, &old);
     if r.status == 200 {
         let new = r.token();
@@ -181,6 +202,17 @@ fn reuse_detection_survives_a_failure_at_every_storage_call() {
                 let r = fx.call(Me, &u, &old, None, "");
                 assert_eq!(faulty.calls(), n, "{ctx}: the flow reached the call");
                 let revoked = !setup.authenticates(&u, &current);
+                let revocations = backend
+                    .audit_events(&u.id)
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e.kind == AuditKind::TokenRevokedOnReuse)
+                    .count();
+                assert_eq!(
+                    revocations,
+                    usize::from(revoked),
+                    "{ctx}: its event iff it committed"
+                );
                 let reported = r.status == 401 && r.events.len() == 1;
                 if n == 1 || mode == FaultMode::Before {
                     // Before anything changed: a 500 (the last call's "after"
@@ -216,6 +248,66 @@ fn reuse_detection_survives_a_failure_at_every_storage_call() {
                         "{ctx}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Generate, remove and logout against a storage failing at each call in
+/// turn, before or after it runs: each change's audit event exists if and
+/// only if the change committed, exactly once.
+#[test]
+fn every_write_has_its_event_if_and_only_if_it_committed() {
+    type Committed = fn(&Fx, &User) -> bool;
+    let flows: [(&str, AuditKind, Endpoint, &str, Committed); 3] = [
+        (
+            "generate",
+            AuditKind::TokenGenerated,
+            Generate,
+            r#"{"tokenName":"new"}"#,
+            |fx, u| fx.storage.token_hashes_named(&u.id, "new").unwrap().len() == 1,
+        ),
+        (
+            "remove",
+            AuditKind::TokenRemoved,
+            Remove,
+            r#"{"tokenName":"ci"}"#,
+            |fx, u| {
+                fx.storage
+                    .token_hashes_named(&u.id, "ci")
+                    .unwrap()
+                    .is_empty()
+            },
+        ),
+        ("logout", AuditKind::LoggedOut, Logout, "", |fx, u| {
+            !fx.authenticates(u, &u.login)
+        }),
+    ];
+    for (flow, kind, ep, body, committed) in flows {
+        for mode in [FaultMode::Before, FaultMode::After] {
+            for (label, _) in backends() {
+                let mut n = 1;
+                loop {
+                    let backend = backends().into_iter().find(|(l, _)| *l == label).unwrap().1;
+                    let setup = Fx::with_storage(backend.clone());
+                    let u = setup.user("eve", None);
+                    setup.pat(&u, "ci", false);
+                    let faulty = Arc::new(FaultyStorage::new(backend.clone(), n, mode));
+                    let fx = Fx::with_storage(faulty.clone());
+                    let r = fx.call(ep, &u, &u.login, None, body);
+                    let ctx = format!("{flow} on {label} {mode:?} failing at call {n}: {}", r.body);
+                    let done = committed(&setup, &u);
+                    let events = backend.audit_events(&u.id).unwrap();
+                    let count = events.iter().filter(|e| e.kind == kind).count();
+                    assert_eq!(count, usize::from(done), "{ctx}: {events:?}");
+                    if faulty.calls() < n {
+                        // No fault reached: the change and its one event.
+                        assert!(r.status == 200 && done && count == 1, "{ctx}");
+                        break;
+                    }
+                    n += 1;
+                }
+                assert!(n > 1, "{flow} on {label}: the flow reached storage");
             }
         }
     }

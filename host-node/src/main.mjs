@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // The Node host's command line:
 //   node src/main.mjs serve [--db FILE | --memory] [--listen HOST:PORT] [--outbox DIR]
+//                           [--host-id ID] [--audit-retention-days N]
 //   node src/main.mjs users add --db FILE --username NAME [--email ADDR] [--password-stdin] [--roles a,b]
 //   node src/main.mjs users enable-totp|enable-email-2fa|grant|revoke --db FILE --username NAME
 // Run `npm run build` once first (it transpiles the component into gen/).
 
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Admin } from './admin.mjs';
 import { Component } from './component.mjs';
@@ -26,16 +28,27 @@ const options = {
   email: { type: 'string' },
   'password-stdin': { type: 'boolean' },
   roles: { type: 'string', default: 'user' },
+  'host-id': { type: 'string' },
+  'audit-retention-days': { type: 'string', default: '365' },
 };
+
+/** The audit trail's options: the id stamped on events, and their retention. */
+function auditOptions(values) {
+  const hostId = values['host-id'] ?? hostname();
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(hostId)) throw new Error('--host-id must be 1 to 64 of A-Z, a-z, 0-9, ".", "_" and "-"');
+  const days = values['audit-retention-days'];
+  if (!/^[0-9]{1,5}$/.test(days)) throw new Error('--audit-retention-days must be a number of days (0: forever)');
+  return { hostId, retentionMs: Number(days) * 86_400_000 };
+}
 
 /** Opens the store and its keys: SQLite (keys in FILE.keys) or memory. */
 function open(values) {
   if (values.memory || !values.db) {
     if (!values.memory) throw new Error('give --db FILE (SQLite) or --memory');
-    return { store: openMemory(), keys: randomKeys() };
+    return { store: openMemory(auditOptions(values)), keys: randomKeys() };
   }
   const keys = loadKeys(`${values.db}.keys`);
-  return { store: openSqlite(values.db, keys), keys };
+  return { store: openSqlite(values.db, keys, auditOptions(values)), keys };
 }
 
 const log = (fields) => console.log(JSON.stringify({ time: new Date().toISOString(), ...fields }));

@@ -12,6 +12,7 @@ export const ENDPOINTS = {
   '/api/v1/users.generatePersonalAccessToken': ['POST', 'generate-personal-access-token'],
   '/api/v1/users.getPersonalAccessTokens': ['GET', 'get-personal-access-tokens'],
   '/api/v1/users.removePersonalAccessToken': ['POST', 'remove-personal-access-token'],
+  '/api/v1/audit.personalAccessTokens': ['GET', 'audit-personal-access-tokens'],
 };
 
 /** Longest accepted body (`rcpat::reply::MAX_BODY_BYTES`; the PAT routes bound theirs tighter inside). */

@@ -9,7 +9,7 @@ import { MAX_BODY_BYTES, mediaTypeRefusal, routeOf, tooLarge } from './routes.mj
 
 export { MAX_BODY_BYTES };
 
-/** The WIT request: raw header bytes as received (duplicates kept), the peer, the body. */
+/** The WIT request: raw header bytes as received (duplicates kept), the peer, the body, the query. */
 function witRequest(req, body) {
   const headers = [];
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
@@ -17,7 +17,9 @@ function witRequest(req, body) {
   }
   let address = req.socket.remoteAddress ?? '';
   if (address.startsWith('::ffff:')) address = address.slice(7);
-  return { headers, clientAddress: address, body: new Uint8Array(body) };
+  const url = req.url ?? '';
+  const query = url.includes('?') ? url.slice(url.indexOf('?') + 1) : '';
+  return { headers, clientAddress: address, body: new Uint8Array(body), query };
 }
 
 /** Reads a body of at most `limit` bytes: a Buffer, or an error reply. */

@@ -19,7 +19,8 @@ export const STORES = ['memory', 'sqlite'];
 export async function startHost(kind = 'memory', { dir } = {}) {
   const folder = dir ?? mkdtempSync(join(tmpdir(), 'rcpat-node-'));
   const keys = kind === 'sqlite' ? loadKeys(join(folder, 'db.keys')) : randomKeys();
-  const store = kind === 'sqlite' ? openSqlite(join(folder, 'db.sqlite'), keys) : openMemory();
+  const audit = { hostId: 'node-test' };
+  const store = kind === 'sqlite' ? openSqlite(join(folder, 'db.sqlite'), keys, audit) : openMemory(audit);
   const mail = outbox(join(folder, 'outbox'));
   const clock = systemClock();
   const logs = [];

@@ -12,7 +12,7 @@ const KEY = 'self';
 export class AddressObject extends DurableObject {
   constructor(ctx, env) {
     super(ctx, env);
-    this.store = objectStore(ctx.storage, config.keys);
+    this.store = objectStore(ctx.storage, config.keys, config.hostId);
     this.gate = localAddressGate(this.store);
   }
 

@@ -13,9 +13,10 @@
 import { asciiLower, StoreError } from '../../host-node/src/storage/store.mjs';
 import { userDocuments } from '../../host-node/src/keys.mjs';
 import { schema } from './schema.mjs';
+import { sqlAuditLog } from '../../host-node/src/storage/audit.mjs';
 
-/** The store of the object whose state is `storage` (ctx.storage). */
-export function objectStore(storage, keys) {
+/** The store of the object whose state is `storage` (ctx.storage); `hostId` stamps its audit events. */
+export function objectStore(storage, keys, hostId = '') {
   const sql = storage.sql;
   const shape = schema(storage);
   const rows = (query, ...args) => sql.exec(query, ...args).toArray();
@@ -27,8 +28,21 @@ export function objectStore(storage, keys) {
     return storage.transactionSync(fn);
   };
 
+  // The object's own audit trail, in the same transactions as its documents.
+  const audit = sqlAuditLog(
+    {
+      run(query, ...args) {
+        shape.ensure();
+        return sql.exec(query, ...args).rowsWritten;
+      },
+      all: (query, ...args) => (shape.exists() ? rows(query, ...args) : []),
+    },
+    hostId,
+  );
+
   return {
     kind: 'durable-object',
+    audit,
     schema: shape,
     transaction,
     user: (id) => decode(first('SELECT doc FROM users WHERE id = ?', id)),

@@ -4,6 +4,8 @@
 // its version in a meta table: workerd refuses `PRAGMA user_version`
 // (SQLITE_AUTH), and `BEGIN` too (transactionSync is the way).
 //
+import { AUDIT_SCHEMA } from '../../host-node/src/storage/audit.mjs';
+
 // Versions follow the other hosts' schema numbering
 // (`rcpat_store::SCHEMA_VERSION`, test/durability.test.mjs keeps them in step):
 // this host's first schema is version 14, so a contract change that bumps
@@ -54,8 +56,8 @@ const MIGRATIONS = {
   // 16: nothing here either: superseded values (reuse detection) live in
   // the user's document, as its tokens do.
   16: '',
-  // 17: the audit trail (branch audit-trail: not stored here yet).
-  17: '',
+  // 17: the audit trail, each object's own events (audit.mjs).
+  17: AUDIT_SCHEMA,
 };
 
 /** The first version this host has a schema for. */

@@ -59,5 +59,7 @@ export function configure(env) {
     },
     adminToken: admin,
     settings: settings(env.SETTINGS),
+    // Stamped on the audit events this Worker's objects store.
+    hostId: typeof env.HOST_ID === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(env.HOST_ID) ? env.HOST_ID : 'workerd',
   };
 }

@@ -26,7 +26,7 @@ const ADMIN_OPS = new Set(['createUser', 'issueToken', 'enableTotp', 'enableEmai
 export class UserObject extends DurableObject {
   constructor(ctx, env) {
     super(ctx, env);
-    this.store = objectStore(ctx.storage, config.keys);
+    this.store = objectStore(ctx.storage, config.keys, config.hostId);
     this.mailQueued = false;
     this.mail = {
       send: (message) => {
@@ -93,6 +93,15 @@ export class UserObject extends DurableObject {
       if (e instanceof StoreError) return { error: e.message };
       throw e;
     }
+  }
+
+  /** This object's audit events, newest first (admin route `auditEvents`): {total, events}. */
+  auditEvents(filter = {}, offset = 0, count = 100) {
+    const page = this.store.audit.list(filter, offset, count);
+    return {
+      total: page.total,
+      events: page.events.map((s) => ({ ...s.event, at: Number(s.event.at), hostId: s.hostId, count: s.count })),
+    };
   }
 
   /** Mail still in the outbox, for tests and operators: {count, nextDue}. */

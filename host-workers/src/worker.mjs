@@ -30,14 +30,15 @@ const SPLIT = new Set(['x-auth-token', 'x-user-id', 'x-2fa-code', 'x-2fa-method'
 
 const bytes = (latin1) => Uint8Array.from(latin1, (c) => c.charCodeAt(0));
 
-/** The WIT request: headers (doubled credential headers split back), client address, body. */
+/** The WIT request: headers (doubled credential headers split back), client address, body, query. */
 export function witRequest(request, body) {
   const headers = [];
   for (const [name, value] of request.headers) {
     const parts = SPLIT.has(name) && value.includes(',') ? value.split(',') : [value];
     for (const part of parts) headers.push({ name, value: bytes(part.trim()) });
   }
-  return { headers, clientAddress: request.headers.get('cf-connecting-ip') ?? '', body };
+  const query = new URL(request.url).search.slice(1);
+  return { headers, clientAddress: request.headers.get('cf-connecting-ip') ?? '', body, query };
 }
 
 /** The body, at most MAX_BODY_BYTES: bytes, or the 413 reply. */
@@ -79,6 +80,10 @@ async function destination(env, route, request) {
 }
 
 async function api(request, env, path) {
+  // Each user's audit events live in that user's object: no one place
+  // holds them all to page through, so this host serves no audit route
+  // (the admin route's `auditEvents` op reads one user's).
+  if (path === '/api/v1/audit.personalAccessTokens') return respond(routeOf('GET', '/').reply);
   const routed = routeOf(request.method, path);
   if (routed.reply) return respond(routed.reply, routed.allow ? { allow: routed.allow } : {});
   let body = new Uint8Array(0);
@@ -137,6 +142,8 @@ async function adminOp(env, args) {
       answer = await userObject(env, id).admin('createUser', { ...args, op: undefined, id });
       if (answer.error) await directory(env).release(id);
     }
+  } else if (args.op === 'auditEvents') {
+    answer = { ok: await userObject(env, String(args.userId)).auditEvents() };
   } else if (args.op === 'outbox') {
     answer = { ok: await userObject(env, String(args.userId)).outbox() };
   } else {

@@ -3,13 +3,16 @@
 // rules.mjs changes a document only after every check has passed.
 
 import { asciiLower, StoreError } from './store.mjs';
+import { memoryAuditLog } from './audit.mjs';
 
-export function openMemory() {
+/** hostId: stamped on the audit events stored; retentionMs: how long they are kept (audit.mjs). */
+export function openMemory({ hostId = '', retentionMs } = {}) {
   const users = new Map();
   const counts = new Map();
   const countKey = (kind, key) => `${kind}\u0000${key}`;
   return {
     kind: 'memory',
+    audit: memoryAuditLog(hostId, retentionMs),
     transaction: (fn) => fn(),
     user: (id) => users.get(id),
     save: () => {},

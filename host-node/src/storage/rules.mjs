@@ -16,6 +16,8 @@
 //                              and known login addresses, kind 'known'
 //   addressGate (optional)     where 'address' counts live, if not in count
 //                              records (see localAddressGate)
+//   audit                      the audit trail beside the documents
+//                              (audit.mjs), appended in the same transaction
 // and, for the admin side (admin.mjs), insertUser(doc) and users().
 //
 // Functions return the `ok` value; an `err` is thrown as {payload} (jco's
@@ -27,6 +29,7 @@ import * as wit from '../wit.mjs';
 /** Which roles hold a permission unless a user has an override (Rocket.Chat's defaults). */
 export const PERMISSION_ROLES = {
   'create-personal-access-tokens': ['admin', 'user'],
+  'view-personal-access-token-audit': ['admin'],
 };
 
 const isPatNamed = (t, name) => t.kind === 'personal-access-token' && t.name === name;
@@ -193,35 +196,10 @@ function conditionalWrite(store, userId, proof, find, change) {
     if (refused) return refused;
     spend(u, proof);
     change(u);
-    recordEvents(u, proof.events ?? []);
+    store.audit.append(proof.events);
     store.save(u);
     return 'done';
   });
-}
-
-/**
- * Appends audit events to user document `u` (a failed login counts on the
- * entry of its account, address and minute). Branch audit-trail: kept in
- * the document for now; a table beside the documents is the plan.
- */
-const AGGREGATED = ['login-failed', 'login-blocked', 'two-factor-locked-out', 'token-expired-on-use'];
-
-function recordEvents(u, events) {
-  u.audit ??= [];
-  for (const e of events ?? []) {
-    const at = Number(e.at);
-    if (AGGREGATED.includes(e.kind)) {
-      const same = u.audit.find(
-        (a) => a.kind === e.kind && a.account === e.account && a.clientAddress === e.clientAddress &&
-          Math.floor(a.at / 60_000) === Math.floor(at / 60_000),
-      );
-      if (same) {
-        same.count += 1;
-        continue;
-      }
-    }
-    u.audit.push({ ...e, at, count: 1 });
-  }
 }
 
 /** Whether user `u` holds `permission`: a per-user grant or revocation
@@ -290,7 +268,7 @@ export function storageFunctions(store) {
         const i = u ? u.tokens.findIndex((t) => t.kind === 'login' && t.hashedToken === hashedToken) : -1;
         if (i < 0) return 'not-found';
         u.tokens.splice(i, 1);
-        recordEvents(u, events);
+        store.audit.append(events);
         store.save(u);
         return 'done';
       });
@@ -346,16 +324,11 @@ export function storageFunctions(store) {
     },
 
     recordAuditEvents(events) {
-      store.transaction(() => {
-        // Branch audit-trail: events of accounts that are no user (logins
-        // naming nobody) are not kept yet.
-        for (const e of events) {
-          const u = store.user(e.account);
-          if (!u) continue;
-          recordEvents(u, [e]);
-          store.save(u);
-        }
-      });
+      store.transaction(() => store.audit.append(events));
+    },
+
+    listAuditEvents(filter, offset, count) {
+      return store.audit.list(filter, offset, count);
     },
 
     findSupersededToken(userId, hashedToken, notBefore) {
@@ -369,7 +342,7 @@ export function storageFunctions(store) {
         const found = supersededIn(u, hashedToken, notBefore);
         if (!found) return undefined;
         u.tokens = u.tokens.filter((t) => t !== found.token);
-        recordEvents(u, events);
+        store.audit.append(events);
         store.save(u);
         return { name: found.token.name, verifiedEmails: wit.user(u).verifiedEmails };
       });

@@ -10,8 +10,9 @@ import Database from 'better-sqlite3';
 import { closeSync, openSync } from 'node:fs';
 import { asciiLower } from './store.mjs';
 import { userDocuments } from '../keys.mjs';
+import { AUDIT_SCHEMA, sqlAuditLog } from './audit.mjs';
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 const MIGRATIONS = [
   `CREATE TABLE users (
      id TEXT PRIMARY KEY,
@@ -31,10 +32,15 @@ const MIGRATIONS = [
      last_at INTEGER NOT NULL,
      PRIMARY KEY (kind, key)
    );`,
+  // 2: the audit trail, written in the transaction of the change it records.
+  AUDIT_SCHEMA,
 ];
 
-/** Opens (creating it owner-only if new) the database at `path`. */
-export function openSqlite(path, keys) {
+/**
+ * Opens (creating it owner-only if new) the database at `path`; `hostId` is
+ * stamped on the audit events this process stores, kept `retentionMs`.
+ */
+export function openSqlite(path, keys, { hostId = '', retentionMs } = {}) {
   // Owner-only from the first byte: create the file before SQLite does.
   closeSync(openSync(path, 'a', 0o600));
   const db = new Database(path);
@@ -67,8 +73,24 @@ export function openSqlite(path, keys) {
   // Nested calls (a storage call inside an admin transaction) join the outer one.
   const immediate = (fn) => (db.inTransaction ? fn() : db.transaction(fn).immediate());
 
+  const statements = new Map();
+  const prepared = (sql) => {
+    let st = statements.get(sql);
+    if (!st) statements.set(sql, (st = db.prepare(sql)));
+    return st;
+  };
+  const audit = sqlAuditLog(
+    {
+      run: (sql, ...args) => prepared(sql).run(...args).changes,
+      all: (sql, ...args) => prepared(sql).all(...args),
+    },
+    hostId,
+    retentionMs,
+  );
+
   return {
     kind: 'sqlite',
+    audit,
     transaction: immediate,
     user: (id) => decode(q.user.get(id)),
     save: (doc) => void q.save.run(encode(doc), doc.id),
