@@ -44,6 +44,7 @@ function rotation(store, keys) {
         ],
         clientAddress: '127.0.0.1',
         body,
+        query: '',
       });
       if (r.status !== 200) throw new Error(`regeneration failed: ${r.body}`);
       token = JSON.parse(r.body).token;
@@ -65,6 +66,7 @@ const unknown = {
   ],
   clientAddress: '127.0.0.1',
   body: enc('{"tokenName":"ci"}'),
+  query: '',
 };
 rows.push(['401 (unknown token), kept instance', time(CALLS, () => mem.component.call('regenerate-personal-access-token', unknown))]);
 rows.push(['regeneration, kept instance, memory store', time(CALLS, mem.rotate)]);

@@ -114,6 +114,7 @@ test('one kept instance: 20,000 self-rotations, guest memory flat', async () => 
           { name: 'x-auth-token', value: enc(token) },
         ],
         clientAddress: '127.0.0.1',
+        query: '',
         body: enc('{"tokenName":"ci"}'),
       });
       assert.equal(r.status, 200, r.body);

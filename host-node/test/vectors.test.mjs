@@ -63,7 +63,7 @@ test('a user seeded from the vectors alone logs in with its backup code', async 
     overrides: {},
   });
   const body = new TextEncoder().encode(JSON.stringify({ user: 'vector', password: password.password, code: backup.code }));
-  const request = { headers: [], clientAddress: '127.0.0.1', body };
+  const request = { headers: [], clientAddress: '127.0.0.1', body, query: '' };
   const first = component.call('login', request);
   assert.equal(first.status, 200, first.body);
   const again = component.call('login', request);
