@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::common::*;
-use host_example::storage::{Backend, FaultMode, FaultyStorage, MemoryStorage};
 use host_example::runtime::Endpoint;
+use host_example::storage::{Backend, FaultMode, FaultyStorage, MemoryStorage};
 use rcpat::model::AuditKind;
 
 /// Regenerates with a TOTP code against a storage failing at call `n`;

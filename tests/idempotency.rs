@@ -238,10 +238,12 @@ impl Server {
 }
 
 /// Clients self-rotate while the server is killed with SIGKILL and
-/// restarted, again and again; a request without an answer is retried
+/// restarted, `kills` times; a request without an answer is retried
 /// (with its key, when `keys`) until answered. Returns (rotations,
-/// clients left without a working token).
-fn kill_run(keys: bool) -> (u64, Vec<String>) {
+/// clients left without a working token). With `keys`, also checks that
+/// the audit trail agrees with the tokens: every acknowledged regeneration
+/// has its event, and no event exists without its change.
+fn kill_run(keys: bool, kills: usize) -> (u64, Vec<String>) {
     const CLIENTS: usize = 16;
     let dir = temp_dir(if keys { "kill-keys" } else { "kill-plain" });
     let db = dir.join("rcpat.sqlite");
@@ -270,6 +272,8 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
                     .build()
                     .into();
                 let mut rotations = 0u64;
+                // The last six characters of each token a 200 handed out.
+                let mut acked: Vec<String> = Vec::new();
                 'rotate: while !stop.load(Ordering::SeqCst) {
                     let key = format!("{id}-{rotations:08}-kill");
                     // One logical request, retried until it is answered.
@@ -287,6 +291,7 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
                                 let body = reply.body_mut().read_to_string().unwrap();
                                 let json: serde_json::Value = serde_json::from_str(&body).unwrap();
                                 token = json["token"].as_str().unwrap().to_string();
+                                acked.push(token[token.len() - 6..].to_string());
                                 rotations += 1;
                                 continue 'rotate;
                             }
@@ -308,12 +313,12 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
                         }
                     }
                 }
-                (id, token, rotations)
+                (id, token, rotations, acked)
             })
         })
         .collect();
     let started = Instant::now();
-    for _ in 0..6 {
+    for _ in 0..kills {
         std::thread::sleep(Duration::from_millis(400));
         server.take().unwrap().kill();
         server = Some(Server::start(&db, &dir, &addr));
@@ -327,8 +332,11 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
     let services = services_from(&opts).unwrap();
     let mut stranded = Vec::new();
     let mut total = 0;
-    for (id, token, rotations) in results {
+    for (id, token, rotations, acked) in results {
         total += rotations;
+        if keys {
+            events_agree_with_tokens(&services, &id, &acked);
+        }
         let works = services
             .storage()
             .authenticate(&id, &rcpat::token::hash_token(&token), None)
@@ -341,12 +349,51 @@ fn kill_run(keys: bool) -> (u64, Vec<String>) {
     (total, stranded)
 }
 
+/// The audit trail of a client after the kill run: its `token-regenerated`
+/// events, oldest first, are the regenerations it was told of (`acked`), in
+/// order, plus at most one more that committed while its reply was lost at
+/// the end of the run; and the newest event names the token stored now.
+fn events_agree_with_tokens(
+    services: &host_example::services::Services,
+    id: &str,
+    acked: &[String],
+) {
+    let events: Vec<String> = services
+        .storage()
+        .audit_events(id)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == rcpat::model::AuditKind::TokenRegenerated)
+        .map(|e| e.token_last_part.unwrap())
+        .collect();
+    let stored = services
+        .storage()
+        .find_personal_access_token(id, "ci")
+        .unwrap()
+        .unwrap()
+        .last_token_part;
+    assert!(
+        events.len() == acked.len() || events.len() == acked.len() + 1,
+        "{id}: {} events for {} acknowledged regenerations",
+        events.len(),
+        acked.len()
+    );
+    assert_eq!(
+        &events[..acked.len()],
+        acked,
+        "{id}: every acknowledged regeneration has its event, in order"
+    );
+    if let Some(newest) = events.last() {
+        assert_eq!(*newest, stored, "{id}: no event without its change");
+    }
+}
+
 #[test]
 fn sigkill_under_load_with_retries_leaves_every_client_a_working_token() {
-    let (plain_rotations, plain_stranded) = kill_run(false);
-    let (rotations, stranded) = kill_run(true);
+    let (plain_rotations, plain_stranded) = kill_run(false, 6);
+    let (rotations, stranded) = kill_run(true, 10);
     eprintln!(
-        "kill test, 6 SIGKILLs, 16 clients: without Idempotency-Key {plain_rotations} rotations, {} clients \
+        "kill test, 6 and 10 SIGKILLs, 16 clients: without Idempotency-Key {plain_rotations} rotations, {} clients \
          left without a working token; with it {rotations} rotations, {} left",
         plain_stranded.len(),
         stranded.len()
