@@ -217,3 +217,28 @@ test('reuse detection: an old value revokes the token, the outbox mails the owne
     await host.close();
   }
 });
+
+test('the audit trail: each user object keeps its events in the change transaction; no cross-user route here', async () => {
+  const host = await startHost();
+  try {
+    const u = await host.user('aude');
+    const old = await host.issueToken(u.id, { kind: 'personal-access-token', name: 'ci', bypassTwoFactor: true });
+    const token = tokenOf(await regenerate(host, u, 'ci', { token: old }));
+    const page = await host.admin('auditEvents', { userId: u.id });
+    const regenerated = page.events.filter((e) => e.kind === 'token-regenerated');
+    assert.equal(regenerated.length, 1, JSON.stringify(page));
+    assert.deepEqual(
+      [regenerated[0].account, regenerated[0].tokenName, regenerated[0].tokenLastPart, regenerated[0].method, regenerated[0].hostId],
+      [u.id, 'ci', token.slice(-6), 'bypass', 'workerd'],
+    );
+    assert.ok(!JSON.stringify(page).includes(token), 'a token in the trail');
+    // A refused regeneration (the old value) leaves nothing.
+    assert.equal((await regenerate(host, u, 'ci', { token: old })).status, 401);
+    const after = await host.admin('auditEvents', { userId: u.id });
+    assert.equal(after.events.filter((e) => e.kind === 'token-regenerated').length, 1);
+    const route = await call(host, 'GET', '/api/v1/audit.personalAccessTokens', { user: u });
+    assert.equal(route.status, 404);
+  } finally {
+    await host.close();
+  }
+});

@@ -1557,6 +1557,139 @@ pub fn events_of_logout_revocation_and_refusals(store: &dyn Backend) {
     });
 }
 
+/// Contract 0.11.0: `list-audit-events` answers newest first (ties: the
+/// one stored last first), filters by account, instant (inclusive) and
+/// kind, pages with `offset`/`count` and a total of all matches, stamps the
+/// host id set before the write, and shows counts; the audit permission is
+/// the `admin` role's by default; pruning removes only older events, in
+/// batches of the size asked.
+pub fn audit_pages_and_pruning(store: &dyn Backend) {
+    each(store, |name, b| {
+        alice(b);
+        new_user(b, "u2", "bob", "bob@example.org", &["admin"]);
+        assert!(
+            b.has_permission("u2", rcpat::audit_route::AUDIT_PERMISSION)
+                .unwrap()
+                && !b
+                    .has_permission(ALICE, rcpat::audit_route::AUDIT_PERMISSION)
+                    .unwrap(),
+            "{name}: view-personal-access-token-audit is the admin role's"
+        );
+        let event = |account: &str, kind, at: u64| AuditEvent {
+            at,
+            account: account.into(),
+            kind,
+            token_name: Some("ci".into()),
+            token_last_part: Some("abcdef".into()),
+            method: Some(TwoFactorMethod::Totp),
+            client_address: "192.0.2.1".into(),
+            user_agent: "agent/1".into(),
+        };
+        b.set_host_id("host-1").unwrap();
+        b.record_audit_events(&[event(ALICE, AuditKind::TwoFactorWrongCode, T0)])
+            .unwrap();
+        b.set_host_id("host-2").unwrap();
+        b.record_audit_events(&[
+            event(ALICE, AuditKind::TwoFactorWrongCode, T0 + 10),
+            event("u2", AuditKind::TwoFactorWrongCode, T0 + 10),
+            event(ALICE, AuditKind::LoginFailed, T0 + 20),
+        ])
+        .unwrap();
+        b.record_audit_events(&[event(ALICE, AuditKind::LoginFailed, T0 + 30)])
+            .unwrap();
+        let page = |filter: AuditFilter, offset, count| {
+            let p = b.list_audit_events(&filter, offset, count).unwrap();
+            let rows: Vec<(String, u64, String, u32)> = p
+                .events
+                .into_iter()
+                .map(|s| (s.event.account, s.event.at, s.host_id, s.count))
+                .collect();
+            (p.total, rows)
+        };
+        let row = |account: &str, at: u64, host: &str, count: u32| {
+            (account.to_string(), at, host.to_string(), count)
+        };
+        let all = AuditFilter::default();
+        assert_eq!(
+            page(all.clone(), 0, 10),
+            (
+                4,
+                vec![
+                    // One row for both failed logins of the minute, stamped
+                    // when it was first stored.
+                    row(ALICE, T0 + 20, "host-2", 2),
+                    // The same instant: the one stored last first.
+                    row("u2", T0 + 10, "host-2", 1),
+                    row(ALICE, T0 + 10, "host-2", 1),
+                    row(ALICE, T0, "host-1", 1),
+                ]
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            page(all.clone(), 1, 2),
+            (
+                4,
+                vec![
+                    row("u2", T0 + 10, "host-2", 1),
+                    row(ALICE, T0 + 10, "host-2", 1)
+                ]
+            ),
+            "{name}: a page"
+        );
+        assert_eq!(
+            page(all.clone(), 4, 10),
+            (4, vec![]),
+            "{name}: past the end"
+        );
+        let only =
+            |account: Option<&str>, since: Option<u64>, kind: Option<AuditKind>| AuditFilter {
+                account: account.map(String::from),
+                since,
+                kind,
+            };
+        assert_eq!(page(only(Some("u2"), None, None), 0, 10).0, 1, "{name}");
+        assert_eq!(
+            page(only(None, Some(T0 + 10), None), 0, 10).0,
+            3,
+            "{name}: since is inclusive"
+        );
+        assert_eq!(
+            page(
+                only(Some(ALICE), None, Some(AuditKind::TwoFactorWrongCode)),
+                0,
+                10
+            )
+            .0,
+            2,
+            "{name}"
+        );
+        assert_eq!(
+            page(only(Some("nobody"), None, None), 0, 10),
+            (0, vec![]),
+            "{name}"
+        );
+        // Every field comes back as stored.
+        let first = b
+            .list_audit_events(&only(Some("u2"), None, None), 0, 1)
+            .unwrap();
+        assert_eq!(
+            first.events[0].event,
+            event("u2", AuditKind::TwoFactorWrongCode, T0 + 10),
+            "{name}"
+        );
+        // Pruning: only what is older than the instant given, batch by batch.
+        assert_eq!(b.prune_audit_events(T0 + 10, 1).unwrap(), 1, "{name}");
+        assert_eq!(page(all.clone(), 0, 10).0, 3, "{name}");
+        assert_eq!(
+            b.prune_audit_events(T0 + 21, 1).unwrap(),
+            3,
+            "{name}: three batches of one"
+        );
+        assert_eq!(page(all, 0, 10).0, 0, "{name}");
+    });
+}
+
 crate::__conformance_cases!(list);
 
 /// Every case of the kit, one `#[test]` each, on fresh stores made by the
@@ -1599,6 +1732,7 @@ macro_rules! __conformance_cases {
             superseded_values_and_their_family,
             write_events_are_stored_only_with_their_write,
             events_of_logout_revocation_and_refusals,
+            audit_pages_and_pruning,
 
         ]);
     };

@@ -57,6 +57,8 @@ struct MemUser {
     /// The user's audit events, oldest first (stored by the writes that
     /// made them), each with its count (failed logins aggregate per minute).
     audit: Vec<MemEvent>,
+    /// The store's host id (see `State::host_id`).
+    host_id: HostId,
 }
 
 #[derive(Default)]
@@ -70,15 +72,20 @@ struct State {
     known_addresses: HashMap<String, Vec<(String, TimestampMs)>>,
     /// Audit events of accounts that are no user (logins naming nobody).
     other_audit: Vec<MemEvent>,
-    /// The id stamped on the events this store lists (it serves one host).
-    host_id: String,
+    /// The id stamped on the events this store stores (`set_host_id`),
+    /// shared with each user's entry, whose writes store their own events.
+    host_id: HostId,
 }
 
-/// A stored audit event: its count, and its place in the order of storing
-/// (which breaks ties of time, as the SQL stores' row ids do).
+type HostId = std::sync::Arc<Mutex<String>>;
+
+/// A stored audit event: its count, the host that stored it, and its place
+/// in the order of storing (which breaks ties of time, as the SQL stores'
+/// row ids do).
 struct MemEvent {
     event: AuditEvent,
     count: u32,
+    host_id: String,
     seq: u64,
 }
 
@@ -209,7 +216,7 @@ impl ProofSteps for MemUser {
     }
     fn record_events(&mut self, events: &[AuditEvent]) -> Result<(), Self::Error> {
         for e in events {
-            record_event(&mut self.audit, e);
+            record_event(&mut self.audit, e, &self.host_id);
         }
         Ok(())
     }
@@ -217,7 +224,7 @@ impl ProofSteps for MemUser {
 
 /// Appends `e`, or for an aggregated kind counts it on the row of its
 /// (account, address, kind, minute) if there is one.
-fn record_event(audit: &mut Vec<MemEvent>, e: &AuditEvent) {
+fn record_event(audit: &mut Vec<MemEvent>, e: &AuditEvent, host_id: &HostId) {
     if e.kind.aggregated() {
         let minute = e.at / 60_000;
         if let Some(row) = audit.iter_mut().find(|r| {
@@ -233,6 +240,7 @@ fn record_event(audit: &mut Vec<MemEvent>, e: &AuditEvent) {
     audit.push(MemEvent {
         event: e.clone(),
         count: 1,
+        host_id: host_id.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         seq: AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     });
 }
@@ -480,7 +488,7 @@ impl Storage for MemoryStorage {
             };
             let removed = u.tokens.remove(i);
             for e in events {
-                record_event(&mut u.audit, e);
+                record_event(&mut u.audit, e, &u.host_id);
             }
             Ok(Some(RevokedToken {
                 name: removed.record.name.unwrap_or_default(),
@@ -590,7 +598,7 @@ impl Storage for MemoryStorage {
                 return Ok(WriteOutcome::NotFound);
             }
             for e in events {
-                record_event(&mut u.audit, e);
+                record_event(&mut u.audit, e, &u.host_id);
             }
             Ok(WriteOutcome::Done)
         })
@@ -600,8 +608,8 @@ impl Storage for MemoryStorage {
         self.with(|s| {
             for e in events {
                 match s.users.get_mut(&e.account) {
-                    Some(u) => record_event(&mut u.audit, e),
-                    None => record_event(&mut s.other_audit, e),
+                    Some(u) => record_event(&mut u.audit, e, &u.host_id),
+                    None => record_event(&mut s.other_audit, e, &s.host_id),
                 }
             }
             Ok(())
@@ -630,7 +638,7 @@ impl Storage for MemoryStorage {
                     .take(count as usize)
                     .map(|r| StoredAuditEvent {
                         event: r.event.clone(),
-                        host_id: s.host_id.clone(),
+                        host_id: r.host_id.clone(),
                         count: r.count,
                     })
                     .collect(),
@@ -761,6 +769,7 @@ impl Admin for MemoryStorage {
                     email: n.email.clone(),
                     tokens: Vec::new(),
                     audit: Vec::new(),
+                    host_id: s.host_id.clone(),
                     overrides: HashMap::new(),
                     replies: Vec::new(),
                     leases: Vec::new(),
@@ -864,7 +873,7 @@ impl Admin for MemoryStorage {
 
     fn set_host_id(&self, host_id: &str) -> Result<()> {
         self.with(|s| {
-            s.host_id = host_id.to_string();
+            *s.host_id.lock().unwrap_or_else(|p| p.into_inner()) = host_id.to_string();
             Ok(())
         })
     }
