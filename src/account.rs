@@ -243,16 +243,10 @@ pub fn login(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response 
         let mut passed = twofactor::check(env, settings, &mut user, &attempt)?;
         let plaintext = token::new_token(&env.random_bytes(token::TOKEN_LEN));
         let issued_at = env.now_ms();
-        if let Some(method) = passed.method {
-            passed.proof.events.push(AuditEvent {
-                method: Some(method),
-                ..origin.event(issued_at, &user.id, AuditKind::TwoFactorPassed)
-            });
-        }
-        passed
-            .proof
-            .events
-            .push(origin.event(issued_at, &user.id, AuditKind::LoginSucceeded));
+        passed.proof.events = origin.with_factor(
+            passed.method,
+            origin.event(issued_at, &user.id, AuditKind::LoginSucceeded),
+        );
         match env
             .storage()
             .insert_login_token(

@@ -48,8 +48,32 @@ impl Origin {
         }
     }
 
-    /// The events of a token write: the second factor it passed (if one
-    /// was asked for), then the change itself.
+    /// The events of a change a second factor allowed: `two-factor-passed`
+    /// when a factor was checked (not for a bypass token or a remembered
+    /// client: nothing was checked, and the change's own `method` says
+    /// which), then the change itself, naming its factor too, so one row
+    /// answers "who changed this, when, from where, with which factor".
+    pub(crate) fn with_factor(
+        &self,
+        passed_by: Option<TwoFactorMethod>,
+        change: AuditEvent,
+    ) -> Vec<AuditEvent> {
+        let mut events = Vec::with_capacity(2);
+        if let Some(method) = passed_by.filter(|m| m.is_checked()) {
+            events.push(AuditEvent {
+                method: Some(method),
+                ..self.event(change.at, &change.account, AuditKind::TwoFactorPassed)
+            });
+        }
+        events.push(AuditEvent {
+            method: passed_by,
+            ..change
+        });
+        events
+    }
+
+    /// The events of a token write (`with_factor`), naming the token and
+    /// its new value's last part.
     pub(crate) fn token_write(
         &self,
         at: TimestampMs,
@@ -58,22 +82,12 @@ impl Origin {
         kind: AuditKind,
         token: &PersonalAccessToken,
     ) -> Vec<AuditEvent> {
-        let mut events = Vec::with_capacity(2);
-        if let Some(method) = passed_by {
-            events.push(AuditEvent {
-                method: Some(method),
-                ..self.event(at, account, AuditKind::TwoFactorPassed)
-            });
-        }
-        // The change names its factor too: one row answers "who changed
-        // this token, when, from where, with which factor".
-        events.push(AuditEvent {
+        let change = AuditEvent {
             token_name: Some(token.name.clone()),
             token_last_part: Some(token.last_token_part.clone()),
-            method: passed_by,
             ..self.event(at, account, kind)
-        });
-        events
+        };
+        self.with_factor(passed_by, change)
     }
 }
 

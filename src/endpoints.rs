@@ -648,16 +648,11 @@ pub fn remove(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response
         let user_id = session.user.id.as_str();
         require_permission(&session, ApiError::NotAuthorized(PatMethod::Remove))?;
         let now = env.now_ms();
-        if let Some(method) = passed.method {
-            passed.proof.events.push(AuditEvent {
-                method: Some(method),
-                ..origin.event(now, user_id, AuditKind::TwoFactorPassed)
-            });
-        }
-        passed.proof.events.push(AuditEvent {
+        let removed = AuditEvent {
             token_name: Some(name.clone()),
             ..origin.event(now, user_id, AuditKind::TokenRemoved)
-        });
+        };
+        passed.proof.events = origin.with_factor(passed.method, removed);
         match env
             .storage()
             .remove_personal_access_token(user_id, &name, &passed.proof)

@@ -277,6 +277,12 @@ impl TwoFactorMethod {
         Self::ALL.into_iter().find(|m| m.name() == name)
     }
 
+    /// Whether a factor was checked (a code or the password), rather than
+    /// excused (a bypass token, a remembered client).
+    pub fn is_checked(self) -> bool {
+        !matches!(self, TwoFactorMethod::Remembered | TwoFactorMethod::Bypass)
+    }
+
     /// The WIT name, as stores keep it.
     pub fn name(self) -> &'static str {
         match self {

@@ -630,7 +630,7 @@ mod group_tests {
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .collect();
-        assert_eq!(ids.len(), 58);
+        assert_eq!(ids.len(), 60);
         for id in ids {
             assert!(Group::of(&id).is_some(), "{id} has no group");
         }

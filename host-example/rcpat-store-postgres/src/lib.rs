@@ -1170,22 +1170,89 @@ fn keep_reply(
     Ok(())
 }
 
-/// A write's result with `keep_reply`'s refusal as the outcome it is.
 /// Whether a write's statements need a transaction of their own: a reply
-/// or audit events go beside the write function's statement. (Interim on
-/// the audit-trail branch: two more round trips per write with events; the
-/// plan is one `jsonb` argument to the functions instead.)
+/// to keep goes beside the write function's statement. (Audit events do
+/// not: they ride in the write's own statement, `with_events!`.)
 fn in_transaction(proof: &FactorProof) -> bool {
-    proof.reply.is_some() || !proof.events.is_empty()
+    proof.reply.is_some()
 }
 
-/// Stores a write's audit events after that write happened (`done`), in
-/// the caller's transaction (`in_transaction`).
-fn record_events(db: &mut Db, proof: &FactorProof, outcome: WriteOutcome) -> Result<()> {
-    if outcome != WriteOutcome::Done {
-        return Ok(());
+/// A write's statement `$call` (answering its outcome as `outcome`; no
+/// row reads as 'not-found': a conditional `UPDATE … RETURNING`) and
+/// its audit events in one statement, so a write stays one round trip: the
+/// events, as arrays from parameter `$n` on (`EventArrays`, 10 of them),
+/// are inserted only if the write answers 'done', in its snapshot and
+/// transaction. (A write's events never repeat an aggregated key, so the
+/// upsert never meets its own row twice.)
+macro_rules! with_events {
+    ($call:literal, $n0:literal, $n1:literal, $n2:literal, $n3:literal, $n4:literal, $n5:literal, $n6:literal, $n7:literal, $n8:literal, $n9:literal) => {
+        concat!(
+            "WITH w AS (", $call, "), e AS (INSERT INTO audit_events \
+             (at, account, kind, token_name, token_last_part, method, address, user_agent, minute, host_id) \
+             SELECT x.*, $", $n9, " FROM unnest($", $n0, "::bigint[], $", $n1, "::text[], $", $n2, "::text[], $",
+            $n3, "::text[], $", $n4, "::text[], $", $n5, "::text[], $", $n6, "::text[], $", $n7,
+            "::text[], $", $n8, "::bigint[]) AS x WHERE (SELECT outcome FROM w) = 'done' \
+             ON CONFLICT (account, address, kind, minute) WHERE minute IS NOT NULL \
+             DO UPDATE SET count = audit_events.count + 1) \
+             SELECT coalesce((SELECT outcome FROM w), 'not-found')"
+        )
+    };
+}
+
+/// A write's events as the ten parameters of `with_events!`: one array per
+/// column, then the host id.
+struct EventArrays {
+    at: Vec<i64>,
+    account: Vec<String>,
+    kind: Vec<&'static str>,
+    token_name: Vec<Option<String>>,
+    token_last_part: Vec<Option<String>>,
+    method: Vec<Option<&'static str>>,
+    address: Vec<String>,
+    user_agent: Vec<String>,
+    minute: Vec<Option<i64>>,
+    host_id: String,
+}
+
+impl EventArrays {
+    fn of(events: &[AuditEvent], host_id: &Arc<str>) -> Self {
+        EventArrays {
+            at: events.iter().map(|e| ts(e.at)).collect(),
+            account: events.iter().map(|e| e.account.clone()).collect(),
+            kind: events.iter().map(|e| e.kind.name()).collect(),
+            token_name: events.iter().map(|e| e.token_name.clone()).collect(),
+            token_last_part: events.iter().map(|e| e.token_last_part.clone()).collect(),
+            method: events
+                .iter()
+                .map(|e| e.method.map(TwoFactorMethod::name))
+                .collect(),
+            address: events.iter().map(|e| e.client_address.clone()).collect(),
+            user_agent: events.iter().map(|e| e.user_agent.clone()).collect(),
+            minute: events
+                .iter()
+                .map(|e| e.kind.aggregated().then_some(ts(e.at / 60_000)))
+                .collect(),
+            host_id: host_id.to_string(),
+        }
     }
-    insert_events(db, &proof.events)
+
+    /// `first`'s parameters, then these ten.
+    fn after<'a>(&'a self, first: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut p = first.to_vec();
+        p.extend([
+            &self.at as &(dyn ToSql + Sync),
+            &self.account,
+            &self.kind,
+            &self.token_name,
+            &self.token_last_part,
+            &self.method,
+            &self.address,
+            &self.user_agent,
+            &self.minute,
+            &self.host_id,
+        ]);
+        p
+    }
 }
 
 /// Stores audit events on `db` (a transaction when beside a write); a
@@ -1233,9 +1300,13 @@ fn insert_with_proof(
     proof: &FactorProof,
 ) -> Result<WriteOutcome> {
     let a = ProofArgs::of(proof);
+    let events = EventArrays::of(&proof.events, &db.host_id);
     let row = db.query_one(
-        "SELECT rcpat_insert_token($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        &[
+        with_events!(
+            "SELECT rcpat_insert_token($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) AS outcome",
+            "17", "18", "19", "20", "21", "22", "23", "24", "25", "26"
+        ),
+        &events.after(&[
             &user_id,
             &t.hashed_token,
             &kind_str(t.kind),
@@ -1252,7 +1323,7 @@ fn insert_with_proof(
             &a.rem_fp,
             &a.rem_until,
             &t.expires_at.map(ts),
-        ],
+        ]),
     ).map_err(pg)?;
     outcome(row)
 }
@@ -1389,7 +1460,6 @@ impl Storage for PostgresStorage {
                 None,
                 proof,
             )?;
-            record_events(db, proof, done)?;
             Ok(done)
         })
     }
@@ -1447,7 +1517,6 @@ impl Storage for PostgresStorage {
             let record = TokenRecord::personal_access_token(token);
             let done = insert_with_proof(db, user_id, &record, token.last_used_at, proof)?;
             keep_reply(db, user_id, proof, done)?;
-            record_events(db, proof, done)?;
             Ok(done)
         }))
     }
@@ -1477,15 +1546,20 @@ impl Storage for PostgresStorage {
                 .is_none_or(|s| s == expected_hashed_token);
         if only_the_token {
             return or_reply_kept(self.run(in_transaction(proof), |db| {
-                let replaced = db
-                    .execute(
-                        "UPDATE tokens SET hashed_token = $4, last_token_part = $5, created_at = $6, \
-                         bypass_two_factor = $7, authorized_hash = NULL, authorized_until = NULL, \
-                         last_used_at = $8, expires_at = $9, expiry_notified_at = NULL, \
-                         superseded = CASE WHEN $11 > 0 THEN \
-                         substring($10 || coalesce(superseded, ''::bytea) FROM 1 FOR $11 * 24) END \
-                         WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3",
-                        &[
+                let events = EventArrays::of(&proof.events, &db.host_id);
+                let row = db
+                    .query_one(
+                        with_events!(
+                            "UPDATE tokens SET hashed_token = $4, last_token_part = $5, created_at = $6, \
+                             bypass_two_factor = $7, authorized_hash = NULL, authorized_until = NULL, \
+                             last_used_at = $8, expires_at = $9, expiry_notified_at = NULL, \
+                             superseded = CASE WHEN $11 > 0 THEN \
+                             substring($10 || coalesce(superseded, ''::bytea) FROM 1 FOR $11 * 24) END \
+                             WHERE user_id = $1 AND kind = 'pat' AND name = $2 AND hashed_token = $3 \
+                             RETURNING 'done'::text AS outcome",
+                            "12", "13", "14", "15", "16", "17", "18", "19", "20", "21"
+                        ),
+                        &events.after(&[
                             &user_id,
                             &r.name,
                             &expected_hashed_token,
@@ -1497,25 +1571,24 @@ impl Storage for PostgresStorage {
                             &r.expires_at.map(ts),
                             &entry,
                             &keep,
-                        ],
+                        ]),
                     )
                     .map_err(pg)?;
-                let done = if replaced == 1 {
-                    WriteOutcome::Done
-                } else {
-                    WriteOutcome::NotFound
-                };
+                let done = outcome(row)?;
                 keep_reply(db, user_id, proof, done)?;
-            record_events(db, proof, done)?;
                 Ok(done)
             }));
         }
         let a = ProofArgs::of(proof);
         or_reply_kept(self.run(in_transaction(proof), |db| {
+            let events = EventArrays::of(&proof.events, &db.host_id);
             let row = db.query_one(
-                "SELECT rcpat_replace_pat($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18)",
-                &[
+                with_events!(
+                    "SELECT rcpat_replace_pat($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                     $17, $18) AS outcome",
+                    "19", "20", "21", "22", "23", "24", "25", "26", "27", "28"
+                ),
+                &events.after(&[
                     &user_id,
                     &expected_hashed_token,
                     &r.name,
@@ -1534,11 +1607,10 @@ impl Storage for PostgresStorage {
                     &r.expires_at.map(ts),
                     &entry,
                     &keep,
-                ],
+                ]),
             ).map_err(pg)?;
             let done = outcome(row)?;
             keep_reply(db, user_id, proof, done)?;
-            record_events(db, proof, done)?;
             Ok(done)
         }))
     }
@@ -1551,10 +1623,23 @@ impl Storage for PostgresStorage {
     ) -> HostResult<WriteOutcome> {
         let a = ProofArgs::of(proof);
         self.run(in_transaction(proof), |db| {
+            let events = EventArrays::of(&proof.events, &db.host_id);
             let row = db
                 .query_one(
-                    "SELECT rcpat_remove_pat($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[
+                    with_events!(
+                        "SELECT rcpat_remove_pat($1, $2, $3, $4, $5, $6, $7, $8, $9) AS outcome",
+                        "10",
+                        "11",
+                        "12",
+                        "13",
+                        "14",
+                        "15",
+                        "16",
+                        "17",
+                        "18",
+                        "19"
+                    ),
+                    &events.after(&[
                         &user_id,
                         &name,
                         &a.session,
@@ -1564,11 +1649,10 @@ impl Storage for PostgresStorage {
                         &a.rem_token,
                         &a.rem_fp,
                         &a.rem_until,
-                    ],
+                    ]),
                 )
                 .map_err(pg)?;
             let done = outcome(row)?;
-            record_events(db, proof, done)?;
             Ok(done)
         })
     }
