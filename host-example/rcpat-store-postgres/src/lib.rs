@@ -458,7 +458,9 @@ const MIGRATIONS: &[&str] = &[
     // functions do not store events yet (branch audit-trail).
     r#"
     CREATE TABLE audit_events (
-        id BIGSERIAL PRIMARY KEY,
+        -- The order of storing (ties of `at`); no index: nothing looks a
+        -- row up by it, and each index is a WAL record per event.
+        id BIGINT GENERATED ALWAYS AS IDENTITY,
         at BIGINT NOT NULL,
         account TEXT NOT NULL,
         kind TEXT NOT NULL,
@@ -1182,8 +1184,8 @@ fn in_transaction(proof: &FactorProof) -> bool {
 /// its audit events in one statement, so a write stays one round trip: the
 /// events, as arrays from parameter `$n` on (`EventArrays`, 10 of them),
 /// are inserted only if the write answers 'done', in its snapshot and
-/// transaction. (A write's events never repeat an aggregated key, so the
-/// upsert never meets its own row twice.)
+/// transaction. (A write's events are never of an aggregated kind, so
+/// they need no upsert: `ON CONFLICT` would cost a WAL record per event.)
 macro_rules! with_events {
     ($call:literal, $n0:literal, $n1:literal, $n2:literal, $n3:literal, $n4:literal, $n5:literal, $n6:literal, $n7:literal, $n8:literal, $n9:literal) => {
         concat!(
@@ -1191,9 +1193,7 @@ macro_rules! with_events {
              (at, account, kind, token_name, token_last_part, method, address, user_agent, minute, host_id) \
              SELECT x.*, $", $n9, " FROM unnest($", $n0, "::bigint[], $", $n1, "::text[], $", $n2, "::text[], $",
             $n3, "::text[], $", $n4, "::text[], $", $n5, "::text[], $", $n6, "::text[], $", $n7,
-            "::text[], $", $n8, "::bigint[]) AS x WHERE (SELECT outcome FROM w) = 'done' \
-             ON CONFLICT (account, address, kind, minute) WHERE minute IS NOT NULL \
-             DO UPDATE SET count = audit_events.count + 1) \
+            "::text[], $", $n8, "::bigint[]) AS x WHERE (SELECT outcome FROM w) = 'done') \
              SELECT coalesce((SELECT outcome FROM w), 'not-found')"
         )
     };
@@ -2317,8 +2317,8 @@ impl Admin for PostgresStorage {
             // One short statement per batch (autocommit): no long lock.
             let n = self.single::<_, Error>(|db| {
                 db.execute(
-                    "DELETE FROM audit_events WHERE id IN \
-                     (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)",
+                    "DELETE FROM audit_events WHERE ctid IN \
+                     (SELECT ctid FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)",
                     &[&ts(before), &i64::from(batch)],
                 )
                 .map_err(pg)
