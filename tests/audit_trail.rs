@@ -366,5 +366,6 @@ fn over_http_and_the_cli() {
         "{table}"
     );
     assert!(!table.contains(&token));
+    assert!(table.contains(" hugo "), "the user by name: {table}");
     assert_eq!(cli(&["--since", "2999-01-01"]), "");
 }

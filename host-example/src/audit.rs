@@ -89,9 +89,10 @@ pub fn filter(
     })
 }
 
-/// One event as a table line (names as `tokens list` prints them: a
-/// control character escaped, never sent to the terminal).
-pub fn line(s: &StoredAuditEvent) -> String {
+/// One event as a table line: the user by name where `names` (id to
+/// username) knows it, else the account as stored; names as `tokens list`
+/// prints them (a control character escaped, never sent to the terminal).
+pub fn line(s: &StoredAuditEvent, names: &std::collections::HashMap<String, String>) -> String {
     let e = &s.event;
     let token = match (&e.token_name, &e.token_last_part) {
         (Some(name), Some(last)) => format!("\"{}\" …{last}", printable(name)),
@@ -107,7 +108,7 @@ pub fn line(s: &StoredAuditEvent) -> String {
         "{}  {:<22} {:<17} {:<24} {:<11} {:<15} {}{}",
         rcpat::time::iso8601(e.at),
         e.kind.name(),
-        printable(&e.account),
+        printable(names.get(&e.account).unwrap_or(&e.account)),
         token,
         e.method.map_or("-", |m| m.name()),
         e.client_address,

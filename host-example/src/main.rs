@@ -473,11 +473,20 @@ fn run(command: Command, opts: Options) -> Result<()> {
             let page = storage
                 .list_audit_events(&filter, 0, limit)
                 .map_err(Error::from)?;
+            let names: std::collections::HashMap<String, String> = if json {
+                Default::default()
+            } else {
+                storage
+                    .list_users()?
+                    .into_iter()
+                    .map(|u| (u.id, u.username))
+                    .collect()
+            };
             for e in &page.events {
                 if json {
                     println!("{}", host_example::audit::json(e));
                 } else {
-                    println!("{}", host_example::audit::line(e));
+                    println!("{}", host_example::audit::line(e, &names));
                 }
             }
             if !json {
