@@ -1,12 +1,25 @@
 //! Many threads regenerating the same token at once against each durable
 //! backend (a SQLite file, a PostgreSQL database): at the end exactly one
-//! token of that name exists and authenticates, and every reply was a
-//! success or a defined error.
+//! token of that name exists and authenticates, every reply was a success
+//! or a defined error, and the audit trail holds one event per winner and
+//! none for a request that lost the race.
 
 use std::sync::{Arc, Barrier};
 
 use crate::common::*;
 use host_example::storage::{Backend, SqliteStorage};
+use rcpat::model::AuditKind;
+
+/// The last parts of the user's events of `kind`, oldest first.
+fn events_of(fx: &Fx, user: &User, kind: AuditKind) -> Vec<String> {
+    fx.storage
+        .audit_events(&user.id)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.token_last_part.unwrap_or_default())
+        .collect()
+}
 
 const THREADS: usize = 12;
 const ROUNDS: usize = 4;
@@ -59,6 +72,15 @@ fn concurrent_regenerations(backend: &str, fx: Arc<Fx>) {
     let live: Vec<_> = issued.iter().filter(|t| fx.authenticates(&u, t)).collect();
     assert_eq!(live.len(), 1, "{backend}: exactly one issued token works");
     assert_eq!(rcpat::token::hash_token(live[0]), hashes[0]);
+    // One event per winner, naming the value it handed out; none for the 409s.
+    let mut handed_out: Vec<String> = issued[1..]
+        .iter()
+        .map(|t| t[t.len() - 6..].to_string())
+        .collect();
+    let mut recorded = events_of(&fx, &u, AuditKind::TokenRegenerated);
+    handed_out.sort();
+    recorded.sort();
+    assert_eq!(recorded, handed_out, "{backend}");
 }
 
 #[test]
@@ -92,6 +114,12 @@ fn concurrent_self_rotation(backend: &str, fx: Arc<Fx>) {
         }
     }
     assert_eq!(winners.len(), 1, "{backend}: one self-rotation wins");
+    let w = &winners[0];
+    assert_eq!(
+        events_of(&fx, &u, AuditKind::TokenRegenerated),
+        [w[w.len() - 6..].to_string()],
+        "{backend}: the winner's event only"
+    );
     assert!(fx.authenticates(&u, &winners[0]) && !fx.authenticates(&u, &pat));
     assert_eq!(
         fx.storage.token_hashes_named(&u.id, "bot").unwrap().len(),
@@ -127,6 +155,16 @@ fn one_totp_code_raced(backend: &str, fx: Arc<Fx>) {
     assert_eq!(
         ok, 1,
         "{backend}: a TOTP code is accepted once, even under a race: {statuses:?}"
+    );
+    assert_eq!(
+        events_of(&fx, &u, AuditKind::TokenRegenerated).len(),
+        1,
+        "{backend}"
+    );
+    assert_eq!(
+        events_of(&fx, &u, AuditKind::TwoFactorPassed).len(),
+        1,
+        "{backend}"
     );
     // The losers presented a spent code: wrong codes, which also count
     // towards the per-user limit (so the last ones see totp-max-attempts).
