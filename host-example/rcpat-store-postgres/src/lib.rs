@@ -454,8 +454,9 @@ const MIGRATIONS: &[&str] = &[
         RETURN 'done';
     END $$ LANGUAGE plpgsql;
 "#,
-    // 17: the audit trail (issue 28, part 2; see SQLite's 17). The write
-    // functions do not store events yet (branch audit-trail).
+    // 17: the audit trail (issue 28, part 2; see SQLite's 17). Events are
+    // inserted by the write statements themselves (`with_events!`); the
+    // indexes serve the read side (by time, by account) and pruning by time.
     r#"
     CREATE TABLE audit_events (
         -- The order of storing (ties of `at`); no index: nothing looks a
