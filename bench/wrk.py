@@ -7,11 +7,15 @@ session. Reports each server's CPU per request and wrk's own, separately.
 
 Usage: bench/wrk.py [--runs 3] [--seconds 10] [--connections 16] [--users 64]
                     [--bin target/release/host-example] [--only wasm|native]
-                    [--serve-arg ARG]...
+                    [--serve-arg ARG]... [--prune-events N]
+With --prune-events N, each run starts with N audit events past their
+retention in the database, and `host-example audit prune` removes them (in
+its batches, from a second process) while wrk runs: requests' latency while
+pruning, beside runs without it.
 Needs `wrk` (apt install wrk) and a release build:
     cargo build --release -p host-example && bench/wrk.py
 """
-import argparse, json, os, re, resource, shutil, socket, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, shutil, socket, sqlite3, subprocess, sys, tempfile, threading, time
 import urllib.request
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -59,8 +63,10 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix=f"rcpat-wrk-{mode}-")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        common = ["--db", os.path.join(self.dir, "rcpat.sqlite"),
-                  "--secret-key-file", os.path.join(self.dir, "rcpat.key")]
+        self.exe = exe
+        self.db = os.path.join(self.dir, "rcpat.sqlite")
+        self.common = common = ["--db", self.db,
+                                "--secret-key-file", os.path.join(self.dir, "rcpat.key")]
         for u in range(users):
             subprocess.run([exe, "users", "add", "--username", f"u{u}", "--email", f"u{u}@example.org",
                             "--password-stdin", *common], input="pw\n", text=True,
@@ -95,6 +101,32 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def add_old_events(server, n):
+    """N events from 1970, far past any retention, as logins that failed."""
+    db = sqlite3.connect(server.db, timeout=30)
+    with db:
+        db.executemany(
+            "INSERT INTO audit_events (at, account, kind, address, user_agent, host_id) "
+            "VALUES (?, ?, 'login-failed', '198.51.100.7', 'bench', 'old')",
+            ((1000 + i, f"u{i % 64}") for i in range(n)))
+    db.close()
+
+
+def prune_during(server, delay):
+    """Runs `audit prune` after DELAY seconds; returns a dict filled when it ends."""
+    out = {}
+    def go():
+        time.sleep(delay)
+        t = time.monotonic()
+        p = subprocess.run([server.exe, "audit", "prune", *server.common],
+                           capture_output=True, text=True)
+        out["seconds"] = time.monotonic() - t
+        out["said"] = (p.stdout + p.stderr).strip().splitlines()[-1:] or [f"exit {p.returncode}"]
+    th = threading.Thread(target=go)
+    th.start()
+    return th, out
+
+
 def run_wrk(server, seconds, connections):
     lua = os.path.join(server.dir, "regenerate.lua")
     with open(lua, "w") as f:
@@ -124,6 +156,8 @@ def main():
     ap.add_argument("--only", choices=["wasm", "native"])
     ap.add_argument("--serve-arg", action="append", default=[],
                     help="an extra argument for both `serve` processes (repeatable)")
+    ap.add_argument("--prune-events", type=int, default=0,
+                    help="old audit events to prune from a second process during each run")
     a = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install -y wrk")
@@ -134,7 +168,15 @@ def main():
     try:
         for run in range(a.runs):
             for m in modes:
+                pruning = None
+                if a.prune_events:
+                    add_old_events(servers[m], a.prune_events)
+                    pruning = prune_during(servers[m], 1.0)
                 r = run_wrk(servers[m], a.seconds, a.connections)
+                if pruning:
+                    pruning[0].join()
+                    print(f"run {run + 1} {m:6} audit prune: {pruning[1]['said'][0]} "
+                          f"in {pruning[1]['seconds']:.2f} s (started 1 s into the run)", flush=True)
                 results[m].append(r)
                 print(f"run {run + 1} {m:6} {r['rate']:8.0f}/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
                       f"server {r['server_us']:.0f} µs/req  wrk {r['wrk_us']:.0f} µs/req  non-200 {r['non200']}",

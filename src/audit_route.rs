@@ -94,9 +94,11 @@ fn query(raw: &str) -> Result<Query, ApiError> {
     Ok(q)
 }
 
+/// One event as the route answers it (and `host-example audit list --json`
+/// prints it): the fields in this order, absent ones left out.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Item<'a> {
+pub struct Item<'a> {
     ts: String,
     /// The user's id (or, for a login naming no user, its account key).
     user_id: &'a str,
@@ -113,6 +115,23 @@ struct Item<'a> {
     host_id: &'a str,
     /// How many times it happened in its minute (flood-prone kinds).
     count: u32,
+}
+
+impl<'a> From<&'a StoredAuditEvent> for Item<'a> {
+    fn from(s: &'a StoredAuditEvent) -> Self {
+        Item {
+            ts: iso8601(s.event.at),
+            user_id: &s.event.account,
+            kind: s.event.kind.name(),
+            token_name: s.event.token_name.as_deref(),
+            last_token_part: s.event.token_last_part.as_deref(),
+            method: s.event.method.map(TwoFactorMethod::name),
+            client_address: &s.event.client_address,
+            user_agent: &s.event.user_agent,
+            host_id: &s.host_id,
+            count: s.count,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -142,18 +161,7 @@ pub fn list(env: &mut dyn Env, settings: &Settings, req: &Request) -> Response {
             .events
             .iter()
             .take(q.count as usize)
-            .map(|s| Item {
-                ts: iso8601(s.event.at),
-                user_id: &s.event.account,
-                kind: s.event.kind.name(),
-                token_name: s.event.token_name.as_deref(),
-                last_token_part: s.event.token_last_part.as_deref(),
-                method: s.event.method.map(TwoFactorMethod::name),
-                client_address: &s.event.client_address,
-                user_agent: &s.event.user_agent,
-                host_id: &s.host_id,
-                count: s.count,
-            })
+            .map(Item::from)
             .collect();
         Ok(Response::new(
             200,

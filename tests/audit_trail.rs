@@ -357,8 +357,16 @@ fn over_http_and_the_cli() {
         String::from_utf8(out.stdout).unwrap()
     };
     let lines = cli(&["--user", "hugo", "--json"]);
-    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
-    assert_eq!(first, *e, "the CLI prints what the route answers");
+    let first = lines.lines().next().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(first).unwrap(),
+        *e,
+        "the CLI prints what the route answers"
+    );
+    assert!(
+        body.contains(&format!("[{first}")),
+        "byte for byte, in the route's field order: {first}"
+    );
     let table = cli(&["--type", "token-regenerated"]);
     assert_eq!(table.lines().count(), 1, "{table}");
     assert!(

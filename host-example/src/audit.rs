@@ -117,19 +117,8 @@ pub fn line(s: &StoredAuditEvent, names: &std::collections::HashMap<String, Stri
     )
 }
 
-/// One event as a JSON object (the REST route's field names).
-pub fn json(s: &StoredAuditEvent) -> serde_json::Value {
-    let e = &s.event;
-    serde_json::json!({
-        "ts": rcpat::time::iso8601(e.at),
-        "userId": e.account,
-        "type": e.kind.name(),
-        "tokenName": e.token_name,
-        "lastTokenPart": e.token_last_part,
-        "method": e.method.map(|m| m.name()),
-        "clientAddress": e.client_address,
-        "userAgent": e.user_agent,
-        "hostId": s.host_id,
-        "count": s.count,
-    })
+/// One event as one line of JSON: the REST route's object, field for field.
+pub fn json(s: &StoredAuditEvent) -> String {
+    serde_json::to_string(&rcpat::audit_route::Item::from(s))
+        .expect("an audit event always serializes")
 }

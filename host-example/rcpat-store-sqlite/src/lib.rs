@@ -319,8 +319,7 @@ impl SqliteStorage {
     }
 
     fn init(mut conn: Connection, path: PathBuf, keys: Arc<Keys>) -> Result<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db)?;
+        conn.busy_handler(Some(wait_for_the_lock)).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -466,6 +465,16 @@ impl Drop for SqliteStorage {
 }
 
 /// The writer: batches of queued writes, one transaction and one commit each.
+/// The writer's busy handler: another process holds the write lock (an
+/// admin command, `audit prune`): try again every millisecond, for 10 s at
+/// most. SQLite's own `busy_timeout` backs off to 100 ms between tries, so a
+/// process that writes in quick batches can keep the lock from it for
+/// hundreds of milliseconds; a short, steady retry takes the first gap.
+fn wait_for_the_lock(tries: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    tries < 10_000
+}
+
 fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -1690,6 +1699,10 @@ let n = &n;
         let mut removed = 0;
         loop {
             // One short write per batch: requests' writes go between them.
+            // Then a pause as long as the batch took, for another process's
+            // writers (`serve`, when `audit prune` runs beside it): SQLite
+            // has no queue between processes, only retries.
+            let started = std::time::Instant::now();
             let n = self.write::<_, Error>(move |tx| {
                 tx.prepare_cached(
                     "DELETE FROM audit_events WHERE id IN \
@@ -1701,6 +1714,7 @@ let n = &n;
             if n < batch as usize {
                 return Ok(removed);
             }
+            std::thread::sleep(started.elapsed());
         }
     }
 
